@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random-weight ViTs, and the real assets in ../shared when present."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+SHARED_ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+DEIT_TINY_WEIGHTS = SHARED_ASSETS / "weights" / "deit_tiny_patch16_224.pth"
+SAMPLE_IMAGES = SHARED_ASSETS / "imagenet-sample"
+
+
+def require_assets(*paths: Path) -> None:
+    """Skip the calling test, saying which file of ../shared/assets is missing."""
+    for path in paths:
+        if not path.exists():
+            pytest.skip(f"needs {path} (the real data in ../shared/assets), which is absent on this machine")
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, gain: float = 1.5) -> torch.nn.Module:
+    """Re-draw every weight with larger variance than timm's init so that attention is peaked
+    and class importance scores vary a lot between tokens (timm's std 0.02 makes them uniform)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) * gain / fan_in ** 0.5)
+            elif name.endswith("weight"):  # norms, LayerScale gammas
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def tiny_vit(**kwargs) -> VisionTransformer:
+    """A small ViT (65 tokens) with random weights; kwargs override the architecture."""
+    cfg = dict(img_size=64, patch_size=8, embed_dim=96, depth=6, num_heads=3, num_classes=10)
+    cfg.update(kwargs)
+    return randomize(VisionTransformer(**cfg), seed=kwargs.get("depth", 6))
+
+
+MODEL_FACTORIES = {
+    "deit_tiny": lambda: randomize(timm.create_model("deit_tiny_patch16_224", num_classes=100), 1),
+    "deit_small": lambda: randomize(timm.create_model("deit_small_patch16_224", num_classes=100), 2),
+    "deit_tiny_distilled": lambda: randomize(timm.create_model("deit_tiny_distilled_patch16_224", num_classes=100), 3),
+    "vit_layerscale_qknorm": lambda: tiny_vit(init_values=0.5, qk_norm=True),
+}
+
+
+@pytest.fixture(scope="session")
+def sample_photos():
+    """The 500 real ImageNet photos, decoded once with DeiT's eval transform: (images, labels)."""
+    require_assets(SAMPLE_IMAGES, SHARED_ASSETS / "synset_words.txt")
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    synsets = [line.split()[0] for line in (SHARED_ASSETS / "synset_words.txt").read_text().splitlines() if line.strip()]
+    index = {s: i for i, s in enumerate(synsets)}
+    transform = create_transform(**resolve_data_config({}, model=timm.create_model("deit_tiny_patch16_224")))
+    images, labels = [], []
+    for path in sorted(SAMPLE_IMAGES.glob("*/*")):
+        with Image.open(path) as img:
+            images.append(transform(img.convert("RGB")))
+        labels.append(index[path.parent.name])
+    return torch.stack(images), torch.tensor(labels)

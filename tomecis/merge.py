@@ -1,0 +1,202 @@
+"""Pure tensor functions of ToMeCIS: matching, class importance, weighted merging.
+
+Nothing here knows about models, modules or devices. Shapes use
+``B`` batch, ``H`` heads, ``N`` tokens, ``D`` head width, ``C`` channels.
+
+The matching is ToMe's bipartite soft matching (Bolya et al., ICLR 2023); the
+weighting is the class importance score of ToMeCIS (Seol et al., IECON 2023).
+``../shared/SPEC.md`` is the contract these functions implement.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import torch
+
+# A merge function maps a per-token tensor [B, N, C] to [B, N - r, C] with a
+# reduction ("sum", "mean" or "amax") over the tokens merged into each destination.
+MergeFn = Callable[..., torch.Tensor]
+
+
+class Matching(NamedTuple):
+    """One block's merge decision, computed once and applied to any per-token tensor.
+
+    ``merge(x, mode)`` reduces ``[B, N, C] -> [B, N - r, C]``.
+    ``src_idx`` / ``dst_idx`` are ``[B, r]`` indices into set A / set B (for tests
+    and tracing), ``keep_idx`` is ``[B, |A| - r]`` (kept A tokens, ascending).
+    """
+
+    merge: MergeFn
+    r: int
+    src_idx: torch.Tensor
+    dst_idx: torch.Tensor
+    keep_idx: torch.Tensor
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types, else the dtype itself (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def protected_tokens(class_token: bool, distill_token: bool) -> int:
+    """How many prefix tokens can never be merged away: 1 (class) or 2 (class + distillation)."""
+    if distill_token and not class_token:
+        raise ValueError("a distillation token is only supported together with a class token")
+    return int(class_token) + int(distill_token)
+
+
+def clamp_r(r: int, num_tokens: int, class_token: bool = True, distill_token: bool = False) -> int:
+    """``min(r, (N - protected) // 2)``, never below 0: at most half the mergeable tokens go."""
+    protected = protected_tokens(class_token, distill_token)
+    return max(0, min(int(r), (num_tokens - protected) // 2))
+
+
+def bipartite_soft_matching(
+    metric: torch.Tensor,
+    r: int,
+    class_token: bool = True,
+    distill_token: bool = False,
+) -> Matching:
+    """ToMe's bipartite soft matching on a token metric.
+
+    Args:
+        metric: ``[B, N, C]`` similarity features (ToMeCIS: keys averaged over heads).
+        r: tokens to remove; clamped to ``(N - protected) // 2``.
+        class_token: token 0 is a class token (its row is ``-inf``: never merged).
+        distill_token: token 1 is a distillation token (its column is ``-inf``).
+
+    Returns:
+        A :class:`Matching`. Set A is the even positions, set B the odd ones; the
+        ``r`` A tokens with the highest best-similarity are merged into their best
+        B partner; the output order is ``[kept A (ascending), B (original order)]``,
+        with a distillation token moved right after the class token.
+    """
+    B, N, _ = metric.shape
+    r = clamp_r(r, N, class_token, distill_token)
+    device = metric.device
+    if r <= 0:
+        empty = torch.empty(B, 0, dtype=torch.long, device=device)
+        keep = torch.arange(0, N, 2, device=device).expand(B, -1)
+        return Matching(_identity_merge, 0, empty, empty, keep)
+
+    with torch.no_grad():
+        m = metric.to(accumulation_dtype(metric.dtype))
+        m = m / m.norm(dim=-1, keepdim=True)
+        a, b = m[:, ::2], m[:, 1::2]  # [B, |A|, C], [B, |B|, C]
+        scores = a @ b.transpose(-1, -2)  # [B, |A|, |B|]
+        if class_token:
+            scores[:, 0, :] = -math.inf
+        if distill_token:
+            scores[:, :, 0] = -math.inf
+
+        node_max, node_idx = scores.max(dim=-1)  # [B, |A|]: best(a), b*(a)
+        order = torch.sort(node_max, dim=-1, descending=True, stable=True).indices  # [B, |A|]
+        src_idx = order[:, :r]  # [B, r] A positions that merge away
+        keep_idx = order[:, r:].sort(dim=-1).values  # [B, |A| - r] ascending original order
+        dst_idx = node_idx.gather(dim=-1, index=src_idx)  # [B, r] their B partners
+
+    def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        """``[B, N, C] -> [B, N - r, C]``: reduce sources into destinations with ``mode``."""
+        src, dst = x[:, ::2], x[:, 1::2]  # [B, |A|, C], [B, |B|, C]
+        C = x.shape[-1]
+        kept = src.gather(dim=1, index=keep_idx[..., None].expand(-1, -1, C))
+        moved = src.gather(dim=1, index=src_idx[..., None].expand(-1, -1, C))
+        dst = dst.scatter_reduce(1, dst_idx[..., None].expand(-1, -1, C), moved, reduce=mode)
+        if distill_token:
+            return torch.cat([kept[:, :1], dst[:, :1], kept[:, 1:], dst[:, 1:]], dim=1)
+        return torch.cat([kept, dst], dim=1)
+
+    return Matching(merge, r, src_idx, dst_idx, keep_idx)
+
+
+def _identity_merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    return x
+
+
+def class_attention(
+    q_cls: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    log_size: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Row 0 of the attention matrix, in float32, without the other N - 1 rows.
+
+    Args:
+        q_cls: ``[B, H, 1, D]`` the class token's query.
+        k: ``[B, H, N, D]`` keys.
+        scale: logit scale (``D ** -0.5``).
+        log_size: ``[B, N, 1]`` proportional-attention bias ``log s``, or None.
+
+    Returns:
+        ``[B, H, N]``: ``softmax(q_0 k^T * scale + log s)`` per head, at least float32.
+    """
+    dtype = accumulation_dtype(k.dtype)
+    logits = (q_cls.to(dtype) @ k.to(dtype).transpose(-1, -2)).squeeze(2) * scale  # [B, H, N]
+    if log_size is not None:
+        logits = logits + log_size.to(dtype)[:, None, :, 0]
+    return logits.softmax(dim=-1)
+
+
+def class_importance(cls_attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Class importance score ``S_j = mean_h P[h, 0, j] * || mean_h v[h, j] ||_2``.
+
+    Args:
+        cls_attn: ``[B, H, N]`` the class token's attention (after softmax).
+        v: ``[B, H, N, D]`` value vectors.
+
+    Returns:
+        ``[B, N, 1]`` scores in float32 (float64 for float64 inputs) (every token, class token included).
+    """
+    dtype = accumulation_dtype(v.dtype)
+    attn = cls_attn.to(dtype).mean(dim=1)  # [B, N]
+    v_norm = v.to(dtype).mean(dim=1).norm(dim=-1)  # [B, N]
+    return (attn * v_norm)[..., None]
+
+
+def merge_weighted(
+    matching: Matching,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """Weighted average of merged tokens: ``(sum w x) / (sum w)`` per destination.
+
+    Computed in at least float32 whatever ``x``'s dtype (fp16 weights underflow); the
+    weights are clamped to the smallest positive float32 so that the denominator
+    is strictly positive, which leaves every normal float32 weight unchanged.
+
+    Args:
+        matching: the block's :class:`Matching`.
+        x: ``[B, N, C]`` tokens.
+        weight: ``[B, N, 1]`` non-negative weights (class importance or size).
+
+    Returns:
+        ``[B, N - r, C]`` in ``x``'s dtype.
+    """
+    if matching.r == 0:
+        return x
+    dtype = accumulation_dtype(x.dtype)
+    w = weight.to(dtype).clamp_min(torch.finfo(torch.float32).tiny)
+    num = matching.merge(x.to(dtype) * w, mode="sum")
+    den = matching.merge(w, mode="sum")
+    return (num / den).to(x.dtype)
+
+
+def merge_size(matching: Matching, size: torch.Tensor) -> torch.Tensor:
+    """Token sizes add up: ``[B, N, 1] -> [B, N - r, 1]``."""
+    return matching.merge(size, mode="sum")
+
+
+def merge_source(matching: Matching, source: torch.Tensor) -> torch.Tensor:
+    """Source map (which input token ended in which token): ``[B, N, N0] -> [B, N - r, N0]``."""
+    return matching.merge(source, mode="amax")
+
+
+def initial_state(x: torch.Tensor, trace_source: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Sizes (all ones, ``[B, N, 1]``) and, if traced, the identity source map ``[B, N, N]``."""
+    B, N, _ = x.shape
+    size = torch.ones(B, N, 1, device=x.device, dtype=torch.float32)
+    source = None
+    if trace_source:
+        source = torch.eye(N, device=x.device, dtype=torch.float32)[None].expand(B, N, N).contiguous()
+    return size, source

@@ -1,0 +1,281 @@
+"""Patch a timm VisionTransformer in place so that its blocks merge tokens.
+
+``tomecis.patch(model, r=13)`` swaps the classes of the model, its blocks and
+their attention for subclasses defined here (ToMe's habit: the weights and the
+module tree stay as they are). Afterwards ``model.r`` may be set to an int, an
+``(r, inflection)`` pair or a per-block list at any time between forward passes.
+
+Per block with ``r_l > 0`` (SPEC.md, "One block"):
+attention (fused SDPA, ``log s`` as an additive bias) -> class importance from
+the class row only -> bipartite soft matching on the keys -> score-weighted
+merge (``mode="tomecis"``) or size-weighted merge (``mode="tome"``) -> MLP.
+Blocks with ``r_l = 0`` run timm's own code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from . import merge as M
+
+RSpec = Union[int, Tuple[int, float], Sequence[int]]
+MODES = ("tomecis", "tome")
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def resolve_schedule(r: RSpec, num_blocks: int) -> List[int]:
+    """Per-block token reductions from an ``r`` spec (SPEC.md, "Schedule").
+
+    * ``int``: every block removes ``r``;
+    * ``(r, inflection)`` tuple, inflection in [-1, 1]: ToMe's linear schedule
+      ``lo = int(r (1 - inflection))``, ``hi = 2r - lo``;
+    * list: explicit per-block values, padded with zeros.
+    """
+    if isinstance(r, bool):
+        raise TypeError(f"r must be an int, an (r, inflection) tuple or a list, not {r!r}")
+    if isinstance(r, int):
+        _check_non_negative(r, "r")
+        return [r] * num_blocks
+    if isinstance(r, tuple):
+        return _inflection_schedule(r, num_blocks)
+    if isinstance(r, (list, torch.Size)) or (isinstance(r, Sequence) and not isinstance(r, str)):
+        values = [int(v) for v in r]
+        if len(values) > num_blocks:
+            raise ValueError(f"r lists {len(values)} values but the model has {num_blocks} blocks")
+        for i, v in enumerate(values):
+            _check_non_negative(v, f"r[{i}]")
+        return values + [0] * (num_blocks - len(values))
+    raise TypeError(f"r must be an int, an (r, inflection) tuple or a list, not {type(r).__name__} {r!r}")
+
+
+def _inflection_schedule(r: Tuple[int, float], num_blocks: int) -> List[int]:
+    if len(r) != 2:
+        raise ValueError(f"a tuple r must be (r, inflection), got {r!r}; use a list for per-block values")
+    base, inflection = int(r[0]), float(r[1])
+    _check_non_negative(base, "r")
+    if not -1.0 <= inflection <= 1.0:
+        raise ValueError(f"inflection must lie in [-1, 1], got {inflection}")
+    lo = int(base * (1 - inflection))
+    hi = 2 * base - lo
+    if num_blocks == 1:
+        return [lo]
+    return [int(lo + (hi - lo) * i / (num_blocks - 1)) for i in range(num_blocks)]
+
+
+def _check_non_negative(value: int, name: str) -> None:
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class MergeState:
+    """Per-forward state shared by the blocks of one patched model (reset at every forward).
+
+    ``size``: ``[B, N, 1]`` float32 token sizes, None before the first merge.
+    ``source``: ``[B, N, N0]`` source map when tracing, else None.
+    ``tokens``: token count after each block of the last forward (for benchmarks and tests).
+    """
+
+    schedule: List[int]
+    mode: str = "tomecis"
+    prop_attn: bool = True
+    trace_source: bool = False
+    class_token: bool = True
+    distill_token: bool = False
+    size: Optional[torch.Tensor] = None
+    source: Optional[torch.Tensor] = None
+    tokens: List[int] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.size = None
+        self.source = None
+        self.tokens = []
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class ToMeCISAttention(Attention):
+    """timm ``Attention`` that also returns the merge metric and the class importance score."""
+
+    def forward_merge(
+        self, x: torch.Tensor, size: Optional[torch.Tensor], need_score: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Attention with proportional attention, plus what the merge needs.
+
+        Args:
+            x: ``[B, N, C]`` normalised tokens.
+            size: ``[B, N, 1]`` token sizes, or None (no bias).
+            need_score: compute the class importance score (ToMeCIS mode).
+
+        Returns:
+            ``out [B, N, C]``, ``metric [B, N, D]`` (keys averaged over heads),
+            ``score [B, N, 1]`` float32 or None.
+        """
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [B, H, N, D] each
+        q, k = self.q_norm(q), self.k_norm(k)
+
+        log_size = size.log() if size is not None else None  # [B, N, 1] float32
+        bias = None if log_size is None else log_size[:, None, None, :, 0].to(q.dtype)  # [B, 1, 1, N]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
+        )  # [B, H, N, D]
+        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
+        out = self.norm(out)
+        if gate is not None:
+            out = out * gate
+        out = self.proj_drop(self.proj(out))
+
+        score = None
+        if need_score:
+            cls_attn = M.class_attention(q[:, :, :1], k, self.scale, log_size)  # [B, H, N]
+            score = M.class_importance(cls_attn, v)  # [B, N, 1]
+        return out, k.mean(dim=1), score
+
+
+class ToMeCISBlock(Block):
+    """timm ``Block`` that merges ``r_l`` tokens after attention; ``r_l = 0`` runs timm's code."""
+
+    _merge_state: MergeState
+    _block_index: int
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        state = self._merge_state
+        r = state.schedule[self._block_index]
+        if r <= 0:
+            x = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+            state.tokens.append(x.shape[1])
+            return x
+        if attn_mask is not None or is_causal:
+            raise ValueError("token merging does not support attention masks; call the model without attn_mask")
+
+        size = state.size if state.prop_attn else None
+        need_score = state.mode == "tomecis"
+        out, metric, score = self.attn.forward_merge(self.norm1(x), size, need_score)
+        x = x + self.drop_path1(self.ls1(out))
+
+        matching = M.bipartite_soft_matching(metric, r, state.class_token, state.distill_token)
+        x = self._merge(matching, x, score)
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        state.tokens.append(x.shape[1])
+        return x
+
+    def _merge(self, matching: M.Matching, x: torch.Tensor, score: Optional[torch.Tensor]) -> torch.Tensor:
+        """Merge tokens ``[B, N, C] -> [B, N - r, C]`` and update sizes and sources."""
+        state = self._merge_state
+        if state.size is None:
+            state.size, state.source = M.initial_state(x, state.trace_source)
+        weight = score if state.mode == "tomecis" else state.size
+        x = M.merge_weighted(matching, x, weight)
+        state.size = M.merge_size(matching, state.size)
+        if state.source is not None:
+            state.source = M.merge_source(matching, state.source)
+        return x
+
+
+class ToMeCISVisionTransformer:
+    """Mixin placed in front of the model's own class: ``r`` property and per-forward reset."""
+
+    _merge_state: MergeState
+
+    @property
+    def r(self) -> RSpec:
+        return self._r_spec
+
+    @r.setter
+    def r(self, value: RSpec) -> None:
+        self._merge_state.schedule = resolve_schedule(value, len(self.blocks))
+        self._r_spec = value
+
+    @property
+    def merge_state(self) -> MergeState:
+        return self._merge_state
+
+    def forward_features(self, *args, **kwargs):
+        self._merge_state.reset()
+        return super().forward_features(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- patch
+
+
+def patch(
+    model: nn.Module,
+    r: RSpec = 0,
+    mode: str = "tomecis",
+    trace_source: bool = False,
+    prop_attn: bool = True,
+) -> nn.Module:
+    """Turn a timm ``VisionTransformer`` into a merging model, in place; returns the model.
+
+    Args:
+        model: a timm ``VisionTransformer`` (DeiT, distilled DeiT, ViT with
+            LayerScale / qk_norm) whose blocks are timm ``Block`` with ``Attention``.
+        r: tokens removed per block (int), ``(r, inflection)``, or a per-block list.
+        mode: ``"tomecis"`` (class-importance-weighted merge) or ``"tome"`` (size-weighted).
+        trace_source: keep ``model.merge_state.source`` ``[B, N, N0]`` for visualisation.
+        prop_attn: add ``log s`` to the attention logits once tokens have merged.
+
+    Patching twice only updates the settings.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    distill_token = _check_supported(model)
+    state = MergeState(
+        schedule=[],
+        mode=mode,
+        prop_attn=prop_attn,
+        trace_source=trace_source,
+        class_token=True,
+        distill_token=distill_token,
+    )
+    if not isinstance(model, ToMeCISVisionTransformer):
+        model.__class__ = type(f"ToMeCIS{model.__class__.__name__}", (ToMeCISVisionTransformer, model.__class__), {})
+    model._merge_state = state
+    for index, block in enumerate(model.blocks):
+        block.__class__ = ToMeCISBlock
+        block.attn.__class__ = ToMeCISAttention
+        block._merge_state = state
+        block._block_index = index
+    model.r = r
+    return model
+
+
+def _check_supported(model: nn.Module) -> bool:
+    """Raise a clear error for models the patch cannot handle; returns whether a dist token exists."""
+    name = type(model).__name__
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(
+            f"tomecis.patch needs a timm VisionTransformer (DeiT, ViT), got {name}; "
+            "create one with timm.create_model('deit_small_patch16_224')"
+        )
+    if getattr(model, "cls_token", None) is None:
+        raise ValueError(f"{name} has no class token (class_token=False); ToMeCIS scores tokens by the class token's attention")
+    if getattr(model, "num_reg_tokens", 0):
+        raise ValueError(f"{name} has {model.num_reg_tokens} register tokens, which ToMeCIS does not protect from merging")
+    if model.global_pool not in ("token", "") and not hasattr(model, "dist_token"):
+        raise ValueError(f"{name} pools with global_pool={model.global_pool!r}; ToMeCIS supports class-token pooling only")
+    distill_token = getattr(model, "dist_token", None) is not None
+    if model.num_prefix_tokens != 1 + int(distill_token):
+        raise ValueError(f"{name} has {model.num_prefix_tokens} prefix tokens; expected a class (and distillation) token only")
+    for i, block in enumerate(model.blocks):
+        if type(block) not in (Block, ToMeCISBlock):
+            raise TypeError(f"{name}.blocks[{i}] is {type(block).__name__}; ToMeCIS patches timm's Block only")
+        if type(block.attn) not in (Attention, ToMeCISAttention):
+            raise TypeError(f"{name}.blocks[{i}].attn is {type(block.attn).__name__}; ToMeCIS patches timm's Attention only")
+    return distill_token
