@@ -1,0 +1,50 @@
+"""ImageNet-1k as deterministic WebDataset shards: `shards.write` makes them, `shards.read` streams them.
+
+The reading API is re-exported here; attributes load lazily, so `python -m shards.write` does not import timm.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "read": (
+        "Batch",
+        "DataSpecError",
+        "DecodeFailure",
+        "ReadStats",
+        "ShardCountError",
+        "ShardInfo",
+        "ShardReadError",
+        "ShardSet",
+        "TOMECIS_DATA_ENV",
+        "check_complete",
+        "data_config",
+        "eval_transform",
+        "iter_batches",
+        "read_shard",
+        "resolve_data",
+        "split_shards",
+        "verify_checksums",
+    ),
+    "write": ("WriteConfig", "WriteSummary", "write_shards"),
+    "manifest": ("MANIFEST_NAME", "Manifest", "ManifestError", "read_manifest"),
+    "synsets": ("imagenet_synsets", "synset_index"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shards' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

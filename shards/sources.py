@@ -1,0 +1,320 @@
+"""Where ImageNet images come from: an ImageFolder tree, a flat folder plus labels, or the val tar plus labels.
+
+Every form is reduced to the same thing: a list of `SourceImage`s sorted by key (the file stem), each knowing
+its class and how to read its original bytes. The val set in any of its forms therefore gives the same list.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from .synsets import synset_at, synset_index
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg")
+SYNSET_PATTERN = re.compile(r"^n\d{8}$")
+MAX_NAMED_IN_ERROR = 5
+
+
+class SourceError(ValueError):
+    """The source tree, tar or labels file cannot be turned into labelled samples."""
+
+
+class SourceForm(str, Enum):
+    """The shapes of ImageNet that `shards.write` accepts."""
+
+    IMAGEFOLDER = "imagefolder"  # SRC/<synset>/*.JPEG
+    FLAT = "flat"  # SRC/ILSVRC2012_val_*.JPEG + labels file
+    VAL_TAR = "val-tar"  # ILSVRC2012_img_val.tar + labels file
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """Where one source image's bytes lie.
+
+    key: the sample key (the file stem); file_name: the source file's base name; location: the file's path, or
+    the tar's path when `member` is set; offset/size: where the member's bytes lie inside the uncompressed tar.
+    """
+
+    key: str
+    file_name: str
+    location: str
+    member: str | None = None
+    offset: int = 0
+    size: int = 0
+
+    def describe(self) -> str:
+        """The image's name for error messages: its path, or `tar:member`."""
+        return f"{self.location}:{self.member}" if self.member is not None else self.location
+
+    def read_bytes(self) -> bytes:
+        """The original file bytes, unchanged."""
+        if self.member is None:
+            return Path(self.location).read_bytes()
+        with open(self.location, "rb") as tar_file:
+            tar_file.seek(self.offset)
+            data = tar_file.read(self.size)
+        if len(data) != self.size:
+            raise SourceError(f"{self.describe()}: the tar ends inside this member; the tar is truncated")
+        return data
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One labelled source image: its file, its synset and class index (position in the sorted 1,000)."""
+
+    file: ImageFile
+    synset: str
+    class_index: int
+
+    @property
+    def key(self) -> str:
+        return self.file.key
+
+    def describe(self) -> str:
+        return self.file.describe()
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """All images of a source, sorted by key, with what was found but not used."""
+
+    form: SourceForm
+    images: tuple[SourceImage, ...]
+    ignored_files: tuple[str, ...]
+    unused_labels: int
+
+
+def is_image_name(name: str) -> bool:
+    """True for the JPEG file names ImageNet uses (`.JPEG`, `.jpg`, any case)."""
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def stem_of(name: str) -> str:
+    """`ILSVRC2012_val_00000001.JPEG` -> `ILSVRC2012_val_00000001` (base name, last suffix removed)."""
+    base = os.path.basename(name)
+    return base.rsplit(".", 1)[0] if "." in base else base
+
+
+def detect_form(src: Path) -> SourceForm:
+    """Which shape `src` has; an error says what was expected when it has none of them."""
+    if src.is_file():
+        if tarfile.is_tarfile(src):
+            return SourceForm.VAL_TAR
+        raise SourceError(f"{src} is a file but not a tar; pass an ImageFolder tree, a folder of JPEGs or the val tar")
+    if not src.is_dir():
+        raise SourceError(f"{src} does not exist; pass an ImageFolder tree, a folder of JPEGs or the val tar")
+    entries = [entry for entry in os.scandir(src) if not is_hidden(entry.name)]
+    has_dirs = any(entry.is_dir() for entry in entries)
+    has_images = any(entry.is_file() and is_image_name(entry.name) for entry in entries)
+    if has_dirs and has_images:
+        raise SourceError(
+            f"{src} holds both sub-folders and JPEG files; an ImageFolder tree holds only <synset>/ folders, "
+            "a flat folder only JPEGs"
+        )
+    if has_dirs:
+        return SourceForm.IMAGEFOLDER
+    if has_images:
+        return SourceForm.FLAT
+    raise SourceError(f"{src} holds no JPEG files and no <synset>/ folders")
+
+
+def list_source_images(src: Path, labels: Path | None) -> SourceListing:
+    """Every labelled image of `src` (any accepted form), sorted by key; keys checked unique and dot-free."""
+    form = detect_form(src)
+    if form is SourceForm.IMAGEFOLDER:
+        if labels is not None:
+            raise SourceError(
+                f"{src} is an ImageFolder tree, whose folder names are the labels; drop --labels {labels}"
+            )
+        images, ignored = _imagefolder_images(src)
+        unused = 0
+    else:
+        if labels is None:
+            kind = "a tar" if form is SourceForm.VAL_TAR else "a flat folder of JPEGs"
+            raise SourceError(
+                f"{src} is {kind}, which carries no labels: pass --labels FILE "
+                "(val.txt lines 'ILSVRC2012_val_00000001.JPEG 65', or Kaggle's LOC_val_solution.csv)"
+            )
+        synset_by_key = read_labels(labels)
+        files, ignored = _tar_images(src) if form is SourceForm.VAL_TAR else _flat_images(src)
+        images = _attach_labels(files, synset_by_key, labels)
+        unused = len(synset_by_key) - len(images)
+    ordered = tuple(sorted(images, key=lambda image: image.key))
+    _check_keys(ordered)
+    return SourceListing(form=form, images=ordered, ignored_files=tuple(sorted(ignored)), unused_labels=unused)
+
+
+def _imagefolder_images(root: Path) -> tuple[list[SourceImage], list[str]]:
+    images: list[SourceImage] = []
+    ignored: list[str] = []
+    class_dirs = [entry for entry in os.scandir(root) if entry.is_dir() and not is_hidden(entry.name)]
+    for class_dir in sorted(class_dirs, key=lambda entry: entry.name):
+        if not SYNSET_PATTERN.match(class_dir.name):
+            raise SourceError(
+                f"{class_dir.path}: folder name {class_dir.name!r} is not a synset (nXXXXXXXX); "
+                "SRC must be the folder holding the <synset>/ folders (e.g. .../val, not its parent)"
+            )
+        index = synset_index(class_dir.name, where=f"folder {class_dir.path}")
+        for path in _walk_files(Path(class_dir.path)):
+            if not is_image_name(path.name):
+                ignored.append(str(path))
+                continue
+            image_file = ImageFile(key=stem_of(path.name), file_name=path.name, location=str(path))
+            images.append(SourceImage(file=image_file, synset=class_dir.name, class_index=index))
+    return images, ignored
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """Non-hidden files under `folder`, recursively, in sorted order."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(name for name in dirnames if not is_hidden(name))
+        found.extend(Path(dirpath) / name for name in sorted(filenames) if not is_hidden(name))
+    return found
+
+
+def _flat_images(folder: Path) -> tuple[list[ImageFile], list[str]]:
+    """Each JPEG directly in `folder`, plus the paths of the other (ignored) files."""
+    files: list[ImageFile] = []
+    ignored: list[str] = []
+    for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+        if is_hidden(entry.name) or not entry.is_file():
+            continue
+        if is_image_name(entry.name):
+            files.append(ImageFile(key=stem_of(entry.name), file_name=entry.name, location=entry.path))
+        else:
+            ignored.append(entry.path)
+    return files, ignored
+
+
+def _tar_images(tar_path: Path) -> tuple[list[ImageFile], list[str]]:
+    """Each JPEG member of an uncompressed tar (located by offset), plus the other (ignored) members."""
+    files: list[ImageFile] = []
+    ignored: list[str] = []
+    try:
+        with tarfile.open(tar_path, mode="r:") as tar:
+            members = tar.getmembers()
+    except tarfile.ReadError as error:
+        raise SourceError(
+            f"{tar_path}: cannot read it as an uncompressed tar ({error}); "
+            "decompress it first, or check that the download is complete"
+        ) from error
+    tar_size = tar_path.stat().st_size
+    for member in members:
+        if not member.isfile():
+            continue
+        name = os.path.basename(member.name)
+        if is_hidden(name) or not is_image_name(name):
+            ignored.append(f"{tar_path}:{member.name}")
+            continue
+        if member.offset_data + member.size > tar_size:
+            raise SourceError(f"{tar_path}:{member.name}: the tar ends inside this member; the tar is truncated")
+        files.append(
+            ImageFile(
+                key=stem_of(name),
+                file_name=name,
+                location=str(tar_path),
+                member=member.name,
+                offset=member.offset_data,
+                size=member.size,
+            )
+        )
+    return files, ignored
+
+
+def _attach_labels(files: list[ImageFile], synset_by_key: dict[str, str], labels: Path) -> list[SourceImage]:
+    missing = [image_file.describe() for image_file in files if image_file.key not in synset_by_key]
+    if missing:
+        named = ", ".join(missing[:MAX_NAMED_IN_ERROR])
+        more = f" and {len(missing) - MAX_NAMED_IN_ERROR} more" if len(missing) > MAX_NAMED_IN_ERROR else ""
+        raise SourceError(
+            f"labels file {labels} has no label for {named}{more}; use the labels file that belongs to these images"
+        )
+    return [
+        SourceImage(
+            file=image_file,
+            synset=synset_by_key[image_file.key],
+            class_index=synset_index(synset_by_key[image_file.key], where=f"label of {image_file.file_name}"),
+        )
+        for image_file in files
+    ]
+
+
+def _check_keys(images: tuple[SourceImage, ...]) -> None:
+    """Keys must be unique (one sample each) and free of dots (webdataset splits names at the first dot)."""
+    for image in images:
+        if "." in image.key:
+            raise SourceError(
+                f"{image.describe()}: its stem {image.key!r} contains '.', and webdataset splits sample names "
+                "at the first dot; rename the file"
+            )
+    for previous, current in zip(images, images[1:]):
+        if previous.key == current.key:
+            raise SourceError(
+                f"{previous.describe()} and {current.describe()} share the key {current.key!r}; "
+                "sample keys (file stems) must be unique"
+            )
+
+
+def read_labels(path: Path) -> dict[str, str]:
+    """Labels file -> {file stem: synset}.
+
+    Accepts `name index` lines (the common val.txt; index in sorted-synset order), `name synset` lines, or
+    Kaggle's LOC_val_solution.csv (header `ImageId,PredictionString`, synset = first token of column two).
+    """
+    if not path.is_file():
+        raise SourceError(f"labels file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    first_line = next((line for line in text.splitlines() if line.strip()), "")
+    if first_line.startswith("ImageId") or path.suffix.lower() == ".csv":
+        return _read_loc_csv(path, text)
+    return _read_name_label_lines(path, text)
+
+
+def _read_loc_csv(path: Path, text: str) -> dict[str, str]:
+    synset_by_key: dict[str, str] = {}
+    for line_number, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or (line_number == 1 and row[0] == "ImageId"):
+            continue
+        if len(row) < 2 or not row[1].split():
+            raise SourceError(f"{path}:{line_number}: expected 'ImageId,PredictionString', found {row!r}")
+        synset = row[1].split()[0]
+        synset_index(synset, where=f"{path}:{line_number}")
+        _add_label(synset_by_key, stem_of(row[0].strip()), synset, f"{path}:{line_number}")
+    return synset_by_key
+
+
+def _read_name_label_lines(path: Path, text: str) -> dict[str, str]:
+    synset_by_key: dict[str, str] = {}
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}:{line_number}"
+        if len(fields) != 2:
+            raise SourceError(f"{where}: expected 'filename class-index' (or 'filename synset'), found {line!r}")
+        name, label = fields
+        if label.isdigit():
+            synset = synset_at(int(label), where=where)
+        else:
+            synset_index(label, where=where)
+            synset = label
+        _add_label(synset_by_key, stem_of(name), synset, where)
+    return synset_by_key
+
+
+def _add_label(synset_by_key: dict[str, str], key: str, synset: str, where: str) -> None:
+    known = synset_by_key.get(key)
+    if known is not None and known != synset:
+        raise SourceError(f"{where}: {key} is labelled {synset} here but {known} earlier; fix the labels file")
+    synset_by_key[key] = synset
