@@ -168,3 +168,14 @@ def test_patching_twice_updates_settings():
     tomecis.patch(model, r=5, mode="tome")
     assert model.r == 5 and model.merge_state.mode == "tome"
     assert all(b._merge_state is model.merge_state for b in model.blocks)
+
+
+@pytest.mark.parametrize("mode", ["tomecis", "tome"])
+def test_explicit_attention_formulation_agrees_with_fused(mode):
+    base = MODEL_FACTORIES["deit_tiny_distilled"]()
+    x = images_for(base)
+    with torch.no_grad():
+        fused = tomecis.patch(copy.deepcopy(base), r=13, mode=mode, trace_source=True)
+        explicit = tomecis.patch(copy.deepcopy(base), r=13, mode=mode, trace_source=True, attention="explicit")
+        torch.testing.assert_close(fused(x), explicit(x), rtol=1e-4, atol=1e-5)
+    assert torch.equal(fused.merge_state.source, explicit.merge_state.source)

@@ -14,7 +14,7 @@ Blocks with ``r_l = 0`` run timm's own code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,56 +24,10 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from . import merge as M
+from .schedule import RSpec, resolve_schedule
 
-RSpec = Union[int, Tuple[int, float], Sequence[int]]
 MODES = ("tomecis", "tome")
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-def resolve_schedule(r: RSpec, num_blocks: int) -> List[int]:
-    """Per-block token reductions from an ``r`` spec (SPEC.md, "Schedule").
-
-    * ``int``: every block removes ``r``;
-    * ``(r, inflection)`` tuple, inflection in [-1, 1]: ToMe's linear schedule
-      ``lo = int(r (1 - inflection))``, ``hi = 2r - lo``;
-    * list: explicit per-block values, padded with zeros.
-    """
-    if isinstance(r, bool):
-        raise TypeError(f"r must be an int, an (r, inflection) tuple or a list, not {r!r}")
-    if isinstance(r, int):
-        _check_non_negative(r, "r")
-        return [r] * num_blocks
-    if isinstance(r, tuple):
-        return _inflection_schedule(r, num_blocks)
-    if isinstance(r, (list, torch.Size)) or (isinstance(r, Sequence) and not isinstance(r, str)):
-        values = [int(v) for v in r]
-        if len(values) > num_blocks:
-            raise ValueError(f"r lists {len(values)} values but the model has {num_blocks} blocks")
-        for i, v in enumerate(values):
-            _check_non_negative(v, f"r[{i}]")
-        return values + [0] * (num_blocks - len(values))
-    raise TypeError(f"r must be an int, an (r, inflection) tuple or a list, not {type(r).__name__} {r!r}")
-
-
-def _inflection_schedule(r: Tuple[int, float], num_blocks: int) -> List[int]:
-    if len(r) != 2:
-        raise ValueError(f"a tuple r must be (r, inflection), got {r!r}; use a list for per-block values")
-    base, inflection = int(r[0]), float(r[1])
-    _check_non_negative(base, "r")
-    if not -1.0 <= inflection <= 1.0:
-        raise ValueError(f"inflection must lie in [-1, 1], got {inflection}")
-    lo = int(base * (1 - inflection))
-    hi = 2 * base - lo
-    if num_blocks == 1:
-        return [lo]
-    return [int(lo + (hi - lo) * i / (num_blocks - 1)) for i in range(num_blocks)]
-
-
-def _check_non_negative(value: int, name: str) -> None:
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+ATTENTIONS = ("fused", "explicit")
 
 
 # --------------------------------------------------------------------------- state
@@ -92,6 +46,7 @@ class MergeState:
     mode: str = "tomecis"
     prop_attn: bool = True
     trace_source: bool = False
+    attention: str = "fused"
     class_token: bool = True
     distill_token: bool = False
     size: Optional[torch.Tensor] = None
@@ -109,6 +64,8 @@ class MergeState:
 
 class ToMeCISAttention(Attention):
     """timm ``Attention`` that also returns the merge metric and the class importance score."""
+
+    _merge_state: MergeState  # shared with the blocks; ``attention`` picks SDPA or the full matrix
 
     def forward_merge(
         self, x: torch.Tensor, size: Optional[torch.Tensor], need_score: bool
@@ -132,9 +89,13 @@ class ToMeCISAttention(Attention):
 
         log_size = size.log() if size is not None else None  # [B, N, 1] float32
         bias = None if log_size is None else log_size[:, None, None, :, 0].to(q.dtype)  # [B, 1, 1, N]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
-        )  # [B, H, N, D]
+        if self._merge_state.attention == "explicit":
+            out, cls_attn = self._explicit_attention(q, k, v, bias)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
+            )  # [B, H, N, D]
+            cls_attn = None
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         out = self.norm(out)
         if gate is not None:
@@ -143,9 +104,18 @@ class ToMeCISAttention(Attention):
 
         score = None
         if need_score:
-            cls_attn = M.class_attention(q[:, :, :1], k, self.scale, log_size)  # [B, H, N]
+            if cls_attn is None:  # only row 0 of the attention matrix: [B, H, N]
+                cls_attn = M.class_attention(q[:, :, :1], k, self.scale, log_size)
             score = M.class_importance(cls_attn, v)  # [B, N, 1]
         return out, k.mean(dim=1), score
+
+    def _explicit_attention(self, q, k, v, bias):
+        """The reference code's formulation: the full ``[B, H, N, N]`` matrix, row 0 read from it."""
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        if bias is not None:
+            attn = attn + bias
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return attn @ v, attn[:, :, 0]
 
 
 class ToMeCISBlock(Block):
@@ -220,6 +190,7 @@ def patch(
     mode: str = "tomecis",
     trace_source: bool = False,
     prop_attn: bool = True,
+    attention: str = "fused",
 ) -> nn.Module:
     """Turn a timm ``VisionTransformer`` into a merging model, in place; returns the model.
 
@@ -230,17 +201,22 @@ def patch(
         mode: ``"tomecis"`` (class-importance-weighted merge) or ``"tome"`` (size-weighted).
         trace_source: keep ``model.merge_state.source`` ``[B, N, N0]`` for visualisation.
         prop_attn: add ``log s`` to the attention logits once tokens have merged.
+        attention: ``"fused"`` (SDPA + the class row alone) or ``"explicit"`` (the full
+            ``N x N`` matrix, as the reference code; for comparisons only).
 
     Patching twice only updates the settings.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     distill_token = _check_supported(model)
     state = MergeState(
         schedule=[],
         mode=mode,
         prop_attn=prop_attn,
         trace_source=trace_source,
+        attention=attention,
         class_token=True,
         distill_token=distill_token,
     )
@@ -250,6 +226,7 @@ def patch(
     for index, block in enumerate(model.blocks):
         block.__class__ = ToMeCISBlock
         block.attn.__class__ = ToMeCISAttention
+        block.attn._merge_state = state
         block._merge_state = state
         block._block_index = index
     model.r = r

@@ -1,0 +1,294 @@
+"""Throughput and FLOPs of one model at a list of r, measured the way SPEC.md says.
+
+Random input ``[batch, 3, H, W]`` already on the device, eval mode, no grad,
+warm-up passes, then timed passes with the device synchronised; the median of
+the timed passes is reported. GFLOPs per image come from
+``torch.utils.flop_counter.FlopCounterMode`` with the CPU attention kernel
+counted too (stock torch skips it).
+
+    python -m tomecis.benchmark --model deit_small --r 0,8-16 --batch-size 128 --device cuda --amp fp16
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils import flop_counter
+
+from .models import create_model, resolve_model_name
+from .patch import ATTENTIONS, MODES, patch
+from .schedule import parse_r_values
+
+AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an unavailable cuda is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return dev
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast context for ``amp`` in {none, fp16, bf16}."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def input_shape(model: nn.Module) -> tuple:
+    """``(3, H, W)`` from the model's pretrained config (timm's data config)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        return tuple(cfg["input_size"])
+    h, w = model.patch_embed.img_size
+    return (3, h, w)
+
+
+def measure_throughput(
+    model: nn.Module,
+    batch_size: int,
+    device: torch.device,
+    amp: str = "none",
+    warmup: int = 3,
+    runs: int = 10,
+) -> float:
+    """Median images/s of ``runs`` timed forward passes on random input already on ``device``."""
+    x = torch.randn(batch_size, *input_shape(model), device=device)
+    times = []
+    with torch.inference_mode(), autocast(device, amp):
+        for _ in range(warmup):
+            model(x)
+        synchronize(device)
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(x)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return batch_size / statistics.median(times)
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _flop_mapping() -> dict:
+    """Formulas for attention kernels the stock counter misses (the CPU flash kernel)."""
+    mapping = {}
+    cpu_kernel = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_kernel is not None:
+        mapping[cpu_kernel] = _sdpa_flops
+    return mapping
+
+
+def count_gflops(model: nn.Module, device: torch.device) -> float:
+    """GFLOPs (multiply-adds count 2) of one image through ``model``, every matrix product counted."""
+    x = torch.randn(1, *input_shape(model), device=device)
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=_flop_mapping())
+    with counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def tokens_left(model: nn.Module, device: torch.device) -> int:
+    """Tokens leaving the last block (after one forward of a single image)."""
+    state = getattr(model, "merge_state", None)
+    if state is None or not state.tokens:
+        with torch.inference_mode():
+            model(torch.randn(1, *input_shape(model), device=device))
+        state = getattr(model, "merge_state", None)
+    if state is not None and state.tokens:
+        return state.tokens[-1]
+    return model.patch_embed.num_patches + model.num_prefix_tokens
+
+
+# --------------------------------------------------------------------------- one model, many r
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to benchmark; parsed once from the command line (or built by the sweep)."""
+
+    model: str
+    r_values: List[int] = field(default_factory=lambda: [0])
+    batch_size: int = 128
+    device: str = "auto"
+    amp: str = "none"
+    mode: str = "tomecis"
+    warmup: int = 3
+    runs: int = 10
+    pretrained: bool = False
+    checkpoint: Optional[str] = None
+    explicit: bool = False  # also time the full-attention-matrix formulation at every r > 0
+
+
+@dataclass
+class BenchmarkRow:
+    model: str
+    r: int
+    mode: str
+    img_per_s: float
+    speedup: float  # over the unpatched timm model
+    gflops: float
+    tokens_out: int
+    batch_size: int
+    amp: str
+    device: str
+    explicit_img_per_s: Optional[float] = None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def run_benchmark(cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progress: Callable[[str], None] = lambda s: None) -> List[BenchmarkRow]:
+    """Time the unpatched model, then the patched one at every r of ``cfg``."""
+    device = resolve_device(cfg.device)
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if model is None:
+        model = create_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
+    model = model.to(device).eval()
+    measure = lambda m: measure_throughput(m, cfg.batch_size, device, cfg.amp, cfg.warmup, cfg.runs)  # noqa: E731
+
+    progress("unpatched")
+    measure(model)  # first passes on a device pay for allocator and kernel warm-up: not timed
+    baseline = measure(model)
+    patched = patch(copy.deepcopy(model), r=0, mode=cfg.mode)
+    explicit = patch(copy.deepcopy(model), r=0, mode=cfg.mode, attention="explicit") if cfg.explicit else None
+    rows = []
+    for r in cfg.r_values:
+        progress(f"r={r}")
+        patched.r = r
+        speed = measure(patched)
+        explicit_speed = None
+        if explicit is not None:
+            explicit.r = r
+            explicit_speed = measure(explicit)
+        rows.append(
+            BenchmarkRow(
+                model=resolve_model_name(cfg.model),
+                r=r,
+                mode=cfg.mode,
+                img_per_s=speed,
+                speedup=speed / baseline,
+                gflops=count_gflops(patched, device),
+                tokens_out=tokens_left(patched, device),
+                batch_size=cfg.batch_size,
+                amp=cfg.amp,
+                device=device_name(device),
+                explicit_img_per_s=explicit_speed,
+            )
+        )
+    return rows
+
+
+def format_table(rows: Sequence[BenchmarkRow]) -> str:
+    """A Markdown table a person can read at a glance."""
+    if not rows:
+        return "(no rows)"
+    with_explicit = any(row.explicit_img_per_s is not None for row in rows)
+    head = ["r", "img/s", "speed-up", "GFLOPs", "tokens left"]
+    if with_explicit:
+        head += ["explicit img/s", "fused / explicit"]
+    lines = [
+        f"{rows[0].model} ({rows[0].mode}), batch {rows[0].batch_size}, amp {rows[0].amp}, {rows[0].device}",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("--:" for _ in head) + "|",
+    ]
+    for row in rows:
+        cells = [str(row.r), f"{row.img_per_s:.1f}", f"{row.speedup:.2f}x", f"{row.gflops:.2f}", str(row.tokens_out)]
+        if with_explicit:
+            e = row.explicit_img_per_s
+            cells += [f"{e:.1f}", f"{row.img_per_s / e:.2f}x"] if e else ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tomecis.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="deit_small", help="short name (deit_tiny, deit_small, deit_base) or timm name")
+    p.add_argument("--r", default="0,8-16", help="r values: 0,8-16 or 8-16:2 (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
+    p.add_argument("--mode", default="tomecis", choices=list(MODES))
+    p.add_argument("--warmup", type=int, default=3, help="untimed passes per r")
+    p.add_argument("--runs", type=int, default=10, help="timed passes per r (median reported)")
+    p.add_argument("--pretrained", action="store_true", help="timm's published weights (needs the Hugging Face Hub)")
+    p.add_argument("--checkpoint", help="local .pth / .safetensors weights")
+    p.add_argument("--explicit", action="store_true", help="also time the full-attention-matrix formulation")
+    return p
+
+
+def config_from_args(argv: Optional[Sequence[str]] = None) -> BenchmarkConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        r_values = parse_r_values(args.r)
+        resolve_model_name(args.model)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.batch_size < 1 or args.runs < 1 or args.warmup < 0:
+        parser.error("--batch-size and --runs must be >= 1, --warmup >= 0")
+    return BenchmarkConfig(
+        model=args.model,
+        r_values=r_values,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+        mode=args.mode,
+        warmup=args.warmup,
+        runs=args.runs,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        explicit=args.explicit,
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = config_from_args(argv)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(cfg.r_values) + 1, desc=f"benchmark {cfg.model}", file=sys.stderr)
+
+    def progress(what: str) -> None:
+        bar.set_postfix_str(what)
+        bar.update(0 if what == "unpatched" else 1)
+
+    rows = run_benchmark(cfg, progress=progress)
+    bar.update(1)
+    bar.close()
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
