@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import io
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -42,27 +43,47 @@ def short_name(timm_name: str) -> str:
     return timm_name
 
 
-def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
-    """Load local weights strictly: ``.safetensors``, or a torch file holding a state dict
-    directly or under ``"model"`` / ``"state_dict"`` (DeiT's own release format)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .pth or .safetensors file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def state_dict_from_bytes(data: bytes, name: str) -> Dict[str, torch.Tensor]:
+    """A state dict from a checkpoint file's bytes; ``name`` (the file name) picks the format:
+    ``.safetensors``, or a torch file holding the dict directly or under ``"model"`` /
+    ``"state_dict"`` / ``"model_ema"`` (DeiT's own release format)."""
+    if str(name).endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors
 
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict", "model_ema"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
+        return load_safetensors(data)
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            return state[key]
+    return state
+
+
+def load_state_dict(model: nn.Module, state: Dict[str, torch.Tensor], name: str) -> nn.Module:
+    """Load strictly; a mismatch names the checkpoint and the model."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: {err}") from err
+        raise ValueError(f"checkpoint {name} does not fit {type(model).__name__}: {err}") from err
     return model
+
+
+def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
+    """Load a local ``.pth`` / ``.safetensors`` file strictly into ``model``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .pth or .safetensors file")
+    return load_state_dict(model, state_dict_from_bytes(path.read_bytes(), path.name), str(path))
+
+
+def find_checkpoint(directory: Union[str, Path], timm_name: str) -> Path:
+    """``DIR/<timm name>.pth|.pt|.bin|.safetensors``; a missing one is an error listing what was tried."""
+    directory = Path(directory)
+    for suffix in CHECKPOINT_SUFFIXES:
+        candidate = directory / f"{timm_name}{suffix}"
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(f"{timm_name}{s}" for s in CHECKPOINT_SUFFIXES)
+    raise FileNotFoundError(f"no checkpoint for model {timm_name} in {directory} (looked for {tried})")
 
 
 def create_model(

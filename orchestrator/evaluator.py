@@ -1,0 +1,241 @@
+"""One patched model on one device: decode each batch once, run it at every r of the grid.
+
+``evaluate_shard`` and ``profile_model`` are plain functions (tests call them
+without Ray); ``Evaluator`` wraps them as the Ray actor the sweep starts, one per
+device. Nothing here writes results or parses command lines.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import shards
+import tomecis
+from tomecis import benchmark as bm
+from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How an actor runs its model; the same for every actor of a sweep."""
+
+    device: str = "auto"
+    amp: str = "none"
+    mode: str = "tomecis"
+    batch_size: int = 128
+    loader_workers: Optional[int] = None  # None: 4 on a GPU, 0 on a CPU
+    threads: Optional[int] = None  # torch CPU threads (the CPUs Ray gave the actor)
+    exit_on_item: Optional[int] = None  # test hook: the process dies when it starts its N-th shard
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's weights come from: checkpoint bytes (shipped through Ray's object store so that
+    no node needs the driver's files), timm's pretrained download, or random initialisation."""
+
+    source: str  # "checkpoint" | "pretrained" | "random"
+    name: str = ""  # checkpoint file name (picks the format)
+    data_ref: Optional[list] = None  # [ObjectRef] of the bytes, wrapped so Ray does not fetch it eagerly
+
+
+@dataclass
+class ShardOutcome:
+    """A shard evaluated at every r: per-image top-5 (``[n, 5]`` int32) for each r, in key order."""
+
+    model: str
+    shard: str
+    r_values: List[int]
+    keys: List[str]
+    labels: np.ndarray  # [n] int32
+    top5: Dict[int, np.ndarray]  # r -> [n, 5] int32
+    n_failed: int
+    failures: List[shards.DecodeFailure]
+    load_seconds: float
+    forward_seconds: Dict[int, float]
+    node_id: str = ""
+    hostname: str = ""
+    device: str = ""
+
+
+@dataclass
+class ModelProfile:
+    """What the results need to know of a model, measured on the actor's device."""
+
+    model: str
+    param_count: float  # millions
+    img_size: int
+    crop_pct: float
+    interpolation: str
+    device: str
+    schedule: Dict[int, List[int]] = field(default_factory=dict)
+    gflops: Dict[int, float] = field(default_factory=dict)
+    tokens_out: Dict[int, int] = field(default_factory=dict)
+    infer_samples_per_sec: Dict[int, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- plain functions
+
+
+def build_model(model_name: str, weights: Weights, mode: str, device: torch.device) -> nn.Module:
+    """The patched model (r = 0) on ``device`` in eval mode."""
+    if weights.source == "checkpoint":
+        import ray
+
+        data = weights.data_ref[0]
+        if not isinstance(data, bytes):
+            data = ray.get(data)
+        model = create_model(model_name)
+        load_state_dict(model, state_dict_from_bytes(data, weights.name), weights.name)
+    else:
+        model = create_model(model_name, pretrained=weights.source == "pretrained")
+    return tomecis.patch(model.eval(), r=0, mode=mode).to(device)
+
+
+def evaluate_shard(
+    model: nn.Module,
+    shard: shards.ShardInfo,
+    r_values: Sequence[int],
+    transform,
+    device: torch.device,
+    amp: str = "none",
+    batch_size: int = 128,
+    loader_workers: int = 0,
+) -> ShardOutcome:
+    """Decode ``shard`` once; every batch goes through ``model`` at each r. Counts are checked
+    against the manifest (``ShardCountError``); decode failures are returned, not dropped."""
+    stats = shards.ReadStats()
+    keys: List[str] = []
+    labels: List[np.ndarray] = []
+    top5: Dict[int, List[np.ndarray]] = {r: [] for r in r_values}
+    forward_seconds = {r: 0.0 for r in r_values}
+    load_seconds = 0.0
+    batches = shards.iter_batches([shard], transform, batch_size, loader_workers, stats, pin_memory=device.type == "cuda")
+    tick = time.perf_counter()
+    with torch.inference_mode():
+        for images, batch_labels, batch_keys in batches:
+            images = images.to(device, non_blocking=True)
+            load_seconds += time.perf_counter() - tick
+            for r in r_values:
+                start = time.perf_counter()
+                top5[r].append(_top5(model, images, r, device, amp))
+                forward_seconds[r] += time.perf_counter() - start
+            keys.extend(batch_keys)
+            labels.append(batch_labels.numpy().astype(np.int32))
+            tick = time.perf_counter()
+    load_seconds += time.perf_counter() - tick  # the last wait, which ends the stream and checks counts
+    return ShardOutcome(
+        model=model.pretrained_cfg.get("architecture", ""),
+        shard=shard.url,
+        r_values=list(r_values),
+        keys=keys,
+        labels=np.concatenate(labels) if labels else np.zeros(0, np.int32),
+        top5={r: np.concatenate(v) if v else np.zeros((0, 5), np.int32) for r, v in top5.items()},
+        n_failed=stats.n_failed,
+        failures=list(stats.failures),
+        load_seconds=load_seconds,
+        forward_seconds=forward_seconds,
+        device=bm.device_name(device),
+    )
+
+
+def _top5(model: nn.Module, images: torch.Tensor, r: int, device: torch.device, amp: str) -> np.ndarray:
+    """``[B, 5]`` int32 class indices, best first (fewer columns when the model has < 5 classes)."""
+    model.r = r
+    with bm.autocast(device, amp):
+        logits = model(images)
+    k = min(5, logits.shape[-1])
+    return logits.float().topk(k, dim=-1).indices.to(torch.int32).cpu().numpy()
+
+
+def profile_model(
+    model: nn.Module,
+    r_values: Sequence[int],
+    device: torch.device,
+    amp: str = "none",
+    bench_batch_size: Optional[int] = None,
+    runs: int = 10,
+    warmup: int = 3,
+) -> ModelProfile:
+    """GFLOPs, tokens left and schedule at each r; img/s too when ``bench_batch_size`` is given."""
+    cfg = shards.data_config(model)
+    profile = ModelProfile(
+        model=model.pretrained_cfg.get("architecture", ""),
+        param_count=sum(p.numel() for p in model.parameters()) / 1e6,
+        img_size=int(cfg["input_size"][-1]),
+        crop_pct=float(cfg["crop_pct"]),
+        interpolation=str(cfg["interpolation"]),
+        device=bm.device_name(device),
+    )
+    if bench_batch_size:
+        bm.measure_throughput(model, bench_batch_size, device, amp, warmup, 1)  # device warm-up, untimed
+    for r in r_values:
+        model.r = r
+        profile.schedule[r] = list(model.merge_state.schedule)
+        profile.gflops[r] = bm.count_gflops(model, device)
+        profile.tokens_out[r] = bm.tokens_left(model, device)
+        if bench_batch_size:
+            profile.infer_samples_per_sec[r] = bm.measure_throughput(model, bench_batch_size, device, amp, warmup, runs)
+    return profile
+
+
+# --------------------------------------------------------------------------- the actor
+
+
+class Evaluator:
+    """Ray actor body: holds one patched model at a time on its device (``ray.remote(Evaluator)``)."""
+
+    def __init__(self, config: EvaluatorConfig):
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(int(config.threads))
+        self.device = bm.resolve_device(config.device)
+        self.model_name: Optional[str] = None
+        self.model: Optional[nn.Module] = None
+        self.transform = None
+        self.items_started = 0
+
+    def ready(self) -> Dict[str, str]:
+        """Where this actor runs: node id, hostname, device (also proves the actor started)."""
+        return {"node_id": _node_id(), "hostname": socket.gethostname(), "device": bm.device_name(self.device), "pid": str(os.getpid())}
+
+    def _ensure(self, model_name: str, weights: Weights) -> nn.Module:
+        if self.model_name != model_name:
+            self.model = None  # free the previous model's memory before loading the next
+            self.model = build_model(model_name, weights, self.config.mode, self.device)
+            self.transform = shards.eval_transform(self.model)
+            self.model_name = model_name
+        return self.model
+
+    def evaluate(self, model_name: str, weights: Weights, shard: shards.ShardInfo, r_values: List[int]) -> ShardOutcome:
+        self.items_started += 1
+        if self.config.exit_on_item is not None and self.items_started == self.config.exit_on_item:
+            os._exit(17)  # test hook: die like a crashed or preempted worker, mid-sweep
+        model = self._ensure(model_name, weights)
+        workers = self.config.loader_workers
+        if workers is None:
+            workers = 4 if self.device.type == "cuda" else 0
+        outcome = evaluate_shard(model, shard, r_values, self.transform, self.device, self.config.amp, self.config.batch_size, workers)
+        outcome.model = model_name
+        outcome.node_id, outcome.hostname = _node_id(), socket.gethostname()
+        return outcome
+
+    def profile(self, model_name: str, weights: Weights, r_values: List[int], bench: bool, runs: int, warmup: int) -> ModelProfile:
+        model = self._ensure(model_name, weights)
+        batch = self.config.batch_size if bench else None
+        profile = profile_model(model, r_values, self.device, self.config.amp, batch, runs, warmup)
+        profile.model = model_name
+        return profile
+
+
+def _node_id() -> str:
+    """The Ray node id, or "local" outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"

@@ -1,0 +1,63 @@
+"""Parse ``--models`` and ``--r`` into grid points. No I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence
+
+from tomecis.models import resolve_model_name, short_name
+from tomecis.patch import MODES
+from tomecis.schedule import parse_r_values, resolve_schedule
+
+AMPS = ("none", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One (model, r) evaluation, with what makes results comparable (mode, amp, batch size)."""
+
+    model: str  # timm name
+    r: int
+    mode: str = "tomecis"
+    amp: str = "none"
+    batch_size: int = 128
+
+    @property
+    def short_name(self) -> str:
+        return short_name(self.model)
+
+    def file_stem(self, fingerprint: str) -> str:
+        """A file name that identifies the point and its dataset (a rerun finds it again)."""
+        return f"{self.short_name}-{self.mode}-r{self.r}-{self.amp}-bs{self.batch_size}-{fingerprint}"
+
+
+def parse_models(text: str) -> List[str]:
+    """``"deit_tiny,deit_small"`` -> timm names, in order, without duplicates; unknown names raise."""
+    names: List[str] = []
+    for item in str(text).split(","):
+        if not item.strip():
+            raise ValueError(f"empty model name in --models {text!r}; separate names with single commas")
+        name = resolve_model_name(item)
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def build_grid(
+    models: Sequence[str], r_values: Sequence[int], mode: str = "tomecis", amp: str = "none", batch_size: int = 128
+) -> List[GridPoint]:
+    """Every (model, r) pair, models outermost."""
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+    if amp not in AMPS:
+        raise ValueError(f"--amp must be one of {AMPS}, got {amp!r}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    return [GridPoint(model, r, mode, amp, batch_size) for model in models for r in r_values]
+
+
+def schedule_of(point: GridPoint, num_blocks: int) -> List[int]:
+    """The per-block reductions the point runs with."""
+    return resolve_schedule(point.r, num_blocks)
+
+
+__all__ = ["AMPS", "GridPoint", "build_grid", "parse_models", "parse_r_values", "schedule_of"]

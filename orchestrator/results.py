@@ -1,0 +1,189 @@
+"""The results directory: Parquet schemas, atomic writes, and what is already done.
+
+Layout of ``--out`` (a local path or any URI pyarrow's filesystem layer opens, e.g. ``s3://bucket/run``)::
+
+    points/<point>.parquet        one row per grid point (accuracy, throughput, provenance)
+    predictions/<point>.parquet   one row per image of that point (key, label, pred, top5, correct)
+
+A point's predictions are written before its ``points`` row, so a ``points``
+file exists only for a finished point: that file is what a rerun skips.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .grid import GridPoint
+
+POINTS_DIR = "points"
+PREDICTIONS_DIR = "predictions"
+
+POINT_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("short_name", pa.string()),
+        ("mode", pa.string()),
+        ("r", pa.int32()),
+        ("schedule", pa.list_(pa.int32())),
+        ("top1", pa.float64()),
+        ("top5", pa.float64()),
+        ("n_images", pa.int64()),
+        ("n_failed", pa.int64()),
+        ("infer_samples_per_sec", pa.float64()),
+        ("infer_batch_size", pa.int32()),
+        ("eval_samples_per_sec", pa.float64()),
+        ("gflops", pa.float64()),
+        ("tokens_out", pa.int32()),
+        ("param_count", pa.float64()),
+        ("img_size", pa.int32()),
+        ("crop_pct", pa.float64()),
+        ("interpolation", pa.string()),
+        ("amp", pa.string()),
+        ("device", pa.string()),
+        ("dataset", pa.string()),
+        ("n_shards", pa.int32()),
+        ("started", pa.timestamp("us", tz="UTC")),
+        ("finished", pa.timestamp("us", tz="UTC")),
+        ("nodes", pa.list_(pa.string())),
+        ("hostnames", pa.list_(pa.string())),
+        ("torch_version", pa.string()),
+        ("timm_version", pa.string()),
+        ("ray_version", pa.string()),
+        ("tomecis_version", pa.string()),
+    ]
+)
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("label", pa.int32()),
+        ("pred", pa.int32()),
+        ("top5", pa.list_(pa.int32())),
+        ("correct", pa.bool_()),
+        ("shard", pa.string()),
+        ("model", pa.string()),
+        ("mode", pa.string()),
+        ("r", pa.int32()),
+    ]
+)
+
+
+class ResultsDir:
+    """A results directory on any pyarrow filesystem (local disk, S3, GCS)."""
+
+    def __init__(self, uri: str):
+        self.uri = str(uri)
+        self.fs, self.root = _filesystem(self.uri)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def point_path(self, point: GridPoint, fingerprint: str) -> str:
+        return self.path(POINTS_DIR, point.file_stem(fingerprint) + ".parquet")
+
+    def predictions_path(self, point: GridPoint, fingerprint: str) -> str:
+        return self.path(PREDICTIONS_DIR, point.file_stem(fingerprint) + ".parquet")
+
+    def is_done(self, point: GridPoint, fingerprint: str) -> bool:
+        """True when the point's ``points`` row exists for this dataset."""
+        return self.fs.get_file_info(self.point_path(point, fingerprint)).type == pafs.FileType.File
+
+    def write_point(self, point: GridPoint, fingerprint: str, row: Dict, predictions: pa.Table) -> str:
+        """Write predictions then the point row, each atomically; returns the point file's path."""
+        _check_row(row)
+        self._write_atomic(predictions.cast(PREDICTION_SCHEMA), self.predictions_path(point, fingerprint))
+        table = pa.Table.from_pylist([row], schema=POINT_SCHEMA)
+        path = self.point_path(point, fingerprint)
+        self._write_atomic(table, path)
+        return path
+
+    def _write_atomic(self, table: pa.Table, path: str) -> None:
+        """Local disks: write a temporary file beside ``path``, then rename over it.
+        Object stores: one PUT, which is atomic there (readers see all or nothing)."""
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+            pq.write_table(table, tmp, filesystem=self.fs)
+            os.replace(tmp, path)
+        else:
+            pq.write_table(table, path, filesystem=self.fs)
+
+    def read_points(self) -> pa.Table:
+        """Every points row written so far (an empty table with the schema when none)."""
+        return self._read_dir(POINTS_DIR, POINT_SCHEMA)
+
+    def read_predictions(self) -> pa.Table:
+        return self._read_dir(PREDICTIONS_DIR, PREDICTION_SCHEMA)
+
+    def _read_dir(self, name: str, schema: pa.Schema) -> pa.Table:
+        files = self._parquet_files(name)
+        if not files:
+            return schema.empty_table()
+        return pa.concat_tables([pq.read_table(f, filesystem=self.fs).cast(schema) for f in files])
+
+    def _parquet_files(self, name: str) -> List[str]:
+        selector = pafs.FileSelector(self.path(name), allow_not_found=True)
+        infos = self.fs.get_file_info(selector)
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
+
+
+def _filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def _check_row(row: Dict) -> None:
+    missing = [f.name for f in POINT_SCHEMA if f.name not in row]
+    extra = [k for k in row if k not in POINT_SCHEMA.names]
+    if missing or extra:
+        raise ValueError(f"points row does not fit the schema: missing {missing}, unknown {extra}")
+
+
+def predictions_table(
+    point: GridPoint, keys: List[str], labels: Iterable[int], top5: Iterable[Iterable[int]], shards: List[str]
+) -> pa.Table:
+    """One row per image: key, label, pred (top-1), top5, correct, shard, model, mode, r."""
+    labels = [int(v) for v in labels]
+    top5 = [[int(c) for c in row] for row in top5]
+    preds = [row[0] for row in top5]
+    n = len(keys)
+    return pa.Table.from_pydict(
+        {
+            "key": keys,
+            "label": labels,
+            "pred": preds,
+            "top5": top5,
+            "correct": [p == t for p, t in zip(preds, labels)],
+            "shard": shards,
+            "model": [point.model] * n,
+            "mode": [point.mode] * n,
+            "r": [point.r] * n,
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+
+
+def accuracy(labels: List[int], top5: List[List[int]]) -> Tuple[float, float]:
+    """Top-1 and top-5 in percent."""
+    if not labels:
+        return float("nan"), float("nan")
+    n = len(labels)
+    top1 = sum(row[0] == t for row, t in zip(top5, labels))
+    top5_hits = sum(t in row for row, t in zip(top5, labels))
+    return 100.0 * top1 / n, 100.0 * top5_hits / n
+
+
+def existing(results: ResultsDir, points: Iterable[GridPoint], fingerprint: str) -> Dict[GridPoint, bool]:
+    """For each point: is it already done for this dataset?"""
+    return {p: results.is_done(p, fingerprint) for p in points}
+
+
+def optional_float(value: Optional[float]) -> Optional[float]:
+    return None if value is None else float(value)

@@ -1,0 +1,380 @@
+"""Sweep (model, r) grid points over a Ray cluster into Parquet results.
+
+    python -m orchestrator.sweep --models deit_tiny,deit_small --r 0,8-16 --data shards/ --out results/
+
+Flow: parse the grid -> resolve the shards -> skip points already in ``--out`` ->
+start one actor per device -> each (model, shard) item is decoded once and run at
+every r of that model -> outcomes are accepted once per item -> per point, counts
+are checked against the manifest and the row + predictions are written -> the
+model alone is timed on random input -> a table per model is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import ray
+from tqdm import tqdm
+
+import shards
+import tomecis
+from tomecis.models import find_checkpoint
+from tomecis.patch import MODES
+
+from . import report
+from .evaluator import EvaluatorConfig, ModelProfile, ShardOutcome, Weights
+from .grid import AMPS, GridPoint, build_grid, parse_models, parse_r_values
+from .pool import ActorResources, EvaluatorPool, SweepError
+from .results import ResultsDir, accuracy, predictions_table
+
+
+@dataclass
+class SweepConfig:
+    """Everything a sweep needs, parsed once from the command line."""
+
+    models: List[str]
+    r_values: List[int]
+    data: Optional[str] = None
+    out: str = "results"
+    batch_size: int = 128
+    device: str = "auto"
+    amp: str = "none"
+    mode: str = "tomecis"
+    checkpoint_dir: Optional[str] = None
+    random_weights: bool = False
+    limit: Optional[int] = None
+    address: str = "auto"
+    bench: bool = True
+    bench_runs: int = 10
+    bench_warmup: int = 3
+    force: bool = False
+    num_actors: Optional[int] = None
+    cpus_per_actor: Optional[float] = None
+    loader_workers: Optional[int] = None
+    max_retries: int = 3
+    allow_decode_failures: bool = False
+    progress: bool = True
+    exit_on_item: Optional[int] = None  # test hook: the first actor dies when it starts its N-th item
+
+
+@dataclass
+class SweepSummary:
+    written: List[str] = field(default_factory=list)
+    skipped: List[GridPoint] = field(default_factory=list)
+    failed: Dict[GridPoint, str] = field(default_factory=dict)
+    table: str = ""
+
+
+# --------------------------------------------------------------------------- preparation (no Ray)
+
+
+def select_shards(shardset: shards.ShardSet, limit: Optional[int]) -> Tuple[Tuple[shards.ShardInfo, ...], int, str]:
+    """The shards to evaluate, their image total and the dataset fingerprint.
+
+    ``limit`` keeps the first whole shards holding at least ``limit`` images (whole
+    shards, so every count can still be checked against the manifest)."""
+    chosen = shardset.shards
+    if limit is not None:
+        if any(s.n_samples is None for s in chosen):
+            raise ValueError("--limit needs shard counts from a manifest; point --data at a directory with manifest.json")
+        kept, total = [], 0
+        for shard in chosen:
+            if total >= limit:
+                break
+            kept.append(shard)
+            total += shard.n_samples
+        chosen = tuple(kept)
+    total = sum(s.n_samples for s in chosen) if all(s.n_samples is not None for s in chosen) else None
+    fingerprint = shardset.fingerprint if chosen == shardset.shards else shards.read.fingerprint_of(chosen)
+    return chosen, total, fingerprint
+
+
+def weights_for(models: Sequence[str], cfg: SweepConfig) -> Dict[str, Weights]:
+    """Checkpoint files found before any Ray work (a missing one is an error), else pretrained or random."""
+    found = {}
+    for model in models:
+        if cfg.checkpoint_dir:
+            path = find_checkpoint(cfg.checkpoint_dir, model)
+            found[model] = Weights("checkpoint", name=path.name, data_ref=[path])
+        else:
+            found[model] = Weights("random" if cfg.random_weights else "pretrained")
+    return found
+
+
+def _ship_weights(weights: Dict[str, Weights]) -> Dict[str, Weights]:
+    """Put checkpoint bytes in Ray's object store once, so actors on any node can load them."""
+    shipped = {}
+    for model, w in weights.items():
+        if w.source == "checkpoint":
+            w = Weights("checkpoint", name=w.name, data_ref=[ray.put(Path(w.data_ref[0]).read_bytes())])
+        shipped[model] = w
+    return shipped
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def connect(address: str) -> bool:
+    """Join or start Ray; True when this call initialised it (so the sweep shuts it down)."""
+    if ray.is_initialized():
+        return False
+    if address == "local":
+        ray.init(include_dashboard=False)
+    elif address == "auto":
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            try:
+                ray.init(address="auto")
+            except ConnectionError:  # no running cluster: the embedded default
+                ray.init(include_dashboard=False)
+    else:
+        ray.init(address=address)
+    return True
+
+
+def plan_actors(cfg: SweepConfig) -> ActorResources:
+    """One actor per GPU when the cluster has GPUs (and --device allows), else CPU actors."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    if cfg.device.startswith("cuda") and gpus == 0:
+        raise SweepError("--device cuda, but the Ray cluster has no GPU; use --device auto or cpu")
+    if cfg.device != "cpu" and gpus > 0:
+        return ActorResources(cfg.num_actors or gpus, cfg.cpus_per_actor or 1, 1)
+    per_actor = cfg.cpus_per_actor or max(1, min(cpus, 4))
+    return ActorResources(cfg.num_actors or max(1, int(cpus // per_actor)), per_actor, 0)
+
+
+# --------------------------------------------------------------------------- assembling points
+
+
+def point_row(
+    point: GridPoint,
+    outcomes: List[ShardOutcome],
+    profile: ModelProfile,
+    dataset: str,
+    expected_total: Optional[int],
+    started: dt.datetime,
+    allow_decode_failures: bool,
+) -> Tuple[dict, "pa.Table"]:  # noqa: F821
+    """The points row and predictions of one grid point, after checking that nothing is missing."""
+    keys = [k for o in outcomes for k in o.keys]
+    labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
+    top5 = np.concatenate([o.top5[point.r] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
+    shard_of = [o.shard for o in outcomes for _ in o.keys]
+    n_images, n_failed = len(keys), sum(o.n_failed for o in outcomes)
+    if len(set(keys)) != n_images:
+        raise SweepError(f"{point.short_name} r={point.r}: duplicate image keys across shards; the data has repeated samples")
+    if expected_total is not None and n_images + n_failed != expected_total:
+        raise SweepError(f"{point.short_name} r={point.r}: {n_images} images + {n_failed} failed != manifest total {expected_total}")
+    if n_failed and not allow_decode_failures:
+        first = next(f for o in outcomes for f in o.failures)
+        raise SweepError(
+            f"{point.short_name} r={point.r}: {n_failed} images could not be decoded (first: shard {first.shard}, "
+            f"key {first.key}: {first.error}); fix the shards or pass --allow-decode-failures to score the rest"
+        )
+    seconds = sum(o.load_seconds + o.forward_seconds[point.r] for o in outcomes)
+    predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of)
+    top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
+    import timm
+    import torch
+
+    row = dict(
+        model=point.model,
+        short_name=point.short_name,
+        mode=point.mode,
+        r=point.r,
+        schedule=profile.schedule[point.r],
+        top1=top1,
+        top5=top5_acc,
+        n_images=n_images,
+        n_failed=n_failed,
+        infer_samples_per_sec=profile.infer_samples_per_sec.get(point.r),
+        infer_batch_size=point.batch_size,
+        eval_samples_per_sec=n_images / seconds if seconds > 0 else None,
+        gflops=profile.gflops[point.r],
+        tokens_out=profile.tokens_out[point.r],
+        param_count=round(profile.param_count, 3),
+        img_size=profile.img_size,
+        crop_pct=profile.crop_pct,
+        interpolation=profile.interpolation,
+        amp=point.amp,
+        device=outcomes[0].device if outcomes else profile.device,
+        dataset=dataset,
+        n_shards=len(outcomes),
+        started=started,
+        finished=dt.datetime.now(dt.timezone.utc),
+        nodes=sorted({o.node_id for o in outcomes}),
+        hostnames=sorted({o.hostname for o in outcomes}),
+        torch_version=torch.__version__,
+        timm_version=timm.__version__,
+        ray_version=ray.__version__,
+        tomecis_version=tomecis.__version__,
+    )
+    return row, predictions
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(cfg: SweepConfig) -> SweepSummary:
+    """Evaluate every grid point not yet in ``cfg.out``; raises ``SweepError`` if any point fails."""
+    grid = build_grid(cfg.models, cfg.r_values, cfg.mode, cfg.amp, cfg.batch_size)
+    chosen, total, fingerprint = select_shards(shards.resolve_data(cfg.data), cfg.limit)
+    results = ResultsDir(cfg.out)
+    summary = SweepSummary()
+    todo = []
+    for point in grid:
+        (todo if cfg.force or not results.is_done(point, fingerprint) else summary.skipped).append(point)
+    models = [m for m in cfg.models if any(p.model == m for p in todo)]
+    weights = weights_for(models, cfg)
+    if todo:
+        started_ray = connect(cfg.address)
+        try:
+            _evaluate(cfg, todo, models, weights, chosen, total, fingerprint, results, summary)
+        finally:
+            if started_ray:
+                ray.shutdown()
+    summary.table = report.sweep_tables(results.read_points().to_pandas(), [p.model for p in grid], fingerprint, cfg.mode, cfg.amp, cfg.batch_size)
+    if summary.failed:
+        lines = "\n".join(f"  {p.short_name} r={p.r}: {why}" for p, why in summary.failed.items())
+        raise SweepError(f"{len(summary.failed)} grid point(s) not written:\n{lines}")
+    return summary
+
+
+def _evaluate(cfg, todo, models, weights, chosen, total, fingerprint, results, summary) -> None:
+    r_values = {m: [p.r for p in todo if p.model == m] for m in models}
+    resources = plan_actors(cfg)
+    evaluator_config = EvaluatorConfig(
+        device=cfg.device,
+        amp=cfg.amp,
+        mode=cfg.mode,
+        batch_size=cfg.batch_size,
+        loader_workers=cfg.loader_workers,
+        threads=max(1, int(resources.num_cpus)),
+        exit_on_item=cfg.exit_on_item,
+    )
+    pool = EvaluatorPool(evaluator_config, resources, _ship_weights(weights), max_retries=cfg.max_retries)
+    started = dt.datetime.now(dt.timezone.utc)
+    items = [(m, shard) for m in models for shard in chosen]
+    n_total = sum(s.n_samples or 0 for s in chosen) * len(models) or None
+    bar = tqdm(total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr)
+    try:
+        outcomes = pool.evaluate(items, r_values, lambda o: bar.update(len(o.keys) + o.n_failed))
+        bar.close()
+        profiles = pool.profile(models, r_values, cfg.bench, cfg.bench_runs, cfg.bench_warmup, parallel=resources.num_gpus > 0)
+    finally:
+        bar.close()
+        pool.shutdown()
+    for point in todo:
+        point_outcomes = [outcomes[(point.model, s.url)] for s in chosen]
+        try:
+            row, predictions = point_row(point, point_outcomes, profiles[point.model], fingerprint, total, started, cfg.allow_decode_failures)
+        except SweepError as err:
+            summary.failed[point] = str(err)
+            continue
+        summary.written.append(results.write_point(point, fingerprint, row, predictions))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", required=True, help="comma-separated: deit_tiny,deit_small or timm names")
+    p.add_argument("--r", required=True, help="r values: 0,8-16 or 8-16:2 or 13")
+    p.add_argument("--data", help=f"shards: a directory with manifest.json, a brace pattern, a list or URLs (default ${shards.read.TOMECIS_DATA_ENV})")
+    p.add_argument("--out", default="results", help="results directory or URI (s3://...) (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--amp", default="none", choices=list(AMPS))
+    p.add_argument("--mode", default="tomecis", choices=list(MODES))
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint-dir", help="directory of <timm model name>.pth|.safetensors (offline clusters)")
+    weights.add_argument("--random-weights", action="store_true", help="random initialisation (smoke tests, timing only)")
+    p.add_argument("--limit", type=int, help="only the first whole shards holding at least N images")
+    p.add_argument("--address", default="auto", help="auto (join a running cluster, else start one here), local, or ADDR")
+    p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="time the model alone on random input")
+    p.add_argument("--bench-runs", type=int, default=10)
+    p.add_argument("--force", action="store_true", help="recompute points already in --out")
+    p.add_argument("--num-actors", type=int, help="actors to start (default: one per GPU, else CPUs / cpus-per-actor)")
+    p.add_argument("--cpus-per-actor", type=float, help="CPUs each actor asks Ray for (default 1 with GPUs, else up to 4)")
+    p.add_argument("--loader-workers", type=int, help="DataLoader workers per actor (default 4 on GPU, 0 on CPU)")
+    p.add_argument("--max-retries", type=int, default=3, help="retries of a work item whose actor died or failed")
+    p.add_argument("--allow-decode-failures", action="store_true", help="score the decodable images when some fail (n_failed is recorded)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
+    """Parse and validate everything before any Ray work; errors name the argument."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        models = parse_models(args.models)
+    except ValueError as err:
+        parser.error(f"--models: {err}")
+    try:
+        r_values = parse_r_values(args.r)
+    except ValueError as err:
+        parser.error(f"--r: {err}")
+    for name in ("batch_size", "bench_runs", "limit", "num_actors"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.max_retries < 0:
+        parser.error("--max-retries must be >= 0")
+    if args.checkpoint_dir and not Path(args.checkpoint_dir).is_dir():
+        parser.error(f"--checkpoint-dir {args.checkpoint_dir} is not a directory")
+    return SweepConfig(
+        models=models,
+        r_values=r_values,
+        data=args.data,
+        out=args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+        mode=args.mode,
+        checkpoint_dir=args.checkpoint_dir,
+        random_weights=args.random_weights,
+        limit=args.limit,
+        address=args.address,
+        bench=args.bench,
+        bench_runs=args.bench_runs,
+        force=args.force,
+        num_actors=args.num_actors,
+        cpus_per_actor=args.cpus_per_actor,
+        loader_workers=args.loader_workers,
+        max_retries=args.max_retries,
+        allow_decode_failures=args.allow_decode_failures,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = config_from_args(argv)
+    try:
+        validate_inputs(cfg)
+        summary = run_sweep(cfg)
+    except (SweepError, ValueError, FileNotFoundError, shards.ShardReadError, shards.ShardCountError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(summary.table)
+    print(f"\n{len(summary.written)} point(s) written, {len(summary.skipped)} already done, to {cfg.out}")
+    return 0
+
+
+def validate_inputs(cfg: SweepConfig) -> None:
+    """Data and weights checks that need files, done before Ray starts."""
+    select_shards(shards.resolve_data(cfg.data), cfg.limit)
+    weights_for(cfg.models, cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
