@@ -284,7 +284,12 @@ def _resolve_local_item(item: str, local_manifests: _LocalManifestCache) -> tupl
         return _shards_of_local_manifest(path / MANIFEST_NAME, local_manifests), []
     if path.suffix == ".json":
         return _shards_of_local_manifest(path, local_manifests), []
-    return [_local_shard(Path(expanded).expanduser(), item, local_manifests) for expanded in braceexpand(item)], []
+    shard_paths = [Path(expanded).expanduser() for expanded in braceexpand(item)]
+    missing = [path for path in shard_paths if not path.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more of the {len(shard_paths)} it names)" if len(missing) > 1 else ""
+        raise DataSpecError(f"shard {missing[0]}{more}, from data spec {item!r}, does not exist; {SPEC_HELP}")
+    return [_local_shard(path, local_manifests) for path in shard_paths], []
 
 
 def _shards_of_local_manifest(manifest_path: Path, local_manifests: _LocalManifestCache) -> list[ShardInfo]:
@@ -315,9 +320,7 @@ def _manifest_or_spec_error(local_manifests: _LocalManifestCache, folder: Path) 
         raise DataSpecError(str(error)) from error
 
 
-def _local_shard(shard_path: Path, item: str, local_manifests: _LocalManifestCache) -> ShardInfo:
-    if not shard_path.is_file():
-        raise DataSpecError(f"shard {shard_path} (from data spec {item!r}) does not exist; {SPEC_HELP}")
+def _local_shard(shard_path: Path, local_manifests: _LocalManifestCache) -> ShardInfo:
     folder = shard_path.parent
     manifest = _manifest_or_spec_error(local_manifests, folder)
     if manifest is None:
@@ -535,10 +538,23 @@ def _chunk_stream(
         yield from _chunks_of(shards, transform, batch_size)
         return
     dataset = _ShardChunks(shards, transform, batch_size)
-    loader = DataLoader(
-        dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, pin_memory=pin_memory
-    )
-    yield from loader
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, pin_memory=pin_memory)
+    batches = iter(loader)
+    try:
+        yield from batches
+    finally:
+        _stop_loader_workers(batches)
+
+
+def _stop_loader_workers(batches: Iterator[_Chunk]) -> None:
+    """Stop the DataLoader's worker processes now, also after an error or an early stop.
+
+    Left to garbage collection (an error's traceback holds the loader iterator in a reference cycle), the
+    shutdown can stall for DataLoader's 5 s join timeout per worker.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _as_is(chunk: _Chunk) -> _Chunk:
