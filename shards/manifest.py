@@ -94,7 +94,9 @@ def parse_manifest(text: str, where: str) -> Manifest:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ManifestError(f"manifest {where} is not valid JSON ({error}); rewrite it with python -m shards.write") from error
+        raise ManifestError(
+            f"manifest {where} is not valid JSON ({error}); rewrite it with python -m shards.write"
+        ) from error
     if not isinstance(document, dict) or document.get("format") != MANIFEST_FORMAT:
         raise ManifestError(
             f"manifest {where} is not a {MANIFEST_FORMAT} manifest (format={_get(document, 'format')!r}); "
@@ -102,7 +104,9 @@ def parse_manifest(text: str, where: str) -> Manifest:
         )
     try:
         manifest = Manifest(
-            shards=tuple(ShardRecord(str(s["name"]), int(s["n_samples"]), str(s["sha256"])) for s in document["shards"]),
+            shards=tuple(
+                ShardRecord(str(s["name"]), int(s["n_samples"]), str(s["sha256"])) for s in document["shards"]
+            ),
             total=int(document["total"]),
             n_classes=int(document["n_classes"]),
             n_classes_present=int(document.get("n_classes_present", document["n_classes"])),
@@ -110,7 +114,9 @@ def parse_manifest(text: str, where: str) -> Manifest:
             made=dict(document.get("made", {})),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise ManifestError(f"manifest {where} lacks or garbles a field ({error!r}); rewrite it with python -m shards.write") from error
+        raise ManifestError(
+            f"manifest {where} lacks or garbles a field ({error!r}); rewrite it with python -m shards.write"
+        ) from error
     _check_consistent(manifest, where)
     return manifest
 

@@ -21,10 +21,10 @@ import subprocess
 import tarfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import webdataset
@@ -192,7 +192,9 @@ def split_top_level_commas(text: str) -> list[str]:
 def _resolve_item(item: str, local_manifests: _LocalManifestCache) -> tuple[list[ShardInfo], list[Manifest]]:
     """One spec item -> its shards, and the remote/explicit manifests it used."""
     if item.startswith("pipe:"):
-        return [ShardInfo(url=url, name=_name_in_url(url), n_samples=None, sha256=None) for url in braceexpand(item)], []
+        return [
+            ShardInfo(url=url, name=_name_in_url(url), n_samples=None, sha256=None) for url in braceexpand(item)
+        ], []
     if item.startswith("file://"):
         item = urllib.parse.unquote(urllib.parse.urlparse(item).path)
     if _is_remote(item):
@@ -210,8 +212,12 @@ def _resolve_remote_item(item: str) -> tuple[list[ShardInfo], list[Manifest]]:
         manifest = parse_manifest(_fetch_remote_text(manifest_url), manifest_url)
         base = manifest_url.rsplit("/", 1)[0]
         shards = [
-            ShardInfo(url=remote_url_to_readable(f"{base}/{record.name}"), name=record.name,
-                      n_samples=record.n_samples, sha256=record.sha256)
+            ShardInfo(
+                url=remote_url_to_readable(f"{base}/{record.name}"),
+                name=record.name,
+                n_samples=record.n_samples,
+                sha256=record.sha256,
+            )
             for record in manifest.shards
         ]
         return shards, [manifest]
@@ -238,7 +244,9 @@ def _fetch_remote_text(url: str) -> str:
             with urllib.request.urlopen(url, timeout=REMOTE_FETCH_TIMEOUT_S) as response:
                 return response.read().decode("utf-8")
         except OSError as error:
-            raise DataSpecError(f"cannot fetch manifest {url} ({error}); check the URL, or pass the shard URLs") from error
+            raise DataSpecError(
+                f"cannot fetch manifest {url} ({error}); check the URL, or pass the shard URLs"
+            ) from error
     command = ["aws", "s3", "cp", url, "-"] if url.startswith("s3://") else ["gsutil", "cat", url]
     try:
         done = subprocess.run(command, capture_output=True, timeout=REMOTE_FETCH_TIMEOUT_S, check=False)
@@ -246,7 +254,9 @@ def _fetch_remote_text(url: str) -> str:
         raise DataSpecError(f"cannot run {' '.join(command)} to fetch manifest {url} ({error})") from error
     if done.returncode != 0:
         message = done.stderr.decode("utf-8", "replace").strip()
-        raise DataSpecError(f"{' '.join(command)} failed (exit {done.returncode}): {message}; check the URL and credentials")
+        raise DataSpecError(
+            f"{' '.join(command)} failed (exit {done.returncode}): {message}; check the URL and credentials"
+        )
     return done.stdout.decode("utf-8")
 
 
@@ -309,7 +319,9 @@ def _shards_of_local_manifest(manifest_path: Path, local_manifests: _LocalManife
                 f"manifest {manifest_path} lists {record.name}, which is missing from {folder}; "
                 "copy the shard there or rewrite the shards with python -m shards.write --force"
             )
-        shards.append(ShardInfo(url=str(shard_path), name=record.name, n_samples=record.n_samples, sha256=record.sha256))
+        shards.append(
+            ShardInfo(url=str(shard_path), name=record.name, n_samples=record.n_samples, sha256=record.sha256)
+        )
     return shards
 
 
@@ -490,8 +502,8 @@ def check_complete(stats: ReadStats, shards: Sequence[ShardInfo]) -> None:
             raise ShardCountError(f"shard {shard.url} was never read; expected {shard.n_samples} samples from it")
         if shard.n_samples is not None and seen != shard.n_samples:
             raise ShardCountError(
-                f"shard {shard.url}: the manifest says {shard.n_samples} samples, the stream gave {seen}; "
-                "the shard and manifest disagree (truncated or replaced shard?): rewrite with python -m shards.write --force"
+                f"shard {shard.url}: the manifest says {shard.n_samples} samples, the stream gave {seen}; the shard "
+                "and manifest disagree (truncated or replaced shard?): rewrite with python -m shards.write --force"
             )
 
 
@@ -645,8 +657,10 @@ def samples_of_shard(shard: ShardInfo) -> Iterator[dict[str, Any]]:
         _close_checked(stream, shard)
         finished = True
     except (tarfile.TarError, OSError, ValueError, EOFError) as error:
-        raise ShardReadError(f"cannot read shard {shard.url} to its end: {error}; the shard is truncated or damaged, "
-                             "or its download failed: rewrite or re-copy it") from error
+        raise ShardReadError(
+            f"cannot read shard {shard.url} to its end: {error}; the shard is truncated or damaged, "
+            "or its download failed: rewrite or re-copy it"
+        ) from error
     finally:
         if not finished:
             _abandon(stream)

@@ -14,9 +14,9 @@ import io
 import json
 import random
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import webdataset
 from PIL import Image
@@ -57,7 +57,9 @@ def tiny_jpeg_bytes(seed: int, side: int = TINY_SIDE) -> bytes:
     return buffer.getvalue()
 
 
-def tiny_dataset(n_images: int = 12, n_classes: int = 3, side: int = TINY_SIDE, first_class: int = 0) -> list[TinyImage]:
+def tiny_dataset(
+    n_images: int = 12, n_classes: int = 3, side: int = TINY_SIDE, first_class: int = 0
+) -> list[TinyImage]:
     """n_images images `ILSVRC2012_val_{i:08d}` (i from 1), classes round-robin over real synsets."""
     synsets = imagenet_synsets()
     images = []
@@ -138,12 +140,19 @@ def write_tiny_shards(
 def write_raw_shard(path: Path, samples: Sequence[tuple[str, bytes, int]]) -> ShardRecord:
     """A shard of (key, image bytes, class index) as given, bad bytes included; returns its manifest record."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as stream, webdataset.TarWriter(
-        stream, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME
-    ) as writer:
+    with (
+        open(path, "wb") as stream,
+        webdataset.TarWriter(stream, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME) as writer,
+    ):
         for key, image_bytes, class_index in samples:
-            writer.write({"__key__": key, "jpg": image_bytes, "cls": str(class_index).encode("ascii"),
-                          "json": json.dumps({"file": f"{key}.JPEG"}).encode("utf-8")})
+            writer.write(
+                {
+                    "__key__": key,
+                    "jpg": image_bytes,
+                    "cls": str(class_index).encode("ascii"),
+                    "json": json.dumps({"file": f"{key}.JPEG"}).encode("utf-8"),
+                }
+            )
     return ShardRecord(name=path.name, n_samples=len(samples), sha256=sha256_of_file(path))
 
 

@@ -19,10 +19,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import webdataset
 from tqdm import tqdm
@@ -328,7 +328,9 @@ def parse_args(argv: Sequence[str] | None = None) -> WriteConfig:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes writing shards in parallel (default: CPUs)"
     )
-    parser.add_argument("--skip-bad", action="store_true", help="leave out undecodable images, listing them in the manifest")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="leave out undecodable images, listing them in the manifest"
+    )
     parser.add_argument("--force", action="store_true", help="replace shards and manifest already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

@@ -5,7 +5,11 @@ The last tests use ../shared/assets (500 real photos, DeiT-Tiny weights) and ski
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
+import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -120,7 +124,11 @@ def test_remote_urls_become_readable_urls():
         "pipe:cat /d/z.tar",
     ]
     assert [shard.name for shard in shardset.shards] == [
-        "imagenet-val-000000.tar", "imagenet-val-000001.tar", "x-000000.tar", "y.tar", "z.tar"
+        "imagenet-val-000000.tar",
+        "imagenet-val-000001.tar",
+        "x-000000.tar",
+        "y.tar",
+        "z.tar",
     ]
     assert shardset.total is None
 
@@ -134,7 +142,9 @@ def test_missing_spec_says_what_to_pass(monkeypatch):
 
 def test_bad_specs_name_the_culprit(tiny_shards):
     folder, _ = tiny_shards
-    with pytest.raises(DataSpecError, match=r"imagenet-val-000003.tar \(and 6 more of the 10 it names\).*does not exist"):
+    with pytest.raises(
+        DataSpecError, match=r"imagenet-val-000003.tar \(and 6 more of the 10 it names\).*does not exist"
+    ):
         resolve_data(f"{folder}/imagenet-val-{{000000..000009}}.tar")
     with pytest.raises(DataSpecError, match="named twice"):
         resolve_data([f"{folder}/imagenet-val-000000.tar", f"{folder}/imagenet-val-000000.tar"])
@@ -245,6 +255,7 @@ def test_one_process_reads_shards_in_order(tiny_shards):
     assert [len(batch.keys) for batch in batches] == [5, 5, 2]
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 def test_loader_workers_split_shards_between_them(tiny_shards):
     folder, images = tiny_shards
     shards = resolve_data(folder).shards
@@ -303,7 +314,9 @@ def test_tar_cut_between_members_is_a_count_error(tiny_shards):
     with tarfile.open(victim) as tar:
         fourth_sample_start = [member for member in tar.getmembers()][9].offset  # 3 members per sample
     victim.write_bytes(victim.read_bytes()[:fourth_sample_start])
-    with pytest.raises(ShardCountError, match=r"imagenet-val-000000.tar: the manifest says 5 samples, the stream gave 3"):
+    with pytest.raises(
+        ShardCountError, match=r"imagenet-val-000000.tar: the manifest says 5 samples, the stream gave 3"
+    ):
         read_all(shards)
 
 
@@ -321,7 +334,9 @@ def test_manifest_count_mismatch_is_an_error(tiny_shards):
     document["total"] = 13
     manifest_path.write_text(json.dumps(document))
     shards = resolve_data(folder).shards
-    with pytest.raises(ShardCountError, match=r"imagenet-val-000002.tar: the manifest says 3 samples, the stream gave 2"):
+    with pytest.raises(
+        ShardCountError, match=r"imagenet-val-000002.tar: the manifest says 3 samples, the stream gave 2"
+    ):
         read_all(shards)
     batches, stats = read_all(shards, check_counts=False)
     assert stats.n_images == 12
@@ -357,6 +372,34 @@ def test_pipe_urls_are_read_and_failing_pipes_raise(tiny_shards):
         read_all(failing)
 
 
+@pytest.fixture
+def http_server(tiny_shards):
+    """The tiny shards folder served over http on localhost; yields its base URL."""
+    folder, _ = tiny_shards
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset reads http(s) shards with curl, which is absent")
+def test_http_folder_resolves_through_its_manifest_and_reads(tiny_shards, http_server):
+    folder, images = tiny_shards
+    local = resolve_data(folder)
+    remote = resolve_data(http_server + "/")
+    assert remote.urls == [f"{http_server}/{shard.name}" for shard in local.shards]
+    assert (remote.total, remote.n_classes, remote.fingerprint) == (local.total, local.n_classes, local.fingerprint)
+    assert resolve_data(f"{http_server}/{MANIFEST_NAME}") == remote
+    batches, stats = read_all(remote.shards, num_workers=2)
+    assert Counter(keys_of(batches)) == Counter(image.key for image in images)
+    with pytest.raises(DataSpecError, match="cannot fetch manifest"):
+        resolve_data(f"{http_server}/elsewhere/")
+
+
 def test_stopping_early_does_not_hang_on_a_pipe(tiny_shards):
     folder, _ = tiny_shards
     shards = resolve_data([f"pipe:cat {shard.url}" for shard in resolve_data(folder).shards]).shards
@@ -378,7 +421,9 @@ def test_deit_eval_transform_is_resize_248_bicubic_crop_224():
     config = data_config("deit_tiny_patch16_224")
     assert config["input_size"] == (3, 224, 224)
     assert (config["interpolation"], config["crop_pct"]) == ("bicubic", 0.9)
-    assert config["mean"] == pytest.approx((0.485, 0.456, 0.406)) and config["std"] == pytest.approx((0.229, 0.224, 0.225))
+    assert config["mean"] == pytest.approx((0.485, 0.456, 0.406)) and config["std"] == pytest.approx(
+        (0.229, 0.224, 0.225)
+    )
     text = repr(eval_transform("deit_tiny_patch16_224"))
     assert "Resize(size=248, interpolation=bicubic" in text and "CenterCrop(size=(224, 224))" in text
     image = Image.new("RGB", (500, 375), (120, 30, 200))

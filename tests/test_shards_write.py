@@ -276,7 +276,18 @@ def test_cli_writes_and_prints_a_summary(tmp_path, capsys):
     src = make_val_tar(tmp_path / "ILSVRC2012_img_val.tar", images)
     labels = write_val_txt(tmp_path / "val.txt", images)
     out = tmp_path / "out"
-    argv = [str(src), "--out", str(out), "--labels", str(labels), "--shard-size", "3", "--workers", "2", "--no-progress"]
+    argv = [
+        str(src),
+        "--out",
+        str(out),
+        "--labels",
+        str(labels),
+        "--shard-size",
+        "3",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "wrote 7 images" in printed and "in 3 shards" in printed and "img/s" in printed
