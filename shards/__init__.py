@@ -6,7 +6,31 @@ The reading API is re-exported here; attributes load lazily, so `python -m shard
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from .manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
+    from .read import (
+        Batch,
+        DataSpecError,
+        DecodeFailure,
+        ReadStats,
+        ShardCountError,
+        ShardInfo,
+        ShardReadError,
+        ShardSet,
+        TOMECIS_DATA_ENV,
+        check_complete,
+        data_config,
+        eval_transform,
+        iter_batches,
+        read_shard,
+        resolve_data,
+        split_shards,
+        verify_checksums,
+    )
+    from .synsets import imagenet_synsets, synset_index
+    from .write import WriteConfig, WriteSummary, write_shards
 
 _EXPORTS = {
     "read": (

@@ -546,6 +546,7 @@ class _Chunk:
 def _chunk_stream(
     shards: tuple[ShardInfo, ...], transform: Callable, batch_size: int, num_workers: int, pin_memory: bool
 ) -> Iterator[_Chunk]:
+    num_workers = min(num_workers, len(shards))  # a loader worker without a shard would have nothing to read
     if num_workers == 0:
         yield from _chunks_of(shards, transform, batch_size)
         return

@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import webdataset
 from PIL import Image
 
 from .manifest import Manifest, ShardRecord, sha256_of_file
 from .synsets import N_IMAGENET_CLASSES, imagenet_synsets
-from .write import TAR_MODE, TAR_MTIME, TAR_USER, WriteConfig, WriteSummary, write_shards
+from .write import WriteConfig, WriteSummary, open_tar_writer, write_shards
 
 TINY_SIDE = 32
 
@@ -142,7 +141,7 @@ def write_raw_shard(path: Path, samples: Sequence[tuple[str, bytes, int]]) -> Sh
     path.parent.mkdir(parents=True, exist_ok=True)
     with (
         open(path, "wb") as stream,
-        webdataset.TarWriter(stream, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME) as writer,
+        open_tar_writer(stream) as writer,
     ):
         for key, image_bytes, class_index in samples:
             writer.write(

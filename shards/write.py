@@ -37,6 +37,7 @@ DEFAULT_SHARD_SIZE = 1000
 TAR_MTIME = 0  # fixed tar header metadata: the same input gives byte-identical shards
 TAR_USER = "shards"
 TAR_MODE = 0o444
+TAR_FORMAT = "PAX_FORMAT"  # plain ustar headers unless a name needs more (over 100 bytes): then a pax record
 PROGRESS_POLL_SECONDS = 0.2
 MAX_IGNORED_LISTED = 100
 
@@ -157,7 +158,7 @@ def write_shard(task: ShardTask, on_image: Callable[[], None]) -> ShardResult:
     class_indices: set[int] = set()
     n_samples = 0
     with open(task.partial_path, "wb") as stream:
-        writer = webdataset.TarWriter(stream, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME)
+        writer = open_tar_writer(stream)
         with writer:
             for image in task.images:
                 jpeg_bytes = image.file.read_bytes()
@@ -176,6 +177,13 @@ def write_shard(task: ShardTask, on_image: Callable[[], None]) -> ShardResult:
                 n_samples += 1
     record = ShardRecord(name=task.name, n_samples=n_samples, sha256=sha256_of_file(task.partial_path))
     return ShardResult(record=record, skipped=tuple(skipped), class_indices=frozenset(class_indices))
+
+
+def open_tar_writer(stream) -> webdataset.TarWriter:
+    """A webdataset TarWriter with fixed header metadata (mtime, owner, mode, format): reproducible bytes."""
+    return webdataset.TarWriter(
+        stream, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME, format=TAR_FORMAT
+    )
 
 
 def decode_problem(jpeg_bytes: bytes) -> str | None:

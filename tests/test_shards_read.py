@@ -265,6 +265,13 @@ def test_loader_workers_split_shards_between_them(tiny_shards):
         assert stats.n_images == 12
 
 
+@pytest.mark.parametrize("num_workers", [0, 3])
+def test_an_empty_part_reads_nothing(num_workers):
+    stats = ReadStats()
+    assert list(iter_batches((), to_tensor, 4, num_workers=num_workers, stats=stats)) == []
+    assert stats == ReadStats()
+
+
 @pytest.fixture
 def shards_with_bad_jpeg(tmp_path):
     """One shard of 4: two good images, one that is not a JPEG, one truncated JPEG; manifest beside it."""

@@ -260,6 +260,16 @@ def test_force_replaces_shards_and_removes_stale_ones(tmp_path):
     assert sorted(path.name for path in out.iterdir()) == sorted([MANIFEST_NAME] + [p.name for p in shard_files(out)])
 
 
+def test_long_and_non_ascii_file_names_round_trip(tmp_path):
+    image = tiny_dataset(n_images=1)[0]
+    src = tmp_path / "val"
+    long_stem = "n01440764_" + "very_long_description_" * 6 + "caf\u00e9"
+    (src / image.synset).mkdir(parents=True)
+    (src / image.synset / f"{long_stem}.JPEG").write_bytes(image.jpeg)
+    write_shards(config(src, tmp_path / "out"))
+    assert all_samples(tmp_path / "out")[long_stem]["jpg"] == image.jpeg
+
+
 def test_prefix_names_the_shards(tmp_path):
     summary = write_tiny_shards(tmp_path, tiny_dataset(n_images=3), prefix="tiny")
     assert [record.name for record in summary.manifest.shards] == ["tiny-000000.tar"]
