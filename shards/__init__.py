@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
     from .read import (
+        TOMECIS_DATA_ENV,
         Batch,
         DataSpecError,
         DecodeFailure,
@@ -19,7 +20,6 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         ShardInfo,
         ShardReadError,
         ShardSet,
-        TOMECIS_DATA_ENV,
         check_complete,
         data_config,
         eval_transform,
@@ -58,7 +58,35 @@ _EXPORTS = {
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
+__all__ = [
+    "Batch",
+    "DataSpecError",
+    "DecodeFailure",
+    "MANIFEST_NAME",
+    "Manifest",
+    "ManifestError",
+    "ReadStats",
+    "ShardCountError",
+    "ShardInfo",
+    "ShardReadError",
+    "ShardSet",
+    "TOMECIS_DATA_ENV",
+    "WriteConfig",
+    "WriteSummary",
+    "check_complete",
+    "data_config",
+    "eval_transform",
+    "imagenet_synsets",
+    "iter_batches",
+    "read_manifest",
+    "read_shard",
+    "resolve_data",
+    "split_shards",
+    "synset_index",
+    "verify_checksums",
+    "write_shards",
+]
+assert sorted(__all__) == sorted(_MODULE_OF), "__all__ and _EXPORTS must name the same things"
 
 
 def __getattr__(name: str) -> Any:
