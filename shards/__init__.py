@@ -86,7 +86,6 @@ __all__ = [
     "verify_checksums",
     "write_shards",
 ]
-assert sorted(__all__) == sorted(_MODULE_OF), "__all__ and _EXPORTS must name the same things"
 
 
 def __getattr__(name: str) -> Any:

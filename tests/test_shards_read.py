@@ -72,6 +72,15 @@ def keys_of(batches: list[Batch]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ resolve
 
 
+def test_package_re_exports_the_reading_api():
+    import shards
+
+    assert sorted(shards.__all__) == sorted(shards._MODULE_OF)
+    for name in shards.__all__:
+        assert getattr(shards, name) is not None
+    assert shards.resolve_data is resolve_data and shards.ShardInfo is ShardInfo
+
+
 def test_folder_with_manifest_resolves_to_its_shards(tiny_shards):
     folder, _ = tiny_shards
     shardset = resolve_data(str(folder))
