@@ -68,6 +68,7 @@ class SweepSummary:
     written: List[str] = field(default_factory=list)
     skipped: List[GridPoint] = field(default_factory=list)
     failed: Dict[GridPoint, str] = field(default_factory=dict)
+    actors_replaced: int = 0
     table: str = ""
 
 
@@ -271,6 +272,7 @@ def _evaluate(cfg, todo, models, weights, chosen, total, fingerprint, results, s
         profiles = pool.profile(models, r_values, cfg.bench, cfg.bench_runs, cfg.bench_warmup, parallel=resources.num_gpus > 0)
     finally:
         bar.close()
+        summary.actors_replaced = pool.replaced
         pool.shutdown()
     for point in todo:
         point_outcomes = [outcomes[(point.model, s.url)] for s in chosen]

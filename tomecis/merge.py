@@ -96,16 +96,27 @@ def bipartite_soft_matching(
         keep_idx = order[:, r:].sort(dim=-1).values  # [B, |A| - r] ascending original order
         dst_idx = node_idx.gather(dim=-1, index=src_idx)  # [B, r] their B partners
 
+        # Output token t is input token out_idx[:, t]: kept A tokens, then every B token
+        # (a distillation token moves right after the class token). A source a goes to the
+        # output row of its partner B token j, which is row |kept| + j in both layouts.
+        b_pos = torch.arange(1, N, 2, device=device).expand(B, -1)  # [B, |B|]
+        a_keep = 2 * keep_idx  # [B, |A| - r] positions in x
+        if distill_token:
+            out_idx = torch.cat([a_keep[:, :1], b_pos[:, :1], a_keep[:, 1:], b_pos[:, 1:]], dim=1)
+        else:
+            out_idx = torch.cat([a_keep, b_pos], dim=1)  # [B, N - r]
+        src_pos = 2 * src_idx  # [B, r] positions in x
+        dst_row = keep_idx.shape[1] + dst_idx  # [B, r] rows of the output
+
     def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
         """``[B, N, C] -> [B, N - r, C]``: reduce sources into destinations with ``mode``."""
-        src, dst = x[:, ::2], x[:, 1::2]  # [B, |A|, C], [B, |B|, C]
         C = x.shape[-1]
-        kept = src.gather(dim=1, index=keep_idx[..., None].expand(-1, -1, C))
-        moved = src.gather(dim=1, index=src_idx[..., None].expand(-1, -1, C))
-        dst = dst.scatter_reduce(1, dst_idx[..., None].expand(-1, -1, C), moved, reduce=mode)
-        if distill_token:
-            return torch.cat([kept[:, :1], dst[:, :1], kept[:, 1:], dst[:, 1:]], dim=1)
-        return torch.cat([kept, dst], dim=1)
+        out = x.gather(dim=1, index=out_idx[..., None].expand(-1, -1, C))
+        moved = x.gather(dim=1, index=src_pos[..., None].expand(-1, -1, C))
+        rows = dst_row[..., None].expand(-1, -1, C)
+        if mode == "sum":
+            return out.scatter_add_(1, rows, moved)
+        return out.scatter_reduce_(1, rows, moved, reduce=mode)
 
     return Matching(merge, r, src_idx, dst_idx, keep_idx)
 

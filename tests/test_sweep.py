@@ -1,0 +1,165 @@
+"""orchestrator.sweep end to end on a local Ray (2 CPUs), tiny shards and a random-weight DeiT-Tiny."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+import torch
+
+import shards
+import tomecis
+from orchestrator import sweep
+from orchestrator.pool import SweepError
+from shards.testing import tiny_dataset, tiny_jpeg_bytes, write_manifest_for, write_raw_shard, write_tiny_shards
+
+pytestmark = pytest.mark.slow
+
+MODEL = "deit_tiny_patch16_224"
+R_VALUES = [0, 8, 16]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for the module; the sweep joins it and leaves it running."""
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """22 tiny images in 5 shards (the last one short), and a random-weight checkpoint dir."""
+    root = tmp_path_factory.mktemp("sweep")
+    write_tiny_shards(root, tiny_dataset(n_images=22, n_classes=4), shard_size=5)
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    torch.manual_seed(0)
+    torch.save({"model": tomecis.create_model(MODEL).state_dict()}, ckpt / f"{MODEL}.pth")
+    return root
+
+
+def config(data: Path, out: Path, **kw) -> sweep.SweepConfig:
+    base = dict(
+        models=[MODEL], r_values=R_VALUES, data=str(data / "shards"), out=str(out), batch_size=4,
+        checkpoint_dir=str(data / "ckpt"), num_actors=2, cpus_per_actor=1, bench_runs=1, bench_warmup=0, progress=False,
+    )
+    base.update(kw)
+    return sweep.SweepConfig(**base)
+
+
+def direct_predictions(data: Path) -> pd.DataFrame:
+    """A plain single-process evaluation of the same model and data, every r."""
+    model = tomecis.patch(tomecis.create_model(MODEL, checkpoint=data / "ckpt" / f"{MODEL}.pth"), r=0)
+    shardset = shards.resolve_data(str(data / "shards"))
+    rows = []
+    with torch.inference_mode():
+        for images, labels, keys in shards.iter_batches(shardset.shards, shards.eval_transform(model), batch_size=7):
+            for r in R_VALUES:
+                model.r = r
+                top5 = model(images).topk(5, dim=-1).indices
+                for key, label, t5 in zip(keys, labels.tolist(), top5.tolist()):
+                    rows.append({"key": key, "r": r, "label": label, "pred": t5[0], "top5": t5})
+    return pd.DataFrame(rows)
+
+
+def test_sweep_matches_a_plain_evaluation_for_every_r(ray_local, data, tmp_path):
+    summary = sweep.run_sweep(config(data, tmp_path / "out"))
+    assert len(summary.written) == len(R_VALUES) and not summary.skipped
+    points = pd.read_parquet(tmp_path / "out" / "points")
+    predictions = pd.read_parquet(tmp_path / "out" / "predictions")
+    assert sorted(points["r"]) == R_VALUES
+    assert (points["n_images"] == 22).all() and (points["n_failed"] == 0).all()
+    assert points["tokens_out"].tolist() == [197, 197 - 8 * 12, 11] or sorted(points["tokens_out"]) == [11, 101, 197]
+    expected = direct_predictions(data)
+    for r in R_VALUES:
+        mine = predictions[predictions["r"] == r].set_index("key").sort_index()
+        theirs = expected[expected["r"] == r].set_index("key").sort_index()
+        assert list(mine.index) == list(theirs.index)  # every image exactly once
+        assert (mine["pred"] == theirs["pred"]).all()
+        assert [list(v) for v in mine["top5"]] == list(theirs["top5"])
+        row = points[points["r"] == r].iloc[0]
+        assert row["top1"] == pytest.approx(100 * (theirs["pred"] == theirs["label"]).mean())
+        assert row["top5"] == pytest.approx(100 * pd.Series([l in t for l, t in zip(theirs["label"], theirs["top5"])]).mean())
+        assert row["top1"] == pytest.approx(100 * mine["correct"].mean())
+    assert set(points.columns) >= {"model", "top1", "top5", "param_count", "img_size", "crop_pct", "interpolation",
+                                   "infer_samples_per_sec", "infer_batch_size", "eval_samples_per_sec", "gflops",
+                                   "nodes", "hostnames", "dataset", "schedule"}
+    assert (points["infer_samples_per_sec"] > 0).all() and (points["eval_samples_per_sec"] > 0).all()
+    assert "| r | top-1 |" in summary.table
+
+
+def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, data, tmp_path):
+    clean = tmp_path / "clean"
+    sweep.run_sweep(config(data, clean, bench=False))
+    crashed = tmp_path / "crashed"
+    summary = sweep.run_sweep(config(data, crashed, bench=False, exit_on_item=2))
+    assert summary.actors_replaced >= 1
+    a = pd.read_parquet(clean / "predictions").sort_values(["r", "key"]).reset_index(drop=True)
+    b = pd.read_parquet(crashed / "predictions").sort_values(["r", "key"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns="shard"), b.drop(columns="shard"))
+    assert (pd.read_parquet(crashed / "points")["n_images"] == 22).all()
+
+    mtimes = {p: p.stat().st_mtime_ns for p in (crashed / "points").iterdir()}
+    again = sweep.run_sweep(config(data, crashed, bench=False))
+    assert not again.written and len(again.skipped) == len(R_VALUES)
+    assert {p: p.stat().st_mtime_ns for p in (crashed / "points").iterdir()} == mtimes
+    forced = sweep.run_sweep(config(data, crashed, bench=False, force=True, r_values=[8]))
+    assert len(forced.written) == 1
+    assert len(pd.read_parquet(crashed / "points")) == len(R_VALUES)
+
+
+def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):
+    sweep.run_sweep(config(data, tmp_path, r_values=[0], bench=False))
+    summary = sweep.run_sweep(config(data, tmp_path, r_values=[0, 4], bench=False))
+    assert [Path(p).name.split("-")[2] for p in summary.written] == ["r4"]
+    assert len(summary.skipped) == 1
+
+
+def test_undecodable_image_is_reported_not_dropped(ray_local, tmp_path):
+    good = tiny_dataset(n_images=4, n_classes=2)
+    samples = [(im.key, im.jpeg, im.class_index) for im in good] + [("broken_key", b"not a jpeg at all", 0)]
+    record = write_raw_shard(tmp_path / "bad" / "imagenet-val-000000.tar", samples)
+    write_manifest_for(tmp_path / "bad", [record])
+    cfg = dict(models=[MODEL], r_values=[0], data=str(tmp_path / "bad"), batch_size=4, random_weights=True,
+               num_actors=1, cpus_per_actor=1, bench=False, progress=False)
+    with pytest.raises(SweepError, match="broken_key"):
+        sweep.run_sweep(sweep.SweepConfig(out=str(tmp_path / "strict"), **cfg))
+    assert not (tmp_path / "strict" / "points").exists()
+    sweep.run_sweep(sweep.SweepConfig(out=str(tmp_path / "lenient"), allow_decode_failures=True, **cfg))
+    row = pd.read_parquet(tmp_path / "lenient" / "points").iloc[0]
+    assert row["n_images"] == 4 and row["n_failed"] == 1
+
+
+def test_shard_shorter_than_its_manifest_fails_the_point(ray_local, tmp_path):
+    images = tiny_dataset(n_images=3, n_classes=1)
+    record = write_raw_shard(tmp_path / "d" / "imagenet-val-000000.tar", [(im.key, im.jpeg, 0) for im in images])
+    write_manifest_for(tmp_path / "d", [record.__class__(name=record.name, n_samples=5, sha256=record.sha256)])
+    with pytest.raises(SweepError, match="manifest says 5"):
+        sweep.run_sweep(sweep.SweepConfig(models=[MODEL], r_values=[0], data=str(tmp_path / "d"), out=str(tmp_path / "o"),
+                                          random_weights=True, num_actors=1, cpus_per_actor=1, bench=False, progress=False, max_retries=0))
+
+
+@pytest.mark.assets
+def test_real_weights_on_the_sample_photos(ray_local, tmp_path, sample_photos):
+    """Shards of the 500 real photos, the real DeiT-Tiny checkpoint: r = 0 equals the direct evaluation."""
+    from conftest import DEIT_TINY_WEIGHTS, SAMPLE_IMAGES, require_assets
+
+    require_assets(DEIT_TINY_WEIGHTS)
+    shards.write_shards(shards.WriteConfig(src=SAMPLE_IMAGES, out=tmp_path / "shards", shard_size=100, workers=2, progress=False))
+    summary = sweep.run_sweep(sweep.SweepConfig(
+        models=[MODEL], r_values=[0, 8, 16], data=str(tmp_path / "shards"), out=str(tmp_path / "out"), batch_size=50,
+        checkpoint_dir=str(DEIT_TINY_WEIGHTS.parent), num_actors=1, cpus_per_actor=2, bench=False, progress=False,
+    ))
+    points = pd.read_parquet(tmp_path / "out" / "points").set_index("r")
+    images, labels = sample_photos
+    model = tomecis.create_model(MODEL, checkpoint=DEIT_TINY_WEIGHTS)
+    with torch.inference_mode():
+        direct = sum((model(images[i : i + 100]).argmax(-1) == labels[i : i + 100]).sum().item() for i in range(0, 500, 100)) / 5
+    assert points.loc[0, "n_images"] == 500
+    assert points.loc[0, "top1"] == pytest.approx(direct)
+    assert points.loc[0, "top1"] >= 75.0
+    assert points.loc[16, "top1"] < points.loc[0, "top1"] + 1
+    print(summary.table)

@@ -1,0 +1,55 @@
+"""orchestrator.sweep's command line: argument errors before any Ray work, and a whole run."""
+from __future__ import annotations
+
+import pytest
+import ray
+
+from orchestrator import sweep
+from test_sweep import data  # noqa: F401  (the module-scoped tiny shards + checkpoint fixture)
+
+# --------------------------------------------------------------------------- CLI errors, before any Ray work
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--models", "deit_tinny", "--r", "0"], "--models: unknown model 'deit_tinny'"),
+        (["--models", "deit_tiny", "--r", "8-"], "--r: cannot read r item '8-'"),
+        (["--models", "deit_tiny", "--r", "16-8"], "runs backwards"),
+        (["--models", "deit_tiny,", "--r", "0"], "empty model name"),
+        (["--models", "deit_tiny", "--r", "0", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--models", "deit_tiny", "--r", "0", "--checkpoint-dir", "/nonexistent/dir"], "is not a directory"),
+    ],
+)
+def test_bad_arguments_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.config_from_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_and_checkpoint_fail_before_ray(tmp_path, data, capsys, monkeypatch):
+    monkeypatch.delenv("TOMECIS_DATA", raising=False)
+    assert not ray.is_initialized()
+    assert sweep.main(["--models", "deit_tiny", "--r", "0", "--out", str(tmp_path)]) == 1
+    assert "TOMECIS_DATA" in capsys.readouterr().err
+    assert sweep.main(["--models", "deit_tiny", "--r", "0", "--data", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere" in capsys.readouterr().err
+    empty = tmp_path / "ckpt"
+    empty.mkdir()
+    assert sweep.main(["--models", "deit_small", "--r", "0", "--data", str(data / "shards"), "--checkpoint-dir", str(empty)]) == 1
+    assert "no checkpoint for model deit_small_patch16_224" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_cli_runs_a_sweep_end_to_end(data, tmp_path, capsys):
+    """The real command line, starting (and stopping) its own local Ray."""
+    assert not ray.is_initialized()
+    argv = ["--models", "deit_tiny", "--r", "0,16", "--data", str(data / "shards"), "--out", str(tmp_path),
+            "--checkpoint-dir", str(data / "ckpt"), "--batch-size", "8", "--address", "local", "--bench-runs", "1", "--no-progress"]
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "deit_tiny (deit_tiny_patch16_224)" in out and "2 point(s) written" in out
+    assert not ray.is_initialized()
+    assert sweep.main(argv) == 0
+    assert "0 point(s) written, 2 already done" in capsys.readouterr().out
