@@ -88,7 +88,12 @@ __all__ = [
 ]
 
 
+_SUBMODULES = ("decode", "manifest", "read", "sources", "synsets", "testing", "write")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # `import shards; shards.read.X` works without importing shards.read first
+        return import_module(f".{name}", __name__)
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'shards' has no attribute {name!r}")

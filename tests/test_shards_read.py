@@ -9,6 +9,8 @@ import functools
 import http.server
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -79,6 +81,13 @@ def test_package_re_exports_the_reading_api():
     for name in shards.__all__:
         assert getattr(shards, name) is not None
     assert shards.resolve_data is resolve_data and shards.ShardInfo is ShardInfo
+
+
+def test_submodules_are_reachable_from_a_bare_import():
+    code = "import shards; print(shards.read.TOMECIS_DATA_ENV, shards.write.DEFAULT_PREFIX)"
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    assert done.stdout.split() == ["TOMECIS_DATA", "imagenet-val"]
 
 
 def test_folder_with_manifest_resolves_to_its_shards(tiny_shards):
