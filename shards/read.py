@@ -209,7 +209,10 @@ def _is_remote(item: str) -> bool:
 def _resolve_remote_item(item: str) -> tuple[list[ShardInfo], list[Manifest]]:
     if item.endswith(".json") or (not item.endswith(".tar") and "{" not in item):
         manifest_url = item if item.endswith(".json") else item.rstrip("/") + "/" + MANIFEST_NAME
-        manifest = parse_manifest(_fetch_remote_text(manifest_url), manifest_url)
+        try:
+            manifest = parse_manifest(_fetch_remote_text(manifest_url), manifest_url)
+        except ManifestError as error:
+            raise DataSpecError(str(error)) from error
         base = manifest_url.rsplit("/", 1)[0]
         shards = [
             ShardInfo(
