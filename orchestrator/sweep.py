@@ -58,6 +58,7 @@ class SweepConfig:
     cpus_per_actor: Optional[float] = None
     loader_workers: Optional[int] = None
     max_retries: int = 3
+    actor_start_timeout: float = 900.0
     allow_decode_failures: bool = False
     progress: bool = True
     exit_on_item: Optional[int] = None  # test hook: the first actor dies when it starts its N-th item
@@ -141,13 +142,17 @@ def connect(address: str) -> bool:
 
 
 def plan_actors(cfg: SweepConfig) -> ActorResources:
-    """One actor per GPU when the cluster has GPUs (and --device allows), else CPU actors."""
+    """One actor per GPU when the cluster has GPUs (and --device allows), else CPU actors.
+
+    ``--device cuda --num-actors N`` asks for N GPU actors even before the GPU nodes
+    exist: their pending demand makes Ray's autoscaler start them (``ray up`` clusters)."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-    if cfg.device.startswith("cuda") and gpus == 0:
-        raise SweepError("--device cuda, but the Ray cluster has no GPU; use --device auto or cpu")
-    if cfg.device != "cpu" and gpus > 0:
-        return ActorResources(cfg.num_actors or gpus, cfg.cpus_per_actor or 1, 1)
+    if cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0):
+        count = cfg.num_actors or gpus
+        if count == 0:
+            raise SweepError("--device cuda, but the Ray cluster has no GPU yet; pass --num-actors N to have the autoscaler start GPU nodes, or use --device auto")
+        return ActorResources(count, cfg.cpus_per_actor or 1, 1)
     per_actor = cfg.cpus_per_actor or max(1, min(cpus, 4))
     return ActorResources(cfg.num_actors or max(1, int(cpus // per_actor)), per_actor, 0)
 
@@ -261,7 +266,9 @@ def _evaluate(cfg, todo, models, weights, chosen, total, fingerprint, results, s
         threads=max(1, int(resources.num_cpus)),
         exit_on_item=cfg.exit_on_item,
     )
-    pool = EvaluatorPool(evaluator_config, resources, _ship_weights(weights), max_retries=cfg.max_retries)
+    pool = EvaluatorPool(
+        evaluator_config, resources, _ship_weights(weights), max_retries=cfg.max_retries, start_timeout=cfg.actor_start_timeout
+    )
     started = dt.datetime.now(dt.timezone.utc)
     items = [(m, shard) for m in models for shard in chosen]
     n_total = sum(s.n_samples or 0 for s in chosen) * len(models) or None
@@ -294,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help=f"shards: a directory with manifest.json, a brace pattern, a list or URLs (default ${shards.read.TOMECIS_DATA_ENV})")
     p.add_argument("--out", default="results", help="results directory or URI (s3://...) (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto: GPU actors when the cluster has GPUs, else CPU actors")
     p.add_argument("--amp", default="none", choices=list(AMPS))
     p.add_argument("--mode", default="tomecis", choices=list(MODES))
     weights = p.add_mutually_exclusive_group()
@@ -309,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-actor", type=float, help="CPUs each actor asks Ray for (default 1 with GPUs, else up to 4)")
     p.add_argument("--loader-workers", type=int, help="DataLoader workers per actor (default 4 on GPU, 0 on CPU)")
     p.add_argument("--max-retries", type=int, default=3, help="retries of a work item whose actor died or failed")
+    p.add_argument("--actor-start-timeout", type=float, default=900.0, help="seconds to wait for actors to be placed (autoscaling) (default %(default)s)")
     p.add_argument("--allow-decode-failures", action="store_true", help="score the decodable images when some fail (n_failed is recorded)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -354,6 +362,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
         cpus_per_actor=args.cpus_per_actor,
         loader_workers=args.loader_workers,
         max_retries=args.max_retries,
+        actor_start_timeout=args.actor_start_timeout,
         allow_decode_failures=args.allow_decode_failures,
         progress=not args.no_progress,
     )

@@ -1,0 +1,141 @@
+"""cluster.yaml against Ray's own schema, and sweeps over a multi-node Ray cluster simulated on this machine."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+import ray
+import torch
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.cluster_utils import Cluster
+
+import tomecis
+from orchestrator import sweep
+from shards.testing import tiny_dataset, write_tiny_shards
+
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+MODEL = "deit_tiny_patch16_224"
+
+
+# --------------------------------------------------------------------------- cluster.yaml
+
+
+def load_cluster_yaml() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_cluster_yaml_passes_rays_validation():
+    config = load_cluster_yaml()
+    validate_config(prepare_config(copy.deepcopy(config)))
+    assert config["provider"]["type"] == "aws"
+    gpu_types = [t for t, spec in config["available_node_types"].items() if spec["resources"].get("GPU")]
+    assert gpu_types and config["available_node_types"][config["head_node_type"]]["resources"].get("GPU") is None
+    settings = yaml.safe_dump(config).lower()  # the settings, not the comments that explain credentials
+    assert "access_key" not in settings and "secret" not in settings
+
+
+@pytest.mark.parametrize(
+    "typo",
+    [
+        lambda c: c.__setitem__("max_worker", c.pop("max_workers")),
+        lambda c: c["available_node_types"]["gpu_1x_a10g"].__setitem__("min_worker", 1),
+        lambda c: c["auth"].__setitem__("ssh_usr", "ubuntu"),
+        lambda c: c["available_node_types"]["head"].pop("node_config"),
+    ],
+    ids=["top-level", "node-type", "auth", "missing-node-config"],
+)
+def test_a_typo_in_cluster_yaml_is_caught(typo):
+    config = load_cluster_yaml()
+    typo(config)
+    with pytest.raises((jsonschema.ValidationError, ValueError, KeyError)):
+        validate_config(prepare_config(config))
+
+
+# --------------------------------------------------------------------------- many nodes, one machine
+
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """40 tiny images in 8 shards and a random-weight DeiT-Tiny checkpoint."""
+    root = tmp_path_factory.mktemp("cluster")
+    write_tiny_shards(root, tiny_dataset(n_images=40, n_classes=5), shard_size=5)
+    (root / "ckpt").mkdir()
+    torch.manual_seed(1)
+    torch.save({"model": tomecis.create_model(MODEL).state_dict()}, root / "ckpt" / f"{MODEL}.pth")
+    return root
+
+
+def sweep_config(data: Path, out: Path, address: str, **kw) -> sweep.SweepConfig:
+    base = dict(models=[MODEL], r_values=[0, 8], data=str(data / "shards"), out=str(out), batch_size=5,
+                checkpoint_dir=str(data / "ckpt"), address=address, bench=False, progress=False, cpus_per_actor=1)
+    base.update(kw)
+    return sweep.SweepConfig(**base)
+
+
+@pytest.fixture
+def cluster():
+    """A head (no CPUs: the driver only) and two worker nodes with one fake GPU each."""
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}},
+    )
+    workers = [c.add_node(num_cpus=1, num_gpus=1, resources={f"worker{i}": 1}) for i in range(2)]
+    c.wait_for_nodes()
+    yield c, workers
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+def predictions(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "predictions").drop(columns="shard").sort_values(["r", "key"]).reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_sweep_spreads_over_nodes_and_equals_a_single_node_run(data, tmp_path, cluster):
+    c, _ = cluster
+    sweep.run_sweep(sweep_config(data, tmp_path / "multi", c.address))
+    assert not ray.is_initialized()  # the sweep joined the cluster and left it; the cluster still runs
+    points = pd.read_parquet(tmp_path / "multi" / "points")
+    assert (points["n_images"] == 40).all()
+    assert all(len(nodes) == 2 for nodes in points["nodes"])  # both GPU nodes evaluated every point
+    c.shutdown()
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        sweep.run_sweep(sweep_config(data, tmp_path / "single", "local", device="cpu", num_actors=1, cpus_per_actor=2))
+    finally:
+        ray.shutdown()
+    pd.testing.assert_frame_equal(predictions(tmp_path / "multi"), predictions(tmp_path / "single"))
+    single = pd.read_parquet(tmp_path / "single" / "points").set_index("r")
+    assert (points.set_index("r")["top1"] == single["top1"]).all()
+
+
+@pytest.mark.slow
+def test_worker_node_removed_mid_sweep(data, tmp_path, cluster, monkeypatch):
+    c, workers = cluster
+    out = tmp_path / "out"
+    removed = []
+    original = sweep.EvaluatorPool.evaluate
+
+    def evaluate_and_pull_a_node(self, items, r_values, on_result):
+        def on_result_then_remove(outcome):
+            on_result(outcome)
+            if not removed:  # first shard back: pull one GPU node out from under its busy actor
+                c.remove_node(workers[1])
+                removed.append(outcome.shard)
+        return original(self, items, r_values, on_result_then_remove)
+
+    monkeypatch.setattr(sweep.EvaluatorPool, "evaluate", evaluate_and_pull_a_node)
+    summary = sweep.run_sweep(sweep_config(data, out, c.address, r_values=[0, 8, 16], actor_start_timeout=60))
+    assert removed
+    assert summary.actors_replaced >= 1, "the removed node's actor was never noticed"
+    points = pd.read_parquet(out / "points")
+    assert (points["n_images"] == 40).all() and len(points) == 3
+    preds = predictions(out)
+    assert preds.groupby("r")["key"].apply(lambda k: k.is_unique and len(k) == 40).all()
