@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -178,12 +178,3 @@ def accuracy(labels: List[int], top5: List[List[int]]) -> Tuple[float, float]:
     top1 = sum(row[0] == t for row, t in zip(top5, labels))
     top5_hits = sum(t in row for row, t in zip(top5, labels))
     return 100.0 * top1 / n, 100.0 * top5_hits / n
-
-
-def existing(results: ResultsDir, points: Iterable[GridPoint], fingerprint: str) -> Dict[GridPoint, bool]:
-    """For each point: is it already done for this dataset?"""
-    return {p: results.is_done(p, fingerprint) for p in points}
-
-
-def optional_float(value: Optional[float]) -> Optional[float]:
-    return None if value is None else float(value)
