@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import shards
 import tomecis
-from tomecis.models import find_checkpoint
+from tomecis.models import find_checkpoint, max_r
 from tomecis.patch import MODES
 
 from . import report
@@ -382,7 +382,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def validate_inputs(cfg: SweepConfig) -> None:
-    """Data and weights checks that need files, done before Ray starts."""
+    """Data, weights and r checks that need files or model shapes, done before Ray starts."""
+    for model in cfg.models:
+        limit = max_r(model)
+        too_big = [r for r in cfg.r_values if r > limit]
+        if too_big:
+            raise ValueError(f"--r {too_big[0]} is impossible for {model}: a block can merge at most {limit} of its tokens")
     select_shards(shards.resolve_data(cfg.data), cfg.limit)
     weights_for(cfg.models, cfg)
 

@@ -35,6 +35,8 @@ def test_missing_data_and_checkpoint_fail_before_ray(tmp_path, data, capsys, mon
     assert "TOMECIS_DATA" in capsys.readouterr().err
     assert sweep.main(["--models", "deit_tiny", "--r", "0", "--data", str(tmp_path / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().err
+    assert sweep.main(["--models", "deit_tiny", "--r", "0,8,99", "--data", str(data / "shards")]) == 1
+    assert "--r 99 is impossible for deit_tiny_patch16_224: a block can merge at most 98" in capsys.readouterr().err
     empty = tmp_path / "ckpt"
     empty.mkdir()
     assert sweep.main(["--models", "deit_small", "--r", "0", "--data", str(data / "shards"), "--checkpoint-dir", str(empty)]) == 1

@@ -103,3 +103,11 @@ def create_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def max_r(name: str) -> int:
+    """The most tokens one block can merge away in model ``name``: ``(N - prefix) // 2`` at the first block.
+    Builds the model on the meta device (no memory, no weights)."""
+    model = timm.create_model(resolve_model_name(name), device="meta")
+    num_patches = model.patch_embed.num_patches
+    return num_patches // 2
