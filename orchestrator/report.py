@@ -169,7 +169,8 @@ def filter_points(points: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
         mask = select(points)
         if not mask.any():
             present = ", ".join(sorted(str(v) for v in points[column].dropna().unique()))
-            raise NoResultsError(f"no points match {flag} {value} in {cfg.results} (after the filters before it); present: {present}")
+            shown = ",".join(value) if isinstance(value, list) else value
+            raise NoResultsError(f"no points match {flag} {shown} in {cfg.results} (after the filters before it); present: {present}")
         points = points[mask]
     return points
 
@@ -485,15 +486,16 @@ def plot_accuracy_throughput(rows: pd.DataFrame, path: str, title: str, publishe
     Rows without img/s are left out; returns None (writing nothing) when no row has img/s and no
     published series is asked for."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no backend switch
 
     timed = rows[rows["infer_samples_per_sec"].notna()]
     if timed.empty and not published:
         return None
-    fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=PLOT_SIZE_INCHES, dpi=PLOT_DPI, layout="constrained")
-    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
+    fig = Figure(figsize=PLOT_SIZE_INCHES, dpi=PLOT_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_abs, ax_rel = fig.subplots(1, 2)
+    colours = iter(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
     speeds = []
     for model, mode, line in lines_of(timed):
         colour = next(colours)
@@ -530,7 +532,6 @@ def plot_accuracy_throughput(rows: pd.DataFrame, path: str, title: str, publishe
     fig.suptitle(title + ("\ndashed grey: published figures from another machine (paper), for reference" if published else ""), fontsize=10)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
     return path
 
 
