@@ -283,6 +283,38 @@ def table_notes(rows: pd.DataFrame, expected_r: Sequence[int]) -> List[str]:
         notes.append("no r = 0 point: speed-up and Δ top-1 need it (add 0 to the sweep's --r)")
     if rows["infer_samples_per_sec"].isna().all():
         notes.append("no img/s: the sweep ran with --no-bench")
+    slower = slower_than_unmerged(rows)
+    if slower:
+        notes.append(
+            f"img/s below 0.9x the r = 0 figure at r = {', '.join(map(str, slower))}: merging removes work, so this is "
+            "most likely timing noise (a busy machine); rerun with --force and more --bench-runs on an idle one"
+        )
+    return notes
+
+
+def slower_than_unmerged(rows: pd.DataFrame, tolerance: float = 0.9) -> List[int]:
+    """The r > 0 of one line whose img/s is below ``tolerance`` x its r = 0 img/s."""
+    base = rows.loc[rows["r"] == 0, "infer_samples_per_sec"]
+    if base.empty or not _ok(base.iloc[0]):
+        return []
+    timed = rows[(rows["r"] > 0) & rows["infer_samples_per_sec"].notna()]
+    return sorted(int(r) for r in timed.loc[timed["infer_samples_per_sec"] < tolerance * base.iloc[0], "r"])
+
+
+def unmerged_spread(rows: pd.DataFrame, tolerance: float = 1.2) -> List[str]:
+    """Notes for models whose r = 0 img/s differs between modes by more than ``tolerance`` x
+    (at r = 0 the modes run the same network, so the gap is the timing's own noise)."""
+    notes = []
+    unmerged = rows[(rows["r"] == 0) & rows["infer_samples_per_sec"].notna()]
+    for model, group in unmerged.groupby("model", sort=False):
+        group = group.sort_values("mode", key=lambda modes: modes.map(_mode_order))
+        speeds = group["infer_samples_per_sec"]
+        if len(group) > 1 and speeds.max() > tolerance * speeds.min():
+            per_mode = ", ".join(f"{m} {v:.1f}" for m, v in zip(group["mode"], speeds))
+            notes.append(
+                f"{group['short_name'].iloc[0]} at r = 0 is the same network in every mode, yet its img/s differ "
+                f"{speeds.max() / speeds.min():.1f}x ({per_mode}): treat img/s of this setting as noisy"
+            )
     return notes
 
 
@@ -454,7 +486,7 @@ def paired_table(comparisons: Sequence[Comparison], short_names: Dict[str, str],
             lines.append(f"| {name} | {c.what} | — | — | — | — | — | — | {c.note} |")
             continue
         s = c.stats
-        classes = ", ".join(f"{_class_name(k.label)} {k.net:+d}/{k.n_images}" for k in s.losing_classes) or "none"
+        classes = _losing_classes_text(s.losing_classes)
         if c.note:
             classes += f" ({c.note})"
         lines.append(
@@ -462,6 +494,15 @@ def paired_table(comparisons: Sequence[Comparison], short_names: Dict[str, str],
             f"[{s.ci_low:+.2f}, {s.ci_high:+.2f}] | {_p(s.p_value)} | {classes} |"
         )
     return "\n".join(lines)
+
+
+def _losing_classes_text(losses: Sequence[ClassLoss]) -> str:
+    """``n01440764 (#0) -3/50, ...``; a list of one-image losses says nothing, so it is summarised."""
+    if not losses:
+        return "none"
+    if all(k.net == -1 for k in losses):
+        return "none loses more than 1 image"
+    return ", ".join(f"{_class_name(k.label)} {k.net:+d}/{k.n_images}" for k in losses)
 
 
 def _class_name(label: int) -> str:
@@ -518,7 +559,12 @@ def plot_accuracy_throughput(rows: pd.DataFrame, path: str, title: str, publishe
             _draw_line(ax_rel, speed / by_r[0][1], top1 - by_r[0][0], pd.Series(rs), label, colour, "D", "--", hollow=True)
             speeds.extend(speed)
     if speeds and max(speeds) / max(min(speeds), 1e-9) > 8:
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
         ax_abs.set_xscale("log")
+        ax_abs.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax_abs.xaxis.set_major_formatter(ScalarFormatter())
+        ax_abs.xaxis.set_minor_formatter(NullFormatter())
     ax_abs.set_xlabel("img/s (model alone; log scale)" if ax_abs.get_xscale() == "log" else "img/s (model alone)")
     ax_abs.set_ylabel("top-1 (%)")
     ax_abs.set_title("top-1 against throughput")
@@ -589,6 +635,7 @@ def _summary_line(points: pd.DataFrame, settings: list, superseded: int) -> str:
 
 def _setting_section(index, total, setting, rows, predictions, short_names, cfg, report) -> str:
     parts = [f"## Setting {index} of {total}: {setting.label()}"]
+    parts.extend(f"**Warning:** {note}" for note in unmerged_spread(rows))
     expected_r = sorted({int(r) for r in rows["r"]})
     for model, mode, line in lines_of(rows):
         block = f"### {line_heading(line, mode)}\n\n{model_table(line, expected_r)}"
@@ -607,7 +654,9 @@ def _setting_section(index, total, setting, rows, predictions, short_names, cfg,
             "### Paired statistics (per-image predictions)\n\n"
             f"fixed: wrong before, right after; broken: the reverse. Δ top-1 in points; {100 * cfg.level:g}% CI: paired bootstrap "
             f"({cfg.bootstrap_samples} resamples, seed {cfg.seed}); p: exact McNemar test on the fixed/broken pairs. "
-            "Classes: net change / images of the class.\n\n" + paired_table(comparisons, short_names, cfg.level)
+            "A CI spanning 0 (large p) means these images cannot tell the two apart. With few changed images "
+            "(under ~25 fixed + broken) the bootstrap CI is too narrow: trust the exact p there. "
+            "Classes: the largest net losses, as change / images of the class.\n\n" + paired_table(comparisons, short_names, cfg.level)
         )
     if cfg.out:
         name = "accuracy_throughput.png" if total == 1 else f"accuracy_throughput-{index}.png"

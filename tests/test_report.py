@@ -308,3 +308,19 @@ def test_cli_prints_and_writes(grid_results, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| r | top-1 |" in printed and "Paired statistics" in printed
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["accuracy_throughput.png", "report.md"]
+
+
+def test_noisy_timing_is_flagged(tmp_path):
+    out = tmp_path / "results"
+    write_point(out, TINY, 0, correctness(20, range(10)), speed=100.0)
+    write_point(out, TINY, 8, correctness(20, range(10)), speed=80.0)  # merging, yet slower
+    write_point(out, TINY, 12, correctness(20, range(10)), speed=130.0)
+    write_point(out, TINY, 0, correctness(20, range(10)), speed=30.0, mode="tome")  # same network as tomecis r=0
+    md = run_report(out, None).markdown
+    assert "below 0.9x the r = 0 figure at r = 8:" in section(md, "deit_tiny (deit_tiny_patch16_224), tomecis")
+    assert "img/s differ 3.3x (tomecis 100.0, tome 30.0)" in md
+
+
+def test_steady_timing_is_not_flagged(grid_results):
+    assert "noisy" not in run_report(grid_results, None).markdown
+    assert "Warning" not in run_report(grid_results, None).markdown
