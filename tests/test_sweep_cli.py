@@ -55,3 +55,15 @@ def test_cli_runs_a_sweep_end_to_end(data, tmp_path, capsys):
     assert not ray.is_initialized()
     assert sweep.main(argv) == 0
     assert "0 point(s) written, 2 already done" in capsys.readouterr().out
+
+
+def test_limit_keeps_whole_shards_and_changes_the_fingerprint(data):
+    import shards
+
+    shardset = shards.resolve_data(str(data / "shards"))  # 22 images: 5 + 5 + 5 + 5 + 2
+    chosen, total, fingerprint = sweep.select_shards(shardset, limit=7)
+    assert [s.n_samples for s in chosen] == [5, 5] and total == 10
+    assert fingerprint != shardset.fingerprint
+    everything = sweep.select_shards(shardset, limit=None)
+    assert everything == (shardset.shards, 22, shardset.fingerprint)
+    assert sweep.select_shards(shardset, limit=1000)[2] == shardset.fingerprint
