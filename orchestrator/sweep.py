@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pyarrow as pa
 import ray
+import timm
+import torch
 from tqdm import tqdm
 
 import shards
@@ -168,7 +171,7 @@ def point_row(
     expected_total: Optional[int],
     started: dt.datetime,
     allow_decode_failures: bool,
-) -> Tuple[dict, "pa.Table"]:  # noqa: F821
+) -> Tuple[dict, pa.Table]:
     """The points row and predictions of one grid point, after checking that nothing is missing."""
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
@@ -188,9 +191,6 @@ def point_row(
     seconds = sum(o.load_seconds + o.forward_seconds[point.r] for o in outcomes)
     predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of)
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
-    import timm
-    import torch
-
     row = dict(
         model=point.model,
         short_name=point.short_name,
