@@ -324,3 +324,32 @@ def test_noisy_timing_is_flagged(tmp_path):
 def test_steady_timing_is_not_flagged(grid_results):
     assert "noisy" not in run_report(grid_results, None).markdown
     assert "Warning" not in run_report(grid_results, None).markdown
+
+
+# --------------------------------------------------------------------------- README's pandas queries
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block under the README heading containing ``heading``."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    after = text.split(heading, 1)[1]
+    return after.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_readme_queries_answer_on_results(tmp_path, monkeypatch, capsys):
+    """The 'Queries people write' block runs on a results directory and gives the right answers."""
+    out = tmp_path / "results"
+    write_point(out, TINY, 0, correctness(100, range(80)), speed=100.0)
+    write_point(out, TINY, 8, correctness(100, range(79)), speed=150.0)  # -1.0 point: within budget
+    write_point(out, TINY, 13, correctness(100, list(range(2, 75)) + [90]), speed=200.0)  # 2 broken+5, 1 fixed
+    write_point(out, SMALL, 0, correctness(100, range(90)), speed=40.0)
+    write_point(out, SMALL, 13, correctness(100, range(89)), speed=70.0)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(readme_block("Queries people write"), "README.md", "exec"), scope)
+    capsys.readouterr()
+    best = scope["ok"].loc[scope["ok"].groupby("short_name").infer_samples_per_sec.idxmax()].set_index("short_name")
+    assert best.loc["deit_tiny", "r"] == 8 and best.loc["deit_small", "r"] == 13
+    assert best.loc["deit_small", "speedup"] == pytest.approx(70.0 / 40.0)
+    assert sorted(scope["broken"].key) == ["img00000", "img00001"] + [f"img{i:05d}" for i in range(75, 80)]
+    assert list(scope["fixed"].key) == ["img00090"]
