@@ -1,4 +1,5 @@
 """tomecis.benchmark: FLOP counting, token counts, the table and the CLI."""
+import pytest
 import timm
 import torch
 
@@ -42,7 +43,24 @@ def test_run_benchmark_rows_and_table():
     assert all(row.img_per_s > 0 and row.explicit_img_per_s > 0 for row in rows)
     table = bm.format_table(rows)
     assert "| r | img/s | speed-up | GFLOPs | tokens left |" in table
-    assert table.count("\n") == 4
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "img/s" not in line] == ["0", "8"]
+    assert all(row.unpatched_before > 0 and row.unpatched_after > 0 for row in rows)
+    assert rows[1].speedup == pytest.approx(rows[1].img_per_s / ((rows[1].unpatched_before + rows[1].unpatched_after) / 2))
+
+
+def row(before: float, after: float, speed: float = 120.0) -> bm.BenchmarkRow:
+    return bm.BenchmarkRow(
+        model="m", r=8, mode="tomecis", img_per_s=speed, unpatched_before=before, unpatched_after=after,
+        gflops=1.0, tokens_out=101, batch_size=32, amp="none", device="cpu",
+    )
+
+
+def test_table_shows_the_unpatched_timings_and_flags_drift():
+    steady = bm.format_table([row(100.0, 102.0)])
+    assert "unpatched timm: 101.0 img/s (timed before: 100.0, after: 102.0)" in steady
+    assert "| 8 | 120.0 | 1.19x |" in steady and "warning" not in steady
+    drifted = bm.format_table([row(100.0, 80.0)])
+    assert "warning: the unpatched timings differ by 22%" in drifted
 
 
 def test_cli_prints_the_table(capsys):
@@ -53,8 +71,6 @@ def test_cli_prints_the_table(capsys):
 
 
 def test_cli_rejects_bad_arguments(capsys):
-    import pytest
-
     for argv, message in ((["--r", "8-"], "cannot read r item"), (["--model", "deit_tinny"], "did you mean")):
         with pytest.raises(SystemExit):
             bm.main(argv)

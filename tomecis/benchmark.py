@@ -150,13 +150,31 @@ class BenchmarkRow:
     r: int
     mode: str
     img_per_s: float
-    speedup: float  # over the unpatched timm model
+    unpatched_before: float  # img/s of the unpatched timm model, timed before the first r ...
+    unpatched_after: float  # ... and after the last: the pair shows how much the machine drifted
     gflops: float
     tokens_out: int
     batch_size: int
     amp: str
     device: str
     explicit_img_per_s: Optional[float] = None
+
+    @property
+    def unpatched_img_per_s(self) -> float:
+        return (self.unpatched_before + self.unpatched_after) / 2
+
+    @property
+    def speedup(self) -> float:
+        """Over the unpatched timm model (the mean of its two timings)."""
+        return self.img_per_s / self.unpatched_img_per_s
+
+    @property
+    def drift(self) -> float:
+        """Relative change of the unpatched model's img/s between its two timings."""
+        return abs(self.unpatched_after - self.unpatched_before) / self.unpatched_img_per_s
+
+
+DRIFT_WARNING = 0.05  # unpatched timings further apart than this make the speed-ups doubtful
 
 
 def device_name(device: torch.device) -> str:
@@ -166,7 +184,10 @@ def device_name(device: torch.device) -> str:
 
 
 def run_benchmark(cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progress: Callable[[str], None] = lambda s: None) -> List[BenchmarkRow]:
-    """Time the unpatched model, then the patched one at every r of ``cfg``."""
+    """Time the unpatched model, the patched one at every r of ``cfg``, then the unpatched one again.
+
+    Speed-ups are over the mean of the two unpatched timings, so a machine that drifts during the
+    run (CPU clocks, other load) shows up as a gap between them rather than as a false speed-up."""
     device = resolve_device(cfg.device)
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
@@ -177,10 +198,10 @@ def run_benchmark(cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progr
 
     progress("unpatched")
     measure(model)  # first passes on a device pay for allocator and kernel warm-up: not timed
-    baseline = measure(model)
+    before = measure(model)
     patched = patch(copy.deepcopy(model), r=0, mode=cfg.mode)
     explicit = patch(copy.deepcopy(model), r=0, mode=cfg.mode, attention="explicit") if cfg.explicit else None
-    rows = []
+    timed = []
     for r in cfg.r_values:
         progress(f"r={r}")
         patched.r = r
@@ -189,22 +210,26 @@ def run_benchmark(cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progr
         if explicit is not None:
             explicit.r = r
             explicit_speed = measure(explicit)
-        rows.append(
-            BenchmarkRow(
-                model=resolve_model_name(cfg.model),
-                r=r,
-                mode=cfg.mode,
-                img_per_s=speed,
-                speedup=speed / baseline,
-                gflops=count_gflops(patched, device),
-                tokens_out=tokens_left(patched, device),
-                batch_size=cfg.batch_size,
-                amp=cfg.amp,
-                device=device_name(device),
-                explicit_img_per_s=explicit_speed,
-            )
+        timed.append((r, speed, explicit_speed, count_gflops(patched, device), tokens_left(patched, device)))
+    progress("unpatched again")
+    after = measure(model)
+    return [
+        BenchmarkRow(
+            model=resolve_model_name(cfg.model),
+            r=r,
+            mode=cfg.mode,
+            img_per_s=speed,
+            unpatched_before=before,
+            unpatched_after=after,
+            gflops=gflops,
+            tokens_out=tokens,
+            batch_size=cfg.batch_size,
+            amp=cfg.amp,
+            device=device_name(device),
+            explicit_img_per_s=explicit_speed,
         )
-    return rows
+        for r, speed, explicit_speed, gflops, tokens in timed
+    ]
 
 
 def format_table(rows: Sequence[BenchmarkRow]) -> str:
@@ -215,8 +240,14 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
     head = ["r", "img/s", "speed-up", "GFLOPs", "tokens left"]
     if with_explicit:
         head += ["explicit img/s", "fused / explicit"]
+    first = rows[0]
     lines = [
-        f"{rows[0].model} ({rows[0].mode}), batch {rows[0].batch_size}, amp {rows[0].amp}, {rows[0].device}",
+        f"{first.model} ({first.mode}), batch {first.batch_size}, amp {first.amp}, {first.device}",
+        f"unpatched timm: {first.unpatched_img_per_s:.1f} img/s (timed before: {first.unpatched_before:.1f}, after: {first.unpatched_after:.1f})",
+    ]
+    if first.drift > DRIFT_WARNING:
+        lines.append(f"warning: the unpatched timings differ by {first.drift:.0%}: the machine drifted; rerun on a quiet machine or with more --runs")
+    lines += [
         "| " + " | ".join(head) + " |",
         "|" + "|".join("--:" for _ in head) + "|",
     ]
@@ -277,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(argv)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(cfg.r_values) + 1, desc=f"benchmark {cfg.model}", file=sys.stderr)
+    bar = tqdm(total=len(cfg.r_values) + 2, desc=f"benchmark {cfg.model}", file=sys.stderr)
 
     def progress(what: str) -> None:
         bar.set_postfix_str(what)
