@@ -67,6 +67,19 @@ def test_class_attention_equals_row_zero_of_full_softmax_with_size_bias():
     torch.testing.assert_close(row, full[:, :, 0], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_class_attention_is_float32_under_autocast(dtype):
+    """SPEC: the score is computed in float32; autocast must not turn the q·k product into half precision."""
+    g = torch.Generator().manual_seed(4)
+    q, k = torch.randn(2, 3, 50, 16, generator=g) * 3, torch.randn(2, 3, 50, 16, generator=g) * 3
+    size = torch.randint(1, 5, (2, 50, 1), generator=g).float()
+    exact = M.class_attention(q[:, :, :1], k, 0.25, size.log())
+    with torch.autocast("cpu", dtype=dtype):
+        under = M.class_attention(q[:, :, :1], k, 0.25, size.log())
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under, exact, rtol=1e-6, atol=1e-7)
+
+
 def test_weighted_merge_equals_the_formula_in_float32():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 9, 5, generator=g)

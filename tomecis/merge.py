@@ -9,6 +9,7 @@ weighting is the class importance score of ToMeCIS (Seol et al., IECON 2023).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, NamedTuple, Optional, Tuple
 
@@ -37,6 +38,14 @@ class Matching(NamedTuple):
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half types, else the dtype itself (float64 stays float64)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which autocast is off for ``device``'s type (a no-op where autocast does not exist)."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # e.g. the meta device
+        return contextlib.nullcontext()
 
 
 def protected_tokens(class_token: bool, distill_token: bool) -> int:
@@ -143,10 +152,11 @@ def class_attention(
         ``[B, H, N]``: ``softmax(q_0 k^T * scale + log s)`` per head, at least float32.
     """
     dtype = accumulation_dtype(k.dtype)
-    logits = (q_cls.to(dtype) @ k.to(dtype).transpose(-1, -2)).squeeze(2) * scale  # [B, H, N]
-    if log_size is not None:
-        logits = logits + log_size.to(dtype)[:, None, :, 0]
-    return logits.softmax(dim=-1)
+    with autocast_off(k.device):  # autocast would run the product (and so the softmax) in half precision
+        logits = (q_cls.to(dtype) @ k.to(dtype).transpose(-1, -2)).squeeze(2) * scale  # [B, H, N]
+        if log_size is not None:
+            logits = logits + log_size.to(dtype)[:, None, :, 0]
+        return logits.softmax(dim=-1)
 
 
 def class_importance(cls_attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
