@@ -97,6 +97,21 @@ def test_sizes_reset_at_every_forward():
     assert torch.equal(first, second)
 
 
+def test_intermediates_reset_sizes_and_need_nlc_when_merging():
+    plain = tiny_vit()
+    model = tomecis.patch(copy.deepcopy(plain), r=4)
+    x = images_for(model)
+    final = model.forward_features(x)
+    layers = model.forward_intermediates(x, indices=[0, 1], output_fmt="NLC", intermediates_only=True)
+    assert [y.shape[1] for y in layers] == [n - 1 for n in model.merge_state.tokens[:2]]  # class token split off
+    torch.testing.assert_close(model.forward_intermediates(x, output_fmt="NLC")[0], final)  # sizes reset each call
+    with pytest.raises(ValueError, match="output_fmt='NLC'"):
+        model.get_intermediate_layers(x, reshape=True)
+    model.r = 0
+    for mine, timms in zip(model.get_intermediate_layers(x, n=2, reshape=True), plain.get_intermediate_layers(x, n=2, reshape=True)):
+        torch.testing.assert_close(mine, timms)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_autocast_gives_finite_logits(dtype):
     model = tomecis.patch(MODEL_FACTORIES["deit_small"](), r=16)

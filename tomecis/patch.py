@@ -13,6 +13,7 @@ Blocks with ``r_l = 0`` run timm's own code.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -179,6 +180,21 @@ class ToMeCISVisionTransformer:
     def forward_features(self, *args, **kwargs):
         self._merge_state.reset()
         return super().forward_features(*args, **kwargs)
+
+    def forward_intermediates(self, *args, **kwargs):
+        """timm's intermediates (also behind ``get_intermediate_layers``), with the merge state reset.
+
+        Merged tokens no longer form the patch grid, so with any ``r_l > 0`` only
+        ``output_fmt="NLC"`` works: each intermediate is then ``[B, N_l - prefix, C]``."""
+        self._merge_state.reset()
+        call = inspect.signature(super().forward_intermediates).bind(*args, **kwargs)
+        call.apply_defaults()
+        if call.arguments.get("output_fmt") == "NCHW" and any(r > 0 for r in self._merge_state.schedule):
+            raise ValueError(
+                f"token merging (r = {self._r_spec!r}) leaves fewer tokens than the patch grid, so intermediates "
+                "cannot be reshaped to NCHW: pass output_fmt='NLC' (or reshape=False), or set model.r = 0"
+            )
+        return super().forward_intermediates(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- patch
