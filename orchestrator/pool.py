@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 
 from .evaluator import Evaluator, EvaluatorConfig, ModelProfile, ShardOutcome, Weights
 
@@ -41,6 +41,11 @@ class _Actor:
 
 
 Item = Tuple[str, object]  # (model name, ShardInfo)
+
+
+def fetch(ref):
+    """``ray.get`` of one result (a seam: tests make it lose a result in transit)."""
+    return ray.get(ref)
 
 
 class EvaluatorPool:
@@ -148,7 +153,7 @@ class EvaluatorPool:
         model, shard = actor.in_flight.pop(ref)
         key = (model, shard.url)
         try:
-            outcome = ray.get(ref)
+            outcome = fetch(ref)
         except RayActorError:  # the process or its node died: every queued item of it goes back
             lost = [(model, shard)] + list(actor.in_flight.values())
             actor.in_flight.clear()
@@ -158,6 +163,9 @@ class EvaluatorPool:
             return
         except RayTaskError as err:  # the task raised (unreadable shard, count mismatch, ...)
             self._retry((model, shard), queue, attempts, str(err.cause) if err.cause else str(err))
+            return
+        except ObjectLostError as err:  # the result was made but lost before the driver fetched it (node gone)
+            self._retry((model, shard), queue, attempts, f"its result was lost in transit ({type(err).__name__})")
             return
         if key not in accepted:  # exactly once, however often the item ran
             accepted[key] = outcome
@@ -192,7 +200,7 @@ class EvaluatorPool:
                 try:
                     results[model] = ray.get(ref)
                     pending.remove(model)
-                except (RayActorError, RayTaskError) as err:
+                except (RayActorError, RayTaskError, ObjectLostError) as err:
                     attempts[model] = attempts.get(model, 0) + 1
                     if attempts[model] > self.max_retries:
                         raise SweepError(f"profiling {model} failed {attempts[model]} times; last: {err}") from err

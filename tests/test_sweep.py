@@ -111,6 +111,36 @@ def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, dat
     assert len(pd.read_parquet(crashed / "points")) == len(R_VALUES)
 
 
+def test_a_result_lost_in_transit_is_retried_and_counted_once(ray_local, data, tmp_path, monkeypatch):
+    """A node that dies after its actor finished a shard, before the driver fetched it: ObjectLostError
+    and its kin. The item is re-run (a retry), and no image is counted twice."""
+    from ray.exceptions import ObjectReconstructionFailedError, OwnerDiedError
+
+    from orchestrator import pool
+
+    real_fetch, calls = pool.fetch, []
+
+    def lossy_fetch(ref):
+        calls.append(ref)
+        if len(calls) == 2:
+            raise OwnerDiedError(ref.hex(), None, "test")
+        if len(calls) == 4:
+            raise ObjectReconstructionFailedError(ref.hex(), None, "test")
+        return real_fetch(ref)
+
+    monkeypatch.setattr(pool, "fetch", lossy_fetch)
+    sweep.run_sweep(config(data, tmp_path / "out", bench=False))
+    assert len(calls) == 5 + 2  # 5 shards, two of them fetched twice
+    predictions = pd.read_parquet(tmp_path / "out" / "predictions")
+    assert predictions.groupby("r")["key"].apply(lambda k: k.is_unique and len(k) == 22).all()
+    expected = direct_predictions(data).set_index(["r", "key"]).sort_index()
+    assert (predictions.set_index(["r", "key"]).sort_index()["pred"] == expected["pred"]).all()
+
+    calls.clear()
+    with pytest.raises(SweepError, match="lost in transit"):  # a loss is a failed attempt: it counts toward retries
+        sweep.run_sweep(config(data, tmp_path / "strict", bench=False, max_retries=0))
+
+
 def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):
     sweep.run_sweep(config(data, tmp_path, r_values=[0], bench=False))
     summary = sweep.run_sweep(config(data, tmp_path, r_values=[0, 4], bench=False))
