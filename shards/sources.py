@@ -17,6 +17,7 @@ from pathlib import Path
 from .synsets import synset_at, synset_index
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg")
+TAR_BLOCK = 512  # tar headers and data are laid out in 512-byte blocks; a zero block marks the archive's end
 SYNSET_PATTERN = re.compile(r"^n\d{8}$")
 MAX_NAMED_IN_ERROR = 5
 
@@ -146,7 +147,10 @@ def list_source_images(src: Path, labels: Path | None) -> SourceListing:
                 "(val.txt lines 'ILSVRC2012_val_00000001.JPEG 65', or Kaggle's LOC_val_solution.csv)"
             )
         synset_by_key = read_labels(labels)
-        files, ignored = _tar_images(src) if form is SourceForm.VAL_TAR else _flat_images(src)
+        if form is SourceForm.VAL_TAR:
+            files, ignored = _tar_images(src, synset_by_key, labels)
+        else:
+            files, ignored = _flat_images(src)
         images = _attach_labels(files, synset_by_key, labels)
         unused = len(synset_by_key) - len(images)
     ordered = tuple(sorted(images, key=lambda image: image.key))
@@ -197,19 +201,24 @@ def _flat_images(folder: Path) -> tuple[list[ImageFile], list[str]]:
     return files, ignored
 
 
-def _tar_images(tar_path: Path) -> tuple[list[ImageFile], list[str]]:
-    """Each JPEG member of an uncompressed tar (located by offset), plus the other (ignored) members."""
-    files: list[ImageFile] = []
-    ignored: list[str] = []
+def _tar_images(
+    tar_path: Path, synset_by_key: dict[str, str], labels: Path
+) -> tuple[list[ImageFile], list[str]]:
+    """Each JPEG member of an uncompressed tar (located by offset), plus the other (ignored) members.
+
+    The tar must end with its end-of-archive marker: tarfile stops quietly at a cut on a member boundary or
+    inside a header, which would otherwise give a silent subset.
+    """
     try:
         with tarfile.open(tar_path, mode="r:") as tar:
             members = tar.getmembers()
     except tarfile.ReadError as error:
         raise SourceError(
-            f"{tar_path}: cannot read it as an uncompressed tar ({error}); "
-            "decompress it first, or check that the download is complete"
+            f"{tar_path}: cannot read it as an uncompressed tar ({error}); it is compressed (decompress it "
+            "first) or truncated or damaged (re-download or re-copy it)"
         ) from error
-    tar_size = tar_path.stat().st_size
+    files: list[ImageFile] = []
+    ignored: list[str] = []
     for member in members:
         if not member.isfile():
             continue
@@ -217,8 +226,6 @@ def _tar_images(tar_path: Path) -> tuple[list[ImageFile], list[str]]:
         if is_hidden(name) or not is_image_name(name):
             ignored.append(f"{tar_path}:{member.name}")
             continue
-        if member.offset_data + member.size > tar_size:
-            raise SourceError(f"{tar_path}:{member.name}: the tar ends inside this member; the tar is truncated")
         files.append(
             ImageFile(
                 key=stem_of(name),
@@ -229,7 +236,39 @@ def _tar_images(tar_path: Path) -> tuple[list[ImageFile], list[str]]:
                 size=member.size,
             )
         )
+    unused = len(set(synset_by_key) - {image_file.key for image_file in files})
+    _check_tar_ends(tar_path, members, f"{unused} of the {len(synset_by_key)} labels in {labels} have no image in it")
     return files, ignored
+
+
+def _check_tar_ends(tar_path: Path, members: list[tarfile.TarInfo], labels_note: str) -> None:
+    """Raise SourceError unless a full zero block (the end-of-archive marker) follows the last member's data."""
+    end = _end_of_member(members[-1]) if members else 0
+    with open(tar_path, "rb") as tar_file:
+        tar_file.seek(end)
+        block = tar_file.read(TAR_BLOCK)
+    if len(block) == TAR_BLOCK and block.count(0) == TAR_BLOCK:
+        return
+    last = f"its last member {members[-1].name}" if members else "its start"
+    if not block:
+        found = f"the file ends right after {last}, with no end-of-archive marker"
+    elif len(block) < TAR_BLOCK:
+        found = f"the file ends inside the header after {last}"
+    else:
+        found = f"the block after {last} is neither a member header nor the end-of-archive marker"
+    raise SourceError(
+        f"{tar_path}: {found} (byte {end} of {tar_path.stat().st_size}); the tar looks truncated or damaged "
+        f"({labels_note}): re-download or re-copy it"
+    )
+
+
+def _end_of_member(member: tarfile.TarInfo) -> int:
+    """Byte offset just past a member's data, padded to whole blocks: where the next header starts."""
+    return member.offset_data + member.size + _padding(member.size)
+
+
+def _padding(size: int) -> int:
+    return -size % TAR_BLOCK
 
 
 def _attach_labels(files: list[ImageFile], synset_by_key: dict[str, str], labels: Path) -> list[SourceImage]:

@@ -111,7 +111,17 @@ class WriteSummary:
         return (
             f"wrote {manifest.total} images ({manifest.n_classes_present} classes{skipped}) "
             f"in {len(manifest.shards)} shards to {self.manifest_path.parent} in {self.seconds:.1f} s "
-            f"({self.images_per_second:.0f} img/s); manifest {self.manifest_path}"
+            f"({self.images_per_second:.0f} img/s); manifest {self.manifest_path}{self._unused_labels_note()}"
+        )
+
+    def _unused_labels_note(self) -> str:
+        """`; N labels … have no image …` when the labels file lists images the source lacks, else ''."""
+        unused = self.manifest.made.get("unused_labels") or 0
+        if unused == 0:
+            return ""
+        return (
+            f"; note: {unused} labels in {self.manifest.made.get('labels')} have no image in the source "
+            "(a partial copy or download?)"
         )
 
 
@@ -226,10 +236,22 @@ def write_shards(config: WriteConfig) -> WriteSummary:
     except BaseException:
         remove_partials(tasks)
         raise
+    if sum(result.record.n_samples for result in results) == 0:
+        remove_partials(tasks)
+        raise BadImageError(_nothing_decodable(config.src, results))
     publish_shards(tasks, existing)
     manifest = build_manifest(results, listing, config)
     manifest_path = manifest.write(config.out)
     return WriteSummary(manifest=manifest, manifest_path=manifest_path, seconds=time.perf_counter() - started)
+
+
+def _nothing_decodable(src: Path, results: list[ShardResult]) -> str:
+    skipped = [skipped for result in results for skipped in result.skipped]
+    first = f" (first: {skipped[0].file}: {skipped[0].error})" if skipped else ""
+    return (
+        f"{src}: none of its {len(skipped)} images decodes{first}, so --skip-bad would leave an empty set; "
+        "nothing was written: check that SRC holds the JPEGs you meant"
+    )
 
 
 def run_tasks(tasks: list[ShardTask], config: WriteConfig) -> list[ShardResult]:

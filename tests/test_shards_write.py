@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -237,8 +238,63 @@ def test_truncated_val_tar_is_an_error(tmp_path):
     data = tar_path.read_bytes()
     tar_path.write_bytes(data[: 512 * 3 + 100])  # ends inside the second member
     labels = write_val_txt(tmp_path / "val.txt", images)
-    with pytest.raises(SourceError, match="truncated"):
+    with pytest.raises(SourceError, match=r"val\.tar: cannot read it .*unexpected end of data.*truncated"):
         write_shards(config(tar_path, tmp_path / "out", labels=labels))
+
+
+def third_member_offset(tar_path: Path) -> int:
+    with tarfile.open(tar_path) as tar:
+        return tar.getmembers()[2].offset
+
+
+@pytest.mark.parametrize("cut", ["at a member boundary", "inside a header"])
+def test_val_tar_without_its_end_marker_is_an_error_naming_it(tmp_path, cut):
+    """tarfile stops quietly at such cuts; the missing end-of-archive marker gives them away."""
+    images = tiny_dataset(n_images=4)
+    tar_path = make_val_tar(tmp_path / "ILSVRC2012_img_val.tar", images)
+    end = third_member_offset(tar_path) + (0 if cut == "at a member boundary" else 100)
+    tar_path.write_bytes(tar_path.read_bytes()[:end])
+    labels = write_val_txt(tmp_path / "val.txt", images)
+    expected = rf"{re.escape(str(tar_path))}: the file ends .*looks truncated.*2 of the 4 labels in .*val\.txt"
+    with pytest.raises(SourceError, match=expected):
+        write_shards(config(tar_path, tmp_path / "out", labels=labels))
+    assert not (tmp_path / "out").exists()
+
+
+def test_val_tar_followed_by_garbage_is_an_error(tmp_path):
+    images = tiny_dataset(n_images=4)
+    tar_path = make_val_tar(tmp_path / "ILSVRC2012_img_val.tar", images)
+    data = bytearray(tar_path.read_bytes())
+    start = third_member_offset(tar_path)
+    data[start : start + 512] = b"\x01" * 512  # not a valid header: tarfile would stop here without a word
+    tar_path.write_bytes(bytes(data))
+    labels = write_val_txt(tmp_path / "val.txt", images)
+    with pytest.raises(SourceError, match=r"ILSVRC2012_img_val\.tar: the block after .* neither a member header"):
+        write_shards(config(tar_path, tmp_path / "out", labels=labels))
+
+
+@pytest.mark.parametrize("zero_blocks", ["padded to a 10 KiB record", "one zero block"])
+def test_complete_val_tar_ending_in_zero_blocks_reads(tmp_path, zero_blocks):
+    """Only the first zero block after the last member matters: past it, no member can be missing."""
+    images = tiny_dataset(n_images=3)
+    tar_path = make_val_tar(tmp_path / "ILSVRC2012_img_val.tar", images)
+    assert tar_path.stat().st_size == 10240  # tarfile writes two zero blocks, then pads to a whole record
+    if zero_blocks == "one zero block":
+        with tarfile.open(tar_path) as tar:
+            last = tar.getmembers()[-1]
+        tar_path.write_bytes(tar_path.read_bytes()[: last.offset_data + -(-last.size // 512) * 512 + 512])
+    summary = write_shards(config(tar_path, tmp_path / "out", labels=write_val_txt(tmp_path / "val.txt", images)))
+    assert summary.manifest.total == 3
+
+
+def test_skip_bad_with_no_decodable_image_is_an_error_naming_the_source(tmp_path):
+    images = tiny_dataset(n_images=3)
+    src = make_imagefolder(tmp_path / "val", images)
+    for image in images:
+        (src / image.synset / image.file_name).write_bytes(b"not a JPEG")
+    with pytest.raises(BadImageError, match=rf"{re.escape(str(src))}: none of its 3 images decodes.*ILSVRC2012_val_"):
+        write_shards(config(src, tmp_path / "out", skip_bad=True, workers=2, shard_size=2))
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_existing_shards_are_not_overwritten_without_force(tmp_path):
@@ -304,3 +360,34 @@ def test_cli_writes_and_prints_a_summary(tmp_path, capsys):
     assert main(argv) == 1  # refuses to overwrite
     assert "--force" in capsys.readouterr().err
     assert main(argv + ["--force"]) == 0
+
+
+def test_cli_summary_mentions_labels_without_an_image(tmp_path, capsys):
+    images = tiny_dataset(n_images=6)
+    src = make_val_tar(tmp_path / "ILSVRC2012_img_val.tar", images[:4])
+    labels = write_val_txt(tmp_path / "val.txt", images)
+    assert main([str(src), "--out", str(tmp_path / "out"), "--labels", str(labels), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 4 images" in printed
+    assert re.search(rf"2 labels in {re.escape(str(labels))} have no image in the source", printed)
+    assert read_manifest(tmp_path / "out" / MANIFEST_NAME).made["unused_labels"] == 2
+
+
+def test_cli_summary_is_quiet_about_labels_when_all_are_used(tmp_path, capsys):
+    images = tiny_dataset(n_images=3)
+    src = make_flat_folder(tmp_path / "flat", images)
+    labels = write_val_txt(tmp_path / "val.txt", images)
+    assert main([str(src), "--out", str(tmp_path / "out"), "--labels", str(labels), "--no-progress"]) == 0
+    assert "labels" not in capsys.readouterr().out
+
+
+def test_skip_bad_cli_with_no_decodable_image_fails(tmp_path, capsys):
+    images = tiny_dataset(n_images=2)
+    src = make_flat_folder(tmp_path / "flat", images)
+    for image in images:
+        (src / image.file_name).write_bytes(b"junk")
+    labels = write_val_txt(tmp_path / "val.txt", images)
+    argv = [str(src), "--out", str(tmp_path / "out"), "--labels", str(labels), "--skip-bad", "--no-progress"]
+    assert main(argv) == 1
+    assert f"{src}: none of its 2 images decodes" in capsys.readouterr().err
+    assert not (tmp_path / "out" / MANIFEST_NAME).exists()
