@@ -22,6 +22,10 @@ class SweepError(RuntimeError):
     """The sweep could not finish; the message says which item or point and why."""
 
 
+class WorkFailed(SweepError):
+    """One model's work (an item or its profile) failed after its retries; other models can still run."""
+
+
 @dataclass(frozen=True)
 class ActorResources:
     """What one actor asks Ray for."""
@@ -115,7 +119,16 @@ class EvaluatorPool:
     def evaluate(
         self, items: List[Item], r_values: Dict[str, List[int]], on_result: Callable[[ShardOutcome], None]
     ) -> Dict[Tuple[str, str], ShardOutcome]:
-        """Run every item once; returns ``(model, shard url) -> outcome``."""
+        """Run every item once; returns ``(model, shard url) -> outcome``. On an error, results still
+        in flight are forgotten, so a later call never mistakes them for its own."""
+        try:
+            return self._evaluate(items, r_values, on_result)
+        except BaseException:
+            for actor in self.actors:
+                actor.in_flight.clear()
+            raise
+
+    def _evaluate(self, items: List[Item], r_values, on_result) -> Dict[Tuple[str, str], ShardOutcome]:
         queue = deque(items)
         attempts: Dict[Tuple[str, str], int] = {}
         accepted: Dict[Tuple[str, str], ShardOutcome] = {}
@@ -176,7 +189,7 @@ class EvaluatorPool:
         key = (model, shard.url)
         attempts[key] = attempts.get(key, 0) + 1
         if attempts[key] > self.max_retries:
-            raise SweepError(f"{model} on shard {shard.url} failed {attempts[key]} times; last: {why}")
+            raise WorkFailed(f"{model} on shard {shard.url} failed {attempts[key]} times; last: {why}")
         queue.appendleft(item)
 
     # ------------------------------------------------------------------ profiling
@@ -203,7 +216,7 @@ class EvaluatorPool:
                 except (RayActorError, RayTaskError, ObjectLostError) as err:
                     attempts[model] = attempts.get(model, 0) + 1
                     if attempts[model] > self.max_retries:
-                        raise SweepError(f"profiling {model} failed {attempts[model]} times; last: {err}") from err
+                        raise WorkFailed(f"profiling {model} failed {attempts[model]} times; last: {err}") from err
                     if isinstance(err, RayActorError):
                         self._replace(actor)
         return results

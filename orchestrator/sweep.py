@@ -3,10 +3,11 @@
     python -m orchestrator.sweep --models deit_tiny,deit_small --r 0,8-16 --data shards/ --out results/
 
 Flow: parse the grid -> resolve the shards -> skip points already in ``--out`` ->
-start one actor per device -> each (model, shard) item is decoded once and run at
-every r of that model -> outcomes are accepted once per item -> per point, counts
-are checked against the manifest and the row + predictions are written -> the
-model alone is timed on random input -> a table per model is printed.
+start one actor per device -> then model by model: each (model, shard) item is
+decoded once and run at every r of that model -> outcomes are accepted once per
+item -> the model alone is timed on random input -> per point, counts are checked
+against the manifest and the row + predictions are written (before the next model
+starts, so a later failure keeps them) -> a table per model is printed.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from tomecis.patch import MODES
 from . import report
 from .evaluator import EvaluatorConfig, ModelProfile, ShardOutcome, Weights
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_r_values
-from .pool import ActorResources, EvaluatorPool, SweepError
+from .pool import ActorResources, EvaluatorPool, SweepError, WorkFailed
 from .results import ResultsDir, accuracy, predictions_table
 
 
@@ -255,7 +256,8 @@ def run_sweep(cfg: SweepConfig) -> SweepSummary:
 
 
 def _evaluate(cfg, todo, models, weights, chosen, total, fingerprint, results, summary) -> None:
-    r_values = {m: [p.r for p in todo if p.model == m] for m in models}
+    """Model by model: evaluate every shard, profile, write the model's points; a model whose
+    work fails is recorded in ``summary.failed`` and the next model still runs."""
     resources = plan_actors(cfg)
     evaluator_config = EvaluatorConfig(
         device=cfg.device,
@@ -269,22 +271,35 @@ def _evaluate(cfg, todo, models, weights, chosen, total, fingerprint, results, s
     pool = EvaluatorPool(
         evaluator_config, resources, _ship_weights(weights), max_retries=cfg.max_retries, start_timeout=cfg.actor_start_timeout
     )
-    started = dt.datetime.now(dt.timezone.utc)
-    items = [(m, shard) for m in models for shard in chosen]
     n_total = sum(s.n_samples or 0 for s in chosen) * len(models) or None
     bar = tqdm(total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr)
     try:
-        outcomes = pool.evaluate(items, r_values, lambda o: bar.update(len(o.keys) + o.n_failed))
-        bar.close()
-        profiles = pool.profile(models, r_values, cfg.bench, cfg.bench_runs, cfg.bench_warmup, parallel=resources.num_gpus > 0)
+        for model in models:
+            points = [p for p in todo if p.model == model]
+            _evaluate_model(cfg, pool, points, chosen, total, fingerprint, results, summary, bar)
     finally:
         bar.close()
         summary.actors_replaced = pool.replaced
         pool.shutdown()
-    for point in todo:
-        point_outcomes = [outcomes[(point.model, s.url)] for s in chosen]
+
+
+def _evaluate_model(cfg, pool, points, chosen, total, fingerprint, results, summary, bar) -> None:
+    """One model's points, written as soon as its shards are in and it is profiled (a later failure,
+    or Ctrl-C, keeps them; a rerun skips them)."""
+    model = points[0].model
+    r_values = {model: [p.r for p in points]}
+    started = dt.datetime.now(dt.timezone.utc)
+    try:
+        outcomes = pool.evaluate([(model, shard) for shard in chosen], r_values, lambda o: bar.update(len(o.keys) + o.n_failed))
+        profile = pool.profile([model], r_values, cfg.bench, cfg.bench_runs, cfg.bench_warmup, parallel=False)[model]
+    except WorkFailed as err:
+        for point in points:
+            summary.failed[point] = str(err)
+        return
+    for point in points:
+        point_outcomes = [outcomes[(model, s.url)] for s in chosen]
         try:
-            row, predictions = point_row(point, point_outcomes, profiles[point.model], fingerprint, total, started, cfg.allow_decode_failures)
+            row, predictions = point_row(point, point_outcomes, profile, fingerprint, total, started, cfg.allow_decode_failures)
         except SweepError as err:
             summary.failed[point] = str(err)
             continue

@@ -141,6 +141,34 @@ def test_a_result_lost_in_transit_is_retried_and_counted_once(ray_local, data, t
         sweep.run_sweep(config(data, tmp_path / "strict", bench=False, max_retries=0))
 
 
+def test_finished_models_are_written_before_a_later_model_fails(ray_local, data, tmp_path, capsys):
+    """Two models; the second one's checkpoint cannot be loaded, so its every item fails. The first
+    model's points are on disk, the command exits non-zero, and a rerun computes only the second."""
+    second = "deit_tiny_distilled_patch16_224"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / f"{MODEL}.pth").write_bytes((data / "ckpt" / f"{MODEL}.pth").read_bytes())
+    (ckpt / f"{second}.pth").write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    argv = ["--models", f"deit_tiny,{second}", "--r", "0,8", "--data", str(data / "shards"), "--out", str(out),
+            "--checkpoint-dir", str(ckpt), "--batch-size", "4", "--num-actors", "2", "--cpus-per-actor", "1",
+            "--max-retries", "0", "--no-bench", "--no-progress"]
+    assert sweep.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "2 grid point(s) not written" in err and second in err
+    points = pd.read_parquet(out / "points")
+    assert set(points["model"]) == {MODEL} and sorted(points["r"]) == [0, 8]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "points").iterdir()}
+
+    torch.manual_seed(2)
+    torch.save({"model": tomecis.create_model(second).state_dict()}, ckpt / f"{second}.pth")
+    assert sweep.main(argv) == 0
+    assert "2 point(s) written, 2 already done" in capsys.readouterr().out
+    points = pd.read_parquet(out / "points")
+    assert sorted(points["model"]) == sorted([MODEL, MODEL, second, second])
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "points").iterdir() if p.name in mtimes} == mtimes
+
+
 def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):
     sweep.run_sweep(config(data, tmp_path, r_values=[0], bench=False))
     summary = sweep.run_sweep(config(data, tmp_path, r_values=[0, 4], bench=False))
