@@ -7,8 +7,9 @@
         ...                                                    # images [B, 3, H, W] float32, labels [B] int64
     check_complete(stats, part)                                # seen == manifest count for every shard, or an error
 
-Counts are never silently smaller: a sample that fails to decode is recorded in `stats.failures` (shard, key,
-error) and counted in `stats.per_shard`; a shard that cannot be opened or read raises `ShardReadError`; a shard
+Counts are never silently smaller: a sample that fails (an image that does not decode, a class index outside
+0..999, a transform that raises) is recorded in `stats.failures` (shard, key, error) and counted in
+`stats.per_shard`; a shard that cannot be opened or read raises `ShardReadError`; a shard
 that yields a different number of samples than its manifest says raises `ShardCountError`.
 """
 
@@ -19,8 +20,10 @@ import os
 import re
 import subprocess
 import tarfile
+import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +37,25 @@ from webdataset.handlers import reraise_exception
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .decode import DECODE_ERRORS, decode_rgb, describe_decode_error
-from .manifest import MANIFEST_NAME, Manifest, ManifestError, parse_manifest, read_manifest, sha256_of_file
+from .manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    ShardRecord,
+    parse_manifest,
+    read_manifest,
+    sha256_of_file,
+)
+from .synsets import N_IMAGENET_CLASSES
 
 TOMECIS_DATA_ENV = "TOMECIS_DATA"
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
 LABEL_FIELD = "cls"
 FINGERPRINT_HEX_CHARS = 16
 REMOTE_FETCH_TIMEOUT_S = 120
+HTTP_NOT_FOUND = (404, 410)
+HTTP_FORBIDDEN = (401, 403)
+CLI_NOT_FOUND = re.compile(r"\(404\)|NoSuchKey|Not Found|No URLs matched|does not exist", re.IGNORECASE)
 SPEC_HELP = (
     "pass a shard folder holding manifest.json (written by python -m shards.write), a manifest path or URL, "
     "a brace pattern such as DIR/imagenet-val-{000000..000049}.tar, a comma-separated list, "
@@ -145,12 +160,12 @@ def resolve_data(spec: str | os.PathLike | Sequence[str] | None = None) -> Shard
     items = _spec_items(spec)
     shards: list[ShardInfo] = []
     manifests: list[Manifest] = []
-    local_manifests = _LocalManifestCache()
+    beside = _Manifests()
     for item in items:
-        item_shards, item_manifests = _resolve_item(item, local_manifests)
+        item_shards, item_manifests = _resolve_item(item, beside)
         shards.extend(item_shards)
         manifests.extend(item_manifests)
-    manifests.extend(local_manifests.used())
+    manifests.extend(beside.used())
     if not shards:
         raise DataSpecError(f"data spec {spec!r} names no shards; {SPEC_HELP}")
     _check_unique(shards)
@@ -189,8 +204,8 @@ def split_top_level_commas(text: str) -> list[str]:
     return parts
 
 
-def _resolve_item(item: str, local_manifests: _LocalManifestCache) -> tuple[list[ShardInfo], list[Manifest]]:
-    """One spec item -> its shards, and the remote/explicit manifests it used."""
+def _resolve_item(item: str, beside: _Manifests) -> tuple[list[ShardInfo], list[Manifest]]:
+    """One spec item -> its shards, and the manifests it named explicitly (folder or .json items)."""
     if item.startswith("pipe:"):
         return [
             ShardInfo(url=url, name=_name_in_url(url), n_samples=None, sha256=None) for url in braceexpand(item)
@@ -198,37 +213,84 @@ def _resolve_item(item: str, local_manifests: _LocalManifestCache) -> tuple[list
     if item.startswith("file://"):
         item = urllib.parse.unquote(urllib.parse.urlparse(item).path)
     if _is_remote(item):
-        return _resolve_remote_item(item)
-    return _resolve_local_item(item, local_manifests)
+        return _resolve_remote_item(item, beside)
+    return _resolve_local_item(item, beside)
 
 
 def _is_remote(item: str) -> bool:
     return re.match(r"^(s3|gs|https?)://", item) is not None
 
 
-def _resolve_remote_item(item: str) -> tuple[list[ShardInfo], list[Manifest]]:
-    if item.endswith(".json") or (not item.endswith(".tar") and "{" not in item):
-        manifest_url = item if item.endswith(".json") else item.rstrip("/") + "/" + MANIFEST_NAME
-        try:
-            manifest = parse_manifest(_fetch_remote_text(manifest_url), manifest_url)
-        except ManifestError as error:
-            raise DataSpecError(str(error)) from error
-        base = manifest_url.rsplit("/", 1)[0]
-        shards = [
-            ShardInfo(
-                url=remote_url_to_readable(f"{base}/{record.name}"),
-                name=record.name,
-                n_samples=record.n_samples,
-                sha256=record.sha256,
-            )
-            for record in manifest.shards
-        ]
-        return shards, [manifest]
+def _url_path(url: str) -> str:
+    """The path component of a URL: `https://h/d/x.tar?sig=…` -> `/d/x.tar` (a query never makes a shard a folder)."""
+    return urllib.parse.urlsplit(url).path
+
+
+def _sibling_url(url: str, name: str) -> str:
+    """`https://h/d/x.tar?sig=…`, `manifest.json` -> `https://h/d/manifest.json?sig=…` (same folder and query)."""
+    parts = urllib.parse.urlsplit(url)
+    folder = parts.path.rsplit("/", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(path=f"{folder}/{name}", fragment=""))
+
+
+def _resolve_remote_item(item: str, beside: _Manifests) -> tuple[list[ShardInfo], list[Manifest]]:
+    path = _url_path(item)
+    if path.endswith(".tar") or "{" in path:
+        return [_remote_shard(url, beside) for url in braceexpand(item)], []
+    if path.endswith(".json"):
+        manifest_url = item
+    else:  # a folder: its manifest.json
+        manifest_url = _sibling_url(_with_path(item, path.rstrip("/") + "/"), MANIFEST_NAME)
+    manifest = _remote_manifest(manifest_url, required=True)
     shards = [
-        ShardInfo(url=remote_url_to_readable(url), name=url.rsplit("/", 1)[-1], n_samples=None, sha256=None)
-        for url in braceexpand(item)
+        ShardInfo(
+            url=remote_url_to_readable(_sibling_url(manifest_url, record.name)),
+            name=record.name,
+            n_samples=record.n_samples,
+            sha256=record.sha256,
+        )
+        for record in manifest.shards
     ]
-    return shards, []
+    return shards, [manifest]
+
+
+def _with_path(url: str, path: str) -> str:
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=path))
+
+
+def _remote_shard(url: str, beside: _Manifests) -> ShardInfo:
+    """A remote shard URL, with its count and sha256 from the manifest.json in its folder when there is one."""
+    manifest_url = _sibling_url(url, MANIFEST_NAME)
+    name = _url_path(url).rsplit("/", 1)[-1]
+    manifest = beside.get(manifest_url, lambda: _remote_manifest(manifest_url, required=False))
+    if manifest is None:
+        return ShardInfo(url=remote_url_to_readable(url), name=name, n_samples=None, sha256=None)
+    record = _record_beside(manifest, name, shard=url, manifest_where=manifest_url)
+    beside.mark_used(manifest_url)
+    return ShardInfo(
+        url=remote_url_to_readable(url), name=record.name, n_samples=record.n_samples, sha256=record.sha256
+    )
+
+
+def _remote_manifest(manifest_url: str, required: bool) -> Manifest | None:
+    """The manifest at a URL. Not required: None when none is there, or (signed URLs) when it is forbidden."""
+    try:
+        text = _fetch_remote_text(manifest_url, missing_ok=not required)
+    except _ManifestForbidden as error:
+        if required or not urllib.parse.urlsplit(manifest_url).query:
+            raise
+        warnings.warn(
+            f"{error}; the shards beside it are signed URLs, whose signature covers only themselves, so they are "
+            "read without manifest counts and a shortened shard goes unnoticed: give the folder's manifest URL "
+            "with a token valid for the whole folder to have counts checked"
+        )
+        return None
+    if text is None:
+        return None
+    try:
+        return parse_manifest(text, manifest_url)
+    except ManifestError as error:
+        raise DataSpecError(str(error)) from error
 
 
 def remote_url_to_readable(url: str) -> str:
@@ -240,27 +302,49 @@ def remote_url_to_readable(url: str) -> str:
     return url
 
 
-def _fetch_remote_text(url: str) -> str:
-    """A small remote file (a manifest) as text: via aws/gsutil for s3/gs, urllib for http(s)."""
+class _ManifestForbidden(DataSpecError):
+    """A remote manifest the server refuses to hand over (HTTP 401/403)."""
+
+
+def _fetch_remote_text(url: str, missing_ok: bool = False) -> str | None:
+    """A small remote file (a manifest) as text: via aws/gsutil for s3/gs, urllib for http(s).
+
+    missing_ok: None when the file does not exist (HTTP 404/410, or the CLI says not found); any other failure
+    raises DataSpecError (`_ManifestForbidden` for HTTP 401/403), since a manifest that cannot be checked for
+    must not be taken as absent.
+    """
     if url.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(url, timeout=REMOTE_FETCH_TIMEOUT_S) as response:
-                return response.read().decode("utf-8")
-        except OSError as error:
-            raise DataSpecError(
-                f"cannot fetch manifest {url} ({error}); check the URL, or pass the shard URLs"
-            ) from error
+        return _fetch_http_text(url, missing_ok)
     command = ["aws", "s3", "cp", url, "-"] if url.startswith("s3://") else ["gsutil", "cat", url]
     try:
         done = subprocess.run(command, capture_output=True, timeout=REMOTE_FETCH_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise DataSpecError(f"cannot run {' '.join(command)} to fetch manifest {url} ({error})") from error
+        raise DataSpecError(
+            f"cannot run {' '.join(command)} to fetch manifest {url} ({error}); install and configure "
+            f"{command[0]}, or pass the shards as pipe: URLs to read them without manifest counts"
+        ) from error
     if done.returncode != 0:
         message = done.stderr.decode("utf-8", "replace").strip()
+        if missing_ok and CLI_NOT_FOUND.search(message):
+            return None
         raise DataSpecError(
-            f"{' '.join(command)} failed (exit {done.returncode}): {message}; check the URL and credentials"
+            f"{' '.join(command)} failed (exit {done.returncode}): {message}; check the URL and credentials, "
+            "or pass the shards as pipe: URLs to read them without manifest counts"
         )
     return done.stdout.decode("utf-8")
+
+
+def _fetch_http_text(url: str, missing_ok: bool) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=REMOTE_FETCH_TIMEOUT_S) as response:
+            return response.read().decode("utf-8")
+    except urllib.error.HTTPError as error:
+        if missing_ok and error.code in HTTP_NOT_FOUND:
+            return None
+        kind = _ManifestForbidden if error.code in HTTP_FORBIDDEN else DataSpecError
+        raise kind(f"cannot fetch manifest {url} ({error}); check the URL, or pass the shard URLs") from error
+    except OSError as error:
+        raise DataSpecError(f"cannot fetch manifest {url} ({error}); check the URL, or pass the shard URLs") from error
 
 
 def _name_in_url(url: str) -> str:
@@ -269,51 +353,50 @@ def _name_in_url(url: str) -> str:
     return tokens[-1] if tokens else url
 
 
-class _LocalManifestCache:
-    """manifest.json per local folder, read once; remembers which ones were used."""
+class _Manifests:
+    """The manifest beside shards, per folder (a local Path or a manifest URL), loaded once; remembers the used."""
 
     def __init__(self) -> None:
-        self._by_folder: dict[Path, Manifest | None] = {}
-        self._used: dict[Path, Manifest] = {}
+        self._by_place: dict[Path | str, Manifest | None] = {}
+        self._used: dict[Path | str, Manifest] = {}
 
-    def get(self, folder: Path) -> Manifest | None:
-        if folder not in self._by_folder:
-            path = folder / MANIFEST_NAME
-            self._by_folder[folder] = read_manifest(path) if path.is_file() else None
-        return self._by_folder[folder]
+    def get(self, place: Path | str, load: Callable[[], Manifest | None]) -> Manifest | None:
+        if place not in self._by_place:
+            self._by_place[place] = load()
+        return self._by_place[place]
 
-    def mark_used(self, folder: Path) -> None:
-        manifest = self._by_folder.get(folder)
+    def mark_used(self, place: Path | str) -> None:
+        manifest = self._by_place.get(place)
         if manifest is not None:
-            self._used[folder] = manifest
+            self._used[place] = manifest
 
     def used(self) -> list[Manifest]:
         return list(self._used.values())
 
 
-def _resolve_local_item(item: str, local_manifests: _LocalManifestCache) -> tuple[list[ShardInfo], list[Manifest]]:
+def _resolve_local_item(item: str, beside: _Manifests) -> tuple[list[ShardInfo], list[Manifest]]:
     path = Path(item).expanduser()
     if path.is_dir():
-        return _shards_of_local_manifest(path / MANIFEST_NAME, local_manifests), []
+        return _shards_of_local_manifest(path / MANIFEST_NAME, beside), []
     if path.suffix == ".json":
-        return _shards_of_local_manifest(path, local_manifests), []
+        return _shards_of_local_manifest(path, beside), []
     shard_paths = [Path(expanded).expanduser() for expanded in braceexpand(item)]
     missing = [path for path in shard_paths if not path.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more of the {len(shard_paths)} it names)" if len(missing) > 1 else ""
         raise DataSpecError(f"shard {missing[0]}{more}, from data spec {item!r}, does not exist; {SPEC_HELP}")
-    return [_local_shard(path, local_manifests) for path in shard_paths], []
+    return [_local_shard(path, beside) for path in shard_paths], []
 
 
-def _shards_of_local_manifest(manifest_path: Path, local_manifests: _LocalManifestCache) -> list[ShardInfo]:
+def _shards_of_local_manifest(manifest_path: Path, beside: _Manifests) -> list[ShardInfo]:
     folder = manifest_path.parent
     if not manifest_path.is_file():
         raise DataSpecError(
             f"{folder} holds no {MANIFEST_NAME}; write the shards with python -m shards.write, or name the shards "
             f"with a brace pattern ({folder}/imagenet-val-{{000000..000009}}.tar) to read them without counts"
         )
-    manifest = _manifest_or_spec_error(local_manifests, folder)
-    local_manifests.mark_used(folder)
+    manifest = _local_manifest(beside, folder)
+    beside.mark_used(folder)
     shards = []
     for record in manifest.shards:
         shard_path = folder / record.name
@@ -328,26 +411,40 @@ def _shards_of_local_manifest(manifest_path: Path, local_manifests: _LocalManife
     return shards
 
 
-def _manifest_or_spec_error(local_manifests: _LocalManifestCache, folder: Path) -> Manifest | None:
+def _local_manifest(beside: _Manifests, folder: Path) -> Manifest | None:
+    """`folder/manifest.json`, or None when there is none; a broken one is a DataSpecError."""
+    return beside.get(folder, lambda: _read_local_manifest(folder / MANIFEST_NAME))
+
+
+def _read_local_manifest(path: Path) -> Manifest | None:
+    if not path.is_file():
+        return None
     try:
-        return local_manifests.get(folder)
+        return read_manifest(path)
     except ManifestError as error:
         raise DataSpecError(str(error)) from error
 
 
-def _local_shard(shard_path: Path, local_manifests: _LocalManifestCache) -> ShardInfo:
+def _local_shard(shard_path: Path, beside: _Manifests) -> ShardInfo:
     folder = shard_path.parent
-    manifest = _manifest_or_spec_error(local_manifests, folder)
+    manifest = _local_manifest(beside, folder)
     if manifest is None:
         return ShardInfo(url=str(shard_path), name=shard_path.name, n_samples=None, sha256=None)
-    record = next((record for record in manifest.shards if record.name == shard_path.name), None)
+    where = str(folder / MANIFEST_NAME)
+    record = _record_beside(manifest, shard_path.name, shard=str(shard_path), manifest_where=where)
+    beside.mark_used(folder)
+    return ShardInfo(url=str(shard_path), name=record.name, n_samples=record.n_samples, sha256=record.sha256)
+
+
+def _record_beside(manifest: Manifest, name: str, shard: str, manifest_where: str) -> ShardRecord:
+    """The manifest's record of the shard named `name`; a shard it does not list is stale or foreign: an error."""
+    record = next((record for record in manifest.shards if record.name == name), None)
     if record is None:
         raise DataSpecError(
-            f"shard {shard_path} is not listed in {folder / MANIFEST_NAME} beside it; it is stale or foreign: "
+            f"shard {shard} is not listed in {manifest_where} beside it; it is stale or foreign: "
             "remove it, or rewrite the shards with python -m shards.write --force"
         )
-    local_manifests.mark_used(folder)
-    return ShardInfo(url=str(shard_path), name=record.name, n_samples=record.n_samples, sha256=record.sha256)
+    return record
 
 
 def _check_unique(shards: list[ShardInfo]) -> None:
@@ -406,7 +503,7 @@ def split_shards(shardset: ShardSet | Sequence[ShardInfo], n: int) -> list[tuple
     """
     if n < 1:
         raise ValueError(f"cannot split shards over {n} workers; n must be at least 1")
-    shards = tuple(shardset.shards if isinstance(shardset, ShardSet) else shardset)
+    shards = shard_tuple(shardset)
     weights = _shard_weights(shards)
     loads = [0.0] * n
     members: list[list[int]] = [[] for _ in range(n)]
@@ -415,6 +512,11 @@ def split_shards(shardset: ShardSet | Sequence[ShardInfo], n: int) -> list[tuple
         members[part].append(index)
         loads[part] += weights[index]
     return [tuple(shards[i] for i in sorted(part)) for part in members]
+
+
+def shard_tuple(shards: ShardSet | Sequence[ShardInfo]) -> tuple[ShardInfo, ...]:
+    """The shards of a ShardSet (its `.shards`) or of a sequence of ShardInfo, as a tuple."""
+    return shards.shards if isinstance(shards, ShardSet) else tuple(shards)
 
 
 def _shard_weights(shards: tuple[ShardInfo, ...]) -> list[float]:
@@ -465,7 +567,7 @@ def eval_transform(model_or_cfg: torch.nn.Module | Mapping[str, Any] | str) -> C
 
 
 def iter_batches(
-    shards: Sequence[ShardInfo],
+    shards: ShardSet | Sequence[ShardInfo],
     transform: Callable[[Any], torch.Tensor],
     batch_size: int,
     num_workers: int = 0,
@@ -485,7 +587,7 @@ def iter_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     stats = stats if stats is not None else ReadStats()
-    shards = tuple(shards)
+    shards = shard_tuple(shards)
     for chunk in _chunk_stream(shards, transform, batch_size, num_workers, pin_memory):
         chunk.add_to(stats)
         if chunk.keys:
@@ -494,12 +596,12 @@ def iter_batches(
         check_complete(stats, shards)
 
 
-def check_complete(stats: ReadStats, shards: Sequence[ShardInfo]) -> None:
+def check_complete(stats: ReadStats, shards: ShardSet | Sequence[ShardInfo]) -> None:
     """Raise ShardCountError naming the first shard whose samples seen differ from its manifest count.
 
     A shard never read at all is an error; shards without a manifest count are only checked for having been read.
     """
-    for shard in shards:
+    for shard in shard_tuple(shards):
         seen = stats.per_shard.get(shard.url)
         if seen is None:
             raise ShardCountError(f"shard {shard.url} was never read; expected {shard.n_samples} samples from it")
@@ -627,21 +729,47 @@ def _make_chunk(
 def decode_sample(
     sample: Mapping[str, Any], shard: ShardInfo, transform: Callable
 ) -> tuple[torch.Tensor, int] | DecodeFailure:
-    """One webdataset sample -> (transformed image [3, H, W], class index), or the DecodeFailure saying why not."""
+    """One webdataset sample -> (transformed image [3, H, W], class index), or the DecodeFailure saying why not.
+
+    Fails (never raises) on a missing field, a class index that is not an integer in 0..999, an image that does
+    not decode, and a transform that raises or returns something other than a tensor.
+    """
     key = sample["__key__"]
     image_field = next((name for name in IMAGE_FIELDS if name in sample), None)
     if image_field is None or LABEL_FIELD not in sample:
         fields = sorted(name for name in sample if not name.startswith("__"))
         return DecodeFailure(shard.url, key, f"sample lacks an image or {LABEL_FIELD!r} field (has {fields})")
-    try:
-        label = int(sample[LABEL_FIELD])
-    except ValueError as error:
-        return DecodeFailure(shard.url, key, f"bad class index {sample[LABEL_FIELD][:20]!r}: {error}")
+    label = parse_class_index(sample[LABEL_FIELD])
+    if isinstance(label, str):
+        return DecodeFailure(shard.url, key, label)
     try:
         image = decode_rgb(sample[image_field])
     except DECODE_ERRORS as error:
         return DecodeFailure(shard.url, key, describe_decode_error(error))
-    return transform(image), label
+    return _transformed(image, transform, shard, key, label)
+
+
+def parse_class_index(raw: Any) -> int | str:
+    """The `cls` field (ASCII digits) -> its class index, or a description of why it is not one in 0..999."""
+    try:
+        label = int(raw)
+    except (TypeError, ValueError) as error:
+        return f"bad class index {raw[:20] if isinstance(raw, (bytes, str)) else raw!r}: {error}"
+    if not 0 <= label < N_IMAGENET_CLASSES:
+        return f"class index {label} is outside 0..{N_IMAGENET_CLASSES - 1}"
+    return label
+
+
+def _transformed(
+    image: Any, transform: Callable, shard: ShardInfo, key: str, label: int
+) -> tuple[torch.Tensor, int] | DecodeFailure:
+    try:
+        tensor = transform(image)
+    except Exception as error:  # noqa: BLE001 - any transform error is this sample's failure, named and counted
+        return DecodeFailure(shard.url, key, f"the transform failed: {type(error).__name__}: {error}")
+    if not isinstance(tensor, torch.Tensor):
+        return DecodeFailure(shard.url, key, f"the transform returned {type(tensor).__name__}, not a tensor")
+    return tensor, label
 
 
 def samples_of_shard(shard: ShardInfo) -> Iterator[dict[str, Any]]:

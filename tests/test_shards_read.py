@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import shards.read as shards_read
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -130,7 +132,14 @@ def test_shards_without_manifest_have_no_counts(tiny_shards):
         resolve_data(folder)
 
 
-def test_remote_urls_become_readable_urls():
+def test_remote_urls_become_readable_urls(monkeypatch):
+    asked: list[str] = []
+
+    def no_manifest(url, missing_ok=False):
+        asked.append(url)
+        return None
+
+    monkeypatch.setattr(shards_read, "_fetch_remote_text", no_manifest)
     shardset = resolve_data(
         "s3://bucket/val/imagenet-val-{000000..000001}.tar,gs://b/v/x-000000.tar,https://h/d/y.tar,pipe:cat /d/z.tar"
     )
@@ -149,6 +158,11 @@ def test_remote_urls_become_readable_urls():
         "z.tar",
     ]
     assert shardset.total is None
+    assert asked == [  # each remote folder is asked once for the manifest beside its shards
+        "s3://bucket/val/manifest.json",
+        "gs://b/v/manifest.json",
+        "https://h/d/manifest.json",
+    ]
 
 
 def test_missing_spec_says_what_to_pass(monkeypatch):
@@ -425,6 +439,81 @@ def test_http_folder_resolves_through_its_manifest_and_reads(tiny_shards, http_s
         resolve_data(f"{http_server}/elsewhere/")
 
 
+def cut_before_sample(shard: Path, sample_index: int) -> None:
+    """Cut a shard exactly where its sample_index-th sample (3 members each) begins: a member boundary."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        start = tar.getmembers()[3 * sample_index].offset
+    shard.write_bytes(shard.read_bytes()[:start])
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset reads http(s) shards with curl, which is absent")
+def test_http_brace_pattern_uses_the_manifest_beside_it(tiny_shards, http_server):
+    folder, _ = tiny_shards
+    shardset = resolve_data(f"{http_server}/imagenet-val-{{000000..000002}}.tar")
+    assert [shard.n_samples for shard in shardset.shards] == [5, 5, 2]
+    assert (shardset.total, shardset.n_classes) == (12, 1000)
+    assert shardset.fingerprint == resolve_data(folder).fingerprint
+    cut_before_sample(folder / "imagenet-val-000001.tar", 3)
+    with pytest.raises(
+        ShardCountError, match=r"imagenet-val-000001.tar: the manifest says 5 samples, the stream gave 3"
+    ):
+        read_all(shardset)
+
+
+def test_http_shard_not_in_the_manifest_beside_it_is_an_error(tiny_shards, http_server):
+    folder, _ = tiny_shards
+    shutil.copy(folder / "imagenet-val-000000.tar", folder / "imagenet-val-000009.tar")
+    with pytest.raises(DataSpecError, match=r"imagenet-val-000009.tar is not listed in http://.*/manifest.json"):
+        resolve_data(f"{http_server}/imagenet-val-000009.tar")
+
+
+def test_http_shards_without_a_manifest_beside_them_have_no_counts(tiny_shards, http_server):
+    folder, _ = tiny_shards
+    (folder / MANIFEST_NAME).unlink()
+    shardset = resolve_data(f"{http_server}/imagenet-val-{{000000..000002}}.tar")
+    assert [shard.n_samples for shard in shardset.shards] == [None, None, None]
+    assert shardset.total is None
+
+
+def test_unreachable_manifest_beside_remote_shards_is_an_error(tiny_shards, http_server, monkeypatch):
+    def server_error(url, missing_ok=False):
+        raise DataSpecError(f"cannot fetch manifest {url} (HTTP Error 500)")
+
+    monkeypatch.setattr(shards_read, "_fetch_http_text", server_error)
+    with pytest.raises(DataSpecError, match=r"cannot fetch manifest http://.*/manifest.json \(HTTP Error 500\)"):
+        resolve_data(f"{http_server}/imagenet-val-000000.tar")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset reads http(s) shards with curl, which is absent")
+def test_signed_http_shard_urls_are_shards_not_folders(tiny_shards, http_server):
+    folder, images = tiny_shards
+    signed = f"{http_server}/imagenet-val-000000.tar?sig=a%2Fb&expires=1"
+    shardset = resolve_data([signed])
+    (shard,) = shardset.shards
+    assert (shard.url, shard.name, shard.n_samples) == (signed, "imagenet-val-000000.tar", 5)
+    batches, stats = read_all(shardset)
+    assert keys_of(batches) == [image.key for image in images[:5]]
+    folder_signed = resolve_data(f"{http_server}/?sig=x")  # a folder URL keeps its query for each shard
+    assert folder_signed.urls == [f"{http_server}/imagenet-val-{i:06d}.tar?sig=x" for i in range(3)]
+    assert resolve_data(f"{http_server}/{MANIFEST_NAME}?sig=x") == folder_signed
+
+
+def test_signed_shard_url_whose_manifest_is_forbidden_reads_without_counts_and_warns(monkeypatch):
+    import urllib.error
+
+    def forbidden(url, timeout):
+        raise urllib.error.HTTPError(url, 403, "Forbidden", {}, None)
+
+    monkeypatch.setattr(shards_read.urllib.request, "urlopen", forbidden)
+    with pytest.warns(UserWarning, match=r"manifest.json\?X-Amz-Signature=s .*403.*without manifest counts"):
+        shardset = resolve_data(["https://bucket.s3.example/val/imagenet-val-000000.tar?X-Amz-Signature=s"])
+    assert [(shard.name, shard.n_samples) for shard in shardset.shards] == [("imagenet-val-000000.tar", None)]
+    with pytest.raises(DataSpecError, match="403"):  # unsigned: a refused manifest is not taken as absent
+        resolve_data("https://bucket.s3.example/val/imagenet-val-000000.tar")
+
+
 def test_stopping_early_does_not_hang_on_a_pipe(tiny_shards):
     folder, _ = tiny_shards
     shards = resolve_data([f"pipe:cat {shard.url}" for shard in resolve_data(folder).shards]).shards
@@ -432,6 +521,70 @@ def test_stopping_early_does_not_hang_on_a_pipe(tiny_shards):
     first = next(stream)
     stream.close()
     assert len(first.keys) == 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_iter_batches_and_check_complete_accept_a_shardset(tiny_shards, num_workers):
+    folder, images = tiny_shards
+    shardset = resolve_data(folder)
+    batches, stats = read_all(shardset, num_workers=num_workers)
+    assert Counter(keys_of(batches)) == Counter(image.key for image in images)
+    check_complete(stats, shardset)
+    _, partial = read_all(shardset.shards[:2])
+    with pytest.raises(ShardCountError, match="imagenet-val-000002.tar was never read"):
+        check_complete(partial, shardset)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_class_index_outside_0_to_999_or_not_an_integer_is_a_named_failure(tmp_path, num_workers):
+    good = tiny_dataset(n_images=5)
+    labels = [good[0].class_index, 1000, -1, "seven", 999]
+    record = write_raw_shard(
+        tmp_path / "cls-000000.tar", [(image.key, image.jpeg, label) for image, label in zip(good, labels)]
+    )
+    write_manifest_for(tmp_path, [record])
+    shardset = resolve_data(tmp_path)
+    batches, stats = read_all(shardset, num_workers=num_workers)
+    assert keys_of(batches) == [good[0].key, good[4].key]
+    assert [batch.labels.tolist() for batch in batches] == [[good[0].class_index, 999]]
+    url = shardset.shards[0].url
+    assert [(failure.shard, failure.key) for failure in stats.failures] == [(url, image.key) for image in good[1:4]]
+    assert "class index 1000 is outside 0..999" in stats.failures[0].error
+    assert "class index -1 is outside 0..999" in stats.failures[1].error
+    assert "bad class index b'seven'" in stats.failures[2].error
+    assert (stats.n_images, stats.n_failed, stats.per_shard) == (2, 3, {url: 5})
+
+
+def refuse_small_images(image: Image.Image) -> torch.Tensor:
+    """A transform that raises on images under 32 px (module level: DataLoader workers pickle it)."""
+    if image.size != (32, 32):
+        raise ValueError(f"expected 32x32, got {image.size}")
+    return to_tensor(image)
+
+
+def transform_returning_a_list(image: Image.Image) -> list:
+    return [image]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_transform_errors_are_named_failures_of_their_sample(tmp_path, num_workers):
+    from shards.testing import tiny_jpeg_bytes
+
+    good = tiny_dataset(n_images=3)
+    samples = [(image.key, image.jpeg, image.class_index) for image in good]
+    samples[1] = (good[1].key, tiny_jpeg_bytes(seed=1, side=16), good[1].class_index)
+    write_manifest_for(tmp_path, [write_raw_shard(tmp_path / "tf-000000.tar", samples)])
+    shardset = resolve_data(tmp_path)
+    stats = ReadStats()
+    batches = list(iter_batches(shardset, refuse_small_images, 4, num_workers=num_workers, stats=stats))
+    assert keys_of(batches) == [good[0].key, good[2].key]
+    (failure,) = stats.failures
+    assert (failure.shard, failure.key) == (shardset.shards[0].url, good[1].key)
+    assert failure.error == "the transform failed: ValueError: expected 32x32, got (16, 16)"
+    assert (stats.n_images, stats.n_failed) == (2, 1)
+    stats = ReadStats()
+    assert list(iter_batches(shardset, transform_returning_a_list, 4, stats=stats)) == []
+    assert [failure.error for failure in stats.failures] == ["the transform returned list, not a tensor"] * 3
 
 
 def test_read_shard_returns_batches_and_checked_stats(tiny_shards):
