@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_rerun_is_byte_identical_whatever_the_worker_count(tmp_path):
     write_shards(config(src, tmp_path / "again", workers=1, shard_size=3))
     names = [path.name for path in sorted((tmp_path / "one").iterdir())]
     assert names == [path.name for path in sorted((tmp_path / "three").iterdir())]
-    assert len(names) == 5 + 1  # 14 images / 3 per shard, plus the manifest
+    assert len(names) == 5 + 1 and MANIFEST_NAME in names  # 14 images / 3 per shard, plus the manifest
     for name in names:
         reference = (tmp_path / "one" / name).read_bytes()
         assert (tmp_path / "three" / name).read_bytes() == reference, name
@@ -101,7 +102,7 @@ def test_rerun_is_byte_identical_whatever_the_worker_count(tmp_path):
 @pytest.mark.parametrize("form", ["flat", "tar"])
 def test_every_source_form_gives_the_same_shards(tmp_path, form, labels_format):
     images = tiny_dataset(n_images=11, n_classes=4)
-    write_shards(config(make_imagefolder(tmp_path / "val", images), tmp_path / "from-imagefolder"))
+    from_imagefolder = write_shards(config(make_imagefolder(tmp_path / "val", images), tmp_path / "from-imagefolder"))
     if form == "flat":
         src = make_flat_folder(tmp_path / "flat", images)
     else:
@@ -117,6 +118,10 @@ def test_every_source_form_gives_the_same_shards(tmp_path, form, labels_format):
     assert [path.name for path in produced] == [path.name for path in reference]
     for ours, theirs in zip(produced, reference):
         assert ours.read_bytes() == theirs.read_bytes(), ours.name
+    # the manifests differ only in `made` (source path and form, labels file): same records, same fingerprint
+    assert summary.manifest.fingerprint() == from_imagefolder.manifest.fingerprint()
+    assert replace(summary.manifest, made={}) == replace(from_imagefolder.manifest, made={})
+    assert summary.manifest.made != from_imagefolder.manifest.made
 
 
 def test_labels_may_name_images_by_synset_and_list_extra_images(tmp_path):
