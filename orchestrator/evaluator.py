@@ -43,6 +43,12 @@ class Weights:
     source: str  # "checkpoint" | "pretrained" | "random"
     name: str = ""  # checkpoint file name (picks the format)
     data_ref: Optional[list] = None  # [ObjectRef] of the bytes, wrapped so Ray does not fetch it eagerly
+    digest: str = ""  # sha256 of the checkpoint file's bytes
+
+    @property
+    def tag(self) -> str:
+        """What the results key on: ``random``, ``pretrained`` or ``ckpt_<first 12 hex of the sha256>``."""
+        return f"ckpt_{self.digest[:12]}" if self.source == "checkpoint" else self.source
 
 
 @dataclass

@@ -2,32 +2,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 from tomecis.models import resolve_model_name, short_name
 from tomecis.patch import MODES
 from tomecis.schedule import parse_r_values, resolve_schedule
 
 AMPS = ("none", "fp16", "bf16")
+DEVICE_KINDS = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One (model, r) evaluation, with what makes results comparable (mode, amp, batch size)."""
+    """One (model, r) evaluation, with what makes results comparable: mode, amp, batch size, the
+    weights (``random``, ``pretrained`` or ``ckpt_<sha256 prefix>``) and the device kind (cpu, cuda)."""
 
     model: str  # timm name
     r: int
     mode: str = "tomecis"
     amp: str = "none"
     batch_size: int = 128
+    weights: str = "pretrained"
+    device: str = "cpu"
 
     @property
     def short_name(self) -> str:
         return short_name(self.model)
 
     def file_stem(self, fingerprint: str) -> str:
-        """A file name that identifies the point and its dataset (a rerun finds it again)."""
-        return f"{self.short_name}-{self.mode}-r{self.r}-{self.amp}-bs{self.batch_size}-{fingerprint}"
+        """A file name that identifies the point, its weights, device kind and dataset (a rerun finds it again)."""
+        return (
+            f"{self.short_name}-{self.mode}-r{self.r}-{self.amp}-bs{self.batch_size}"
+            f"-{self.weights}-{self.device}-{fingerprint}"
+        )
 
 
 def parse_models(text: str) -> List[str]:
@@ -43,16 +50,27 @@ def parse_models(text: str) -> List[str]:
 
 
 def build_grid(
-    models: Sequence[str], r_values: Sequence[int], mode: str = "tomecis", amp: str = "none", batch_size: int = 128
+    models: Sequence[str],
+    r_values: Sequence[int],
+    mode: str = "tomecis",
+    amp: str = "none",
+    batch_size: int = 128,
+    weights: Optional[Mapping[str, str]] = None,
+    device: str = "cpu",
 ) -> List[GridPoint]:
-    """Every (model, r) pair, models outermost."""
+    """Every (model, r) pair, models outermost; ``weights`` maps a model to its weights tag (default pretrained)."""
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
     if amp not in AMPS:
         raise ValueError(f"--amp must be one of {AMPS}, got {amp!r}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    return [GridPoint(model, r, mode, amp, batch_size) for model in models for r in r_values]
+    if device not in DEVICE_KINDS:
+        raise ValueError(f"device kind must be one of {DEVICE_KINDS}, got {device!r}")
+    tags = dict(weights or {})
+    return [
+        GridPoint(model, r, mode, amp, batch_size, tags.get(model, "pretrained"), device) for model in models for r in r_values
+    ]
 
 
 def schedule_of(point: GridPoint, num_blocks: int) -> List[int]:
@@ -60,4 +78,4 @@ def schedule_of(point: GridPoint, num_blocks: int) -> List[int]:
     return resolve_schedule(point.r, num_blocks)
 
 
-__all__ = ["AMPS", "GridPoint", "build_grid", "parse_models", "parse_r_values", "schedule_of"]
+__all__ = ["AMPS", "DEVICE_KINDS", "GridPoint", "build_grid", "parse_models", "parse_r_values", "schedule_of"]

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from . import paper
 from .results import POINTS_DIR, PREDICTIONS_DIR, ResultsDir
 
-SETTING_COLUMNS = ("dataset", "amp", "infer_batch_size", "device")
+SETTING_COLUMNS = ("dataset", "amp", "infer_batch_size", "device", "weights")
 PREDICTION_COLUMNS = ["key", "label", "pred", "correct"]
 PLOT_SIZE_INCHES = (14.0, 6.0)
 PLOT_DPI = 100  # the PNG is PLOT_SIZE_INCHES * PLOT_DPI pixels: 1400 x 600
@@ -68,15 +68,16 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class Setting:
-    """What makes rows comparable: same images, same autocast, same benchmark batch, same device."""
+    """What makes rows comparable: same images, same autocast, same benchmark batch, same device, same weights."""
 
     dataset: str
     amp: str
     batch_size: int
     device: str
+    weights: str = "unknown weights"
 
     def label(self) -> str:
-        return f"dataset {self.dataset}, amp {self.amp}, batch {self.batch_size}, {self.device}"
+        return f"dataset {self.dataset}, amp {self.amp}, batch {self.batch_size}, {self.device}, weights {self.weights}"
 
 
 @dataclass
@@ -178,20 +179,28 @@ def filter_points(points: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
 def drop_superseded(points: pd.DataFrame) -> Tuple[pd.DataFrame, int]:
     """Keep the latest row per (setting, model, mode, r); returns the rows and how many were dropped."""
     key = list(SETTING_COLUMNS) + ["model", "mode", "r"]
-    ordered = points.sort_values("finished", kind="stable")
+    ordered = _with_setting_defaults(points).sort_values("finished", kind="stable")
     kept = ordered.drop_duplicates(subset=key, keep="last")
     return kept.sort_index(), len(points) - len(kept)
 
 
 def split_settings(points: pd.DataFrame) -> List[Tuple[Setting, pd.DataFrame]]:
-    """Rows grouped by setting (dataset, amp, batch size, device), largest group first."""
+    """Rows grouped by setting (dataset, amp, batch size, device, weights), largest group first."""
     groups = []
-    filled = points.assign(device=points["device"].fillna("unknown device"), amp=points["amp"].fillna("none"))
+    filled = _with_setting_defaults(points)
     for values, rows in filled.groupby(list(SETTING_COLUMNS), sort=True, dropna=False):
-        dataset, amp, batch, device = values
-        groups.append((Setting(str(dataset), str(amp), int(batch), str(device)), rows))
+        dataset, amp, batch, device, weights = values
+        groups.append((Setting(str(dataset), str(amp), int(batch), str(device), str(weights)), rows))
     groups.sort(key=lambda g: -len(g[1]))
     return groups
+
+
+def _with_setting_defaults(points: pd.DataFrame) -> pd.DataFrame:
+    """Rows written before a setting column existed get a placeholder rather than being dropped."""
+    weights = points["weights"] if "weights" in points else pd.Series(None, index=points.index, dtype=object)
+    return points.assign(
+        device=points["device"].fillna("unknown device"), amp=points["amp"].fillna("none"), weights=weights.fillna("unknown weights")
+    )
 
 
 def lines_of(rows: pd.DataFrame) -> List[Tuple[str, str, pd.DataFrame]]:

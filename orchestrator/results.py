@@ -44,6 +44,7 @@ POINT_SCHEMA = pa.schema(
         ("crop_pct", pa.float64()),
         ("interpolation", pa.string()),
         ("amp", pa.string()),
+        ("weights", pa.string()),
         ("device", pa.string()),
         ("dataset", pa.string()),
         ("n_shards", pa.int32()),
@@ -113,6 +114,13 @@ class ResultsDir:
             os.replace(tmp, path)
         else:
             pq.write_table(table, path, filesystem=self.fs)
+
+    def read_points_of(self, points: Iterable[GridPoint], fingerprint: str) -> pa.Table:
+        """The rows of these grid points that exist (an empty table with the schema when none)."""
+        files = [self.point_path(p, fingerprint) for p in points if self.is_done(p, fingerprint)]
+        if not files:
+            return POINT_SCHEMA.empty_table()
+        return pa.concat_tables([pq.read_table(f, filesystem=self.fs).cast(POINT_SCHEMA) for f in files])
 
     def read_points(self) -> pa.Table:
         """Every points row written so far (an empty table with the schema when none)."""

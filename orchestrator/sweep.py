@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -107,10 +108,18 @@ def weights_for(models: Sequence[str], cfg: SweepConfig) -> Dict[str, Weights]:
     for model in models:
         if cfg.checkpoint_dir:
             path = find_checkpoint(cfg.checkpoint_dir, model)
-            found[model] = Weights("checkpoint", name=path.name, data_ref=[path])
+            found[model] = Weights("checkpoint", name=path.name, data_ref=[path], digest=_sha256_of(path))
         else:
             found[model] = Weights("random" if cfg.random_weights else "pretrained")
     return found
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _ship_weights(weights: Dict[str, Weights]) -> Dict[str, Weights]:
@@ -118,7 +127,7 @@ def _ship_weights(weights: Dict[str, Weights]) -> Dict[str, Weights]:
     shipped = {}
     for model, w in weights.items():
         if w.source == "checkpoint":
-            w = Weights("checkpoint", name=w.name, data_ref=[ray.put(Path(w.data_ref[0]).read_bytes())])
+            w = Weights("checkpoint", name=w.name, data_ref=[ray.put(Path(w.data_ref[0]).read_bytes())], digest=w.digest)
         shipped[model] = w
     return shipped
 
@@ -143,6 +152,13 @@ def connect(address: str) -> bool:
     else:
         ray.init(address=address)
     return True
+
+
+def device_kind(cfg: SweepConfig) -> str:
+    """``cpu`` or ``cuda``: what the actors will run on (with ``--device auto``, asks the cluster)."""
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if plan_actors(cfg).num_gpus > 0 else "cpu"
 
 
 def plan_actors(cfg: SweepConfig) -> ActorResources:
@@ -212,6 +228,7 @@ def point_row(
         crop_pct=profile.crop_pct,
         interpolation=profile.interpolation,
         amp=point.amp,
+        weights=point.weights,
         device=outcomes[0].device if outcomes else profile.device,
         dataset=dataset,
         n_shards=len(outcomes),
@@ -231,24 +248,29 @@ def point_row(
 
 
 def run_sweep(cfg: SweepConfig) -> SweepSummary:
-    """Evaluate every grid point not yet in ``cfg.out``; raises ``SweepError`` if any point fails."""
-    grid = build_grid(cfg.models, cfg.r_values, cfg.mode, cfg.amp, cfg.batch_size)
+    """Evaluate every grid point not yet in ``cfg.out``; raises ``SweepError`` if any point fails.
+
+    Ray starts only when there is work, or with ``--device auto`` (the device kind, part of the
+    results' key, then depends on the cluster's GPUs)."""
     chosen, total, fingerprint = select_shards(shards.resolve_data(cfg.data), cfg.limit)
+    weights = weights_for(cfg.models, cfg)
     results = ResultsDir(cfg.out)
     summary = SweepSummary()
-    todo = []
-    for point in grid:
-        (todo if cfg.force or not results.is_done(point, fingerprint) else summary.skipped).append(point)
-    models = [m for m in cfg.models if any(p.model == m for p in todo)]
-    weights = weights_for(models, cfg)
-    if todo:
-        started_ray = connect(cfg.address)
-        try:
-            _evaluate(cfg, todo, models, weights, chosen, total, fingerprint, results, summary)
-        finally:
-            if started_ray:
-                ray.shutdown()
-    summary.table = report.sweep_tables(results.read_points().to_pandas(), [p.model for p in grid], fingerprint, cfg.mode, cfg.amp, cfg.batch_size)
+    started_ray = connect(cfg.address) if cfg.device == "auto" else False
+    try:
+        grid = build_grid(cfg.models, cfg.r_values, cfg.mode, cfg.amp, cfg.batch_size, {m: w.tag for m, w in weights.items()}, device_kind(cfg))
+        todo = []
+        for point in grid:
+            (todo if cfg.force or not results.is_done(point, fingerprint) else summary.skipped).append(point)
+        if todo:
+            started_ray = connect(cfg.address) or started_ray
+            models = [m for m in cfg.models if any(p.model == m for p in todo)]
+            _evaluate(cfg, todo, models, {m: weights[m] for m in models}, chosen, total, fingerprint, results, summary)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    done = results.read_points_of(grid, fingerprint).to_pandas()
+    summary.table = report.sweep_tables(done, [p.model for p in grid], fingerprint, cfg.mode, cfg.amp, cfg.batch_size)
     if summary.failed:
         lines = "\n".join(f"  {p.short_name} r={p.r}: {why}" for p, why in summary.failed.items())
         raise SweepError(f"{len(summary.failed)} grid point(s) not written:\n{lines}")

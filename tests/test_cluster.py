@@ -104,6 +104,7 @@ def test_sweep_spreads_over_nodes_and_equals_a_single_node_run(data, tmp_path, c
     points = pd.read_parquet(tmp_path / "multi" / "points")
     assert (points["n_images"] == 40).all()
     assert all(len(nodes) == 2 for nodes in points["nodes"])  # both GPU nodes evaluated every point
+    assert all("-cuda-" in p.name for p in (tmp_path / "multi" / "points").iterdir())  # GPU actors: keyed as a cuda run
     c.shutdown()
 
     ray.init(num_cpus=2, include_dashboard=False)
@@ -111,6 +112,7 @@ def test_sweep_spreads_over_nodes_and_equals_a_single_node_run(data, tmp_path, c
         sweep.run_sweep(sweep_config(data, tmp_path / "single", "local", device="cpu", num_actors=1, cpus_per_actor=2))
     finally:
         ray.shutdown()
+    assert all("-cpu-" in p.name for p in (tmp_path / "single" / "points").iterdir())
     pd.testing.assert_frame_equal(predictions(tmp_path / "multi"), predictions(tmp_path / "single"))
     single = pd.read_parquet(tmp_path / "single" / "points").set_index("r")
     assert (points.set_index("r")["top1"] == single["top1"]).all()

@@ -31,9 +31,10 @@ def write_point(
     batch_size: int = 128,
     fingerprint: str = FINGERPRINT,
     device: str = "cpu (2 threads)",
+    weights: str = "pretrained",
 ) -> None:
     """One grid point whose image i (key ``img{i:05d}``, class i % 10) is right exactly when correct[i]."""
-    point = GridPoint(model, r, mode, amp, batch_size)
+    point = GridPoint(model, r, mode, amp, batch_size, weights)
     n = len(correct)
     labels = [i % N_CLASSES for i in range(n)]
     top5 = [[lab if ok else (lab + 1) % N_CLASSES, lab if not ok else (lab + 2) % N_CLASSES, 7, 8, 9] for lab, ok in zip(labels, correct)]
@@ -45,7 +46,7 @@ def write_point(
         top1=100.0 * sum(correct) / n, top5=100.0, n_images=n, n_failed=0,
         infer_samples_per_sec=speed, infer_batch_size=batch_size, eval_samples_per_sec=50.0,
         gflops=2.5 - 0.05 * r, tokens_out=197 - 12 * r, param_count=5.7, img_size=224, crop_pct=0.875,
-        interpolation="bicubic", amp=amp, device=device, dataset=fingerprint, n_shards=1,
+        interpolation="bicubic", amp=amp, weights=weights, device=device, dataset=fingerprint, n_shards=1,
         started=now, finished=now, nodes=["node"], hostnames=["host"],
         torch_version="x", timm_version="x", ray_version="x", tomecis_version="x",
     )
@@ -140,6 +141,16 @@ def test_settings_are_never_mixed(tmp_path):
     assert "50.00" in fp16 and "80.00" not in fp16
     only = run_report(out, None, amp="fp16", dataset="0123").markdown
     assert only.count("## Setting") == 1 and "50.00" in only
+
+
+def test_random_and_real_weights_are_different_settings(tmp_path):
+    out = tmp_path / "results"
+    write_point(out, TINY, 0, correctness(10, range(1)), weights="random")
+    write_point(out, TINY, 0, correctness(10, range(8)), weights="ckpt_0123456789ab")
+    md = run_report(out, tmp_path / "rep").markdown
+    assert md.count("## Setting") == 2
+    assert "10.00" in section(md, "weights random") and "80.00" not in section(md, "weights random")
+    assert "80.00" in section(md, "weights ckpt_0123456789ab")
 
 
 def test_filter_that_matches_nothing_names_what_is_there(grid_results):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -167,6 +168,20 @@ def test_finished_models_are_written_before_a_later_model_fails(ray_local, data,
     points = pd.read_parquet(out / "points")
     assert sorted(points["model"]) == sorted([MODEL, MODEL, second, second])
     assert {p.name: p.stat().st_mtime_ns for p in (out / "points").iterdir() if p.name in mtimes} == mtimes
+
+
+def test_weights_and_device_kind_are_part_of_the_resume_key(ray_local, data, tmp_path):
+    """A --random-weights smoke run must not satisfy the real run that follows it in the same --out."""
+    smoke = sweep.run_sweep(config(data, tmp_path, r_values=[0], bench=False, checkpoint_dir=None, random_weights=True))
+    real = sweep.run_sweep(config(data, tmp_path, r_values=[0], bench=False))
+    assert len(smoke.written) == 1 and len(real.written) == 1 and not real.skipped
+    digest = hashlib.sha256((data / "ckpt" / f"{MODEL}.pth").read_bytes()).hexdigest()[:12]
+    points = pd.read_parquet(tmp_path / "points")
+    assert sorted(points["weights"]) == sorted(["random", f"ckpt_{digest}"])
+    names = sorted(p.name for p in (tmp_path / "points").iterdir())
+    assert [n.split("-")[5:7] for n in names] == [[f"ckpt_{digest}", "cpu"], ["random", "cpu"]]
+    cuda = sweep.GridPoint(MODEL, 0, weights="random", device="cuda")
+    assert not sweep.ResultsDir(str(tmp_path)).is_done(cuda, points["dataset"].iloc[0])  # CPU img/s never stands in for a GPU run
 
 
 def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):
