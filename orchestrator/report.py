@@ -106,8 +106,8 @@ def load_points(results: ResultsDir) -> pd.DataFrame:
 def load_predictions(results: ResultsDir, point_files: Iterable[str]) -> pd.DataFrame:
     """key, label, pred, correct and ``point_file`` of every named point that has predictions.
 
-    Predictions carry model, mode and r but not the dataset, amp or batch size, so they are tied
-    to their points row through the shared file name, never through (model, mode, r) alone."""
+    They are tied to their points row through the shared file name (which is the whole key),
+    never through (model, mode, r) alone."""
     wanted = set(point_files)
     frames = []
     for path in _parquet_files(results, PREDICTIONS_DIR):

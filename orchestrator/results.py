@@ -3,7 +3,7 @@
 Layout of ``--out`` (a local path or any URI pyarrow's filesystem layer opens, e.g. ``s3://bucket/run``)::
 
     points/<point>.parquet        one row per grid point (accuracy, throughput, provenance)
-    predictions/<point>.parquet   one row per image of that point (key, label, pred, top5, correct)
+    predictions/<point>.parquet   one row per image of that point (key, label, pred, top5, correct, the point's identity)
 
 A point's predictions are written before its ``points`` row, so a ``points``
 file exists only for a finished point: that file is what a rerun skips.
@@ -70,6 +70,11 @@ PREDICTION_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("mode", pa.string()),
         ("r", pa.int32()),
+        ("amp", pa.string()),
+        ("infer_batch_size", pa.int32()),
+        ("weights", pa.string()),
+        ("device", pa.string()),
+        ("dataset", pa.string()),
     ]
 )
 
@@ -155,9 +160,16 @@ def _check_row(row: Dict) -> None:
 
 
 def predictions_table(
-    point: GridPoint, keys: List[str], labels: Iterable[int], top5: Iterable[Iterable[int]], shards: List[str]
+    point: GridPoint,
+    keys: List[str],
+    labels: Iterable[int],
+    top5: Iterable[Iterable[int]],
+    shards: List[str],
+    dataset: str,
+    device: str,
 ) -> pa.Table:
-    """One row per image: key, label, pred (top-1), top5, correct, shard, model, mode, r."""
+    """One row per image: key, label, pred (top-1), top5, correct, shard, and the point's identity
+    (model, mode, r, amp, infer_batch_size, weights, device, dataset) so that runs can be told apart."""
     labels = [int(v) for v in labels]
     top5 = [[int(c) for c in row] for row in top5]
     preds = [row[0] for row in top5]
@@ -173,6 +185,11 @@ def predictions_table(
             "model": [point.model] * n,
             "mode": [point.mode] * n,
             "r": [point.r] * n,
+            "amp": [point.amp] * n,
+            "infer_batch_size": [point.batch_size] * n,
+            "weights": [point.weights] * n,
+            "device": [device] * n,
+            "dataset": [dataset] * n,
         },
         schema=PREDICTION_SCHEMA,
     )

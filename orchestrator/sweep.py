@@ -206,7 +206,8 @@ def point_row(
             f"key {first.key}: {first.error}); fix the shards or pass --allow-decode-failures to score the rest"
         )
     seconds = sum(o.load_seconds + o.forward_seconds[point.r] for o in outcomes)
-    predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of)
+    device = outcomes[0].device if outcomes else profile.device
+    predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, dataset, device)
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
     row = dict(
         model=point.model,
@@ -229,7 +230,7 @@ def point_row(
         interpolation=profile.interpolation,
         amp=point.amp,
         weights=point.weights,
-        device=outcomes[0].device if outcomes else profile.device,
+        device=device,
         dataset=dataset,
         n_shards=len(outcomes),
         started=started,

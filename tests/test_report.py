@@ -39,7 +39,7 @@ def write_point(
     labels = [i % N_CLASSES for i in range(n)]
     top5 = [[lab if ok else (lab + 1) % N_CLASSES, lab if not ok else (lab + 2) % N_CLASSES, 7, 8, 9] for lab, ok in zip(labels, correct)]
     keys = [f"img{i:05d}" for i in range(n)]
-    predictions = predictions_table(point, keys, labels, top5, ["shard-0"] * n)
+    predictions = predictions_table(point, keys, labels, top5, ["shard-0"] * n, fingerprint, device)
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     row = dict(
         model=model, short_name=point.short_name, mode=mode, r=r, schedule=[r] * 12,
@@ -364,3 +364,22 @@ def test_readme_queries_answer_on_results(tmp_path, monkeypatch, capsys):
     assert best.loc["deit_small", "speedup"] == pytest.approx(70.0 / 40.0)
     assert sorted(scope["broken"].key) == ["img00000", "img00001"] + [f"img{i:05d}" for i in range(75, 80)]
     assert list(scope["fixed"].key) == ["img00090"]
+
+
+def test_readme_layout_query_keeps_runs_apart(tmp_path, monkeypatch, capsys):
+    """Two runs in one directory (random-weight smoke test, then real weights, then fp16): the
+    'Results layout' block's accuracy from predictions equals the chosen run's top-1, unmixed."""
+    out = tmp_path / "results"
+    write_point(out, SMALL, 0, correctness(10, range(9)), weights="ckpt_0123456789ab")
+    write_point(out, SMALL, 0, correctness(10, range(1)), weights="random")
+    write_point(out, SMALL, 0, correctness(10, range(6)), weights="ckpt_0123456789ab", amp="fp16")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(readme_block("### Results layout"), "README.md", "exec"), scope)
+    capsys.readouterr()
+    chosen = scope["one"]
+    assert len(chosen) == 1
+    accuracy = scope["preds"].groupby("r")["correct"].mean() * 100
+    assert len(scope["preds"]) == 10 and accuracy.loc[0] == pytest.approx(chosen["top1"].iloc[0])
+    mixed = pd.read_parquet(out / "predictions").groupby("r")["correct"].mean() * 100
+    assert mixed.loc[0] != pytest.approx(chosen["top1"].iloc[0])  # what the old query would have said

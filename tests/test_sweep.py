@@ -89,6 +89,8 @@ def test_sweep_matches_a_plain_evaluation_for_every_r(ray_local, data, tmp_path)
                                    "infer_samples_per_sec", "infer_batch_size", "eval_samples_per_sec", "gflops",
                                    "nodes", "hostnames", "dataset", "schedule"}
     assert (points["infer_samples_per_sec"] > 0).all() and (points["eval_samples_per_sec"] > 0).all()
+    run = ["dataset", "mode", "amp", "infer_batch_size", "weights", "device"]  # predictions say which run they belong to
+    assert predictions[run].drop_duplicates().values.tolist() == points[run].drop_duplicates().values.tolist()
     assert "| r | top-1 |" in summary.table
 
 
