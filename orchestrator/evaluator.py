@@ -1,6 +1,6 @@
 """One patched model on one device: decode each batch once, run it at every r of the grid.
 
-``evaluate_shard`` and ``profile_model`` are plain functions (tests call them
+``evaluate_shards`` and ``profile_model`` are plain functions (tests call them
 without Ray); ``Evaluator`` wraps them as the Ray actor the sweep starts, one per
 device. Nothing here writes results or parses command lines.
 """
@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import shards
 import tomecis
@@ -32,7 +33,7 @@ class EvaluatorConfig:
     batch_size: int = 128
     loader_workers: Optional[int] = None  # None: 4 on a GPU, 0 on a CPU
     threads: Optional[int] = None  # torch CPU threads (the CPUs Ray gave the actor)
-    exit_on_item: Optional[int] = None  # test hook: the process dies when it starts its N-th shard
+    exit_on_item: Optional[int] = None  # test hook: the process dies when it starts its N-th work item
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,22 @@ class Weights:
 
 @dataclass
 class ShardOutcome:
-    """A shard evaluated at every r: per-image top-5 (``[n, 5]`` int32) for each r, in key order."""
+    """A work item (one or more shards of one model) evaluated at every r: per-image top-5
+    (``[n, 5]`` int32) for each r, in key order, with the shard each key came from."""
 
     model: str
-    shard: str
+    shards: List[str]  # the item's shard URLs
     r_values: List[int]
     keys: List[str]
+    key_shards: List[str]  # [n]: the shard URL of each key
     labels: np.ndarray  # [n] int32
     top5: Dict[int, np.ndarray]  # r -> [n, 5] int32
     n_failed: int
     failures: List[shards.DecodeFailure]
     load_seconds: float
     forward_seconds: Dict[int, float]
+    started: float = 0.0  # wall clock (time.time()) when decoding began
+    finished: float = 0.0  # wall clock when the last batch was done
     node_id: str = ""
     hostname: str = ""
     device: str = ""
@@ -104,9 +109,49 @@ def build_model(model_name: str, weights: Weights, mode: str, device: torch.devi
     return tomecis.patch(model.eval(), r=0, mode=mode).to(device)
 
 
-def evaluate_shard(
+class _TaggedBatches(IterableDataset):
+    """Loader worker w of W reads ``shards[w::W]`` (the sweep gives W shards: one each), a shard at a
+    time with ``shards.iter_batches``, which checks its count against the manifest. Yields
+    ``("batch", url, images, labels, keys)`` per batch and ``("done", url, n_failed, failures)`` per
+    shard, so that every key keeps its shard and every shard is seen to end."""
+
+    def __init__(self, items: Sequence[shards.ShardInfo], transform, batch_size: int):
+        super().__init__()
+        self.items = tuple(items)
+        self.transform = transform
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        worker = get_worker_info()
+        mine = self.items if worker is None else self.items[worker.id :: worker.num_workers]
+        for shard in mine:
+            stats = shards.ReadStats()
+            for images, labels, keys in shards.iter_batches([shard], self.transform, self.batch_size, 0, stats):
+                yield ("batch", shard.url, images, labels, keys)
+            yield ("done", shard.url, stats.n_failed, list(stats.failures))
+
+
+def tagged_batches(items: Sequence[shards.ShardInfo], transform, batch_size: int, loader_workers: int, pin_memory: bool):
+    """The batches of ``items``, decoded by ``min(loader_workers, len(items))`` DataLoader workers (0: here)."""
+    dataset = _TaggedBatches(items, transform, batch_size)
+    workers = min(loader_workers, len(dataset.items))
+    if workers == 0:
+        yield from dataset
+        return
+    loader = iter(DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is, pin_memory=pin_memory))
+    try:
+        yield from loader
+    finally:  # now, also after an error: left to garbage collection, each worker's join can stall for seconds
+        loader._shutdown_workers()
+
+
+def _as_is(record):
+    return record
+
+
+def evaluate_shards(
     model: nn.Module,
-    shard: shards.ShardInfo,
+    items: Sequence[shards.ShardInfo],
     r_values: Sequence[int],
     transform,
     device: torch.device,
@@ -114,18 +159,26 @@ def evaluate_shard(
     batch_size: int = 128,
     loader_workers: int = 0,
 ) -> ShardOutcome:
-    """Decode ``shard`` once; every batch goes through ``model`` at each r. Counts are checked
-    against the manifest (``ShardCountError``); decode failures are returned, not dropped."""
-    stats = shards.ReadStats()
+    """Decode ``items`` once (each shard by one loader worker); every batch goes through ``model`` at
+    each r. Counts are checked against the manifest (``ShardCountError``); decode failures are
+    returned, not dropped."""
     keys: List[str] = []
+    key_shards: List[str] = []
     labels: List[np.ndarray] = []
     top5: Dict[int, List[np.ndarray]] = {r: [] for r in r_values}
     forward_seconds = {r: 0.0 for r in r_values}
+    failures: List[shards.DecodeFailure] = []
+    done: List[str] = []
     load_seconds = 0.0
-    batches = shards.iter_batches([shard], transform, batch_size, loader_workers, stats, pin_memory=device.type == "cuda")
+    started = time.time()
     tick = time.perf_counter()
     with torch.inference_mode():
-        for images, batch_labels, batch_keys in batches:
+        for record in tagged_batches(items, transform, batch_size, loader_workers, device.type == "cuda"):
+            if record[0] == "done":
+                done.append(record[1])
+                failures.extend(record[3])
+                continue
+            _, url, images, batch_labels, batch_keys = record
             images = images.to(device, non_blocking=True)
             load_seconds += time.perf_counter() - tick
             for r in r_values:
@@ -133,22 +186,36 @@ def evaluate_shard(
                 top5[r].append(_top5(model, images, r, device, amp))
                 forward_seconds[r] += time.perf_counter() - start
             keys.extend(batch_keys)
+            key_shards.extend([url] * len(batch_keys))
             labels.append(batch_labels.numpy().astype(np.int32))
             tick = time.perf_counter()
     load_seconds += time.perf_counter() - tick  # the last wait, which ends the stream and checks counts
+    _check_all_read(items, done)
     return ShardOutcome(
         model=model.pretrained_cfg.get("architecture", ""),
-        shard=shard.url,
+        shards=[s.url for s in items],
         r_values=list(r_values),
         keys=keys,
+        key_shards=key_shards,
         labels=np.concatenate(labels) if labels else np.zeros(0, np.int32),
         top5={r: np.concatenate(v) if v else np.zeros((0, 5), np.int32) for r, v in top5.items()},
-        n_failed=stats.n_failed,
-        failures=list(stats.failures),
+        n_failed=len(failures),
+        failures=failures,
         load_seconds=load_seconds,
         forward_seconds=forward_seconds,
+        started=started,
+        finished=time.time(),
         device=bm.device_name(device),
     )
+
+
+def _check_all_read(items: Sequence[shards.ShardInfo], done: List[str]) -> None:
+    """Every shard of the item read to its end exactly once, or ``ShardCountError`` naming it."""
+    for shard in items:
+        if done.count(shard.url) != 1:
+            raise shards.ShardCountError(
+                f"shard {shard.url} was read to its end {done.count(shard.url)} times in one work item, expected once"
+            )
 
 
 def _top5(model: nn.Module, images: torch.Tensor, r: int, device: torch.device, amp: str) -> np.ndarray:
@@ -219,7 +286,7 @@ class Evaluator:
             self.model_name = model_name
         return self.model
 
-    def evaluate(self, model_name: str, weights: Weights, shard: shards.ShardInfo, r_values: List[int]) -> ShardOutcome:
+    def evaluate(self, model_name: str, weights: Weights, items: Sequence[shards.ShardInfo], r_values: List[int]) -> ShardOutcome:
         self.items_started += 1
         if self.config.exit_on_item is not None and self.items_started == self.config.exit_on_item:
             os._exit(17)  # test hook: die like a crashed or preempted worker, mid-sweep
@@ -227,7 +294,7 @@ class Evaluator:
         workers = self.config.loader_workers
         if workers is None:
             workers = 4 if self.device.type == "cuda" else 0
-        outcome = evaluate_shard(model, shard, r_values, self.transform, self.device, self.config.amp, self.config.batch_size, workers)
+        outcome = evaluate_shards(model, items, r_values, self.transform, self.device, self.config.amp, self.config.batch_size, workers)
         outcome.model = model_name
         outcome.node_id, outcome.hostname = _node_id(), socket.gethostname()
         return outcome

@@ -1,9 +1,11 @@
 """Ray Core actors pulling shard-sized work items, with exactly-once acceptance and retries.
 
-Each work item is ``(model, shard)``. An actor has at most ``in_flight`` items
+Each work item is ``(model, shards)``: a few shards, one per loader worker of an actor,
+and the items of a model are disjoint. An actor has at most ``in_flight`` items
 queued; when one finishes, the next item goes to that actor. A dead actor's
 items go back to the queue and a fresh actor replaces it; a result is accepted
-once per item, so retried work can never be counted twice.
+once per item (and every shard is in one item only), so retried work can never be
+counted twice.
 """
 from __future__ import annotations
 
@@ -44,7 +46,19 @@ class _Actor:
     in_flight: Dict[object, Tuple] = field(default_factory=dict)  # ObjectRef -> item
 
 
-Item = Tuple[str, object]  # (model name, ShardInfo)
+Item = Tuple[str, tuple]  # (model name, (ShardInfo, ...)): disjoint shard groups
+
+
+def item_key(item: Item) -> Tuple[str, Tuple[str, ...]]:
+    """``(model, shard urls)``: what a result is accepted under."""
+    model, group = item
+    return model, tuple(s.url for s in group)
+
+
+def group_shards(shard_list, size: int) -> List[tuple]:
+    """Consecutive, disjoint groups of at most ``size`` shards (every shard in exactly one group)."""
+    shard_list = tuple(shard_list)
+    return [shard_list[i : i + size] for i in range(0, len(shard_list), max(1, size))]
 
 
 def fetch(ref):
@@ -118,8 +132,8 @@ class EvaluatorPool:
 
     def evaluate(
         self, items: List[Item], r_values: Dict[str, List[int]], on_result: Callable[[ShardOutcome], None]
-    ) -> Dict[Tuple[str, str], ShardOutcome]:
-        """Run every item once; returns ``(model, shard url) -> outcome``. On an error, results still
+    ) -> Dict[Tuple[str, Tuple[str, ...]], ShardOutcome]:
+        """Run every item once; returns ``item_key(item) -> outcome``. On an error, results still
         in flight are forgotten, so a later call never mistakes them for its own."""
         try:
             return self._evaluate(items, r_values, on_result)
@@ -128,10 +142,11 @@ class EvaluatorPool:
                 actor.in_flight.clear()
             raise
 
-    def _evaluate(self, items: List[Item], r_values, on_result) -> Dict[Tuple[str, str], ShardOutcome]:
+    def _evaluate(self, items: List[Item], r_values, on_result) -> Dict[Tuple[str, Tuple[str, ...]], ShardOutcome]:
+        _check_disjoint(items)
         queue = deque(items)
-        attempts: Dict[Tuple[str, str], int] = {}
-        accepted: Dict[Tuple[str, str], ShardOutcome] = {}
+        attempts: Dict[Tuple[str, Tuple[str, ...]], int] = {}
+        accepted: Dict[Tuple[str, Tuple[str, ...]], ShardOutcome] = {}
         idle_since = time.monotonic()
         while len(accepted) < len(items):
             ready = self._ready_actors()
@@ -155,41 +170,41 @@ class EvaluatorPool:
     def _dispatch(self, queue, ready: List[_Actor], r_values, accepted) -> None:
         for actor in ready:
             while queue and len(actor.in_flight) < self.in_flight:
-                model, shard = queue.popleft()
-                if (model, shard.url) in accepted:
+                model, group = queue.popleft()
+                if item_key((model, group)) in accepted:
                     continue
-                ref = actor.handle.evaluate.remote(model, self.weights[model], shard, r_values[model])
-                actor.in_flight[ref] = (model, shard)
+                ref = actor.handle.evaluate.remote(model, self.weights[model], group, r_values[model])
+                actor.in_flight[ref] = (model, group)
 
     def _collect(self, ref, queue, attempts, accepted, on_result) -> None:
         actor = next(a for a in self.actors if ref in a.in_flight)
-        model, shard = actor.in_flight.pop(ref)
-        key = (model, shard.url)
+        item = actor.in_flight.pop(ref)
+        key = item_key(item)
         try:
             outcome = fetch(ref)
         except RayActorError:  # the process or its node died: every queued item of it goes back
-            lost = [(model, shard)] + list(actor.in_flight.values())
+            lost = [item] + list(actor.in_flight.values())
             actor.in_flight.clear()
             for item in lost:
                 self._retry(item, queue, attempts, "its actor died")
             self._replace(actor)
             return
         except RayTaskError as err:  # the task raised (unreadable shard, count mismatch, ...)
-            self._retry((model, shard), queue, attempts, str(err.cause) if err.cause else str(err))
+            self._retry(item, queue, attempts, str(err.cause) if err.cause else str(err))
             return
         except ObjectLostError as err:  # the result was made but lost before the driver fetched it (node gone)
-            self._retry((model, shard), queue, attempts, f"its result was lost in transit ({type(err).__name__})")
+            self._retry(item, queue, attempts, f"its result was lost in transit ({type(err).__name__})")
             return
         if key not in accepted:  # exactly once, however often the item ran
             accepted[key] = outcome
             on_result(outcome)
 
     def _retry(self, item: Item, queue, attempts, why: str) -> None:
-        model, shard = item
-        key = (model, shard.url)
+        model, urls = item_key(item)
+        key = (model, urls)
         attempts[key] = attempts.get(key, 0) + 1
         if attempts[key] > self.max_retries:
-            raise WorkFailed(f"{model} on shard {shard.url} failed {attempts[key]} times; last: {why}")
+            raise WorkFailed(f"{model} on shard(s) {', '.join(urls)} failed {attempts[key]} times; last: {why}")
         queue.appendleft(item)
 
     # ------------------------------------------------------------------ profiling
@@ -233,3 +248,13 @@ class EvaluatorPool:
                 ray.get([a.ready_ref for a in self.actors], timeout=1.0)
             except (GetTimeoutError, RayActorError):
                 pass  # checked again at the top of the loop
+
+
+def _check_disjoint(items: List[Item]) -> None:
+    """No shard in two items of one model: acceptance per item is then exactly once per shard."""
+    seen = set()
+    for model, urls in map(item_key, items):
+        for url in urls:
+            if (model, url) in seen:
+                raise ValueError(f"shard {url} is in two work items of {model}; items must be disjoint")
+            seen.add((model, url))

@@ -35,7 +35,7 @@ from tomecis.patch import MODES
 from . import report
 from .evaluator import EvaluatorConfig, ModelProfile, ShardOutcome, Weights
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_r_values
-from .pool import ActorResources, EvaluatorPool, SweepError, WorkFailed
+from .pool import ActorResources, EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
 from .results import ResultsDir, accuracy, predictions_table
 
 
@@ -177,6 +177,13 @@ def plan_actors(cfg: SweepConfig) -> ActorResources:
     return ActorResources(cfg.num_actors or max(1, int(cpus // per_actor)), per_actor, 0)
 
 
+def shards_per_item(cfg: SweepConfig, resources: ActorResources, n_shards: int) -> int:
+    """Shards per work item: one per DataLoader worker of an actor (4 on GPU unless --loader-workers,
+    none on CPU: one shard), but small enough that every actor gets about two items in flight."""
+    workers = cfg.loader_workers if cfg.loader_workers is not None else (4 if resources.num_gpus > 0 else 0)
+    return max(1, min(workers, n_shards // (2 * resources.num_actors)))
+
+
 # --------------------------------------------------------------------------- assembling points
 
 
@@ -193,7 +200,7 @@ def point_row(
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
     top5 = np.concatenate([o.top5[point.r] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
-    shard_of = [o.shard for o in outcomes for _ in o.keys]
+    shard_of = [url for o in outcomes for url in o.key_shards]
     n_images, n_failed = len(keys), sum(o.n_failed for o in outcomes)
     if len(set(keys)) != n_images:
         raise SweepError(f"{point.short_name} r={point.r}: duplicate image keys across shards; the data has repeated samples")
@@ -232,7 +239,7 @@ def point_row(
         weights=point.weights,
         device=device,
         dataset=dataset,
-        n_shards=len(outcomes),
+        n_shards=sum(len(o.shards) for o in outcomes),
         started=started,
         finished=dt.datetime.now(dt.timezone.utc),
         nodes=sorted({o.node_id for o in outcomes}),
@@ -294,33 +301,35 @@ def _evaluate(cfg, todo, models, weights, chosen, total, fingerprint, results, s
     pool = EvaluatorPool(
         evaluator_config, resources, _ship_weights(weights), max_retries=cfg.max_retries, start_timeout=cfg.actor_start_timeout
     )
+    groups = group_shards(chosen, shards_per_item(cfg, resources, len(chosen)))
     n_total = sum(s.n_samples or 0 for s in chosen) * len(models) or None
     bar = tqdm(total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr)
     try:
         for model in models:
             points = [p for p in todo if p.model == model]
-            _evaluate_model(cfg, pool, points, chosen, total, fingerprint, results, summary, bar)
+            _evaluate_model(cfg, pool, points, groups, total, fingerprint, results, summary, bar)
     finally:
         bar.close()
         summary.actors_replaced = pool.replaced
         pool.shutdown()
 
 
-def _evaluate_model(cfg, pool, points, chosen, total, fingerprint, results, summary, bar) -> None:
+def _evaluate_model(cfg, pool, points, groups, total, fingerprint, results, summary, bar) -> None:
     """One model's points, written as soon as its shards are in and it is profiled (a later failure,
     or Ctrl-C, keeps them; a rerun skips them)."""
     model = points[0].model
     r_values = {model: [p.r for p in points]}
     started = dt.datetime.now(dt.timezone.utc)
+    items = [(model, group) for group in groups]
     try:
-        outcomes = pool.evaluate([(model, shard) for shard in chosen], r_values, lambda o: bar.update(len(o.keys) + o.n_failed))
+        outcomes = pool.evaluate(items, r_values, lambda o: bar.update(len(o.keys) + o.n_failed))
         profile = pool.profile([model], r_values, cfg.bench, cfg.bench_runs, cfg.bench_warmup, parallel=False)[model]
     except WorkFailed as err:
         for point in points:
             summary.failed[point] = str(err)
         return
     for point in points:
-        point_outcomes = [outcomes[(model, s.url)] for s in chosen]
+        point_outcomes = [outcomes[item_key(item)] for item in items]
         try:
             row, predictions = point_row(point, point_outcomes, profile, fingerprint, total, started, cfg.allow_decode_failures)
         except SweepError as err:

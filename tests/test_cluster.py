@@ -132,7 +132,7 @@ def test_worker_node_removed_mid_sweep(data, tmp_path, cluster, monkeypatch):
             on_result(outcome)
             if not removed:  # first shard back: pull one GPU node out from under its busy actor
                 c.remove_node(workers[1])
-                removed.append(outcome.shard)
+                removed.append(outcome.shards)
         return original(self, items, r_values, on_result_then_remove)
 
     monkeypatch.setattr(sweep.EvaluatorPool, "evaluate", evaluate_and_pull_a_node)

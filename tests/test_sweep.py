@@ -114,6 +114,28 @@ def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, dat
     assert len(pd.read_parquet(crashed / "points")) == len(R_VALUES)
 
 
+def test_multi_shard_items_with_loader_workers_are_exact(ray_local, data, tmp_path):
+    """Items of two shards, each decoded by its own DataLoader worker, one of them on an actor that
+    dies: every image once, the plain evaluation's predictions, and each key's true shard."""
+    from orchestrator.pool import group_shards
+
+    shardset = shards.resolve_data(str(data / "shards"))
+    cfg = config(data, tmp_path, bench=False, num_actors=1, loader_workers=2, exit_on_item=2)
+    assert sweep.shards_per_item(cfg, sweep.ActorResources(1, 1, 0), len(shardset)) == 2
+    assert [len(g) for g in group_shards(shardset.shards, 2)] == [2, 2, 1]
+    summary = sweep.run_sweep(cfg)
+    assert summary.actors_replaced == 1
+    predictions = pd.read_parquet(tmp_path / "predictions")
+    points = pd.read_parquet(tmp_path / "points")
+    assert (points["n_images"] == 22).all() and (points["n_shards"] == 5).all()
+    expected = direct_predictions(data).set_index(["r", "key"]).sort_index()
+    mine = predictions.set_index(["r", "key"]).sort_index()
+    assert list(mine.index) == list(expected.index)
+    assert (mine["pred"] == expected["pred"]).all()
+    true_shard = {key: shard.url for shard in shardset.shards for _, _, keys in shards.iter_batches([shard], lambda im: torch.zeros(1), 8) for key in keys}
+    assert (predictions["shard"] == predictions["key"].map(true_shard)).all()
+
+
 def test_a_result_lost_in_transit_is_retried_and_counted_once(ray_local, data, tmp_path, monkeypatch):
     """A node that dies after its actor finished a shard, before the driver fetched it: ObjectLostError
     and its kin. The item is re-run (a retry), and no image is counted twice."""
