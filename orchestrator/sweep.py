@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import hashlib
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,7 @@ def connect(address: str) -> bool:
         ray.init(include_dashboard=False)
     elif address == "auto":
         if os.environ.get("RAY_ADDRESS"):
+            _check_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
             ray.init()
         else:
             try:
@@ -150,8 +152,29 @@ def connect(address: str) -> bool:
             except ConnectionError:  # no running cluster: the embedded default
                 ray.init(include_dashboard=False)
     else:
-        ray.init(address=address)
+        _check_reachable(address, "--address")
+        try:
+            ray.init(address=address)
+        except ConnectionError as err:
+            raise SweepError(f"--address {address}: cannot join the Ray cluster there ({err}); {_ADDRESS_HINT}") from err
     return True
+
+
+_ADDRESS_HINT = "check the address (`ray status` on the head node prints it), or use --address local to start Ray here"
+
+
+def _check_reachable(address: str, source: str, timeout: float = 5.0) -> None:
+    """A quick TCP connect to ``host:port`` (``ray://`` too) before ``ray.init``, which would otherwise
+    wait minutes on an address where nothing answers; raises ``SweepError`` naming the address."""
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"{source} {address}: expected HOST:PORT (e.g. 10.0.0.1:6379 or ray://10.0.0.1:10001); {_ADDRESS_HINT}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise SweepError(f"{source} {address}: no Ray cluster answers there ({err}); {_ADDRESS_HINT}") from err
 
 
 def device_kind(cfg: SweepConfig) -> str:
@@ -428,9 +451,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def check_supported(model: str) -> None:
+    """The model, built on the meta device (no memory, no weights), must take ``tomecis.patch``:
+    a timm VisionTransformer with a class token. Raises ``ValueError`` naming the model."""
+    try:
+        tomecis.patch(timm.create_model(model, device="meta"))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--models: {model} cannot be swept: {err}") from err
+
+
 def validate_inputs(cfg: SweepConfig) -> None:
     """Data, weights and r checks that need files or model shapes, done before Ray starts."""
     for model in cfg.models:
+        check_supported(model)
         limit = max_r(model)
         too_big = [r for r in cfg.r_values if r > limit]
         if too_big:

@@ -44,6 +44,28 @@ def test_missing_data_and_checkpoint_fail_before_ray(tmp_path, data, capsys, mon
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize(
+    "model, kind",
+    [("convnext_tiny", "ConvNeXt"), ("resnet50", "ResNet"), ("swin_tiny_patch4_window7_224", "SwinTransformer")],
+)
+def test_unsupported_models_fail_before_ray(model, kind, data, capsys):
+    assert sweep.main(["--models", model, "--r", "0", "--data", str(data / "shards"), "--random-weights"]) == 1
+    err = capsys.readouterr().err
+    assert f"--models: {model} cannot be swept" in err and f"got {kind}" in err and "Traceback" not in err
+    assert not ray.is_initialized()
+
+
+def test_unreachable_address_is_a_clear_error(data, tmp_path, capsys):
+    argv = ["--models", "deit_tiny", "--r", "0", "--data", str(data / "shards"), "--out", str(tmp_path), "--random-weights",
+            "--address", "127.0.0.1:1", "--no-progress"]
+    assert sweep.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--address 127.0.0.1:1: no Ray cluster answers there" in err and "--address local" in err
+    assert not ray.is_initialized()
+    assert sweep.main(argv[:-3] + ["--address", "nonsense", "--no-progress"]) == 1
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
 def test_cli_runs_a_sweep_end_to_end(data, tmp_path, capsys):
     """The real command line, starting (and stopping) its own local Ray."""
     assert not ray.is_initialized()
