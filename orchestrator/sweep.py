@@ -15,9 +15,10 @@ import argparse
 import datetime as dt
 import hashlib
 import os
+import re
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -83,11 +84,11 @@ class SweepSummary:
 
 
 def select_shards(shardset: shards.ShardSet, limit: Optional[int]) -> Tuple[Tuple[shards.ShardInfo, ...], int, str]:
-    """The shards to evaluate, their image total and the dataset fingerprint.
+    """The shards to evaluate (local paths made absolute), their image total and the dataset fingerprint.
 
     ``limit`` keeps the first whole shards holding at least ``limit`` images (whole
     shards, so every count can still be checked against the manifest)."""
-    chosen = shardset.shards
+    chosen = tuple(absolute_shard(s) for s in shardset.shards)
     if limit is not None:
         if any(s.n_samples is None for s in chosen):
             raise ValueError("--limit needs shard counts from a manifest; point --data at a directory with manifest.json")
@@ -99,8 +100,19 @@ def select_shards(shardset: shards.ShardSet, limit: Optional[int]) -> Tuple[Tupl
             total += shard.n_samples
         chosen = tuple(kept)
     total = sum(s.n_samples for s in chosen) if all(s.n_samples is not None for s in chosen) else None
-    fingerprint = shardset.fingerprint if chosen == shardset.shards else shards.read.fingerprint_of(chosen)
-    return chosen, total, fingerprint
+    return chosen, total, shards.read.fingerprint_of(chosen)  # the manifest's own when chosen is all of it
+
+
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def absolute_shard(shard: shards.ShardInfo) -> shards.ShardInfo:
+    """A local shard path made absolute on the driver: actors run in their own working directory, so a
+    relative path would be resolved there (or on another node). URLs (``s3://``, ``gs://``, ``http(s)://``)
+    and ``pipe:`` commands are left as they are."""
+    if shard.url.startswith("pipe:") or _URL_SCHEME.match(shard.url):
+        return shard
+    return replace(shard, url=os.path.abspath(shard.url))
 
 
 def weights_for(models: Sequence[str], cfg: SweepConfig) -> Dict[str, Weights]:

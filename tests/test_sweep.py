@@ -215,6 +215,18 @@ def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):
     assert len(summary.skipped) == 1
 
 
+def test_relative_data_reaches_the_actors_as_absolute_paths(ray_local, data, tmp_path, monkeypatch):
+    """Actors run in their own working directory (here: the one Ray started in), so a relative --data
+    given from elsewhere must reach them as absolute paths."""
+    monkeypatch.chdir(data)
+    cfg = config(data, tmp_path / "out", r_values=[0], bench=False, num_actors=1, max_retries=0)
+    cfg.data = "shards"
+    sweep.run_sweep(cfg)
+    predictions = pd.read_parquet(tmp_path / "out" / "predictions")
+    assert len(predictions) == 22
+    assert set(predictions["shard"]) == {str(data / "shards" / f"imagenet-val-{i:06d}.tar") for i in range(5)}
+
+
 def test_undecodable_image_is_reported_not_dropped(ray_local, tmp_path):
     good = tiny_dataset(n_images=4, n_classes=2)
     samples = [(im.key, im.jpeg, im.class_index) for im in good] + [("broken_key", b"not a jpeg at all", 0)]

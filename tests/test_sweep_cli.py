@@ -89,3 +89,17 @@ def test_limit_keeps_whole_shards_and_changes_the_fingerprint(data):
     everything = sweep.select_shards(shardset, limit=None)
     assert everything == (shardset.shards, 22, shardset.fingerprint)
     assert sweep.select_shards(shardset, limit=1000)[2] == shardset.fingerprint
+
+
+def test_local_shard_paths_become_absolute_and_urls_stay(data, monkeypatch):
+    import shards
+
+    monkeypatch.chdir(data)
+    chosen, total, fingerprint = sweep.select_shards(shards.resolve_data("shards"), limit=None)
+    assert [s.url for s in chosen] == [str(data / "shards" / f"imagenet-val-{i:06d}.tar") for i in range(5)]
+    assert total == 22 and fingerprint == shards.resolve_data(str(data / "shards")).fingerprint  # the manifest's
+    for url in ["s3://b/x.tar", "gs://b/x.tar", "https://h/d/x.tar?sig=a/b", "http://h/x.tar", "pipe:aws s3 cp s3://b/x.tar -"]:
+        shard = shards.ShardInfo(url=url, name="x.tar", n_samples=1, sha256=None)
+        assert sweep.absolute_shard(shard) == shard
+    relative = shards.ShardInfo(url="shards/imagenet-val-000000.tar", name="imagenet-val-000000.tar", n_samples=5, sha256=None)
+    assert sweep.absolute_shard(relative).url == str(data / "shards" / "imagenet-val-000000.tar")
