@@ -247,7 +247,6 @@ def point_row(
             f"{point.short_name} r={point.r}: {n_failed} images could not be decoded (first: shard {first.shard}, "
             f"key {first.key}: {first.error}); fix the shards or pass --allow-decode-failures to score the rest"
         )
-    seconds = sum(o.load_seconds + o.forward_seconds[point.r] for o in outcomes)
     device = outcomes[0].device if outcomes else profile.device
     predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, dataset, device)
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
@@ -263,7 +262,7 @@ def point_row(
         n_failed=n_failed,
         infer_samples_per_sec=profile.infer_samples_per_sec.get(point.r),
         infer_batch_size=point.batch_size,
-        eval_samples_per_sec=n_images / seconds if seconds > 0 else None,
+        eval_samples_per_sec=eval_samples_per_sec(outcomes, point.r, n_images),
         gflops=profile.gflops[point.r],
         tokens_out=profile.tokens_out[point.r],
         param_count=round(profile.param_count, 3),
@@ -285,6 +284,24 @@ def point_row(
         tomecis_version=tomecis.__version__,
     )
     return row, predictions
+
+
+def eval_samples_per_sec(outcomes: List[ShardOutcome], r: int, n_images: int) -> Optional[float]:
+    """Images per second of the evaluation pass, data loading included, as if it had run this r alone.
+
+    The pass's wall time runs from the first item's start to the last item's end, over all actors. One
+    decode fed every r, so the pass is charged to r in proportion to what r cost: the loading time plus
+    r's forward time, over the loading time plus every r's forward time (summed over the items):
+    ``n_images / (wall * (load + forward[r]) / (load + sum(forward)))``. With one r it is images / wall."""
+    if not outcomes or n_images == 0:
+        return None
+    wall = max(o.finished for o in outcomes) - min(o.started for o in outcomes)
+    load = sum(o.load_seconds for o in outcomes)
+    forward = {q: sum(o.forward_seconds[q] for o in outcomes) for q in outcomes[0].forward_seconds}
+    busy = load + sum(forward.values())
+    if wall <= 0 or busy <= 0:
+        return None
+    return n_images / (wall * (load + forward[r]) / busy)
 
 
 # --------------------------------------------------------------------------- the sweep

@@ -1,10 +1,15 @@
-"""orchestrator.sweep's command line: argument errors before any Ray work, and a whole run."""
+"""orchestrator.sweep's command line: argument errors before any Ray work, a whole run, and how a
+point's row is assembled from its work items' outcomes (no Ray)."""
 from __future__ import annotations
 
+import datetime
+
+import numpy as np
 import pytest
 import ray
 
 from orchestrator import sweep
+from orchestrator.evaluator import ModelProfile, ShardOutcome
 from test_sweep import data  # noqa: F401  (the module-scoped tiny shards + checkpoint fixture)
 
 # --------------------------------------------------------------------------- CLI errors, before any Ray work
@@ -103,3 +108,52 @@ def test_local_shard_paths_become_absolute_and_urls_stay(data, monkeypatch):
         assert sweep.absolute_shard(shard) == shard
     relative = shards.ShardInfo(url="shards/imagenet-val-000000.tar", name="imagenet-val-000000.tar", n_samples=5, sha256=None)
     assert sweep.absolute_shard(relative).url == str(data / "shards" / "imagenet-val-000000.tar")
+
+
+# --------------------------------------------------------------------------- assembling a point from outcomes (no Ray)
+
+MODEL = "deit_tiny_patch16_224"
+
+
+def outcome(shard, keys, started, finished, load, forward, device="cpu (1 threads)", failures=()):
+    """A made-up ShardOutcome: ``forward`` maps r -> forward seconds."""
+    n = len(keys)
+    return ShardOutcome(
+        model=MODEL, shards=[shard], r_values=list(forward), keys=list(keys), key_shards=[shard] * n,
+        labels=np.zeros(n, np.int32), top5={r: np.zeros((n, 5), np.int32) for r in forward}, n_failed=len(failures),
+        failures=list(failures), load_seconds=load, forward_seconds=dict(forward), started=started, finished=finished,
+        node_id=f"node-{shard}", hostname="host", device=device,
+    )
+
+
+def profile(r_values, device="cpu (1 threads)"):
+    return ModelProfile(model=MODEL, param_count=5.7, img_size=224, crop_pct=0.875, interpolation="bicubic", device=device,
+                        schedule={r: [r] * 12 for r in r_values}, gflops={r: 1.0 for r in r_values},
+                        tokens_out={r: 197 for r in r_values}, infer_samples_per_sec={})
+
+
+def row_of(outcomes, r, r_values, **kw):
+    point = sweep.GridPoint(MODEL, r, weights="random")
+    args = dict(profile=profile(r_values), dataset="fp", expected_total=None, allow_decode_failures=False,
+                started=datetime.datetime.now(datetime.timezone.utc))
+    args.update(kw)
+    return sweep.point_row(point, outcomes, **args)
+
+
+def test_eval_samples_per_sec_is_images_over_the_wall_time_of_the_pass():
+    """Two actors side by side, one r: 10 images over the 12 s from the first start to the last end
+    (not over the 21 s the actors were busy in total, which would undercount by the number of actors)."""
+    outcomes = [outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 8.0}), outcome("b", "fghij", 101.0, 112.0, 3.0, {0: 8.0})]
+    row, _ = row_of(outcomes, 0, [0])
+    assert row["eval_samples_per_sec"] == pytest.approx(10 / 12)
+
+
+def test_eval_samples_per_sec_charges_each_r_its_share_of_the_shared_decode():
+    """One decode fed r = 0 and r = 8: each r is charged the loading plus its own forward time."""
+    outcomes = [outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 5.0, 8: 3.0}), outcome("b", "fghij", 101.0, 112.0, 3.0, {0: 3.0, 8: 1.0})]
+    load, f0, f8, wall = 5.0, 8.0, 4.0, 12.0
+    rates = {r: row_of(outcomes, r, [0, 8])[0]["eval_samples_per_sec"] for r in (0, 8)}
+    assert rates[0] == pytest.approx(10 / (wall * (load + f0) / (load + f0 + f8)))
+    assert rates[8] == pytest.approx(10 / (wall * (load + f8) / (load + f0 + f8)))
+    assert rates[8] > rates[0] > 10 / wall  # each r alone would have been quicker than the shared pass
+    assert 10 / rates[0] + 10 / rates[8] == pytest.approx(wall * (2 * load + f0 + f8) / (load + f0 + f8))
