@@ -4,15 +4,17 @@ Layout of ``--out`` (a local path or any URI pyarrow's filesystem layer opens, e
 
     points/<point>.parquet        one row per grid point (accuracy, throughput, provenance)
     predictions/<point>.parquet   one row per image of that point (key, label, pred, top5, correct, the point's identity)
+    failures/<point>.parquet      one row per image that could not be decoded (shard, key, error, the point's identity);
+                                  written for every point, empty when nothing failed
 
-A point's predictions are written before its ``points`` row, so a ``points``
-file exists only for a finished point: that file is what a rerun skips.
+A point's failures and predictions are written before its ``points`` row, so a
+``points`` file exists only for a finished point: that file is what a rerun skips.
 """
 from __future__ import annotations
 
 import os
 import uuid
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -22,6 +24,7 @@ from .grid import GridPoint
 
 POINTS_DIR = "points"
 PREDICTIONS_DIR = "predictions"
+FAILURES_DIR = "failures"
 
 POINT_SCHEMA = pa.schema(
     [
@@ -78,6 +81,9 @@ PREDICTION_SCHEMA = pa.schema(
     ]
 )
 
+_IDENTITY = [f for f in PREDICTION_SCHEMA if f.name in ("model", "mode", "r", "amp", "infer_batch_size", "weights", "device", "dataset")]
+FAILURE_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("error", pa.string()), *_IDENTITY])
+
 
 class ResultsDir:
     """A results directory on any pyarrow filesystem (local disk, S3, GCS)."""
@@ -95,13 +101,21 @@ class ResultsDir:
     def predictions_path(self, point: GridPoint, fingerprint: str) -> str:
         return self.path(PREDICTIONS_DIR, point.file_stem(fingerprint) + ".parquet")
 
+    def failures_path(self, point: GridPoint, fingerprint: str) -> str:
+        return self.path(FAILURES_DIR, point.file_stem(fingerprint) + ".parquet")
+
     def is_done(self, point: GridPoint, fingerprint: str) -> bool:
         """True when the point's ``points`` row exists for this dataset."""
         return self.fs.get_file_info(self.point_path(point, fingerprint)).type == pafs.FileType.File
 
-    def write_point(self, point: GridPoint, fingerprint: str, row: Dict, predictions: pa.Table) -> str:
-        """Write predictions then the point row, each atomically; returns the point file's path."""
+    def write_point(
+        self, point: GridPoint, fingerprint: str, row: Dict, predictions: pa.Table, failures: Optional[pa.Table] = None
+    ) -> str:
+        """Write failures (an empty table when ``None``: a rewritten point never keeps stale ones), then
+        predictions, then the point row, each atomically; returns the point file's path."""
         _check_row(row)
+        failures = FAILURE_SCHEMA.empty_table() if failures is None else failures.cast(FAILURE_SCHEMA)
+        self._write_atomic(failures, self.failures_path(point, fingerprint))
         self._write_atomic(predictions.cast(PREDICTION_SCHEMA), self.predictions_path(point, fingerprint))
         table = pa.Table.from_pylist([row], schema=POINT_SCHEMA)
         path = self.point_path(point, fingerprint)
@@ -133,6 +147,9 @@ class ResultsDir:
 
     def read_predictions(self) -> pa.Table:
         return self._read_dir(PREDICTIONS_DIR, PREDICTION_SCHEMA)
+
+    def read_failures(self) -> pa.Table:
+        return self._read_dir(FAILURES_DIR, FAILURE_SCHEMA)
 
     def _read_dir(self, name: str, schema: pa.Schema) -> pa.Table:
         files = self._parquet_files(name)
@@ -193,6 +210,21 @@ def predictions_table(
         },
         schema=PREDICTION_SCHEMA,
     )
+
+
+def failures_table(point: GridPoint, failures: Sequence, dataset: str, device: str) -> pa.Table:
+    """One row per image that could not be decoded (``shards.DecodeFailure``: shard, key, error), with
+    the point's identity columns, as in ``predictions``."""
+    n = len(failures)
+    identity = dict(model=point.model, mode=point.mode, r=point.r, amp=point.amp, infer_batch_size=point.batch_size,
+                    weights=point.weights, device=device, dataset=dataset)
+    columns = {
+        "shard": [f.shard for f in failures],
+        "key": [f.key for f in failures],
+        "error": [f.error for f in failures],
+        **{name: [value] * n for name, value in identity.items()},
+    }
+    return pa.Table.from_pydict(columns, schema=FAILURE_SCHEMA)
 
 
 def accuracy(labels: List[int], top5: List[List[int]]) -> Tuple[float, float]:

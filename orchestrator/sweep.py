@@ -38,7 +38,7 @@ from . import report
 from .evaluator import EvaluatorConfig, ModelProfile, ShardOutcome, Weights
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_r_values
 from .pool import ActorResources, EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
-from .results import ResultsDir, accuracy, predictions_table
+from .results import FAILURES_DIR, ResultsDir, accuracy, failures_table, predictions_table
 
 
 @dataclass
@@ -76,6 +76,7 @@ class SweepSummary:
     written: List[str] = field(default_factory=list)
     skipped: List[GridPoint] = field(default_factory=list)
     failed: Dict[GridPoint, str] = field(default_factory=dict)
+    decode_failures: Dict[str, List[shards.DecodeFailure]] = field(default_factory=dict)  # model -> images not scored
     actors_replaced: int = 0
     table: str = ""
 
@@ -230,15 +231,15 @@ def point_row(
     expected_total: Optional[int],
     started: dt.datetime,
     allow_decode_failures: bool,
-) -> Tuple[dict, pa.Table]:
-    """The points row and predictions of one grid point, after checking that nothing is missing."""
+) -> Tuple[dict, pa.Table, pa.Table]:
+    """The points row, predictions and decode failures of one grid point, after checking that nothing
+    is missing or counted twice."""
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
     top5 = np.concatenate([o.top5[point.r] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
     shard_of = [url for o in outcomes for url in o.key_shards]
     n_images, n_failed = len(keys), sum(o.n_failed for o in outcomes)
-    if len(set(keys)) != n_images:
-        raise SweepError(f"{point.short_name} r={point.r}: duplicate image keys across shards; the data has repeated samples")
+    _check_unique_keys(point, keys, shard_of)
     if expected_total is not None and n_images + n_failed != expected_total:
         raise SweepError(f"{point.short_name} r={point.r}: {n_images} images + {n_failed} failed != manifest total {expected_total}")
     if n_failed and not allow_decode_failures:
@@ -249,6 +250,7 @@ def point_row(
         )
     device = outcomes[0].device if outcomes else profile.device
     predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, dataset, device)
+    failures = failures_table(point, [f for o in outcomes for f in o.failures], dataset, device)
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
     row = dict(
         model=point.model,
@@ -283,7 +285,39 @@ def point_row(
         ray_version=ray.__version__,
         tomecis_version=tomecis.__version__,
     )
-    return row, predictions
+    return row, predictions, failures
+
+
+def _check_unique_keys(point: GridPoint, keys: List[str], shard_of: List[str]) -> None:
+    """Every image key once in the point; else ``SweepError`` naming a repeated key and its shards."""
+    if len(set(keys)) == len(keys):
+        return
+    shards_of: Dict[str, List[str]] = {}
+    for key, shard in zip(keys, shard_of):
+        shards_of.setdefault(key, []).append(shard)
+    repeated = {k: v for k, v in shards_of.items() if len(v) > 1}
+    key, where = next(iter(repeated.items()))
+    more = f" ({len(repeated) - 1} more key(s) repeat too)" if len(repeated) > 1 else ""
+    raise SweepError(
+        f"{point.short_name} r={point.r}: image key {key!r} occurs {len(where)} times, in shard(s) "
+        f"{', '.join(sorted(set(where)))}{more}; every key must be unique: rewrite the shards from sources "
+        "without repeated images (python -m shards.write), or drop the repeating shard from --data"
+    )
+
+
+def describe_decode_failures(failures: Dict[str, List[shards.DecodeFailure]], out: str, first: int = 5) -> str:
+    """What ``--allow-decode-failures`` left out, per model: the first few (shard, key, error) and a count."""
+    lines = []
+    for model, items in failures.items():
+        if not items:
+            continue
+        lines.append(f"{model}: {len(items)} image(s) could not be decoded and were not scored:")
+        lines += [f"  shard {f.shard}, key {f.key}: {f.error}" for f in items[:first]]
+        if len(items) > first:
+            lines.append(f"  ... and {len(items) - first} more")
+    if lines:
+        lines.append(f"every one is listed in {out.rstrip('/')}/{FAILURES_DIR}/ (one file per point)")
+    return "\n".join(lines)
 
 
 def eval_samples_per_sec(outcomes: List[ShardOutcome], r: int, n_images: int) -> Optional[float]:
@@ -333,7 +367,8 @@ def run_sweep(cfg: SweepConfig) -> SweepSummary:
     summary.table = report.sweep_tables(done, [p.model for p in grid], fingerprint, cfg.mode, cfg.amp, cfg.batch_size)
     if summary.failed:
         lines = "\n".join(f"  {p.short_name} r={p.r}: {why}" for p, why in summary.failed.items())
-        raise SweepError(f"{len(summary.failed)} grid point(s) not written:\n{lines}")
+        left_out = describe_decode_failures(summary.decode_failures, cfg.out)
+        raise SweepError(f"{len(summary.failed)} grid point(s) not written:\n{lines}" + (f"\n{left_out}" if left_out else ""))
     return summary
 
 
@@ -383,11 +418,13 @@ def _evaluate_model(cfg, pool, points, groups, total, fingerprint, results, summ
     for point in points:
         point_outcomes = [outcomes[item_key(item)] for item in items]
         try:
-            row, predictions = point_row(point, point_outcomes, profile, fingerprint, total, started, cfg.allow_decode_failures)
+            row, predictions, failures = point_row(point, point_outcomes, profile, fingerprint, total, started, cfg.allow_decode_failures)
         except SweepError as err:
             summary.failed[point] = str(err)
             continue
-        summary.written.append(results.write_point(point, fingerprint, row, predictions))
+        summary.written.append(results.write_point(point, fingerprint, row, predictions, failures))
+        if len(failures):
+            summary.decode_failures[model] = [f for o in point_outcomes for f in o.failures]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -476,6 +513,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary.table)
+    left_out = describe_decode_failures(summary.decode_failures, cfg.out)
+    if left_out:
+        print(f"\n{left_out}")
     print(f"\n{len(summary.written)} point(s) written, {len(summary.skipped)} already done, to {cfg.out}")
     return 0
 

@@ -92,6 +92,8 @@ def test_sweep_matches_a_plain_evaluation_for_every_r(ray_local, data, tmp_path)
     run = ["dataset", "mode", "amp", "infer_batch_size", "weights", "device"]  # predictions say which run they belong to
     assert predictions[run].drop_duplicates().values.tolist() == points[run].drop_duplicates().values.tolist()
     assert "| r | top-1 |" in summary.table
+    assert len(list((tmp_path / "out" / "failures").iterdir())) == len(R_VALUES)  # one per point, empty: none failed
+    assert len(pd.read_parquet(tmp_path / "out" / "failures")) == 0 and not summary.decode_failures
 
 
 def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, data, tmp_path):
@@ -227,19 +229,28 @@ def test_relative_data_reaches_the_actors_as_absolute_paths(ray_local, data, tmp
     assert set(predictions["shard"]) == {str(data / "shards" / f"imagenet-val-{i:06d}.tar") for i in range(5)}
 
 
-def test_undecodable_image_is_reported_not_dropped(ray_local, tmp_path):
+def test_undecodable_image_is_reported_not_dropped(ray_local, tmp_path, capsys):
     good = tiny_dataset(n_images=4, n_classes=2)
     samples = [(im.key, im.jpeg, im.class_index) for im in good] + [("broken_key", b"not a jpeg at all", 0)]
     record = write_raw_shard(tmp_path / "bad" / "imagenet-val-000000.tar", samples)
     write_manifest_for(tmp_path / "bad", [record])
+    record_url = str(tmp_path / "bad" / "imagenet-val-000000.tar")
     cfg = dict(models=[MODEL], r_values=[0], data=str(tmp_path / "bad"), batch_size=4, random_weights=True,
                num_actors=1, cpus_per_actor=1, bench=False, progress=False)
     with pytest.raises(SweepError, match="broken_key"):
         sweep.run_sweep(sweep.SweepConfig(out=str(tmp_path / "strict"), **cfg))
     assert not (tmp_path / "strict" / "points").exists()
-    sweep.run_sweep(sweep.SweepConfig(out=str(tmp_path / "lenient"), allow_decode_failures=True, **cfg))
-    row = pd.read_parquet(tmp_path / "lenient" / "points").iloc[0]
-    assert row["n_images"] == 4 and row["n_failed"] == 1
+    argv = ["--models", "deit_tiny", "--r", "0,8", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "lenient"),
+            "--batch-size", "4", "--random-weights", "--num-actors", "1", "--cpus-per-actor", "1", "--no-bench",
+            "--no-progress", "--allow-decode-failures"]
+    assert sweep.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{MODEL}: 1 image(s) could not be decoded" in printed and f"shard {record_url}, key broken_key:" in printed
+    points = pd.read_parquet(tmp_path / "lenient" / "points")
+    assert (points["n_images"] == 4).all() and (points["n_failed"] == 1).all()
+    failures = pd.read_parquet(tmp_path / "lenient" / "failures")
+    assert sorted(failures["r"]) == [0, 8] and set(failures["key"]) == {"broken_key"}
+    assert set(failures["shard"]) == {record_url} and failures["error"].str.len().min() > 0
 
 
 def test_shard_shorter_than_its_manifest_fails_the_point(ray_local, tmp_path):

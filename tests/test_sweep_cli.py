@@ -144,7 +144,7 @@ def test_eval_samples_per_sec_is_images_over_the_wall_time_of_the_pass():
     """Two actors side by side, one r: 10 images over the 12 s from the first start to the last end
     (not over the 21 s the actors were busy in total, which would undercount by the number of actors)."""
     outcomes = [outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 8.0}), outcome("b", "fghij", 101.0, 112.0, 3.0, {0: 8.0})]
-    row, _ = row_of(outcomes, 0, [0])
+    row, _, _ = row_of(outcomes, 0, [0])
     assert row["eval_samples_per_sec"] == pytest.approx(10 / 12)
 
 
@@ -157,3 +157,28 @@ def test_eval_samples_per_sec_charges_each_r_its_share_of_the_shared_decode():
     assert rates[8] == pytest.approx(10 / (wall * (load + f8) / (load + f0 + f8)))
     assert rates[8] > rates[0] > 10 / wall  # each r alone would have been quicker than the shared pass
     assert 10 / rates[0] + 10 / rates[8] == pytest.approx(wall * (2 * load + f0 + f8) / (load + f0 + f8))
+
+
+def test_a_repeated_key_is_an_error_naming_the_key_and_its_shards():
+    outcomes = [outcome("/d/a.tar", ["k1", "k2"], 0.0, 1.0, 0.1, {0: 0.1}), outcome("/d/b.tar", ["k3", "k2"], 0.0, 1.0, 0.1, {0: 0.1})]
+    with pytest.raises(sweep.SweepError, match=r"image key 'k2' occurs 2 times, in shard\(s\) /d/a.tar, /d/b.tar; every key must be unique"):
+        row_of(outcomes, 0, [0])
+
+
+def test_decode_failures_are_recorded_with_the_point_and_described():
+    from shards import DecodeFailure
+
+    failures = [DecodeFailure("/d/a.tar", f"bad{i}", "cannot identify image file") for i in range(7)]
+    outcomes = [outcome("/d/a.tar", ["k1", "k2"], 0.0, 1.0, 0.1, {0: 0.1, 8: 0.1}, failures=failures)]
+    with pytest.raises(sweep.SweepError, match="7 images could not be decoded .*key bad0"):
+        row_of(outcomes, 8, [0, 8])
+    row, _, table = row_of(outcomes, 8, [0, 8], allow_decode_failures=True)
+    assert row["n_failed"] == 7 and row["n_images"] == 2
+    frame = table.to_pandas()
+    assert frame["key"].tolist() == [f"bad{i}" for i in range(7)] and set(frame["shard"]) == {"/d/a.tar"}
+    assert set(frame["r"]) == {8} and set(frame["model"]) == {MODEL} and set(frame["device"]) == {row["device"]}
+    text = sweep.describe_decode_failures({MODEL: failures}, "s3://b/run/", first=3)
+    assert f"{MODEL}: 7 image(s) could not be decoded" in text
+    assert "shard /d/a.tar, key bad2: cannot identify image file" in text and "bad3" not in text
+    assert "... and 4 more" in text and "s3://b/run/failures/" in text
+    assert sweep.describe_decode_failures({MODEL: []}, "out") == ""
