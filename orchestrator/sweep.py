@@ -229,7 +229,6 @@ def point_row(
     profile: ModelProfile,
     dataset: str,
     expected_total: Optional[int],
-    started: dt.datetime,
     allow_decode_failures: bool,
 ) -> Tuple[dict, pa.Table, pa.Table]:
     """The points row, predictions and decode failures of one grid point, after checking that nothing
@@ -248,7 +247,8 @@ def point_row(
             f"{point.short_name} r={point.r}: {n_failed} images could not be decoded (first: shard {first.shard}, "
             f"key {first.key}: {first.error}); fix the shards or pass --allow-decode-failures to score the rest"
         )
-    device = outcomes[0].device if outcomes else profile.device
+    device = device_names(outcomes, profile)
+    started, finished = evaluation_span(outcomes)
     predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, dataset, device)
     failures = failures_table(point, [f for o in outcomes for f in o.failures], dataset, device)
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
@@ -277,7 +277,7 @@ def point_row(
         dataset=dataset,
         n_shards=sum(len(o.shards) for o in outcomes),
         started=started,
-        finished=dt.datetime.now(dt.timezone.utc),
+        finished=finished,
         nodes=sorted({o.node_id for o in outcomes}),
         hostnames=sorted({o.hostname for o in outcomes}),
         torch_version=torch.__version__,
@@ -286,6 +286,25 @@ def point_row(
         tomecis_version=tomecis.__version__,
     )
     return row, predictions, failures
+
+
+def device_names(outcomes: List[ShardOutcome], profile: ModelProfile) -> str:
+    """The device that evaluated (and timed) the point; when actors ran on different devices (a cluster
+    with mixed GPU types), every name, sorted and joined with `` + ``, so that the mix shows in the
+    ``device`` column (and the report keeps it apart from single-device runs) instead of being hidden."""
+    return " + ".join(sorted({o.device for o in outcomes} | {profile.device}))
+
+
+def evaluation_span(outcomes: List[ShardOutcome]) -> Tuple[dt.datetime, dt.datetime]:
+    """UTC times the point's first work item started and its last one finished (the actors' clocks)."""
+    if not outcomes:
+        now = dt.datetime.now(dt.timezone.utc)
+        return now, now
+    return _utc(min(o.started for o in outcomes)), _utc(max(o.finished for o in outcomes))
+
+
+def _utc(timestamp: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
 
 
 def _check_unique_keys(point: GridPoint, keys: List[str], shard_of: List[str]) -> None:
@@ -406,7 +425,6 @@ def _evaluate_model(cfg, pool, points, groups, total, fingerprint, results, summ
     or Ctrl-C, keeps them; a rerun skips them)."""
     model = points[0].model
     r_values = {model: [p.r for p in points]}
-    started = dt.datetime.now(dt.timezone.utc)
     items = [(model, group) for group in groups]
     try:
         outcomes = pool.evaluate(items, r_values, lambda o: bar.update(len(o.keys) + o.n_failed))
@@ -418,7 +436,7 @@ def _evaluate_model(cfg, pool, points, groups, total, fingerprint, results, summ
     for point in points:
         point_outcomes = [outcomes[item_key(item)] for item in items]
         try:
-            row, predictions, failures = point_row(point, point_outcomes, profile, fingerprint, total, started, cfg.allow_decode_failures)
+            row, predictions, failures = point_row(point, point_outcomes, profile, fingerprint, total, cfg.allow_decode_failures)
         except SweepError as err:
             summary.failed[point] = str(err)
             continue

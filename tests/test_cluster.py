@@ -38,6 +38,14 @@ def test_cluster_yaml_passes_rays_validation():
     assert "access_key" not in settings and "secret" not in settings
 
 
+def test_cluster_yaml_pins_the_drivers_ray():
+    """Ray refuses to join nodes of another version: the setup commands pin the one this driver runs."""
+    setup = " ".join(load_cluster_yaml()["setup_commands"])
+    assert f'"ray[default]=={ray.__version__}"' in setup, (
+        f"cluster.yaml's setup_commands must pin ray[default]=={ray.__version__} (the driver's Ray); update the pin"
+    )
+
+
 @pytest.mark.parametrize(
     "typo",
     [

@@ -111,9 +111,14 @@ def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, dat
     again = sweep.run_sweep(config(data, crashed, bench=False))
     assert not again.written and len(again.skipped) == len(R_VALUES)
     assert {p: p.stat().st_mtime_ns for p in (crashed / "points").iterdir()} == mtimes
+    before = pd.read_parquet(crashed / "points").set_index("r")
     forced = sweep.run_sweep(config(data, crashed, bench=False, force=True, r_values=[8]))
     assert len(forced.written) == 1
-    assert len(pd.read_parquet(crashed / "points")) == len(R_VALUES)
+    after = pd.read_parquet(crashed / "points").set_index("r")
+    assert len(after) == len(R_VALUES)
+    assert after.loc[8, "started"] > before.loc[8, "finished"]  # r = 8 really evaluated again, and its file rewritten
+    assert Path(forced.written[0]).stat().st_mtime_ns > mtimes[Path(forced.written[0])]
+    assert (after.drop(8)[["started", "finished"]] == before.drop(8)[["started", "finished"]]).all().all()
 
 
 def test_multi_shard_items_with_loader_workers_are_exact(ray_local, data, tmp_path):
@@ -215,6 +220,21 @@ def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):
     summary = sweep.run_sweep(config(data, tmp_path, r_values=[0, 4], bench=False))
     assert [Path(p).name.split("-")[2] for p in summary.written] == ["r4"]
     assert len(summary.skipped) == 1
+
+
+def test_eval_rate_of_a_single_r_on_one_actor_is_images_over_the_pass(ray_local, data, tmp_path):
+    """One actor, one r: eval_samples_per_sec is n_images over the wall time from the first item's start
+    (started) to the last item's end (finished); with several r, each r's share of that time is less."""
+    sweep.run_sweep(config(data, tmp_path / "one", r_values=[8], bench=False, num_actors=1))
+    row = pd.read_parquet(tmp_path / "one" / "points").iloc[0]
+    wall = (row["finished"] - row["started"]).total_seconds()
+    assert row["eval_samples_per_sec"] > 0 and row["eval_samples_per_sec"] == pytest.approx(22 / wall, rel=1e-4)
+    sweep.run_sweep(config(data, tmp_path / "two", r_values=[0, 8], bench=False, num_actors=1))
+    rows = pd.read_parquet(tmp_path / "two" / "points")
+    wall = (rows["finished"] - rows["started"]).dt.total_seconds()
+    assert rows["started"].nunique() == 1 and rows["finished"].nunique() == 1  # one pass fed both r
+    assert ((22 / rows["eval_samples_per_sec"]) < wall).all()
+    assert (22 / rows["eval_samples_per_sec"]).sum() > wall.iloc[0]  # the shared decode is charged to each r
 
 
 def test_relative_data_reaches_the_actors_as_absolute_paths(ray_local, data, tmp_path, monkeypatch):

@@ -134,8 +134,7 @@ def profile(r_values, device="cpu (1 threads)"):
 
 def row_of(outcomes, r, r_values, **kw):
     point = sweep.GridPoint(MODEL, r, weights="random")
-    args = dict(profile=profile(r_values), dataset="fp", expected_total=None, allow_decode_failures=False,
-                started=datetime.datetime.now(datetime.timezone.utc))
+    args = dict(profile=profile(r_values), dataset="fp", expected_total=None, allow_decode_failures=False)
     args.update(kw)
     return sweep.point_row(point, outcomes, **args)
 
@@ -182,3 +181,17 @@ def test_decode_failures_are_recorded_with_the_point_and_described():
     assert "shard /d/a.tar, key bad2: cannot identify image file" in text and "bad3" not in text
     assert "... and 4 more" in text and "s3://b/run/failures/" in text
     assert sweep.describe_decode_failures({MODEL: []}, "out") == ""
+
+
+def test_started_and_finished_span_the_points_items_and_every_device_is_named():
+    """started: the first item's start, finished: the last item's end (any actor); two GPU types: both named."""
+    outcomes = [outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 8.0}, device="NVIDIA A10G"),
+                outcome("b", "fghij", 101.5, 112.25, 3.0, {0: 8.0}, device="NVIDIA L4")]
+    row, predictions, _ = row_of(outcomes, 0, [0], profile=profile([0], device="NVIDIA L4"))
+    utc = datetime.timezone.utc
+    assert row["started"] == datetime.datetime.fromtimestamp(100.0, utc)
+    assert row["finished"] == datetime.datetime.fromtimestamp(112.25, utc)
+    assert row["device"] == "NVIDIA A10G + NVIDIA L4"
+    assert set(predictions.column("device").to_pylist()) == {"NVIDIA A10G + NVIDIA L4"}  # the run's columns agree
+    same = [outcome("a", "abcde", 0.0, 1.0, 0.1, {0: 0.1}, device="NVIDIA A10G")]
+    assert row_of(same, 0, [0], profile=profile([0], device="NVIDIA A10G"))[0]["device"] == "NVIDIA A10G"
