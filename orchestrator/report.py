@@ -633,7 +633,7 @@ def build_report(cfg: ReportConfig) -> Report:
 def _summary_line(points: pd.DataFrame, settings: list, superseded: int) -> str:
     text = (
         f"{len(points)} grid point(s), {points['model'].nunique()} model(s), {len(settings)} setting(s). "
-        "Rows of different settings (dataset, amp, batch, device) are never compared."
+        "Rows of different settings (dataset, amp, batch, device, weights) are never compared."
     )
     if len(settings) > 1:
         text += " Pick one with --dataset / --amp / --batch-size."
