@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import os
 import re
 import socket
@@ -30,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 import shards
+from shards.manifest import sha256_of_file
 import tomecis
 from tomecis.models import find_checkpoint, max_r
 from tomecis.patch import MODES
@@ -122,18 +122,10 @@ def weights_for(models: Sequence[str], cfg: SweepConfig) -> Dict[str, Weights]:
     for model in models:
         if cfg.checkpoint_dir:
             path = find_checkpoint(cfg.checkpoint_dir, model)
-            found[model] = Weights("checkpoint", name=path.name, data_ref=[path], digest=_sha256_of(path))
+            found[model] = Weights("checkpoint", name=path.name, data_ref=[path], digest=sha256_of_file(path))
         else:
             found[model] = Weights("random" if cfg.random_weights else "pretrained")
     return found
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _ship_weights(weights: Dict[str, Weights]) -> Dict[str, Weights]:
