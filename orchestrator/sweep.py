@@ -548,7 +548,9 @@ def validate_inputs(cfg: SweepConfig) -> None:
         if too_big:
             raise ValueError(f"--r {too_big[0]} is impossible for {model}: a block can merge at most {limit} of its tokens")
     select_shards(shards.resolve_data(cfg.data), cfg.limit)
-    weights_for(cfg.models, cfg)
+    if cfg.checkpoint_dir:  # only that each exists: run_sweep hashes them (weights_for), still before Ray starts
+        for model in cfg.models:
+            find_checkpoint(cfg.checkpoint_dir, model)
 
 
 if __name__ == "__main__":
