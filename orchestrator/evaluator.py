@@ -94,6 +94,14 @@ class ModelProfile:
 # --------------------------------------------------------------------------- plain functions
 
 
+def loader_workers_for(configured: Optional[int], on_gpu: bool) -> int:
+    """DataLoader workers per actor: ``configured`` (``--loader-workers``) when given, else 4 on a GPU
+    and 0 on a CPU (the actor decodes itself)."""
+    if configured is not None:
+        return configured
+    return 4 if on_gpu else 0
+
+
 def build_model(model_name: str, weights: Weights, mode: str, device: torch.device) -> nn.Module:
     """The patched model (r = 0) on ``device`` in eval mode."""
     if weights.source == "checkpoint":
@@ -291,9 +299,7 @@ class Evaluator:
         if self.config.exit_on_item is not None and self.items_started == self.config.exit_on_item:
             os._exit(17)  # test hook: die like a crashed or preempted worker, mid-sweep
         model = self._ensure(model_name, weights)
-        workers = self.config.loader_workers
-        if workers is None:
-            workers = 4 if self.device.type == "cuda" else 0
+        workers = loader_workers_for(self.config.loader_workers, self.device.type == "cuda")
         outcome = evaluate_shards(model, items, r_values, self.transform, self.device, self.config.amp, self.config.batch_size, workers)
         outcome.model = model_name
         outcome.node_id, outcome.hostname = _node_id(), socket.gethostname()

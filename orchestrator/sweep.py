@@ -35,7 +35,7 @@ from tomecis.models import find_checkpoint, max_r
 from tomecis.patch import MODES
 
 from . import report
-from .evaluator import EvaluatorConfig, ModelProfile, ShardOutcome, Weights
+from .evaluator import EvaluatorConfig, ModelProfile, ShardOutcome, Weights, loader_workers_for
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_r_values
 from .pool import ActorResources, EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
 from .results import FAILURES_DIR, ResultsDir, accuracy, failures_table, predictions_table
@@ -208,7 +208,7 @@ def plan_actors(cfg: SweepConfig) -> ActorResources:
 def shards_per_item(cfg: SweepConfig, resources: ActorResources, n_shards: int) -> int:
     """Shards per work item: one per DataLoader worker of an actor (4 on GPU unless --loader-workers,
     none on CPU: one shard), but small enough that every actor gets about two items in flight."""
-    workers = cfg.loader_workers if cfg.loader_workers is not None else (4 if resources.num_gpus > 0 else 0)
+    workers = loader_workers_for(cfg.loader_workers, resources.num_gpus > 0)
     return max(1, min(workers, n_shards // (2 * resources.num_actors)))
 
 
