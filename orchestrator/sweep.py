@@ -530,11 +530,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def check_supported(model: str) -> None:
+def check_supported(model: str) -> torch.nn.Module:
     """The model, built on the meta device (no memory, no weights), must take ``tomecis.patch``:
-    a timm VisionTransformer with a class token. Raises ``ValueError`` naming the model."""
+    a timm VisionTransformer with a class token. Raises ``ValueError`` naming the model; returns the
+    patched meta-device model (for further shape checks without building it again)."""
     try:
-        tomecis.patch(timm.create_model(model, device="meta"))
+        return tomecis.patch(timm.create_model(model, device="meta"))
     except (TypeError, ValueError) as err:
         raise ValueError(f"--models: {model} cannot be swept: {err}") from err
 
@@ -542,8 +543,7 @@ def check_supported(model: str) -> None:
 def validate_inputs(cfg: SweepConfig) -> None:
     """Data, weights and r checks that need files or model shapes, done before Ray starts."""
     for model in cfg.models:
-        check_supported(model)
-        limit = max_r(model)
+        limit = max_r(check_supported(model))  # one meta-device build for both checks
         too_big = [r for r in cfg.r_values if r > limit]
         if too_big:
             raise ValueError(f"--r {too_big[0]} is impossible for {model}: a block can merge at most {limit} of its tokens")

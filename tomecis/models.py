@@ -105,9 +105,9 @@ def create_model(
     return model.eval()
 
 
-def max_r(name: str) -> int:
+def max_r(name: Union[str, nn.Module]) -> int:
     """The most tokens one block can merge away in model ``name``: ``(N - prefix) // 2`` at the first block.
-    Builds the model on the meta device (no memory, no weights)."""
-    model = timm.create_model(resolve_model_name(name), device="meta")
+    Given a name, builds the model on the meta device (no memory, no weights); given a model, reads it."""
+    model = timm.create_model(resolve_model_name(name), device="meta") if isinstance(name, str) else name
     num_patches = model.patch_embed.num_patches
     return num_patches // 2
