@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -240,7 +241,7 @@ def point_row(
             f"key {first.key}: {first.error}); fix the shards or pass --allow-decode-failures to score the rest"
         )
     device = device_names(outcomes, profile)
-    started, finished = evaluation_span(outcomes)
+    started, finished = evaluation_span(outcomes)  # the evaluation pass's wall time, also for eval_samples_per_sec
     predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, dataset, device)
     failures = failures_table(point, [f for o in outcomes for f in o.failures], dataset, device)
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
@@ -256,7 +257,7 @@ def point_row(
         n_failed=n_failed,
         infer_samples_per_sec=profile.infer_samples_per_sec.get(point.r),
         infer_batch_size=point.batch_size,
-        eval_samples_per_sec=eval_samples_per_sec(outcomes, point.r, n_images),
+        eval_samples_per_sec=eval_samples_per_sec(outcomes, point.r, n_images, finished - started),
         gflops=profile.gflops[point.r],
         tokens_out=profile.tokens_out[point.r],
         param_count=round(profile.param_count, 3),
@@ -268,8 +269,8 @@ def point_row(
         device=device,
         dataset=dataset,
         n_shards=sum(len(o.shards) for o in outcomes),
-        started=started,
-        finished=finished,
+        started=_utc(started),
+        finished=_utc(finished),
         nodes=sorted({o.node_id for o in outcomes}),
         hostnames=sorted({o.hostname for o in outcomes}),
         torch_version=torch.__version__,
@@ -287,12 +288,13 @@ def device_names(outcomes: List[ShardOutcome], profile: ModelProfile) -> str:
     return " + ".join(sorted({o.device for o in outcomes} | {profile.device}))
 
 
-def evaluation_span(outcomes: List[ShardOutcome]) -> Tuple[dt.datetime, dt.datetime]:
-    """UTC times the point's first work item started and its last one finished (the actors' clocks)."""
+def evaluation_span(outcomes: List[ShardOutcome]) -> Tuple[float, float]:
+    """Wall-clock timestamps (``time.time()``, the actors' clocks) at which the point's first work item
+    started and its last one finished; now, twice, when there are no outcomes."""
     if not outcomes:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = time.time()
         return now, now
-    return _utc(min(o.started for o in outcomes)), _utc(max(o.finished for o in outcomes))
+    return min(o.started for o in outcomes), max(o.finished for o in outcomes)
 
 
 def _utc(timestamp: float) -> dt.datetime:
@@ -331,16 +333,16 @@ def describe_decode_failures(failures: Dict[str, List[shards.DecodeFailure]], ou
     return "\n".join(lines)
 
 
-def eval_samples_per_sec(outcomes: List[ShardOutcome], r: int, n_images: int) -> Optional[float]:
+def eval_samples_per_sec(outcomes: List[ShardOutcome], r: int, n_images: int, wall: float) -> Optional[float]:
     """Images per second of the evaluation pass, data loading included, as if it had run this r alone.
 
-    The pass's wall time runs from the first item's start to the last item's end, over all actors. One
+    ``wall``, the pass's wall time, runs from the first item's start to the last item's end, over all actors
+    (``evaluation_span``). One
     decode fed every r, so the pass is charged to r in proportion to what r cost: the loading time plus
     r's forward time, over the loading time plus every r's forward time (summed over the items):
     ``n_images / (wall * (load + forward[r]) / (load + sum(forward)))``. With one r it is images / wall."""
     if not outcomes or n_images == 0:
         return None
-    wall = max(o.finished for o in outcomes) - min(o.started for o in outcomes)
     load = sum(o.load_seconds for o in outcomes)
     forward = {q: sum(o.forward_seconds[q] for o in outcomes) for q in outcomes[0].forward_seconds}
     busy = load + sum(forward.values())
@@ -425,16 +427,17 @@ def _evaluate_model(cfg, pool, points, groups, total, fingerprint, results, summ
         for point in points:
             summary.failed[point] = str(err)
         return
+    model_outcomes = [outcomes[item_key(item)] for item in items]  # the same for every point of the model
+    model_failures = [f for o in model_outcomes for f in o.failures]
     for point in points:
-        point_outcomes = [outcomes[item_key(item)] for item in items]
         try:
-            row, predictions, failures = point_row(point, point_outcomes, profile, fingerprint, total, cfg.allow_decode_failures)
+            row, predictions, failures = point_row(point, model_outcomes, profile, fingerprint, total, cfg.allow_decode_failures)
         except SweepError as err:
             summary.failed[point] = str(err)
             continue
         summary.written.append(results.write_point(point, fingerprint, row, predictions, failures))
         if len(failures):
-            summary.decode_failures[model] = [f for o in point_outcomes for f in o.failures]
+            summary.decode_failures[model] = model_failures
 
 
 # --------------------------------------------------------------------------- CLI
