@@ -200,8 +200,8 @@ class EvaluatorPool:
             on_result(outcome)
 
     def _retry(self, item: Item, queue, attempts, why: str) -> None:
-        model, urls = item_key(item)
-        key = (model, urls)
+        key = item_key(item)
+        model, urls = key
         attempts[key] = attempts.get(key, 0) + 1
         if attempts[key] > self.max_retries:
             raise WorkFailed(f"{model} on shard(s) {', '.join(urls)} failed {attempts[key]} times; last: {why}")
@@ -209,32 +209,20 @@ class EvaluatorPool:
 
     # ------------------------------------------------------------------ profiling
 
-    def profile(
-        self, models: List[str], r_values: Dict[str, List[int]], bench: bool, runs: int, warmup: int, parallel: bool
-    ) -> Dict[str, ModelProfile]:
-        """FLOPs, tokens and (with ``bench``) img/s per model. With ``parallel`` (one GPU per actor)
-        models are timed side by side, else one at a time so that no timing shares a device."""
-        results: Dict[str, ModelProfile] = {}
-        pending = list(models)
-        attempts: Dict[str, int] = {}
-        while pending:
-            ready = self._wait_ready()
-            batch = pending[: len(ready)] if parallel else pending[:1]
-            calls = {
-                actor.handle.profile.remote(m, self.weights[m], r_values[m], bench, runs, warmup): (m, actor)
-                for m, actor in zip(batch, ready)
-            }
-            for ref, (model, actor) in calls.items():
-                try:
-                    results[model] = ray.get(ref)
-                    pending.remove(model)
-                except (RayActorError, RayTaskError, ObjectLostError) as err:
-                    attempts[model] = attempts.get(model, 0) + 1
-                    if attempts[model] > self.max_retries:
-                        raise WorkFailed(f"profiling {model} failed {attempts[model]} times; last: {err}") from err
-                    if isinstance(err, RayActorError):
-                        self._replace(actor)
-        return results
+    def profile(self, model: str, r_values: List[int], bench: bool, runs: int, warmup: int) -> ModelProfile:
+        """FLOPs, tokens and (with ``bench``) img/s of ``model``, measured on one ready actor (alone, so
+        that no timing shares a device); retried on another actor up to ``max_retries`` times."""
+        attempts = 0
+        while True:
+            actor = self._wait_ready()[0]
+            try:
+                return ray.get(actor.handle.profile.remote(model, self.weights[model], r_values, bench, runs, warmup))
+            except (RayActorError, RayTaskError, ObjectLostError) as err:
+                attempts += 1
+                if attempts > self.max_retries:
+                    raise WorkFailed(f"profiling {model} failed {attempts} times; last: {err}") from err
+                if isinstance(err, RayActorError):
+                    self._replace(actor)
 
     def _wait_ready(self) -> List[_Actor]:
         deadline = time.monotonic() + self.start_timeout

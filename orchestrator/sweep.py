@@ -422,7 +422,7 @@ def _evaluate_model(cfg, pool, points, groups, total, fingerprint, results, summ
     items = [(model, group) for group in groups]
     try:
         outcomes = pool.evaluate(items, r_values, lambda o: bar.update(len(o.keys) + o.n_failed))
-        profile = pool.profile([model], r_values, cfg.bench, cfg.bench_runs, cfg.bench_warmup, parallel=False)[model]
+        profile = pool.profile(model, r_values[model], cfg.bench, cfg.bench_runs, cfg.bench_warmup)
     except WorkFailed as err:
         for point in points:
             summary.failed[point] = str(err)
