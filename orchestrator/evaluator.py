@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import shards
 import tomecis
@@ -117,46 +116,6 @@ def build_model(model_name: str, weights: Weights, mode: str, device: torch.devi
     return tomecis.patch(model.eval(), r=0, mode=mode).to(device)
 
 
-class _TaggedBatches(IterableDataset):
-    """Loader worker w of W reads ``shards[w::W]`` (the sweep gives W shards: one each), a shard at a
-    time with ``shards.iter_batches``, which checks its count against the manifest. Yields
-    ``("batch", url, images, labels, keys)`` per batch and ``("done", url, n_failed, failures)`` per
-    shard, so that every key keeps its shard and every shard is seen to end."""
-
-    def __init__(self, items: Sequence[shards.ShardInfo], transform, batch_size: int):
-        super().__init__()
-        self.items = tuple(items)
-        self.transform = transform
-        self.batch_size = batch_size
-
-    def __iter__(self):
-        worker = get_worker_info()
-        mine = self.items if worker is None else self.items[worker.id :: worker.num_workers]
-        for shard in mine:
-            stats = shards.ReadStats()
-            for images, labels, keys in shards.iter_batches([shard], self.transform, self.batch_size, 0, stats):
-                yield ("batch", shard.url, images, labels, keys)
-            yield ("done", shard.url, stats.n_failed, list(stats.failures))
-
-
-def tagged_batches(items: Sequence[shards.ShardInfo], transform, batch_size: int, loader_workers: int, pin_memory: bool):
-    """The batches of ``items``, decoded by ``min(loader_workers, len(items))`` DataLoader workers (0: here)."""
-    dataset = _TaggedBatches(items, transform, batch_size)
-    workers = min(loader_workers, len(dataset.items))
-    if workers == 0:
-        yield from dataset
-        return
-    loader = iter(DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is, pin_memory=pin_memory))
-    try:
-        yield from loader
-    finally:  # now, also after an error: left to garbage collection, each worker's join can stall for seconds
-        loader._shutdown_workers()
-
-
-def _as_is(record):
-    return record
-
-
 def evaluate_shards(
     model: nn.Module,
     items: Sequence[shards.ShardInfo],
@@ -167,26 +126,25 @@ def evaluate_shards(
     batch_size: int = 128,
     loader_workers: int = 0,
 ) -> ShardOutcome:
-    """Decode ``items`` once (each shard by one loader worker); every batch goes through ``model`` at
-    each r. Counts are checked against the manifest (``ShardCountError``); decode failures are
-    returned, not dropped."""
+    """Decode ``items`` once with ``shards.iter_batches``: ``min(loader_workers, len(items))`` DataLoader
+    workers (0: here) split the shards between them (``split_shards``), so each shard is read by exactly
+    one worker (the sweep gives a worker one shard each). Every batch goes through ``model`` at each r.
+    Each shard's count is checked against its manifest, and a shard never read is an error
+    (``ShardCountError``, from ``shards.check_complete``); decode failures are returned, not dropped."""
     keys: List[str] = []
     key_shards: List[str] = []
     labels: List[np.ndarray] = []
     top5: Dict[int, List[np.ndarray]] = {r: [] for r in r_values}
     forward_seconds = {r: 0.0 for r in r_values}
-    failures: List[shards.DecodeFailure] = []
-    done: List[str] = []
+    stats = shards.ReadStats()
     load_seconds = 0.0
     started = time.time()
     tick = time.perf_counter()
     with torch.inference_mode():
-        for record in tagged_batches(items, transform, batch_size, loader_workers, device.type == "cuda"):
-            if record[0] == "done":
-                done.append(record[1])
-                failures.extend(record[3])
-                continue
-            _, url, images, batch_labels, batch_keys = record
+        batches = shards.iter_batches(
+            items, transform, batch_size, loader_workers, stats, pin_memory=device.type == "cuda", with_shards=True
+        )
+        for images, batch_labels, batch_keys, batch_shards in batches:
             images = images.to(device, non_blocking=True)
             load_seconds += time.perf_counter() - tick
             for r in r_values:
@@ -194,11 +152,10 @@ def evaluate_shards(
                 top5[r].append(_top5(model, images, r, device, amp))
                 forward_seconds[r] += time.perf_counter() - start
             keys.extend(batch_keys)
-            key_shards.extend([url] * len(batch_keys))
+            key_shards.extend(batch_shards)
             labels.append(batch_labels.numpy().astype(np.int32))
             tick = time.perf_counter()
     load_seconds += time.perf_counter() - tick  # the last wait, which ends the stream and checks counts
-    _check_all_read(items, done)
     return ShardOutcome(
         model=model.pretrained_cfg.get("architecture", ""),
         shards=[s.url for s in items],
@@ -207,23 +164,14 @@ def evaluate_shards(
         key_shards=key_shards,
         labels=np.concatenate(labels) if labels else np.zeros(0, np.int32),
         top5={r: np.concatenate(v) if v else np.zeros((0, 5), np.int32) for r, v in top5.items()},
-        n_failed=len(failures),
-        failures=failures,
+        n_failed=stats.n_failed,
+        failures=stats.failures,
         load_seconds=load_seconds,
         forward_seconds=forward_seconds,
         started=started,
         finished=time.time(),
         device=bm.device_name(device),
     )
-
-
-def _check_all_read(items: Sequence[shards.ShardInfo], done: List[str]) -> None:
-    """Every shard of the item read to its end exactly once, or ``ShardCountError`` naming it."""
-    for shard in items:
-        if done.count(shard.url) != 1:
-            raise shards.ShardCountError(
-                f"shard {shard.url} was read to its end {done.count(shard.url)} times in one work item, expected once"
-            )
 
 
 def _top5(model: nn.Module, images: torch.Tensor, r: int, device: torch.device, amp: str) -> np.ndarray:

@@ -114,6 +114,17 @@ class Batch(NamedTuple):
     keys: list[str]
 
 
+class ShardBatch(NamedTuple):
+    """A Batch that also names, per key, the URL of the shard it came from (`iter_batches(..., with_shards=True)`).
+
+    A batch can span shards (a loader worker's batch runs on into its next shard), so `shards` is per key: [B]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    keys: list[str]
+    shards: list[str]
+
+
 @dataclass(frozen=True)
 class DecodeFailure:
     """A sample that was read but could not be decoded: its shard URL, key and the error."""
@@ -575,7 +586,8 @@ def iter_batches(
     *,
     check_counts: bool = True,
     pin_memory: bool = False,
-) -> Iterator[Batch]:
+    with_shards: bool = False,
+) -> Iterator[Batch] | Iterator[ShardBatch]:
     """Decode + transform exactly `shards`, yielding Batch(images [B,3,H,W] f32, labels [B] i64, keys).
 
     num_workers > 0: DataLoader worker processes, each reading its own shards (split_shards over the loader
@@ -583,6 +595,7 @@ def iter_batches(
     never exceeds batch_size (a worker's last one may be smaller). Failures and counts from the workers travel
     with the batches into `stats`. At the end, with check_counts, `check_complete` raises ShardCountError on any
     shortfall against the manifest counts. Raises ShardReadError for a shard that cannot be read.
+    with_shards: yield ShardBatch, which adds `shards`, the shard URL of each key.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -590,7 +603,9 @@ def iter_batches(
     shards = shard_tuple(shards)
     for chunk in _chunk_stream(shards, transform, batch_size, num_workers, pin_memory):
         chunk.add_to(stats)
-        if chunk.keys:
+        if chunk.keys and with_shards:
+            yield ShardBatch(images=chunk.images, labels=chunk.labels, keys=chunk.keys, shards=chunk.key_shards)
+        elif chunk.keys:
             yield Batch(images=chunk.images, labels=chunk.labels, keys=chunk.keys)
     if check_counts:
         check_complete(stats, shards)
@@ -625,12 +640,14 @@ def read_shard(
 class _Chunk:
     """What the sample stream hands over per step: a batch (maybe empty) plus the bookkeeping since the last chunk.
 
-    images: [b, 3, H, W] or None when b == 0; seen: shard URL -> samples seen; failures: decode failures.
+    images: [b, 3, H, W] or None when b == 0; key_shards: the shard URL of each key (a chunk can span shards);
+    seen: shard URL -> samples seen; failures: decode failures.
     """
 
     images: torch.Tensor | None
     labels: torch.Tensor | None
     keys: list[str]
+    key_shards: list[str]
     seen: dict[str, int]
     failures: list[DecodeFailure]
 
@@ -645,7 +662,9 @@ class _Chunk:
         """Called by DataLoader(pin_memory=True)."""
         if self.images is None:
             return self
-        return _Chunk(self.images.pin_memory(), self.labels.pin_memory(), self.keys, self.seen, self.failures)
+        return _Chunk(
+            self.images.pin_memory(), self.labels.pin_memory(), self.keys, self.key_shards, self.seen, self.failures
+        )
 
 
 def _chunk_stream(
@@ -699,6 +718,7 @@ def _chunks_of(shards: Sequence[ShardInfo], transform: Callable, batch_size: int
     images: list[torch.Tensor] = []
     labels: list[int] = []
     keys: list[str] = []
+    key_shards: list[str] = []
     seen: dict[str, int] = {}
     failures: list[DecodeFailure] = []
     for shard in shards:
@@ -712,18 +732,24 @@ def _chunks_of(shards: Sequence[ShardInfo], transform: Callable, batch_size: int
             images.append(decoded[0])
             labels.append(decoded[1])
             keys.append(sample["__key__"])
+            key_shards.append(shard.url)
             if len(keys) == batch_size:
-                yield _make_chunk(images, labels, keys, seen, failures)
-                images, labels, keys, seen, failures = [], [], [], {}, []
-    yield _make_chunk(images, labels, keys, seen, failures)
+                yield _make_chunk(images, labels, keys, key_shards, seen, failures)
+                images, labels, keys, key_shards, seen, failures = [], [], [], [], {}, []
+    yield _make_chunk(images, labels, keys, key_shards, seen, failures)
 
 
 def _make_chunk(
-    images: list[torch.Tensor], labels: list[int], keys: list[str], seen: dict[str, int], failures: list[DecodeFailure]
+    images: list[torch.Tensor],
+    labels: list[int],
+    keys: list[str],
+    key_shards: list[str],
+    seen: dict[str, int],
+    failures: list[DecodeFailure],
 ) -> _Chunk:
     if not keys:
-        return _Chunk(None, None, [], seen, failures)
-    return _Chunk(torch.stack(images), torch.tensor(labels, dtype=torch.int64), keys, seen, failures)
+        return _Chunk(None, None, [], [], seen, failures)
+    return _Chunk(torch.stack(images), torch.tensor(labels, dtype=torch.int64), keys, key_shards, seen, failures)
 
 
 def decode_sample(

@@ -29,6 +29,7 @@ from shards.read import (
     ReadStats,
     ShardCountError,
     ShardInfo,
+    ShardBatch,
     ShardReadError,
     ShardSet,
     check_complete,
@@ -295,6 +296,27 @@ def test_loader_workers_split_shards_between_them(tiny_shards):
         batches, stats = read_all(shards, num_workers=num_workers, batch_size=3)
         assert Counter(keys_of(batches)) == Counter(image.key for image in images), num_workers
         assert stats.n_images == 12
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_with_shards_names_the_true_shard_of_every_key(tiny_shards, num_workers):
+    folder, images = tiny_shards
+    shards = resolve_data(folder).shards
+    true_shard = {}
+    for shard in shards:
+        for sample in shards_read.samples_of_shard(shard):
+            true_shard[sample["__key__"]] = shard.url
+    batches, stats = read_all(shards, num_workers=num_workers, batch_size=3, with_shards=True)
+    assert all(isinstance(batch, ShardBatch) and len(batch.shards) == len(batch.keys) for batch in batches)
+    assert any(len(set(batch.shards)) > 1 for batch in batches) or num_workers  # a batch spanning two shards
+    pairs = [(key, url) for batch in batches for key, url in zip(batch.keys, batch.shards)]
+    assert sorted(pairs) == sorted(true_shard.items())
+    assert len(true_shard) == len(images) == stats.n_images
+    plain, _ = read_all(shards, num_workers=num_workers, batch_size=3)
+    assert all(type(batch) is Batch for batch in plain)
+    for images_, labels, keys in plain:  # the 3-way unpacking keeps working
+        assert len(keys) == len(labels) == images_.shape[0]
 
 
 @pytest.mark.parametrize("num_workers", [0, 3])
