@@ -44,23 +44,37 @@ def test_run_benchmark_rows_and_table():
     table = bm.format_table(rows)
     assert "| r | img/s | speed-up | GFLOPs | tokens left |" in table
     assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "img/s" not in line] == ["0", "8"]
-    assert all(row.unpatched_before > 0 and row.unpatched_after > 0 for row in rows)
-    assert rows[1].speedup == pytest.approx(rows[1].img_per_s / ((rows[1].unpatched_before + rows[1].unpatched_after) / 2))
+    assert all(row.unpatched_early > 0 and row.unpatched_late > 0 for row in rows)
+    assert rows[1].speedup == pytest.approx(rows[1].img_per_s / rows[1].unpatched_img_per_s)
 
 
-def row(before: float, after: float, speed: float = 120.0) -> bm.BenchmarkRow:
+def row(early: float, late: float, speed: float = 120.0) -> bm.BenchmarkRow:
     return bm.BenchmarkRow(
-        model="m", r=8, mode="tomecis", img_per_s=speed, unpatched_before=before, unpatched_after=after,
-        gflops=1.0, tokens_out=101, batch_size=32, amp="none", device="cpu",
+        model="m", r=8, mode="tomecis", img_per_s=speed, unpatched_img_per_s=(early + late) / 2,
+        unpatched_early=early, unpatched_late=late, gflops=1.0, tokens_out=101, batch_size=32, amp="none", device="cpu",
     )
 
 
 def test_table_shows_the_unpatched_timings_and_flags_drift():
     steady = bm.format_table([row(100.0, 102.0)])
-    assert "unpatched timm: 101.0 img/s (timed before: 100.0, after: 102.0)" in steady
+    assert "unpatched timm: 101.0 img/s (early passes: 100.0, late passes: 102.0" in steady
     assert "| 8 | 120.0 | 1.19x |" in steady and "warning" not in steady
     drifted = bm.format_table([row(100.0, 80.0)])
-    assert "warning: the unpatched timings differ by 22%" in drifted
+    assert "warning: the unpatched model's early and late passes differ by 22%" in drifted
+
+
+def test_settings_are_timed_in_turns():
+    """Pass i of every setting runs before pass i + 1 of any, after each setting's warm-up."""
+    calls = []
+
+    def setting(name):
+        model = tiny_vit()
+        model.register_forward_hook(lambda *_: calls.append(name))
+        return lambda: model
+
+    times = bm.time_in_turns([setting("a"), setting("b")], 2, CPU, warmup=2, runs=3)
+    assert [len(t) for t in times] == [3, 3] and all(s > 0 for t in times for s in t)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
 
 
 def test_cli_prints_the_table(capsys):

@@ -76,18 +76,57 @@ def measure_throughput(
     runs: int = 10,
 ) -> float:
     """Median images/s of ``runs`` timed forward passes on random input already on ``device``."""
-    x = torch.randn(batch_size, *input_shape(model), device=device)
-    times = []
+    return img_per_s(batch_size, time_in_turns([lambda: model], batch_size, device, amp, warmup, runs)[0])
+
+
+Setting = Callable[[], nn.Module]  # puts a model in the state to time (e.g. sets its r) and returns it
+
+
+def time_in_turns(
+    settings: Sequence[Setting],
+    batch_size: int,
+    device: torch.device,
+    amp: str = "none",
+    warmup: int = 3,
+    runs: int = 10,
+) -> List[List[float]]:
+    """Seconds of each timed forward pass of each setting, on random input already on ``device``.
+
+    Every setting gets ``warmup`` untimed passes, then the timed passes go in turns: pass i of every
+    setting before pass i + 1 of any. A machine whose speed drifts during the measurement (clocks,
+    neighbours on a shared host) then slows every setting alike instead of favouring whichever
+    happened to run in a fast spell. Returns ``[len(settings)][runs]`` seconds."""
+    x = torch.randn(batch_size, *input_shape(settings[0]()), device=device)
+    times: List[List[float]] = [[] for _ in settings]
     with torch.inference_mode(), autocast(device, amp):
-        for _ in range(warmup):
-            model(x)
+        for setting in settings:
+            model = setting()
+            for _ in range(warmup):
+                model(x)
         synchronize(device)
         for _ in range(runs):
-            start = time.perf_counter()
-            model(x)
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-    return batch_size / statistics.median(times)
+            for i, setting in enumerate(settings):
+                model = setting()
+                start = time.perf_counter()
+                model(x)
+                synchronize(device)
+                times[i].append(time.perf_counter() - start)
+    return times
+
+
+def img_per_s(batch_size: int, seconds: Sequence[float]) -> float:
+    """Images/s of the median pass."""
+    return batch_size / statistics.median(seconds)
+
+
+def with_r(model: nn.Module, r) -> Setting:
+    """A setting that times a patched ``model`` at ``r``."""
+
+    def setting() -> nn.Module:
+        model.r = r
+        return model
+
+    return setting
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -150,8 +189,9 @@ class BenchmarkRow:
     r: int
     mode: str
     img_per_s: float
-    unpatched_before: float  # img/s of the unpatched timm model, timed before the first r ...
-    unpatched_after: float  # ... and after the last: the pair shows how much the machine drifted
+    unpatched_img_per_s: float  # the unpatched timm model, timed in turns with the patched one
+    unpatched_early: float  # its median over the first half of the passes ...
+    unpatched_late: float  # ... and over the second half: a gap shows the machine drifted
     gflops: float
     tokens_out: int
     batch_size: int
@@ -160,18 +200,14 @@ class BenchmarkRow:
     explicit_img_per_s: Optional[float] = None
 
     @property
-    def unpatched_img_per_s(self) -> float:
-        return (self.unpatched_before + self.unpatched_after) / 2
-
-    @property
     def speedup(self) -> float:
-        """Over the unpatched timm model (the mean of its two timings)."""
+        """Over the unpatched timm model."""
         return self.img_per_s / self.unpatched_img_per_s
 
     @property
     def drift(self) -> float:
-        """Relative change of the unpatched model's img/s between its two timings."""
-        return abs(self.unpatched_after - self.unpatched_before) / self.unpatched_img_per_s
+        """Relative change of the unpatched model's img/s from the early passes to the late ones."""
+        return abs(self.unpatched_late - self.unpatched_early) / self.unpatched_img_per_s
 
 
 DRIFT_WARNING = 0.05  # unpatched timings further apart than this make the speed-ups doubtful
@@ -184,52 +220,51 @@ def device_name(device: torch.device) -> str:
 
 
 def run_benchmark(cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progress: Callable[[str], None] = lambda s: None) -> List[BenchmarkRow]:
-    """Time the unpatched model, the patched one at every r of ``cfg``, then the unpatched one again.
+    """Time the unpatched model and the patched one at every r of ``cfg`` (and the explicit
+    formulation, if asked), all in turns (``time_in_turns``), so drift affects them alike.
 
-    Speed-ups are over the mean of the two unpatched timings, so a machine that drifts during the
-    run (CPU clocks, other load) shows up as a gap between them rather than as a false speed-up."""
+    The unpatched model's median over the first and over the second half of its passes are kept
+    (``unpatched_early`` / ``unpatched_late``): a gap between them shows the machine drifted."""
     device = resolve_device(cfg.device)
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
     if model is None:
         model = create_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
     model = model.to(device).eval()
-    measure = lambda m: measure_throughput(m, cfg.batch_size, device, cfg.amp, cfg.warmup, cfg.runs)  # noqa: E731
-
-    progress("unpatched")
-    measure(model)  # first passes on a device pay for allocator and kernel warm-up: not timed
-    before = measure(model)
     patched = patch(copy.deepcopy(model), r=0, mode=cfg.mode)
     explicit = patch(copy.deepcopy(model), r=0, mode=cfg.mode, attention="explicit") if cfg.explicit else None
-    timed = []
-    for r in cfg.r_values:
-        progress(f"r={r}")
+    settings: List[Setting] = [lambda: model] + [with_r(patched, r) for r in cfg.r_values]
+    if explicit is not None:
+        settings += [with_r(explicit, r) for r in cfg.r_values]
+
+    progress("warm-up")
+    time_in_turns(settings[:1], cfg.batch_size, device, cfg.amp, cfg.warmup, 1)  # allocator and kernel warm-up
+    progress(f"timing {len(settings)} settings in turns")
+    times = time_in_turns(settings, cfg.batch_size, device, cfg.amp, cfg.warmup, cfg.runs)
+    unpatched, fused, explicit_times = times[0], times[1 : 1 + len(cfg.r_values)], times[1 + len(cfg.r_values) :]
+    half = max(1, len(unpatched) // 2)
+    rows = []
+    for i, r in enumerate(cfg.r_values):
+        progress(f"counting r={r}")
         patched.r = r
-        speed = measure(patched)
-        explicit_speed = None
-        if explicit is not None:
-            explicit.r = r
-            explicit_speed = measure(explicit)
-        timed.append((r, speed, explicit_speed, count_gflops(patched, device), tokens_left(patched, device)))
-    progress("unpatched again")
-    after = measure(model)
-    return [
-        BenchmarkRow(
-            model=resolve_model_name(cfg.model),
-            r=r,
-            mode=cfg.mode,
-            img_per_s=speed,
-            unpatched_before=before,
-            unpatched_after=after,
-            gflops=gflops,
-            tokens_out=tokens,
-            batch_size=cfg.batch_size,
-            amp=cfg.amp,
-            device=device_name(device),
-            explicit_img_per_s=explicit_speed,
+        rows.append(
+            BenchmarkRow(
+                model=resolve_model_name(cfg.model),
+                r=r,
+                mode=cfg.mode,
+                img_per_s=img_per_s(cfg.batch_size, fused[i]),
+                unpatched_img_per_s=img_per_s(cfg.batch_size, unpatched),
+                unpatched_early=img_per_s(cfg.batch_size, unpatched[:half]),
+                unpatched_late=img_per_s(cfg.batch_size, unpatched[-half:]),
+                gflops=count_gflops(patched, device),
+                tokens_out=tokens_left(patched, device),
+                batch_size=cfg.batch_size,
+                amp=cfg.amp,
+                device=device_name(device),
+                explicit_img_per_s=img_per_s(cfg.batch_size, explicit_times[i]) if explicit_times else None,
+            )
         )
-        for r, speed, explicit_speed, gflops, tokens in timed
-    ]
+    return rows
 
 
 def format_table(rows: Sequence[BenchmarkRow]) -> str:
@@ -243,10 +278,11 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
     first = rows[0]
     lines = [
         f"{first.model} ({first.mode}), batch {first.batch_size}, amp {first.amp}, {first.device}",
-        f"unpatched timm: {first.unpatched_img_per_s:.1f} img/s (timed before: {first.unpatched_before:.1f}, after: {first.unpatched_after:.1f})",
+        f"unpatched timm: {first.unpatched_img_per_s:.1f} img/s (early passes: {first.unpatched_early:.1f}, late passes: {first.unpatched_late:.1f}; "
+        "all settings timed in turns)",
     ]
     if first.drift > DRIFT_WARNING:
-        lines.append(f"warning: the unpatched timings differ by {first.drift:.0%}: the machine drifted; rerun on a quiet machine or with more --runs")
+        lines.append(f"warning: the unpatched model's early and late passes differ by {first.drift:.0%}: the machine drifted; compare settings of this table only, or rerun on a quiet machine")
     lines += [
         "| " + " | ".join(head) + " |",
         "|" + "|".join("--:" for _ in head) + "|",
@@ -312,7 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def progress(what: str) -> None:
         bar.set_postfix_str(what)
-        bar.update(0 if what == "unpatched" else 1)
+        bar.update(0 if what == "warm-up" else 1)
 
     rows = run_benchmark(cfg, progress=progress)
     bar.update(1)
