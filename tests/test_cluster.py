@@ -117,7 +117,7 @@ def test_sweep_spreads_over_nodes_and_equals_a_single_node_run(data, tmp_path, c
     assert all("-cuda-" in p.name for p in (tmp_path / "multi" / "points").iterdir())  # GPU actors: keyed as a cuda run
     c.shutdown()
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         sweep.run_sweep(sweep_config(data, tmp_path / "single", "local", device="cpu", num_actors=1, cpus_per_actor=2))
     finally:

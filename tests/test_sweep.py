@@ -25,7 +25,7 @@ R_VALUES = [0, 8, 16]
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray for the module; the sweep joins it and leaves it running."""
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 
