@@ -1,4 +1,5 @@
-"""ImageNet-1k as deterministic WebDataset shards: `shards.write` makes them, `shards.read` streams them.
+"""ImageNet-1k as deterministic WebDataset shards: `shards.write` makes them, `shards.spec` finds them (data spec ->
+shards with counts), `shards.read` streams them.
 
 The reading API is re-exported here; attributes load lazily, so `python -m shards.write` does not import timm.
 """
@@ -11,49 +12,39 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
     from .read import (
-        TOMECIS_DATA_ENV,
         Batch,
-        DataSpecError,
         DecodeFailure,
         ReadStats,
-        ShardCountError,
-        ShardInfo,
         ShardBatch,
+        ShardCountError,
         ShardReadError,
-        ShardSet,
         check_complete,
-        data_config,
-        eval_transform,
         iter_batches,
         read_shard,
-        resolve_data,
         split_shards,
         verify_checksums,
     )
+    from .spec import TOMECIS_DATA_ENV, DataSpecError, ShardInfo, ShardSet, resolve_data
+    from .transforms import data_config, eval_transform
     from .synsets import imagenet_synsets, synset_index
     from .write import WriteConfig, WriteSummary, write_shards
 
 _EXPORTS = {
     "read": (
         "Batch",
-        "DataSpecError",
         "DecodeFailure",
         "ReadStats",
         "ShardCountError",
-        "ShardInfo",
         "ShardBatch",
         "ShardReadError",
-        "ShardSet",
-        "TOMECIS_DATA_ENV",
         "check_complete",
-        "data_config",
-        "eval_transform",
         "iter_batches",
         "read_shard",
-        "resolve_data",
         "split_shards",
         "verify_checksums",
     ),
+    "spec": ("DataSpecError", "ShardInfo", "ShardSet", "TOMECIS_DATA_ENV", "resolve_data"),
+    "transforms": ("data_config", "eval_transform"),
     "write": ("WriteConfig", "WriteSummary", "write_shards"),
     "manifest": ("MANIFEST_NAME", "Manifest", "ManifestError", "read_manifest"),
     "synsets": ("imagenet_synsets", "synset_index"),
@@ -91,7 +82,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = ("decode", "manifest", "read", "sources", "synsets", "testing", "write")
+_SUBMODULES = ("decode", "manifest", "read", "sources", "spec", "synsets", "testing", "transforms", "write")
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .read import DataSpecError, ReadStats, eval_transform, iter_batches, resolve_data
+from .read import ReadStats, iter_batches
+from .spec import DataSpecError, resolve_data
+from .transforms import eval_transform
 
 
 @dataclass(frozen=True)
