@@ -1,8 +1,14 @@
-"""One patched model on one device: decode each batch once, run it at every r of the grid.
+"""Every model of one decode pass on one device: decode each batch once, run it at every (model, mode, r).
 
 ``evaluate_shards`` and ``profile_model`` are plain functions (tests call them
 without Ray); ``Evaluator`` wraps them as the Ray actor the sweep starts, one per
 device. Nothing here writes results or parses command lines.
+
+On a GPU the host never waits for one forward pass: a batch's forward passes are
+queued, their top-5 indices gathered on the device and copied to pinned host
+memory in one non-blocking copy, and the host collects that copy only after it
+has queued the next batch (so decoding, copying and computing overlap). Forward
+time per point comes from CUDA events, which time the device without stopping it.
 """
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,18 +27,25 @@ import tomecis
 from tomecis import benchmark as bm
 from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
 
+PointKey = Tuple[str, str, int]  # (timm model name, mode, r): what one grid point is run under
+
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
-    """How an actor runs its model; the same for every actor of a sweep."""
+    """How an actor runs its models; the same for every actor of a sweep."""
 
     device: str = "auto"
     amp: str = "none"
-    mode: str = "tomecis"
     batch_size: int = 128
-    loader_workers: Optional[int] = None  # None: 4 on a GPU, 0 on a CPU
-    threads: Optional[int] = None  # torch CPU threads (the CPUs Ray gave the actor)
     exit_on_item: Optional[int] = None  # test hook: the process dies when it starts its N-th work item
+
+
+@dataclass(frozen=True)
+class ActorShape:
+    """What one actor was given: torch CPU threads and DataLoader workers (from its share of the node)."""
+
+    threads: int = 1
+    loader_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,32 +64,59 @@ class Weights:
         return f"ckpt_{self.digest[:12]}" if self.source == "checkpoint" else self.source
 
 
+@dataclass(frozen=True)
+class Task:
+    """One model in one mode, to be run at each of ``r_values`` on every decoded batch."""
+
+    model: str  # timm name
+    mode: str
+    r_values: Tuple[int, ...]
+
+    def point_keys(self) -> List[PointKey]:
+        return [(self.model, self.mode, r) for r in self.r_values]
+
+
+@dataclass
+class DecodePass:
+    """Models that share one eval transform: each batch is decoded once and run at every task.
+
+    ``weights`` maps every model of the pass to its weights; ``tasks`` are its (model, mode, r values)."""
+
+    name: str
+    weights: Dict[str, Weights]
+    tasks: Tuple[Task, ...]
+
+    @property
+    def point_keys(self) -> List[PointKey]:
+        return [key for task in self.tasks for key in task.point_keys()]
+
+
 @dataclass
 class ShardOutcome:
-    """A work item (one or more shards of one model) evaluated at every r: per-image top-5
-    (``[n, 5]`` int32) for each r, in key order, with the shard each key came from."""
+    """A work item (one or more shards) decoded once and run at every point of its pass: per-image
+    top-5 (``[n, 5]`` int32) for each point, in key order, with the shard each key came from."""
 
-    model: str
+    pass_name: str
     shards: List[str]  # the item's shard URLs
-    r_values: List[int]
     keys: List[str]
     key_shards: List[str]  # [n]: the shard URL of each key
     labels: np.ndarray  # [n] int32
-    top5: Dict[int, np.ndarray]  # r -> [n, 5] int32
+    top5: Dict[PointKey, np.ndarray]  # (model, mode, r) -> [n, 5] int32
     n_failed: int
     failures: List[shards.DecodeFailure]
-    load_seconds: float
-    forward_seconds: Dict[int, float]
+    load_seconds: float  # time spent waiting for decoded batches
+    forward_seconds: Dict[PointKey, float]  # device time of each point's forward passes
     started: float = 0.0  # wall clock (time.time()) when decoding began
     finished: float = 0.0  # wall clock when the last batch was done
     node_id: str = ""
     hostname: str = ""
     device: str = ""
+    model_errors: Dict[str, str] = field(default_factory=dict)  # model -> why it could not be built (no points for it)
 
 
 @dataclass
 class ModelProfile:
-    """What the results need to know of a model, measured on the actor's device."""
+    """What the results need to know of a model in one mode, measured on the actor's device."""
 
     model: str
     param_count: float  # millions
@@ -84,25 +124,18 @@ class ModelProfile:
     crop_pct: float
     interpolation: str
     device: str
+    mode: str = "tomecis"
     schedule: Dict[int, List[int]] = field(default_factory=dict)
     gflops: Dict[int, float] = field(default_factory=dict)
     tokens_out: Dict[int, int] = field(default_factory=dict)
     infer_samples_per_sec: Dict[int, float] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- plain functions
+# --------------------------------------------------------------------------- building models
 
 
-def loader_workers_for(configured: Optional[int], on_gpu: bool) -> int:
-    """DataLoader workers per actor: ``configured`` (``--loader-workers``) when given, else 4 on a GPU
-    and 0 on a CPU (the actor decodes itself)."""
-    if configured is not None:
-        return configured
-    return 4 if on_gpu else 0
-
-
-def build_model(model_name: str, weights: Weights, mode: str, device: torch.device) -> nn.Module:
-    """The patched model (r = 0) on ``device`` in eval mode."""
+def build_model(model_name: str, weights: Weights, device: torch.device) -> nn.Module:
+    """The patched model (r = 0, mode tomecis: both are set per forward pass) on ``device`` in eval mode."""
     if weights.source == "checkpoint":
         import ray
 
@@ -113,57 +146,149 @@ def build_model(model_name: str, weights: Weights, mode: str, device: torch.devi
         load_state_dict(model, state_dict_from_bytes(data, weights.name), weights.name)
     else:
         model = create_model(model_name, pretrained=weights.source == "pretrained")
-    return tomecis.patch(model.eval(), r=0, mode=mode).to(device)
+    return tomecis.patch(model.eval(), r=0).to(device)
+
+
+def transform_key(model_or_name) -> tuple:
+    """What makes two models' eval transforms the same: input size, crop, interpolation, mean, std.
+    Models with equal keys share one decode pass."""
+    cfg = shards.data_config(model_or_name)
+    return tuple(
+        tuple(v) if isinstance(v, (list, tuple)) else v
+        for v in (cfg["input_size"], cfg["crop_pct"], cfg["interpolation"], cfg["mean"], cfg["std"], cfg.get("crop_mode", "center"))
+    )
+
+
+# --------------------------------------------------------------------------- timing without stalls
+
+
+class ForwardClock:
+    """Marks points in time on the device's own timeline: CUDA events on a GPU (the host does not wait),
+    ``perf_counter`` on a CPU (where work is synchronous anyway)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def wait(self, mark) -> None:
+        if self.cuda:
+            mark.synchronize()
+
+    def seconds(self, start, end) -> float:
+        """Seconds between two marks; for CUDA events, only once ``end`` has been waited for."""
+        return start.elapsed_time(end) / 1000.0 if self.cuda else end - start
+
+
+@dataclass
+class _QueuedBatch:
+    """A batch whose forward passes are queued on the device; ``collect`` waits for its results alone."""
+
+    keys: List[str]
+    key_shards: List[str]
+    labels: np.ndarray
+    top5_host: torch.Tensor  # [B, sum of k] int32, filled by a non-blocking copy
+    widths: List[int]  # k of each point, in ``spans`` order
+    spans: List[Tuple[PointKey, object, object]]  # (point, start mark, end mark)
+    copied: object  # mark after the device-to-host copy
+
+    def collect(self, clock: ForwardClock) -> Tuple[Dict[PointKey, np.ndarray], Dict[PointKey, float]]:
+        clock.wait(self.copied)
+        columns = np.split(self.top5_host.numpy(), np.cumsum(self.widths)[:-1], axis=1)
+        top5 = {point: col for (point, _, _), col in zip(self.spans, columns)}
+        seconds = {point: clock.seconds(start, end) for point, start, end in self.spans}
+        return top5, seconds
+
+
+def queue_batch(
+    models: Dict[str, nn.Module], tasks: Sequence[Task], images: torch.Tensor, amp: str, clock: ForwardClock
+) -> Tuple[torch.Tensor, List[int], List[Tuple[PointKey, object, object]], object]:
+    """Run ``images`` ``[B, 3, H, W]`` (on the device) through every task at every r, top-5 kept on the
+    device, then one non-blocking copy of all of them to the host. Returns ``(top5 [B, sum k] int32 on the
+    host, k of each point, (point, start, end) marks, mark after the copy)``."""
+    outputs, spans = [], []
+    for task in tasks:
+        model = models[task.model]
+        model.mode = task.mode
+        for r in task.r_values:
+            model.r = r
+            start = clock.mark()
+            with bm.autocast(images.device, amp):
+                logits = model(images)
+            outputs.append(logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices.to(torch.int32))
+            spans.append(((task.model, task.mode, r), start, clock.mark()))
+    host = torch.cat(outputs, dim=1).to("cpu", non_blocking=True)
+    return host, [o.shape[1] for o in outputs], spans, clock.mark()
+
+
+# --------------------------------------------------------------------------- plain functions
 
 
 def evaluate_shards(
-    model: nn.Module,
+    models: Dict[str, nn.Module],
+    tasks: Sequence[Task],
     items: Sequence[shards.ShardInfo],
-    r_values: Sequence[int],
     transform,
     device: torch.device,
     amp: str = "none",
     batch_size: int = 128,
     loader_workers: int = 0,
+    pass_name: str = "",
 ) -> ShardOutcome:
-    """Decode ``items`` once with ``shards.iter_batches``: ``min(loader_workers, len(items))`` DataLoader
-    workers (0: here) split the shards between them (``split_shards``), so each shard is read by exactly
-    one worker (the sweep gives a worker one shard each). Every batch goes through ``model`` at each r.
-    Each shard's count is checked against its manifest, and a shard never read is an error
-    (``ShardCountError``, from ``shards.check_complete``); decode failures are returned, not dropped."""
+    """Decode ``items`` once with ``shards.iter_batches`` and run every batch through every task.
+
+    ``min(loader_workers, len(items))`` DataLoader workers (0: here) split the shards between them, so each
+    shard is read by exactly one worker. Each shard's count is checked against its manifest, and a shard
+    never read is an error (``ShardCountError``); decode failures are returned, not dropped. One batch is
+    queued on the device while the previous one's results are collected."""
+    clock = ForwardClock(device)
     keys: List[str] = []
     key_shards: List[str] = []
     labels: List[np.ndarray] = []
-    top5: Dict[int, List[np.ndarray]] = {r: [] for r in r_values}
-    forward_seconds = {r: 0.0 for r in r_values}
+    points = [key for task in tasks for key in task.point_keys()]
+    top5: Dict[PointKey, List[np.ndarray]] = {p: [] for p in points}
+    forward_seconds = {p: 0.0 for p in points}
     stats = shards.ReadStats()
-    load_seconds = 0.0
-    started = time.time()
+
+    def absorb(batch: _QueuedBatch) -> None:
+        batch_top5, seconds = batch.collect(clock)
+        for point in points:
+            top5[point].append(batch_top5[point])
+            forward_seconds[point] += seconds[point]
+        keys.extend(batch.keys)
+        key_shards.extend(batch.key_shards)
+        labels.append(batch.labels)
+
+    load_seconds, started, queued = 0.0, time.time(), None
     tick = time.perf_counter()
     with torch.inference_mode():
         batches = shards.iter_batches(
             items, transform, batch_size, loader_workers, stats, pin_memory=device.type == "cuda", with_shards=True
         )
         for images, batch_labels, batch_keys, batch_shards in batches:
-            images = images.to(device, non_blocking=True)
             load_seconds += time.perf_counter() - tick
-            for r in r_values:
-                start = time.perf_counter()
-                top5[r].append(_top5(model, images, r, device, amp))
-                forward_seconds[r] += time.perf_counter() - start
-            keys.extend(batch_keys)
-            key_shards.extend(batch_shards)
-            labels.append(batch_labels.numpy().astype(np.int32))
+            images = images.to(device, non_blocking=True)
+            host, widths, spans, copied = queue_batch(models, tasks, images, amp, clock)
+            current = _QueuedBatch(list(batch_keys), list(batch_shards), batch_labels.numpy().astype(np.int32), host, widths, spans, copied)
+            if queued is not None:
+                absorb(queued)  # waits for the previous batch only; this one keeps the device busy meanwhile
+            queued = current
             tick = time.perf_counter()
-    load_seconds += time.perf_counter() - tick  # the last wait, which ends the stream and checks counts
+        load_seconds += time.perf_counter() - tick  # the last wait, which ends the stream and checks counts
+        if queued is not None:
+            absorb(queued)
     return ShardOutcome(
-        model=model.pretrained_cfg.get("architecture", ""),
+        pass_name=pass_name,
         shards=[s.url for s in items],
-        r_values=list(r_values),
         keys=keys,
         key_shards=key_shards,
         labels=np.concatenate(labels) if labels else np.zeros(0, np.int32),
-        top5={r: np.concatenate(v) if v else np.zeros((0, 5), np.int32) for r, v in top5.items()},
+        top5={p: np.concatenate(v) if v else np.zeros((0, 5), np.int32) for p, v in top5.items()},
         n_failed=stats.n_failed,
         failures=stats.failures,
         load_seconds=load_seconds,
@@ -172,15 +297,6 @@ def evaluate_shards(
         finished=time.time(),
         device=bm.device_name(device),
     )
-
-
-def _top5(model: nn.Module, images: torch.Tensor, r: int, device: torch.device, amp: str) -> np.ndarray:
-    """``[B, 5]`` int32 class indices, best first (fewer columns when the model has < 5 classes)."""
-    model.r = r
-    with bm.autocast(device, amp):
-        logits = model(images)
-    k = min(5, logits.shape[-1])
-    return logits.float().topk(k, dim=-1).indices.to(torch.int32).cpu().numpy()
 
 
 def profile_model(
@@ -192,7 +308,8 @@ def profile_model(
     runs: int = 10,
     warmup: int = 3,
 ) -> ModelProfile:
-    """GFLOPs, tokens left and schedule at each r; img/s too when ``bench_batch_size`` is given."""
+    """GFLOPs, tokens left and schedule at each r, in the model's current mode; img/s too when
+    ``bench_batch_size`` is given."""
     cfg = shards.data_config(model)
     profile = ModelProfile(
         model=model.pretrained_cfg.get("architecture", ""),
@@ -201,6 +318,7 @@ def profile_model(
         crop_pct=float(cfg["crop_pct"]),
         interpolation=str(cfg["interpolation"]),
         device=bm.device_name(device),
+        mode=model.mode,
     )
     for r in r_values:
         model.r = r
@@ -219,15 +337,16 @@ def profile_model(
 
 
 class Evaluator:
-    """Ray actor body: holds one patched model at a time on its device (``ray.remote(Evaluator)``)."""
+    """Ray actor body: holds every model of one decode pass at a time on its device (``ray.remote(Evaluator)``)."""
 
-    def __init__(self, config: EvaluatorConfig):
+    def __init__(self, config: EvaluatorConfig, shape: ActorShape = ActorShape()):
         self.config = config
-        if config.threads:
-            torch.set_num_threads(int(config.threads))
+        self.shape = shape
+        torch.set_num_threads(max(1, int(shape.threads)))
         self.device = bm.resolve_device(config.device)
-        self.model_name: Optional[str] = None
-        self.model: Optional[nn.Module] = None
+        self.pass_name: Optional[str] = None
+        self.models: Dict[str, nn.Module] = {}
+        self.broken: Dict[str, str] = {}  # model -> why it could not be built
         self.transform = None
         self.items_started = 0
 
@@ -235,30 +354,44 @@ class Evaluator:
         """Where this actor runs: node id, hostname, device (also proves the actor started)."""
         return {"node_id": _node_id(), "hostname": socket.gethostname(), "device": bm.device_name(self.device), "pid": str(os.getpid())}
 
-    def _ensure(self, model_name: str, weights: Weights) -> nn.Module:
-        if self.model_name != model_name:
-            self.model = None  # free the previous model's memory before loading the next
-            self.model = build_model(model_name, weights, self.config.mode, self.device)
-            self.transform = shards.eval_transform(self.model)
-            self.model_name = model_name
-        return self.model
+    def _ensure(self, decode_pass: DecodePass) -> Dict[str, nn.Module]:
+        """The pass's models on the device (built once per pass; the previous pass's are freed first).
+        A model that cannot be built (a bad checkpoint) is left out and its error kept in ``broken``;
+        when none can be built, the error is raised."""
+        if self.pass_name == decode_pass.name and set(self.models) | set(self.broken) == set(decode_pass.weights):
+            return self.models
+        self.models, self.broken = {}, {}
+        for name, weights in decode_pass.weights.items():
+            try:
+                self.models[name] = build_model(name, weights, self.device)
+            except Exception as err:  # noqa: BLE001 - reported per model, the pass's other models go on
+                self.broken[name] = f"{name} could not be built: {type(err).__name__}: {err}"
+        if not self.models:
+            raise RuntimeError("; ".join(self.broken.values()))
+        self.transform = shards.eval_transform(next(iter(self.models.values())))
+        self.pass_name = decode_pass.name
+        return self.models
 
-    def evaluate(self, model_name: str, weights: Weights, items: Sequence[shards.ShardInfo], r_values: List[int]) -> ShardOutcome:
+    def evaluate(self, decode_pass: DecodePass, items: Sequence[shards.ShardInfo]) -> ShardOutcome:
         self.items_started += 1
         if self.config.exit_on_item is not None and self.items_started == self.config.exit_on_item:
             os._exit(17)  # test hook: die like a crashed or preempted worker, mid-sweep
-        model = self._ensure(model_name, weights)
-        workers = loader_workers_for(self.config.loader_workers, self.device.type == "cuda")
-        outcome = evaluate_shards(model, items, r_values, self.transform, self.device, self.config.amp, self.config.batch_size, workers)
-        outcome.model = model_name
+        models = self._ensure(decode_pass)
+        tasks = [t for t in decode_pass.tasks if t.model in models]
+        outcome = evaluate_shards(
+            models, tasks, items, self.transform, self.device, self.config.amp, self.config.batch_size,
+            self.shape.loader_workers, decode_pass.name,
+        )
         outcome.node_id, outcome.hostname = _node_id(), socket.gethostname()
+        outcome.model_errors = dict(self.broken)
         return outcome
 
-    def profile(self, model_name: str, weights: Weights, r_values: List[int], bench: bool, runs: int, warmup: int) -> ModelProfile:
-        model = self._ensure(model_name, weights)
+    def profile(self, decode_pass: DecodePass, task: Task, bench: bool, runs: int, warmup: int) -> ModelProfile:
+        model = self._ensure(decode_pass)[task.model]
+        model.mode = task.mode
         batch = self.config.batch_size if bench else None
-        profile = profile_model(model, r_values, self.device, self.config.amp, batch, runs, warmup)
-        profile.model = model_name
+        profile = profile_model(model, task.r_values, self.device, self.config.amp, batch, runs, warmup)
+        profile.model = task.model
         return profile
 
 

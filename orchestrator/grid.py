@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 from tomecis.models import resolve_model_name, short_name
 from tomecis.patch import MODES
@@ -29,6 +29,11 @@ class GridPoint:
     def short_name(self) -> str:
         return short_name(self.model)
 
+    @property
+    def key(self) -> Tuple[str, str, int]:
+        """``(model, mode, r)``: what the evaluator runs the point under."""
+        return self.model, self.mode, self.r
+
     def file_stem(self, fingerprint: str) -> str:
         """A file name that identifies the point, its weights, device kind and dataset (a rerun finds it again)."""
         return (
@@ -49,18 +54,33 @@ def parse_models(text: str) -> List[str]:
     return names
 
 
+def parse_modes(text: str) -> List[str]:
+    """``"tomecis,tome"`` -> ``["tomecis", "tome"]``, in order, without duplicates; unknown modes raise."""
+    modes: List[str] = []
+    for item in str(text).split(","):
+        mode = item.strip()
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r} in {text!r}; choose from {', '.join(MODES)} (comma-separated)")
+        if mode not in modes:
+            modes.append(mode)
+    return modes
+
+
 def build_grid(
     models: Sequence[str],
     r_values: Sequence[int],
-    mode: str = "tomecis",
+    modes: Union[str, Sequence[str]] = "tomecis",
     amp: str = "none",
     batch_size: int = 128,
     weights: Optional[Mapping[str, str]] = None,
     device: str = "cpu",
 ) -> List[GridPoint]:
-    """Every (model, r) pair, models outermost; ``weights`` maps a model to its weights tag (default pretrained)."""
-    if mode not in MODES:
-        raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+    """Every (model, mode, r), models outermost, then modes; ``weights`` maps a model to its weights tag
+    (default pretrained)."""
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
     if amp not in AMPS:
         raise ValueError(f"--amp must be one of {AMPS}, got {amp!r}")
     if batch_size < 1:
@@ -69,7 +89,10 @@ def build_grid(
         raise ValueError(f"device kind must be one of {DEVICE_KINDS}, got {device!r}")
     tags = dict(weights or {})
     return [
-        GridPoint(model, r, mode, amp, batch_size, tags.get(model, "pretrained"), device) for model in models for r in r_values
+        GridPoint(model, r, mode, amp, batch_size, tags.get(model, "pretrained"), device)
+        for model in models
+        for mode in modes
+        for r in r_values
     ]
 
 
@@ -78,4 +101,4 @@ def schedule_of(point: GridPoint, num_blocks: int) -> List[int]:
     return resolve_schedule(point.r, num_blocks)
 
 
-__all__ = ["AMPS", "DEVICE_KINDS", "GridPoint", "build_grid", "parse_models", "parse_r_values", "schedule_of"]
+__all__ = ["AMPS", "DEVICE_KINDS", "GridPoint", "build_grid", "parse_models", "parse_modes", "parse_r_values", "schedule_of"]

@@ -1,7 +1,8 @@
 """Ray Core actors pulling shard-sized work items, with exactly-once acceptance and retries.
 
-Each work item is ``(model, shards)``: a few shards, one per loader worker of an actor,
-and the items of a model are disjoint. An actor has at most ``in_flight`` items
+Each work item is ``(decode pass, shards)``: a few shards, one per loader worker of an actor,
+and the items of a pass are disjoint. Actors are started from an ``ActorPlan`` (``placement``):
+each is pinned to the node it was sized for. An actor has at most ``in_flight`` items
 queued; when one finishes, the next item goes to that actor. A dead actor's
 items go back to the queue and a fresh actor replaces it; a result is accepted
 once per item (and every shard is in one item only), so retried work can never be
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 
-from .evaluator import Evaluator, EvaluatorConfig, ModelProfile, ShardOutcome, Weights
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .evaluator import ActorShape, DecodePass, Evaluator, EvaluatorConfig, ModelProfile, ShardOutcome
+from .placement import ActorPlan, ActorSlot, alive_nodes
 
 
 class SweepError(RuntimeError):
@@ -28,31 +32,24 @@ class WorkFailed(SweepError):
     """One model's work (an item or its profile) failed after its retries; other models can still run."""
 
 
-@dataclass(frozen=True)
-class ActorResources:
-    """What one actor asks Ray for."""
-
-    num_actors: int
-    num_cpus: float
-    num_gpus: float
-
-
 @dataclass
 class _Actor:
     handle: object
     ready_ref: object
     index: int
+    slot: ActorSlot
+    requested: float = 0.0  # time.monotonic() when it was asked for
     info: Optional[Dict[str, str]] = None
     in_flight: Dict[object, Tuple] = field(default_factory=dict)  # ObjectRef -> item
 
 
-Item = Tuple[str, tuple]  # (model name, (ShardInfo, ...)): disjoint shard groups
+Item = Tuple[str, tuple]  # (decode pass name, (ShardInfo, ...)): disjoint shard groups
 
 
 def item_key(item: Item) -> Tuple[str, Tuple[str, ...]]:
-    """``(model, shard urls)``: what a result is accepted under."""
-    model, group = item
-    return model, tuple(s.url for s in group)
+    """``(pass name, shard urls)``: what a result is accepted under."""
+    name, group = item
+    return name, tuple(s.url for s in group)
 
 
 def group_shards(shard_list, size: int) -> List[tuple]:
@@ -66,50 +63,58 @@ def fetch(ref):
     return ray.get(ref)
 
 
+WaitReport = Callable[[int, int, float], None]  # (actors started, actors waiting, seconds waited)
+
+
 class EvaluatorPool:
-    """Start actors, feed them items, survive their deaths."""
+    """Start the planned actors, feed them items, survive their deaths."""
 
     def __init__(
         self,
         config: EvaluatorConfig,
-        resources: ActorResources,
-        weights: Dict[str, Weights],
+        plan: ActorPlan,
         max_retries: int = 3,
         in_flight: int = 2,
         start_timeout: float = 600.0,
+        on_wait: Optional[WaitReport] = None,
     ):
         self.config = config
-        self.resources = resources
-        self.weights = weights
+        self.plan = plan
         self.max_retries = max_retries
         self.in_flight = in_flight
         self.start_timeout = start_timeout
+        self.on_wait = on_wait
         self._remote = ray.remote(Evaluator)
         self.actors: List[_Actor] = []
         self._next_index = 0
         self.replaced = 0
-        for _ in range(resources.num_actors):
-            self._start_actor(first_generation=True)
+        for slot in plan.slots:
+            self._start_actor(slot, first_generation=True)
 
     # ------------------------------------------------------------------ actors
 
-    def _start_actor(self, first_generation: bool = False) -> _Actor:
+    def _start_actor(self, slot: ActorSlot, first_generation: bool = False) -> _Actor:
         config = self.config
         if not (first_generation and self._next_index == 0):
             config = EvaluatorConfig(**{**config.__dict__, "exit_on_item": None})  # the hook kills one actor, once
-        handle = self._remote.options(
-            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_restarts=0
-        ).remote(config)
-        actor = _Actor(handle=handle, ready_ref=handle.ready.remote(), index=self._next_index)
+        options = dict(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, max_restarts=0)
+        if slot.node_id is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
+        handle = self._remote.options(**options).remote(config, ActorShape(slot.threads, slot.loader_workers))
+        actor = _Actor(handle, handle.ready.remote(), self._next_index, slot, time.monotonic())
         self._next_index += 1
         self.actors.append(actor)
         return actor
 
     def _replace(self, actor: _Actor) -> None:
+        """A fresh actor in a dead one's place: on the same node while it lives, else on any node that fits."""
         self.actors.remove(actor)
         ray.kill(actor.handle, no_restart=True)
         self.replaced += 1
-        self._start_actor()
+        slot = actor.slot
+        if slot.node_id is not None and slot.node_id not in {n.node_id for n in alive_nodes()}:
+            slot = replace(slot, node_id=None, address="")
+        self._start_actor(slot)
 
     def _ready_actors(self) -> List[_Actor]:
         pending = {a.ready_ref: a for a in self.actors if a.info is None}
@@ -121,7 +126,11 @@ class EvaluatorPool:
                     actor.info = ray.get(ref)
                 except RayActorError:
                     self._replace(actor)
-        return [a for a in self.actors if a.info is not None]
+        ready = [a for a in self.actors if a.info is not None]
+        if self.on_wait is not None and len(ready) < len(self.actors):
+            oldest = min(a.requested for a in self.actors if a.info is None)
+            self.on_wait(len(ready), len(self.actors) - len(ready), time.monotonic() - oldest)
+        return ready
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -131,18 +140,18 @@ class EvaluatorPool:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(
-        self, items: List[Item], r_values: Dict[str, List[int]], on_result: Callable[[ShardOutcome], None]
+        self, items: List[Item], decode_pass: DecodePass, on_result: Callable[[ShardOutcome], None]
     ) -> Dict[Tuple[str, Tuple[str, ...]], ShardOutcome]:
-        """Run every item once; returns ``item_key(item) -> outcome``. On an error, results still
-        in flight are forgotten, so a later call never mistakes them for its own."""
+        """Run every item of ``decode_pass`` once; returns ``item_key(item) -> outcome``. On an error,
+        results still in flight are forgotten, so a later call never mistakes them for its own."""
         try:
-            return self._evaluate(items, r_values, on_result)
+            return self._evaluate(items, decode_pass, on_result)
         except BaseException:
             for actor in self.actors:
                 actor.in_flight.clear()
             raise
 
-    def _evaluate(self, items: List[Item], r_values, on_result) -> Dict[Tuple[str, Tuple[str, ...]], ShardOutcome]:
+    def _evaluate(self, items: List[Item], decode_pass, on_result) -> Dict[Tuple[str, Tuple[str, ...]], ShardOutcome]:
         _check_disjoint(items)
         queue = deque(items)
         attempts: Dict[Tuple[str, Tuple[str, ...]], int] = {}
@@ -150,15 +159,11 @@ class EvaluatorPool:
         idle_since = time.monotonic()
         while len(accepted) < len(items):
             ready = self._ready_actors()
-            self._dispatch(queue, ready, r_values, accepted)
+            self._dispatch(queue, ready, decode_pass, accepted)
             refs = [ref for a in self.actors for ref in a.in_flight]
             if not refs:
                 if time.monotonic() - idle_since > self.start_timeout:
-                    raise SweepError(
-                        f"no evaluator actor could start within {self.start_timeout:.0f}s "
-                        f"(each asks for {self.resources.num_cpus} CPU, {self.resources.num_gpus} GPU); "
-                        "check the cluster's resources with `ray status`"
-                    )
+                    raise SweepError(self._not_started())
                 time.sleep(0.05)
                 continue
             idle_since = time.monotonic()
@@ -167,15 +172,20 @@ class EvaluatorPool:
                 self._collect(ref, queue, attempts, accepted, on_result)
         return accepted
 
-    def _dispatch(self, queue, ready: List[_Actor], r_values, accepted) -> None:
+    def _not_started(self) -> str:
+        slot = self.plan.slots[0]
+        return (
+            f"no evaluator actor could start within {self.start_timeout:.0f}s (each asks for {slot.num_cpus:g} CPU, "
+            f"{slot.num_gpus:g} GPU); check the cluster's resources with `ray status`"
+        )
+
+    def _dispatch(self, queue, ready: List[_Actor], decode_pass: DecodePass, accepted) -> None:
         for actor in ready:
             while queue and len(actor.in_flight) < self.in_flight:
-                model, group = queue.popleft()
-                if item_key((model, group)) in accepted:
+                item = queue.popleft()
+                if item_key(item) in accepted:
                     continue
-                ref = actor.handle.evaluate.remote(model, self.weights[model], group, r_values[model])
-                actor.in_flight[ref] = (model, group)
-
+                actor.in_flight[actor.handle.evaluate.remote(decode_pass, item[1])] = item
     def _collect(self, ref, queue, attempts, accepted, on_result) -> None:
         actor = next(a for a in self.actors if ref in a.in_flight)
         item = actor.in_flight.pop(ref)
@@ -201,28 +211,39 @@ class EvaluatorPool:
 
     def _retry(self, item: Item, queue, attempts, why: str) -> None:
         key = item_key(item)
-        model, urls = key
+        name, urls = key
         attempts[key] = attempts.get(key, 0) + 1
         if attempts[key] > self.max_retries:
-            raise WorkFailed(f"{model} on shard(s) {', '.join(urls)} failed {attempts[key]} times; last: {why}")
+            raise WorkFailed(f"{name} on shard(s) {', '.join(urls)} failed {attempts[key]} times; last: {why}")
         queue.appendleft(item)
 
     # ------------------------------------------------------------------ profiling
 
-    def profile(self, model: str, r_values: List[int], bench: bool, runs: int, warmup: int) -> ModelProfile:
-        """FLOPs, tokens and (with ``bench``) img/s of ``model``, measured on one ready actor (alone, so
-        that no timing shares a device); retried on another actor up to ``max_retries`` times."""
+    def profile(self, decode_pass: DecodePass, bench: bool, runs: int, warmup: int) -> Dict[Tuple[str, str], ModelProfile]:
+        """FLOPs, tokens and (with ``bench``) img/s of every task of the pass, ``(model, mode) -> profile``.
+
+        GPU actors each own a device, so the tasks are spread over the ready actors and timed in parallel;
+        CPU actors share their node's cores, so one actor times every task, one after another. A failed
+        profile is retried on another actor up to ``max_retries`` times."""
+        profiles: Dict[Tuple[str, str], ModelProfile] = {}
+        pending = list(decode_pass.tasks)
         attempts = 0
-        while True:
-            actor = self._wait_ready()[0]
-            try:
-                return ray.get(actor.handle.profile.remote(model, self.weights[model], r_values, bench, runs, warmup))
-            except (RayActorError, RayTaskError, ObjectLostError) as err:
-                attempts += 1
-                if attempts > self.max_retries:
-                    raise WorkFailed(f"profiling {model} failed {attempts} times; last: {err}") from err
-                if isinstance(err, RayActorError):
-                    self._replace(actor)
+        while pending:
+            ready = self._wait_ready()
+            lanes = ready if self.plan.uses_gpus else ready[:1]
+            batch = [(task, lanes[i % len(lanes)]) for i, task in enumerate(pending[: len(lanes)])]
+            refs = [actor.handle.profile.remote(decode_pass, task, bench, runs, warmup) for task, actor in batch]
+            for (task, actor), ref in zip(batch, refs):
+                try:
+                    profiles[(task.model, task.mode)] = ray.get(ref)
+                    pending.remove(task)
+                except (RayActorError, RayTaskError, ObjectLostError) as err:
+                    attempts += 1
+                    if attempts > self.max_retries:
+                        raise WorkFailed(f"profiling {task.model} ({task.mode}) failed {attempts} times; last: {err}") from err
+                    if isinstance(err, RayActorError) and actor in self.actors:
+                        self._replace(actor)
+        return profiles
 
     def _wait_ready(self) -> List[_Actor]:
         deadline = time.monotonic() + self.start_timeout
@@ -239,10 +260,10 @@ class EvaluatorPool:
 
 
 def _check_disjoint(items: List[Item]) -> None:
-    """No shard in two items of one model: acceptance per item is then exactly once per shard."""
+    """No shard in two items of one pass: acceptance per item is then exactly once per shard."""
     seen = set()
-    for model, urls in map(item_key, items):
+    for name, urls in map(item_key, items):
         for url in urls:
-            if (model, url) in seen:
-                raise ValueError(f"shard {url} is in two work items of {model}; items must be disjoint")
-            seen.add((model, url))
+            if (name, url) in seen:
+                raise ValueError(f"shard {url} is in two work items of {name}; items must be disjoint")
+            seen.add((name, url))

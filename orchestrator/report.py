@@ -255,20 +255,21 @@ def model_table(points: pd.DataFrame, expected_r: Optional[Iterable[int]] = None
 
 
 def sweep_tables(
-    points: pd.DataFrame, models: Iterable[str], dataset: str, mode: str, amp: str, batch_size: int
+    points: pd.DataFrame, models: Iterable[str], dataset: str, modes: Sequence[str], amp: str, batch_size: int
 ) -> str:
-    """A table per model for the points of one sweep's settings (all rows, this run's and earlier ones)."""
+    """A table per model and mode for the points of one sweep's settings (all rows, this run's and earlier ones)."""
     if points.empty:
         return "(no results)"
-    chosen = points[(points["dataset"] == dataset) & (points["mode"] == mode) & (points["amp"] == amp) & (points["infer_batch_size"] == batch_size)]
+    chosen = points[(points["dataset"] == dataset) & (points["amp"] == amp) & (points["infer_batch_size"] == batch_size)]
     blocks: List[str] = []
     for model in dict.fromkeys(models):
-        rows = chosen[chosen["model"] == model]
-        if rows.empty:
-            continue
-        first = rows.iloc[0]
-        head = f"{first['short_name']} ({model}), {mode}, amp {amp}, batch {batch_size}, {first['device']}, {int(first['n_images'])} images"
-        blocks.append(head + "\n" + model_table(rows))
+        for mode in [modes] if isinstance(modes, str) else modes:
+            rows = chosen[(chosen["model"] == model) & (chosen["mode"] == mode)]
+            if rows.empty:
+                continue
+            first = rows.iloc[0]
+            head = f"{first['short_name']} ({model}), {mode}, amp {amp}, batch {batch_size}, {first['device']}, {int(first['n_images'])} images"
+            blocks.append(head + "\n" + model_table(rows))
     return "\n\n".join(blocks) if blocks else "(no results for these settings)"
 
 

@@ -32,13 +32,13 @@ from tqdm import tqdm
 import shards
 from shards.manifest import sha256_of_file
 import tomecis
-from tomecis.models import find_checkpoint, max_r
-from tomecis.patch import MODES
+from tomecis.models import find_checkpoint, max_r, short_name
 
 from . import report
-from .evaluator import EvaluatorConfig, ModelProfile, ShardOutcome, Weights, loader_workers_for
-from .grid import AMPS, GridPoint, build_grid, parse_models, parse_r_values
-from .pool import ActorResources, EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
+from .evaluator import DecodePass, EvaluatorConfig, ModelProfile, PointKey, ShardOutcome, Task, Weights, transform_key
+from .grid import AMPS, GridPoint, build_grid, parse_models, parse_modes, parse_r_values
+from .placement import ActorPlan, alive_nodes, plan_actors
+from .pool import EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
 from .results import FAILURES_DIR, ResultsDir, accuracy, failures_table, predictions_table
 
 
@@ -53,7 +53,7 @@ class SweepConfig:
     batch_size: int = 128
     device: str = "auto"
     amp: str = "none"
-    mode: str = "tomecis"
+    modes: List[str] = field(default_factory=lambda: ["tomecis"])
     checkpoint_dir: Optional[str] = None
     random_weights: bool = False
     limit: Optional[int] = None
@@ -79,6 +79,9 @@ class SweepSummary:
     failed: Dict[GridPoint, str] = field(default_factory=dict)
     decode_failures: Dict[str, List[shards.DecodeFailure]] = field(default_factory=dict)  # model -> images not scored
     actors_replaced: int = 0
+    decoded_images: int = 0  # images (and failed samples) decoded, over every decode pass
+    decode_passes: int = 0
+    points_evaluated: int = 0
     table: str = ""
 
 
@@ -143,27 +146,52 @@ def _ship_weights(weights: Dict[str, Weights]) -> Dict[str, Weights]:
 
 
 def connect(address: str) -> bool:
-    """Join or start Ray; True when this call initialised it (so the sweep shuts it down)."""
+    """Join or start Ray, and say on stderr which cluster this is; True when this call initialised Ray
+    (so the sweep shuts it down).
+
+    ``local`` always starts a new cluster here (``ray.init(address="local")``: a bare ``ray.init()`` would
+    join ``RAY_ADDRESS`` or the latest cluster started on this machine, perhaps someone else's). ``auto``
+    joins ``RAY_ADDRESS`` or a running cluster, and else starts a new one here. Anything else is the
+    address of a cluster to join."""
     if ray.is_initialized():
+        print(f"ray: {describe_cluster()}; already joined by this process", file=sys.stderr)
         return False
     if address == "local":
-        ray.init(include_dashboard=False)
+        ray.init(address="local", include_dashboard=False)
+        how = "started a new local cluster here (--address local)"
     elif address == "auto":
-        if os.environ.get("RAY_ADDRESS"):
-            _check_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
-            ray.init()
-        else:
-            try:
-                ray.init(address="auto")
-            except ConnectionError:  # no running cluster: the embedded default
-                ray.init(include_dashboard=False)
+        how = _join_or_start()
     else:
         _check_reachable(address, "--address")
         try:
             ray.init(address=address)
         except ConnectionError as err:
             raise SweepError(f"--address {address}: cannot join the Ray cluster there ({err}); {_ADDRESS_HINT}") from err
+        how = f"joined the cluster at --address {address}"
+    print(f"ray: {describe_cluster()}; {how}", file=sys.stderr)
     return True
+
+
+def _join_or_start() -> str:
+    """``--address auto``: ``RAY_ADDRESS``, else a running cluster on this machine, else a new local one."""
+    if os.environ.get("RAY_ADDRESS"):
+        _check_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+        ray.init()
+        return f"joined the cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']} (--address auto)"
+    try:
+        ray.init(address="auto")
+        return "joined the Ray cluster already running on this machine (--address auto; --address local starts a new one)"
+    except ConnectionError:  # no running cluster: a new one, never someone else's
+        ray.init(address="local", include_dashboard=False)
+        return "started a new local cluster here (--address auto found none running)"
+
+
+def describe_cluster() -> str:
+    """``cluster at HOST:PORT: 3 node(s), 10 CPU, 2 GPU``, from the alive nodes."""
+    nodes = alive_nodes()
+    cpus, gpus = sum(n.cpus for n in nodes), sum(n.gpus for n in nodes)
+    address = ray.get_runtime_context().gcs_address
+    return f"cluster at {address}: {len(nodes)} node(s), {cpus:g} CPU, {gpus:g} GPU"
 
 
 _ADDRESS_HINT = "check the address (`ray status` on the head node prints it), or use --address local to start Ray here"
@@ -183,34 +211,34 @@ def _check_reachable(address: str, source: str, timeout: float = 5.0) -> None:
         raise SweepError(f"{source} {address}: no Ray cluster answers there ({err}); {_ADDRESS_HINT}") from err
 
 
-def device_kind(cfg: SweepConfig) -> str:
-    """``cpu`` or ``cuda``: what the actors will run on (with ``--device auto``, asks the cluster)."""
-    if cfg.device != "auto":
-        return cfg.device
-    return "cuda" if plan_actors(cfg).num_gpus > 0 else "cpu"
+def make_plan(cfg: SweepConfig) -> ActorPlan:
+    """The actors for this sweep, sized to the cluster's alive nodes (``placement.plan_actors``)."""
+    return plan_actors(alive_nodes(), cfg.device, cfg.num_actors, cfg.cpus_per_actor, cfg.loader_workers)
 
 
-def plan_actors(cfg: SweepConfig) -> ActorResources:
-    """One actor per GPU when the cluster has GPUs (and --device allows), else CPU actors.
-
-    ``--device cuda --num-actors N`` asks for N GPU actors even before the GPU nodes
-    exist: their pending demand makes Ray's autoscaler start them (``ray up`` clusters)."""
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-    if cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0):
-        count = cfg.num_actors or gpus
-        if count == 0:
-            raise SweepError("--device cuda, but the Ray cluster has no GPU yet; pass --num-actors N to have the autoscaler start GPU nodes, or use --device auto")
-        return ActorResources(count, cfg.cpus_per_actor or 1, 1)
-    per_actor = cfg.cpus_per_actor or max(1, min(cpus, 4))
-    return ActorResources(cfg.num_actors or max(1, int(cpus // per_actor)), per_actor, 0)
+def shards_per_item(plan: ActorPlan, n_shards: int) -> int:
+    """Shards per work item: one per DataLoader worker of a typical actor (CPU actors decode themselves:
+    one shard), but small enough that every actor gets about two items in flight."""
+    workers = sorted(s.loader_workers for s in plan.slots)[len(plan.slots) // 2]
+    return max(1, min(workers, n_shards // (2 * plan.num_actors)))
 
 
-def shards_per_item(cfg: SweepConfig, resources: ActorResources, n_shards: int) -> int:
-    """Shards per work item: one per DataLoader worker of an actor (4 on GPU unless --loader-workers,
-    none on CPU: one shard), but small enough that every actor gets about two items in flight."""
-    workers = loader_workers_for(cfg.loader_workers, resources.num_gpus > 0)
-    return max(1, min(workers, n_shards // (2 * resources.num_actors)))
+def plan_passes(todo: Sequence[GridPoint], weights: Dict[str, Weights]) -> List[DecodePass]:
+    """One decode pass per eval transform: models whose transforms are equal (DeiT-Ti/S/B) share one,
+    with a task per (model, mode) holding the r values still to do."""
+    groups: Dict[tuple, List[str]] = {}
+    for model in dict.fromkeys(p.model for p in todo):
+        groups.setdefault(transform_key(timm.create_model(model, device="meta")), []).append(model)
+    passes = []
+    for index, models in enumerate(groups.values(), 1):
+        tasks = [
+            Task(model, mode, tuple(p.r for p in todo if (p.model, p.mode) == (model, mode)))
+            for model in models
+            for mode in dict.fromkeys(p.mode for p in todo if p.model == model)
+        ]
+        name = f"pass {index} ({'+'.join(short_name(m) for m in models)})"
+        passes.append(DecodePass(name, {m: weights[m] for m in models}, tuple(tasks)))
+    return passes
 
 
 # --------------------------------------------------------------------------- assembling points
@@ -228,7 +256,7 @@ def point_row(
     is missing or counted twice."""
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
-    top5 = np.concatenate([o.top5[point.r] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
+    top5 = np.concatenate([o.top5[point.key] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
     shard_of = [url for o in outcomes for url in o.key_shards]
     n_images, n_failed = len(keys), sum(o.n_failed for o in outcomes)
     _check_unique_keys(point, keys, shard_of)
@@ -257,7 +285,7 @@ def point_row(
         n_failed=n_failed,
         infer_samples_per_sec=profile.infer_samples_per_sec.get(point.r),
         infer_batch_size=point.batch_size,
-        eval_samples_per_sec=eval_samples_per_sec(outcomes, point.r, n_images, finished - started),
+        eval_samples_per_sec=eval_samples_per_sec(outcomes, point.key, n_images, finished - started),
         gflops=profile.gflops[point.r],
         tokens_out=profile.tokens_out[point.r],
         param_count=round(profile.param_count, 3),
@@ -333,14 +361,14 @@ def describe_decode_failures(failures: Dict[str, List[shards.DecodeFailure]], ou
     return "\n".join(lines)
 
 
-def eval_samples_per_sec(outcomes: List[ShardOutcome], r: int, n_images: int, wall: float) -> Optional[float]:
-    """Images per second of the evaluation pass, data loading included, as if it had run this r alone.
+def eval_samples_per_sec(outcomes: List[ShardOutcome], key: PointKey, n_images: int, wall: float) -> Optional[float]:
+    """Images per second of the evaluation pass, data loading included, as if it had run this point alone.
 
     ``wall``, the pass's wall time, runs from the first item's start to the last item's end, over all actors
-    (``evaluation_span``). One
-    decode fed every r, so the pass is charged to r in proportion to what r cost: the loading time plus
-    r's forward time, over the loading time plus every r's forward time (summed over the items):
-    ``n_images / (wall * (load + forward[r]) / (load + sum(forward)))``. With one r it is images / wall."""
+    (``evaluation_span``). One decode fed every (model, mode, r) of the pass, so the pass is charged to the
+    point ``key`` in proportion to what it cost: the loading time plus its forward time, over the loading
+    time plus every point's forward time (summed over the items):
+    ``n_images / (wall * (load + forward[key]) / (load + sum(forward)))``. With one point it is images / wall."""
     if not outcomes or n_images == 0:
         return None
     load = sum(o.load_seconds for o in outcomes)
@@ -348,96 +376,164 @@ def eval_samples_per_sec(outcomes: List[ShardOutcome], r: int, n_images: int, wa
     busy = load + sum(forward.values())
     if wall <= 0 or busy <= 0:
         return None
-    return n_images / (wall * (load + forward[r]) / busy)
+    return n_images / (wall * (load + forward[key]) / busy)
 
 
 # --------------------------------------------------------------------------- the sweep
 
 
-def run_sweep(cfg: SweepConfig) -> SweepSummary:
+@dataclass
+class Selection:
+    """The shards a sweep evaluates, their image total (None without counts) and the dataset fingerprint."""
+
+    shards: Tuple[shards.ShardInfo, ...]
+    total: Optional[int]
+    fingerprint: str
+
+
+@dataclass
+class SweepRun:
+    """What every step of one sweep's evaluation shares (passed down instead of loose arguments)."""
+
+    cfg: SweepConfig
+    selection: Selection
+    results: ResultsDir
+    summary: SweepSummary
+    bar: tqdm
+
+
+def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepSummary:
     """Evaluate every grid point not yet in ``cfg.out``; raises ``SweepError`` if any point fails.
 
     Ray starts only when there is work, or with ``--device auto`` (the device kind, part of the
     results' key, then depends on the cluster's GPUs)."""
-    chosen, total, fingerprint = select_shards(shards.resolve_data(cfg.data), cfg.limit)
+    selection = selection or Selection(*select_shards(shards.resolve_data(cfg.data), cfg.limit))
     weights = weights_for(cfg.models, cfg)
     results = ResultsDir(cfg.out)
     summary = SweepSummary()
-    started_ray = connect(cfg.address) if cfg.device == "auto" else False
+    started_ray, plan = False, None
     try:
-        grid = build_grid(cfg.models, cfg.r_values, cfg.mode, cfg.amp, cfg.batch_size, {m: w.tag for m, w in weights.items()}, device_kind(cfg))
+        if cfg.device == "auto":  # the device kind is part of every point's key: ask the cluster first
+            started_ray = connect(cfg.address)
+            plan = make_plan(cfg)
+        grid = build_grid(cfg.models, cfg.r_values, cfg.modes, cfg.amp, cfg.batch_size,
+                          {m: w.tag for m, w in weights.items()}, plan.device if plan else cfg.device)
         todo = []
         for point in grid:
-            (todo if cfg.force or not results.is_done(point, fingerprint) else summary.skipped).append(point)
+            (todo if cfg.force or not results.is_done(point, selection.fingerprint) else summary.skipped).append(point)
         if todo:
-            started_ray = connect(cfg.address) or started_ray
-            models = [m for m in cfg.models if any(p.model == m for p in todo)]
-            _evaluate(cfg, todo, models, {m: weights[m] for m in models}, chosen, total, fingerprint, results, summary)
+            if plan is None:
+                started_ray, plan = connect(cfg.address), make_plan(cfg)
+            passes = plan_passes(todo, _ship_weights(weights))
+            _evaluate(SweepRun(cfg, selection, results, summary, None), plan, passes, todo)
     finally:
         if started_ray:
             ray.shutdown()
-    done = results.read_points_of(grid, fingerprint).to_pandas()
-    summary.table = report.sweep_tables(done, [p.model for p in grid], fingerprint, cfg.mode, cfg.amp, cfg.batch_size)
+    done = results.read_points_of(grid, selection.fingerprint).to_pandas()
+    summary.table = report.sweep_tables(done, [p.model for p in grid], selection.fingerprint, cfg.modes, cfg.amp, cfg.batch_size)
     if summary.failed:
-        lines = "\n".join(f"  {p.short_name} r={p.r}: {why}" for p, why in summary.failed.items())
+        lines = "\n".join(f"  {p.short_name} {p.mode} r={p.r}: {why}" for p, why in summary.failed.items())
         left_out = describe_decode_failures(summary.decode_failures, cfg.out)
         raise SweepError(f"{len(summary.failed)} grid point(s) not written:\n{lines}" + (f"\n{left_out}" if left_out else ""))
     return summary
 
 
-def _evaluate(cfg, todo, models, weights, chosen, total, fingerprint, results, summary) -> None:
-    """Model by model: evaluate every shard, profile, write the model's points; a model whose
-    work fails is recorded in ``summary.failed`` and the next model still runs."""
-    resources = plan_actors(cfg)
-    evaluator_config = EvaluatorConfig(
-        device=cfg.device,
-        amp=cfg.amp,
-        mode=cfg.mode,
-        batch_size=cfg.batch_size,
-        loader_workers=cfg.loader_workers,
-        threads=max(1, int(resources.num_cpus)),
-        exit_on_item=cfg.exit_on_item,
-    )
-    pool = EvaluatorPool(
-        evaluator_config, resources, _ship_weights(weights), max_retries=cfg.max_retries, start_timeout=cfg.actor_start_timeout
-    )
-    groups = group_shards(chosen, shards_per_item(cfg, resources, len(chosen)))
-    n_total = sum(s.n_samples or 0 for s in chosen) * len(models) or None
-    bar = tqdm(total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr)
+def _evaluate(run: SweepRun, plan: ActorPlan, passes: List[DecodePass], todo: List[GridPoint]) -> None:
+    """Pass by pass: evaluate every shard once for all the pass's points, profile, write its points;
+    a pass (or a model of it) whose work fails is recorded in ``summary.failed`` and the rest still runs."""
+    cfg, chosen = run.cfg, run.selection.shards
+    print(plan.describe() + _shortage_note(plan, len(chosen)), file=sys.stderr)
+    n_total = sum(s.n_samples or 0 for s in chosen) * len(passes) or None
+    run.bar = tqdm(total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr)
+    evaluator_config = EvaluatorConfig(device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size, exit_on_item=cfg.exit_on_item)
+    pool = EvaluatorPool(evaluator_config, plan, max_retries=cfg.max_retries, start_timeout=cfg.actor_start_timeout,
+                         on_wait=_wait_reporter(run.bar, cfg.progress))
+    groups = group_shards(chosen, shards_per_item(plan, len(chosen)))
     try:
-        for model in models:
-            points = [p for p in todo if p.model == model]
-            _evaluate_model(cfg, pool, points, groups, total, fingerprint, results, summary, bar)
+        for decode_pass in passes:
+            _evaluate_pass(run, pool, decode_pass, groups, [p for p in todo if p.model in decode_pass.weights])
     finally:
-        bar.close()
-        summary.actors_replaced = pool.replaced
+        run.bar.close()
+        run.summary.actors_replaced = pool.replaced
         pool.shutdown()
 
 
-def _evaluate_model(cfg, pool, points, groups, total, fingerprint, results, summary, bar) -> None:
-    """One model's points, written as soon as its shards are in and it is profiled (a later failure,
-    or Ctrl-C, keeps them; a rerun skips them)."""
-    model = points[0].model
-    r_values = {model: [p.r for p in points]}
-    items = [(model, group) for group in groups]
+def _evaluate_pass(run: SweepRun, pool: EvaluatorPool, decode_pass: DecodePass, groups, points: List[GridPoint]) -> None:
+    """One decode pass's points, written as soon as its shards are in and its models are profiled (a
+    later failure, or Ctrl-C, keeps them; a rerun skips them)."""
+    summary = run.summary
+    items = [(decode_pass.name, group) for group in groups]
     try:
-        outcomes = pool.evaluate(items, r_values, lambda o: bar.update(len(o.keys) + o.n_failed))
-        profile = pool.profile(model, r_values[model], cfg.bench, cfg.bench_runs, cfg.bench_warmup)
+        outcomes = pool.evaluate(items, decode_pass, lambda o: run.bar.update(len(o.keys) + o.n_failed))
+        healthy = _drop_broken_models(decode_pass, outcomes.values(), points, summary)
+        profiles = pool.profile(healthy, run.cfg.bench, run.cfg.bench_runs, run.cfg.bench_warmup) if healthy.tasks else {}
     except WorkFailed as err:
         for point in points:
-            summary.failed[point] = str(err)
+            summary.failed.setdefault(point, str(err))
         return
-    model_outcomes = [outcomes[item_key(item)] for item in items]  # the same for every point of the model
-    model_failures = [f for o in model_outcomes for f in o.failures]
+    pass_outcomes = [outcomes[item_key(item)] for item in items]  # the same for every point of the pass
+    pass_failures = [f for o in pass_outcomes for f in o.failures]
+    summary.decoded_images += sum(len(o.keys) + o.n_failed for o in pass_outcomes)
+    summary.decode_passes += 1
     for point in points:
+        if point in summary.failed:
+            continue
         try:
-            row, predictions, failures = point_row(point, model_outcomes, profile, fingerprint, total, cfg.allow_decode_failures)
+            row, predictions, failures = point_row(point, pass_outcomes, profiles[(point.model, point.mode)],
+                                                   run.selection.fingerprint, run.selection.total, run.cfg.allow_decode_failures)
         except SweepError as err:
             summary.failed[point] = str(err)
             continue
-        summary.written.append(results.write_point(point, fingerprint, row, predictions, failures))
+        summary.written.append(run.results.write_point(point, run.selection.fingerprint, row, predictions, failures))
+        summary.points_evaluated += 1
         if len(failures):
-            summary.decode_failures[model] = model_failures
+            summary.decode_failures[point.model] = pass_failures
+
+
+def _drop_broken_models(decode_pass: DecodePass, outcomes, points: List[GridPoint], summary: SweepSummary) -> DecodePass:
+    """Models an actor could not build (a bad checkpoint) fail their own points; the pass's other models
+    go on. Returns the pass without them."""
+    broken = {model: why for o in outcomes for model, why in o.model_errors.items()}
+    for point in points:
+        if point.model in broken:
+            summary.failed[point] = broken[point.model]
+    tasks = tuple(t for t in decode_pass.tasks if t.model not in broken)
+    return DecodePass(decode_pass.name, {m: w for m, w in decode_pass.weights.items() if m not in broken}, tasks)
+
+
+def _shortage_note(plan: ActorPlan, n_shards: int) -> str:
+    """A warning when the data has fewer shards than the plan has loader workers (each shard is read by
+    one worker, so the extra workers idle)."""
+    workers = sum(max(1, s.loader_workers) for s in plan.slots)
+    if n_shards >= workers:
+        return ""
+    return (f"\nnote: {n_shards} shard(s) for {workers} loader worker(s): each shard is read by one worker, so "
+            f"{workers - n_shards} will idle; write smaller shards (python -m shards.write --shard-size N) to use them all")
+
+
+def _wait_reporter(bar: tqdm, progress: bool):
+    """One line that updates while actors wait for resources: started / waiting / for how long."""
+    last_print = [0.0]
+
+    def report_wait(started: int, waiting: int, seconds: float) -> None:
+        text = f"actors: {started} started, {waiting} waiting for resources for {seconds:.0f}s"
+        if progress:
+            bar.set_postfix_str(text, refresh=True)
+        elif seconds - last_print[0] >= 30:
+            last_print[0] = seconds
+            print(text, file=sys.stderr)
+
+    return report_wait
+
+
+def describe_decoding(summary: SweepSummary) -> str:
+    """``decoded 50,000 images once for 40 points`` (or in how many passes, when the eval transforms differ)."""
+    if not summary.decode_passes:
+        return ""
+    points = summary.points_evaluated
+    if summary.decode_passes == 1:
+        return f"decoded {summary.decoded_images:,} images once for {points} point(s)"
+    return f"decoded {summary.decoded_images:,} images in {summary.decode_passes} passes (one per eval transform) for {points} point(s)"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -452,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto: GPU actors when the cluster has GPUs, else CPU actors")
     p.add_argument("--amp", default="none", choices=list(AMPS))
-    p.add_argument("--mode", default="tomecis", choices=list(MODES))
+    p.add_argument("--mode", default="tomecis", help="merge modes, comma-separated: tomecis, tome or tomecis,tome (default %(default)s)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint-dir", help="directory of <timm model name>.pth|.safetensors (offline clusters)")
     weights.add_argument("--random-weights", action="store_true", help="random initialisation (smoke tests, timing only)")
@@ -461,9 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="time the model alone on random input")
     p.add_argument("--bench-runs", type=int, default=10)
     p.add_argument("--force", action="store_true", help="recompute points already in --out")
-    p.add_argument("--num-actors", type=int, help="actors to start (default: one per GPU, else CPUs / cpus-per-actor)")
-    p.add_argument("--cpus-per-actor", type=float, help="CPUs each actor asks Ray for (default 1 with GPUs, else up to 4)")
-    p.add_argument("--loader-workers", type=int, help="DataLoader workers per actor (default 4 on GPU, 0 on CPU)")
+    p.add_argument("--num-actors", type=int, help="actors to start (default: one per GPU of each node, else as many CPU actors as the nodes hold); with --device cuda, more than the GPUs that exist asks the autoscaler for GPU nodes")
+    p.add_argument("--cpus-per-actor", type=float, help="CPUs each actor reserves (default: a GPU actor takes its node's CPUs / GPUs, a CPU actor up to 4)")
+    p.add_argument("--loader-workers", type=int, help="DataLoader workers per actor (default: a GPU actor one per CPU it reserves, a CPU actor none)")
     p.add_argument("--max-retries", type=int, default=3, help="retries of a work item whose actor died or failed")
     p.add_argument("--actor-start-timeout", type=float, default=900.0, help="seconds to wait for actors to be placed (autoscaling) (default %(default)s)")
     p.add_argument("--allow-decode-failures", action="store_true", help="score the decodable images when some fail (n_failed is recorded)")
@@ -483,12 +579,20 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
         r_values = parse_r_values(args.r)
     except ValueError as err:
         parser.error(f"--r: {err}")
+    try:
+        modes = parse_modes(args.mode)
+    except ValueError as err:
+        parser.error(f"--mode: {err}")
     for name in ("batch_size", "bench_runs", "limit", "num_actors"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.max_retries < 0:
         parser.error("--max-retries must be >= 0")
+    if args.loader_workers is not None and args.loader_workers < 0:
+        parser.error(f"--loader-workers must be >= 0, got {args.loader_workers}")
+    if args.cpus_per_actor is not None and args.cpus_per_actor <= 0:
+        parser.error(f"--cpus-per-actor must be > 0, got {args.cpus_per_actor:g}")
     if args.checkpoint_dir and not Path(args.checkpoint_dir).is_dir():
         parser.error(f"--checkpoint-dir {args.checkpoint_dir} is not a directory")
     return SweepConfig(
@@ -499,7 +603,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
         batch_size=args.batch_size,
         device=args.device,
         amp=args.amp,
-        mode=args.mode,
+        modes=modes,
         checkpoint_dir=args.checkpoint_dir,
         random_weights=args.random_weights,
         limit=args.limit,
@@ -520,8 +624,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(argv)
     try:
-        validate_inputs(cfg)
-        summary = run_sweep(cfg)
+        summary = run_sweep(cfg, validate_inputs(cfg))
     except (SweepError, ValueError, FileNotFoundError, shards.ShardReadError, shards.ShardCountError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -529,7 +632,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     left_out = describe_decode_failures(summary.decode_failures, cfg.out)
     if left_out:
         print(f"\n{left_out}")
-    print(f"\n{len(summary.written)} point(s) written, {len(summary.skipped)} already done, to {cfg.out}")
+    decoding = describe_decoding(summary)
+    print(f"\n{len(summary.written)} point(s) written, {len(summary.skipped)} already done, to {cfg.out}" + (f"; {decoding}" if decoding else ""))
     return 0
 
 
@@ -543,17 +647,19 @@ def check_supported(model: str) -> torch.nn.Module:
         raise ValueError(f"--models: {model} cannot be swept: {err}") from err
 
 
-def validate_inputs(cfg: SweepConfig) -> None:
-    """Data, weights and r checks that need files or model shapes, done before Ray starts."""
+def validate_inputs(cfg: SweepConfig) -> Selection:
+    """Data, weights and r checks that need files or model shapes, done before Ray starts; returns the
+    shards to evaluate (resolved once: remote manifests are fetched here only)."""
     for model in cfg.models:
         limit = max_r(check_supported(model))  # one meta-device build for both checks
         too_big = [r for r in cfg.r_values if r > limit]
         if too_big:
             raise ValueError(f"--r {too_big[0]} is impossible for {model}: a block can merge at most {limit} of its tokens")
-    select_shards(shards.resolve_data(cfg.data), cfg.limit)
+    selection = Selection(*select_shards(shards.resolve_data(cfg.data), cfg.limit))
     if cfg.checkpoint_dir:  # only that each exists: run_sweep hashes them (weights_for), still before Ray starts
         for model in cfg.models:
             find_checkpoint(cfg.checkpoint_dir, model)
+    return selection
 
 
 if __name__ == "__main__":

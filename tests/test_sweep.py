@@ -13,6 +13,7 @@ import torch
 import shards
 import tomecis
 from orchestrator import sweep
+from orchestrator.placement import NodeResources
 from orchestrator.pool import SweepError
 from shards.testing import tiny_dataset, tiny_jpeg_bytes, write_manifest_for, write_raw_shard, write_tiny_shards
 
@@ -128,7 +129,8 @@ def test_multi_shard_items_with_loader_workers_are_exact(ray_local, data, tmp_pa
 
     shardset = shards.resolve_data(str(data / "shards"))
     cfg = config(data, tmp_path, bench=False, num_actors=1, loader_workers=2, exit_on_item=2)
-    assert sweep.shards_per_item(cfg, sweep.ActorResources(1, 1, 0), len(shardset)) == 2
+    plan = sweep.plan_actors([NodeResources("n1", "127.0.0.1", 2, 0)], "cpu", 1, 1, 2)
+    assert sweep.shards_per_item(plan, len(shardset)) == 2
     assert [len(g) for g in group_shards(shardset.shards, 2)] == [2, 2, 1]
     summary = sweep.run_sweep(cfg)
     assert summary.actors_replaced == 1

@@ -116,12 +116,13 @@ MODEL = "deit_tiny_patch16_224"
 
 
 def outcome(shard, keys, started, finished, load, forward, device="cpu (1 threads)", failures=()):
-    """A made-up ShardOutcome: ``forward`` maps r -> forward seconds."""
+    """A made-up ShardOutcome of a one-model pass: ``forward`` maps r -> forward seconds."""
     n = len(keys)
     return ShardOutcome(
-        model=MODEL, shards=[shard], r_values=list(forward), keys=list(keys), key_shards=[shard] * n,
-        labels=np.zeros(n, np.int32), top5={r: np.zeros((n, 5), np.int32) for r in forward}, n_failed=len(failures),
-        failures=list(failures), load_seconds=load, forward_seconds=dict(forward), started=started, finished=finished,
+        pass_name="pass 1", shards=[shard], keys=list(keys), key_shards=[shard] * n,
+        labels=np.zeros(n, np.int32), top5={(MODEL, "tomecis", r): np.zeros((n, 5), np.int32) for r in forward},
+        n_failed=len(failures), failures=list(failures), load_seconds=load,
+        forward_seconds={(MODEL, "tomecis", r): s for r, s in forward.items()}, started=started, finished=finished,
         node_id=f"node-{shard}", hostname="host", device=device,
     )
 

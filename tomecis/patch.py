@@ -174,6 +174,17 @@ class ToMeCISVisionTransformer:
         self._r_spec = value
 
     @property
+    def mode(self) -> str:
+        """``"tomecis"`` or ``"tome"``: how merged tokens are averaged; may change between forward passes."""
+        return self._merge_state.mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {value!r}")
+        self._merge_state.mode = value
+
+    @property
     def merge_state(self) -> MergeState:
         return self._merge_state
 
