@@ -305,3 +305,46 @@ def test_real_weights_on_the_sample_photos(ray_local, tmp_path, sample_photos):
     assert points.loc[0, "top1"] >= 75.0
     assert points.loc[16, "top1"] < points.loc[0, "top1"] + 1
     print(summary.table)
+
+
+def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(ray_local, data, tmp_path):
+    """deit_tiny and deit_tiny_distilled share an eval transform: one pass decodes the 22 images once and
+    runs them at every (model, mode, r), an actor dying on the way. Each point's row and predictions are
+    what a separate run of that model and mode writes; a rerun after losing two points redoes only them,
+    still in one pass."""
+    second = "deit_tiny_distilled_patch16_224"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / f"{MODEL}.pth").write_bytes((data / "ckpt" / f"{MODEL}.pth").read_bytes())
+    torch.manual_seed(3)
+    torch.save({"model": tomecis.create_model(second).state_dict()}, ckpt / f"{second}.pth")
+    grid = dict(checkpoint_dir=str(ckpt), r_values=[0, 8], bench=False)
+    together = sweep.run_sweep(config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"],
+                                      exit_on_item=2, **grid))
+    assert together.actors_replaced == 1 and len(together.written) == 8
+    assert (together.decoded_images, together.decode_passes, together.points_evaluated) == (22, 1, 8)
+    assert sweep.describe_decoding(together) == "decoded 22 images once for 8 point(s)"
+    for model in (MODEL, second):
+        for mode in ("tomecis", "tome"):
+            alone = sweep.run_sweep(config(data, tmp_path / "alone", models=[model], modes=[mode], **grid))
+            assert alone.decoded_images == 22
+    timing = ["eval_samples_per_sec", "started", "finished", "nodes", "hostnames", "n_shards"]
+    point_key = ["model", "mode", "r"]
+    rows = {name: pd.read_parquet(tmp_path / name / "points").drop(columns=timing).sort_values(point_key).reset_index(drop=True)
+            for name in ("together", "alone")}
+    assert len(rows["together"]) == 8 and set(rows["together"]["mode"]) == {"tomecis", "tome"}
+    pd.testing.assert_frame_equal(rows["together"], rows["alone"])
+    preds = {name: pd.read_parquet(tmp_path / name / "predictions").sort_values([*point_key, "key"]).reset_index(drop=True)
+             for name in ("together", "alone")}
+    pd.testing.assert_frame_equal(preds["together"], preds["alone"])  # point by point, image by image
+    by_mode = preds["together"].set_index(["model", "r", "key", "mode"])["pred"].unstack("mode")
+    assert (by_mode.xs(0, level="r")["tome"] == by_mode.xs(0, level="r")["tomecis"]).all()  # r = 0: both are timm
+
+    points_dir = tmp_path / "together" / "points"
+    lost = [p for p in sorted(points_dir.iterdir()) if p.name.startswith(("deit_tiny-tomecis-r0-", "deit_tiny_distilled-tome-r8-"))]
+    assert len(lost) == 2
+    for path in lost:
+        path.unlink()
+    again = sweep.run_sweep(config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"], **grid))
+    assert sorted(Path(p).name for p in again.written) == sorted(p.name for p in lost)
+    assert len(again.skipped) == 6 and (again.decoded_images, again.decode_passes) == (22, 1)

@@ -196,3 +196,28 @@ def test_started_and_finished_span_the_points_items_and_every_device_is_named():
     assert set(predictions.column("device").to_pylist()) == {"NVIDIA A10G + NVIDIA L4"}  # the run's columns agree
     same = [outcome("a", "abcde", 0.0, 1.0, 0.1, {0: 0.1}, device="NVIDIA A10G")]
     assert row_of(same, 0, [0], profile=profile([0], device="NVIDIA A10G"))[0]["device"] == "NVIDIA A10G"
+
+
+def test_models_with_the_same_eval_transform_share_a_decode_pass():
+    """DeiT-Ti/S share one transform; a 384-pixel ViT gets a pass of its own. Tasks keep the r still to do."""
+    from orchestrator.evaluator import Weights
+    from orchestrator.grid import GridPoint
+
+    big = "vit_tiny_patch16_384"
+    todo = [GridPoint(MODEL, 0), GridPoint(MODEL, 8), GridPoint(MODEL, 8, mode="tome"),
+            GridPoint(big, 0), GridPoint("deit_small_patch16_224", 16)]
+    weights = {m: Weights("random") for m in (MODEL, big, "deit_small_patch16_224")}
+    first, second = sweep.plan_passes(todo, weights)
+    assert first.name == "pass 1 (deit_tiny+deit_small)" and set(first.weights) == {MODEL, "deit_small_patch16_224"}
+    assert [(t.model, t.mode, t.r_values) for t in first.tasks] == [
+        (MODEL, "tomecis", (0, 8)), (MODEL, "tome", (8,)), ("deit_small_patch16_224", "tomecis", (16,))]
+    assert first.point_keys == [(MODEL, "tomecis", 0), (MODEL, "tomecis", 8), (MODEL, "tome", 8), ("deit_small_patch16_224", "tomecis", 16)]
+    assert second.name == "pass 2 (vit_tiny_patch16_384)" and [t.r_values for t in second.tasks] == [(0,)]
+
+
+def test_mode_list_is_parsed_and_checked(capsys):
+    assert sweep.config_from_args(["--models", "deit_tiny", "--r", "0", "--mode", "tomecis,tome"]).modes == ["tomecis", "tome"]
+    assert sweep.config_from_args(["--models", "deit_tiny", "--r", "0"]).modes == ["tomecis"]
+    with pytest.raises(SystemExit):
+        sweep.config_from_args(["--models", "deit_tiny", "--r", "0", "--mode", "tomecis,tomy"])
+    assert "--mode: unknown mode 'tomy'" in capsys.readouterr().err
