@@ -17,6 +17,7 @@ The resolution names (`resolve_data`, `ShardInfo`, `ShardSet`, `fingerprint_of`,
 
 from __future__ import annotations
 
+import http.client
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,8 @@ from webdataset.handlers import reraise_exception
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .decode import DECODE_ERRORS, decode_rgb, describe_decode_error
-from .manifest import sha256_of_file
+from .hub import is_hub_url, open_hub_url
+from .manifest import MANIFEST_NAME, sha256_of_file
 from .spec import (  # noqa: F401 - re-exported: shards.read.resolve_data, .fingerprint_of, … keep working
     SPEC_HELP,
     TOMECIS_DATA_ENV,
@@ -201,17 +203,27 @@ def iter_batches(
 def check_complete(stats: ReadStats, shards: ShardSet | Sequence[ShardInfo]) -> None:
     """Raise ShardCountError naming the first shard whose samples seen differ from its manifest count.
 
-    A shard never read at all is an error; shards without a manifest count are only checked for having been read.
+    A shard never read at all is an error; shards without a count (from manifest.json or timm's _info.json) are only
+    checked for having been read.
     """
     for shard in shard_tuple(shards):
         seen = stats.per_shard.get(shard.url)
         if seen is None:
             raise ShardCountError(f"shard {shard.url} was never read; expected {shard.n_samples} samples from it")
         if shard.n_samples is not None and seen != shard.n_samples:
-            raise ShardCountError(
-                f"shard {shard.url}: the manifest says {shard.n_samples} samples, the stream gave {seen}; the shard "
-                "and manifest disagree (truncated or replaced shard?): rewrite with python -m shards.write --force"
-            )
+            raise ShardCountError(_count_mismatch(shard, seen))
+
+
+def _count_mismatch(shard: ShardInfo, seen: int) -> str:
+    if shard.counted_by == MANIFEST_NAME:
+        return (
+            f"shard {shard.url}: the manifest says {shard.n_samples} samples, the stream gave {seen}; the shard "
+            "and manifest disagree (truncated or replaced shard?): rewrite with python -m shards.write --force"
+        )
+    return (
+        f"shard {shard.url}: its {shard.counted_by} says {shard.n_samples} samples, the stream gave {seen}; the "
+        "shard is incomplete or replaced (a partial download or copy?): copy it again"
+    )
 
 
 def read_shard(
@@ -386,10 +398,11 @@ def samples_of_shard(shard: ShardInfo) -> Iterator[dict[str, Any]]:
     """webdataset samples (`__key__`, `jpg`, `cls`, …) of one shard, read to its end.
 
     Raises ShardReadError naming the shard when it cannot be opened, is not a tar, is truncated inside a member,
-    or its pipe command exits with an error.
+    its pipe command exits with an error, or its download breaks off. hf:// shards are opened by `shards.hub`
+    (with $HF_TOKEN), everything else by webdataset (local files, pipe:, http(s) through curl).
     """
     try:
-        stream = webdataset.gopen(shard.url, "rb")
+        stream = open_hub_url(shard.url) if is_hub_url(shard.url) else webdataset.gopen(shard.url, "rb")
     except (OSError, ValueError) as error:
         raise ShardReadError(f"cannot open shard {shard.url}: {error}") from error
     finished = False
@@ -398,7 +411,7 @@ def samples_of_shard(shard: ShardInfo) -> Iterator[dict[str, Any]]:
         yield from group_by_keys(files, handler=reraise_exception)
         _close_checked(stream, shard)
         finished = True
-    except (tarfile.TarError, OSError, ValueError, EOFError) as error:
+    except (tarfile.TarError, OSError, ValueError, EOFError, http.client.HTTPException) as error:
         raise ShardReadError(
             f"cannot read shard {shard.url} to its end: {error}; the shard is truncated or damaged, "
             "or its download failed: rewrite or re-copy it"

@@ -1,4 +1,5 @@
-"""Where ImageNet images come from: an ImageFolder tree, a flat folder plus labels, or the val tar plus labels.
+"""Where ImageNet images come from: an ImageFolder tree, a flat folder plus labels, the val tar plus labels, or
+Hugging Face parquet files (listed by `shards.hf_parquet`).
 
 Every form is reduced to the same thing: a list of `SourceImage`s sorted by key (the file stem), each knowing
 its class and how to read its original bytes. The val set in any of its forms therefore gives the same list.
@@ -10,16 +11,20 @@ import csv
 import os
 import re
 import tarfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from .synsets import synset_at, synset_index
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg")
+PARQUET_SUFFIX = ".parquet"
 TAR_BLOCK = 512  # tar headers and data are laid out in 512-byte blocks; a zero block marks the archive's end
 SYNSET_PATTERN = re.compile(r"^n\d{8}$")
 MAX_NAMED_IN_ERROR = 5
+PASS_A_SOURCE = "pass an ImageFolder tree, a folder of JPEGs, the val tar, or Hugging Face parquet files"
 
 
 class SourceError(ValueError):
@@ -32,6 +37,7 @@ class SourceForm(str, Enum):
     IMAGEFOLDER = "imagefolder"  # SRC/<synset>/*.JPEG
     FLAT = "flat"  # SRC/ILSVRC2012_val_*.JPEG + labels file
     VAL_TAR = "val-tar"  # ILSVRC2012_img_val.tar + labels file
+    PARQUET = "parquet"  # Hugging Face parquet files (ILSVRC/imagenet-1k data/validation-*.parquet): image + label
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,9 @@ class ImageFile:
     """Where one source image's bytes lie.
 
     key: the sample key (the file stem); file_name: the source file's base name; location: the file's path, or
-    the tar's path when `member` is set; offset/size: where the member's bytes lie inside the uncompressed tar.
+    the path of the file holding it when `member` is set (the val tar, or the spool of parquet images);
+    offset/size: where its bytes lie inside that file; origin: its name in messages when not `location[:member]`
+    (a parquet file and row).
     """
 
     key: str
@@ -48,9 +56,12 @@ class ImageFile:
     member: str | None = None
     offset: int = 0
     size: int = 0
+    origin: str | None = None
 
     def describe(self) -> str:
-        """The image's name for error messages: its path, or `tar:member`."""
+        """The image's name for error messages: its origin, its path, or `tar:member`."""
+        if self.origin is not None:
+            return self.origin
         return f"{self.location}:{self.member}" if self.member is not None else self.location
 
     def read_bytes(self) -> bytes:
@@ -83,12 +94,14 @@ class SourceImage:
 
 @dataclass(frozen=True)
 class SourceListing:
-    """All images of a source, sorted by key, with what was found but not used."""
+    """All images of a source, sorted by key, with what was found but not used; made: what the manifest's `made`
+    section should also record about this form (parquet: files, split, rows without a path)."""
 
     form: SourceForm
     images: tuple[SourceImage, ...]
     ignored_files: tuple[str, ...]
     unused_labels: int
+    made: Mapping[str, Any] = field(default_factory=dict)
 
 
 def is_image_name(name: str) -> bool:
@@ -109,11 +122,15 @@ def stem_of(name: str) -> str:
 def detect_form(src: Path) -> SourceForm:
     """Which shape `src` has; an error says what was expected when it has none of them."""
     if src.is_file():
+        if src.suffix.lower() == PARQUET_SUFFIX:
+            return SourceForm.PARQUET
         if tarfile.is_tarfile(src):
             return SourceForm.VAL_TAR
-        raise SourceError(f"{src} is a file but not a tar; pass an ImageFolder tree, a folder of JPEGs or the val tar")
+        raise SourceError(f"{src} is a file but not a tar or parquet file; {PASS_A_SOURCE}")
     if not src.is_dir():
-        raise SourceError(f"{src} does not exist; pass an ImageFolder tree, a folder of JPEGs or the val tar")
+        raise SourceError(f"{src} does not exist; {PASS_A_SOURCE}")
+    if parquet_folder_files(src):
+        return SourceForm.PARQUET
     entries = [entry for entry in os.scandir(src) if not is_hidden(entry.name)]
     has_dirs = any(entry.is_dir() for entry in entries)
     has_images = any(entry.is_file() and is_image_name(entry.name) for entry in entries)
@@ -126,12 +143,25 @@ def detect_form(src: Path) -> SourceForm:
         return SourceForm.IMAGEFOLDER
     if has_images:
         return SourceForm.FLAT
-    raise SourceError(f"{src} holds no JPEG files and no <synset>/ folders")
+    raise SourceError(f"{src} holds no JPEG files, no <synset>/ folders and no parquet files")
+
+
+def parquet_folder_files(folder: Path) -> list[Path]:
+    """The parquet files of a folder, or of its `data/` sub-folder (a Hugging Face dataset repo), sorted."""
+    for place in (folder, folder / "data"):
+        if place.is_dir():
+            files = sorted(path for path in place.iterdir() if path.suffix.lower() == PARQUET_SUFFIX)
+            files = [path for path in files if path.is_file() and not is_hidden(path.name)]
+            if files:
+                return files
+    return []
 
 
 def list_source_images(src: Path, labels: Path | None) -> SourceListing:
     """Every labelled image of `src` (any accepted form), sorted by key; keys checked unique and dot-free."""
     form = detect_form(src)
+    if form is SourceForm.PARQUET:
+        raise SourceError(f"{src} holds parquet files: list them with shards.hf_parquet.list_parquet_images")
     if form is SourceForm.IMAGEFOLDER:
         if labels is not None:
             raise SourceError(
@@ -154,7 +184,7 @@ def list_source_images(src: Path, labels: Path | None) -> SourceListing:
         images = _attach_labels(files, synset_by_key, labels)
         unused = len(synset_by_key) - len(images)
     ordered = tuple(sorted(images, key=lambda image: image.key))
-    _check_keys(ordered)
+    check_keys(ordered)
     return SourceListing(form=form, images=ordered, ignored_files=tuple(sorted(ignored)), unused_labels=unused)
 
 
@@ -289,7 +319,7 @@ def _attach_labels(files: list[ImageFile], synset_by_key: dict[str, str], labels
     ]
 
 
-def _check_keys(images: tuple[SourceImage, ...]) -> None:
+def check_keys(images: tuple[SourceImage, ...]) -> None:
     """Keys must be unique (one sample each) and free of dots (webdataset splits names at the first dot)."""
     for image in images:
         if "." in image.key:

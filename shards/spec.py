@@ -1,112 +1,92 @@
-"""Data spec -> ShardSet: which shards to read, with their counts from the manifest beside them.
+"""Data spec -> ShardSet: which shards to read, with their counts from the index beside them.
 
-    shardset = resolve_data("/data/imagenet-val")   # or $TOMECIS_DATA, a brace pattern, s3://…, a list
+    shardset = resolve_data("/data/imagenet-val")   # or $TOMECIS_DATA, a brace pattern, s3://…, hf://…, a list
     shardset.shards                                 # ShardInfo(url, name, n_samples, sha256) in order
-    shardset.total, shardset.fingerprint            # from the manifest when every shard has one
+    shardset.total, shardset.fingerprint            # from the index when every shard has a count
 
-The forms (SPEC_HELP): a shard folder with manifest.json, a manifest path or URL, a brace pattern, a comma list,
-s3://, gs://, http(s):// or pipe: URLs. Remote manifests are fetched with aws/gsutil or urllib; the shards
-themselves are opened by `shards.read`.
+The forms (SPEC_HELP): a folder with manifest.json (from `python -m shards.write`) or timm's `_info.json`
+(`DIR#train` for another split than validation), an index path or URL, a brace pattern, a comma list, s3://,
+gs://, http(s)://, hf:// or pipe: URLs. With no spec, no $TOMECIS_DATA and $HF_TOKEN set: timm's ImageNet-1k
+shards on the Hugging Face Hub. Remote indexes are fetched by `shards.remote`; shards are opened by `shards.read`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import subprocess
-import urllib.error
+import sys
 import urllib.parse
-import urllib.request
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from braceexpand import braceexpand
 
-from .manifest import MANIFEST_NAME, Manifest, ManifestError, ShardRecord, parse_manifest, read_manifest
+from .hub import HF_TOKEN_ENV, hub_token
+from .manifest import MANIFEST_NAME, ManifestError, read_manifest
+from .remote import remote_url_to_readable  # noqa: F401 - re-exported (shards.read.remote_url_to_readable)
+from .remote import describe_origin, is_remote, resolve_remote_item
+from .shardset import (  # noqa: F401 - re-exported: shards.spec.ShardInfo, .fingerprint_of, … are the public names
+    DataSpecError,
+    IndexCache,
+    ShardIndex,
+    ShardInfo,
+    ShardSet,
+    fingerprint_of,
+    index_of_manifest,
+    shard_tuple,
+)
+from .wds_info import INFO_NAME, parse_info, split_of_spec
 
 TOMECIS_DATA_ENV = "TOMECIS_DATA"
-FINGERPRINT_HEX_CHARS = 16
-REMOTE_FETCH_TIMEOUT_S = 120
-HTTP_NOT_FOUND = (404, 410)
-HTTP_FORBIDDEN = (401, 403)
-CLI_NOT_FOUND = re.compile(r"\(404\)|NoSuchKey|Not Found|No URLs matched|does not exist", re.IGNORECASE)
+TIMM_IMAGENET_WDS = "hf://datasets/timm/imagenet-1k-wds"
 SPEC_HELP = (
-    "pass a shard folder holding manifest.json (written by python -m shards.write), a manifest path or URL, "
-    "a brace pattern such as DIR/imagenet-val-{000000..000049}.tar, a comma-separated list, "
-    "or s3://, gs://, http(s):// or pipe: URLs"
+    "pass a shard folder holding manifest.json (written by python -m shards.write) or timm's _info.json, "
+    "a manifest path or URL, a brace pattern such as DIR/imagenet-val-{000000..000049}.tar, a comma-separated "
+    "list, or s3://, gs://, http(s)://, hf://datasets/OWNER/NAME or pipe: URLs"
+)
+HUB_DEFAULT_HELP = (
+    f"or set ${HF_TOKEN_ENV} (a Hugging Face token whose account accepted ImageNet-1k's terms) to stream "
+    f"{TIMM_IMAGENET_WDS}"
 )
 
 
-class DataSpecError(ValueError):
-    """A data spec that does not resolve to shards; the message says what to pass."""
+def resolve_data(
+    spec: str | os.PathLike | Sequence[str] | None = None, *, announce: Callable[[str], None] | None = None
+) -> ShardSet:
+    """Data spec -> ShardSet. See SPEC_HELP for the accepted forms.
 
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """One shard: the URL webdataset opens, its file name, and (from a manifest) its sample count and sha256."""
-
-    url: str
-    name: str
-    n_samples: int | None
-    sha256: str | None
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    """The shards a data spec names, in order; `total`/`n_classes` are None unless every shard has a manifest.
-
-    fingerprint: 16 hex characters identifying the data: over the manifest records (name, count, sha256) when
-    every shard has one (so the same shards give the same fingerprint wherever they are stored), else over URLs.
+    None reads $TOMECIS_DATA; when that is unset too and $HF_TOKEN is set, timm's ImageNet-1k shards on the Hub
+    (TIMM_IMAGENET_WDS, validation split), said in one line (what, from where, how many images) through
+    `announce` (default: printed to stderr); with neither, a DataSpecError lists the ways to give data.
     """
-
-    shards: tuple[ShardInfo, ...]
-    total: int | None
-    n_classes: int | None
-    fingerprint: str
-
-    @property
-    def urls(self) -> list[str]:
-        return [shard.url for shard in self.shards]
-
-    def __len__(self) -> int:
-        return len(self.shards)
-
-
-
-def shard_tuple(shards: ShardSet | Sequence[ShardInfo]) -> tuple[ShardInfo, ...]:
-    """The shards of a ShardSet (its `.shards`) or of a sequence of ShardInfo, as a tuple."""
-    return shards.shards if isinstance(shards, ShardSet) else tuple(shards)
-
-
-
-# ---------------------------------------------------------------------------------------------- resolving
-
-
-def resolve_data(spec: str | os.PathLike | Sequence[str] | None = None) -> ShardSet:
-    """Data spec -> ShardSet. None reads $TOMECIS_DATA. See SPEC_HELP for the accepted forms."""
-    items = _spec_items(spec)
+    items, default_route = _spec_items(spec)
     shards: list[ShardInfo] = []
-    manifests: list[Manifest] = []
-    beside = _Manifests()
+    beside = IndexCache()
     for item in items:
-        item_shards, item_manifests = _resolve_item(item, beside)
-        shards.extend(item_shards)
-        manifests.extend(item_manifests)
-    manifests.extend(beside.used())
+        shards.extend(_resolve_item(item, beside))
     if not shards:
         raise DataSpecError(f"data spec {spec!r} names no shards; {SPEC_HELP}")
     _check_unique(shards)
-    return _shard_set(tuple(shards), manifests)
+    shardset = _shard_set(tuple(shards), beside.used(), ",".join(items))
+    if default_route:
+        line = f"data: no --data and no ${TOMECIS_DATA_ENV}, ${HF_TOKEN_ENV} is set: streaming {shardset.description}"
+        (announce or _print_to_stderr)(line)
+    return shardset
 
 
-def _spec_items(spec: str | os.PathLike | Sequence[str] | None) -> list[str]:
+def _print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _spec_items(spec: str | os.PathLike | Sequence[str] | None) -> tuple[list[str], bool]:
+    """The spec's items, and whether they are the default route (no spec, no $TOMECIS_DATA, $HF_TOKEN set)."""
+    default_route = False
     if spec is None:
         spec = os.environ.get(TOMECIS_DATA_ENV, "").strip()
+        if not spec and hub_token() is None:
+            raise DataSpecError(f"no data given and ${TOMECIS_DATA_ENV} is not set; {SPEC_HELP}; {HUB_DEFAULT_HELP}")
         if not spec:
-            raise DataSpecError(f"no data given and ${TOMECIS_DATA_ENV} is not set; {SPEC_HELP}")
+            spec, default_route = TIMM_IMAGENET_WDS, True
     if isinstance(spec, (str, os.PathLike)):
         items = split_top_level_commas(os.fspath(spec))
     else:
@@ -114,7 +94,7 @@ def _spec_items(spec: str | os.PathLike | Sequence[str] | None) -> list[str]:
     items = [item.strip() for item in items if item.strip()]
     if not items:
         raise DataSpecError(f"data spec {spec!r} is empty; {SPEC_HELP}")
-    return items
+    return items, default_route
 
 
 def split_top_level_commas(text: str) -> list[str]:
@@ -134,147 +114,22 @@ def split_top_level_commas(text: str) -> list[str]:
     return parts
 
 
-def _resolve_item(item: str, beside: _Manifests) -> tuple[list[ShardInfo], list[Manifest]]:
-    """One spec item -> its shards, and the manifests it named explicitly (folder or .json items)."""
+def _resolve_item(item: str, beside: IndexCache) -> list[ShardInfo]:
+    """One spec item -> its shards, counted by the index beside them (or named by a folder/index item)."""
     if item.startswith("pipe:"):
         return [
             ShardInfo(url=url, name=_name_in_url(url), n_samples=None, sha256=None) for url in braceexpand(item)
-        ], []
+        ]
+    item, split = split_of_spec(item)
     if item.startswith("file://"):
-        item = urllib.parse.unquote(urllib.parse.urlparse(item).path)
-    if _is_remote(item):
-        return _resolve_remote_item(item, beside)
-    return _resolve_local_item(item, beside)
+        item = _file_url_path(item)
+    if is_remote(item):
+        return resolve_remote_item(item, beside, split)
+    return _resolve_local_item(item, beside, split)
 
 
-def _is_remote(item: str) -> bool:
-    return re.match(r"^(s3|gs|https?)://", item) is not None
-
-
-def _url_path(url: str) -> str:
-    """The path component of a URL: `https://h/d/x.tar?sig=…` -> `/d/x.tar` (a query never makes a shard a folder)."""
-    return urllib.parse.urlsplit(url).path
-
-
-def _sibling_url(url: str, name: str) -> str:
-    """`https://h/d/x.tar?sig=…`, `manifest.json` -> `https://h/d/manifest.json?sig=…` (same folder and query)."""
-    parts = urllib.parse.urlsplit(url)
-    folder = parts.path.rsplit("/", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(path=f"{folder}/{name}", fragment=""))
-
-
-def _resolve_remote_item(item: str, beside: _Manifests) -> tuple[list[ShardInfo], list[Manifest]]:
-    path = _url_path(item)
-    if path.endswith(".tar") or "{" in path:
-        return [_remote_shard(url, beside) for url in braceexpand(item)], []
-    if path.endswith(".json"):
-        manifest_url = item
-    else:  # a folder: its manifest.json
-        manifest_url = _sibling_url(_with_path(item, path.rstrip("/") + "/"), MANIFEST_NAME)
-    manifest = _remote_manifest(manifest_url, required=True)
-    shards = [
-        ShardInfo(
-            url=remote_url_to_readable(_sibling_url(manifest_url, record.name)),
-            name=record.name,
-            n_samples=record.n_samples,
-            sha256=record.sha256,
-        )
-        for record in manifest.shards
-    ]
-    return shards, [manifest]
-
-
-def _with_path(url: str, path: str) -> str:
-    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=path))
-
-
-def _remote_shard(url: str, beside: _Manifests) -> ShardInfo:
-    """A remote shard URL, with its count and sha256 from the manifest.json in its folder when there is one."""
-    manifest_url = _sibling_url(url, MANIFEST_NAME)
-    name = _url_path(url).rsplit("/", 1)[-1]
-    manifest = beside.get(manifest_url, lambda: _remote_manifest(manifest_url, required=False))
-    if manifest is None:
-        return ShardInfo(url=remote_url_to_readable(url), name=name, n_samples=None, sha256=None)
-    record = _record_beside(manifest, name, shard=url, manifest_where=manifest_url)
-    beside.mark_used(manifest_url)
-    return ShardInfo(
-        url=remote_url_to_readable(url), name=record.name, n_samples=record.n_samples, sha256=record.sha256
-    )
-
-
-def _remote_manifest(manifest_url: str, required: bool) -> Manifest | None:
-    """The manifest at a URL. Not required: None when none is there, or (signed URLs) when it is forbidden."""
-    try:
-        text = _fetch_remote_text(manifest_url, missing_ok=not required)
-    except _ManifestForbidden as error:
-        if required or not urllib.parse.urlsplit(manifest_url).query:
-            raise
-        warnings.warn(
-            f"{error}; the shards beside it are signed URLs, whose signature covers only themselves, so they are "
-            "read without manifest counts and a shortened shard goes unnoticed: give the folder's manifest URL "
-            "with a token valid for the whole folder to have counts checked"
-        )
-        return None
-    if text is None:
-        return None
-    try:
-        return parse_manifest(text, manifest_url)
-    except ManifestError as error:
-        raise DataSpecError(str(error)) from error
-
-
-def remote_url_to_readable(url: str) -> str:
-    """`s3://b/k.tar` -> `pipe:aws s3 cp s3://b/k.tar -`; `gs://…` -> `pipe:gsutil cat gs://…`; http(s) unchanged."""
-    if url.startswith("s3://"):
-        return f"pipe:aws s3 cp {url} -"
-    if url.startswith("gs://"):
-        return f"pipe:gsutil cat {url}"
-    return url
-
-
-class _ManifestForbidden(DataSpecError):
-    """A remote manifest the server refuses to hand over (HTTP 401/403)."""
-
-
-def _fetch_remote_text(url: str, missing_ok: bool = False) -> str | None:
-    """A small remote file (a manifest) as text: via aws/gsutil for s3/gs, urllib for http(s).
-
-    missing_ok: None when the file does not exist (HTTP 404/410, or the CLI says not found); any other failure
-    raises DataSpecError (`_ManifestForbidden` for HTTP 401/403), since a manifest that cannot be checked for
-    must not be taken as absent.
-    """
-    if url.startswith(("http://", "https://")):
-        return _fetch_http_text(url, missing_ok)
-    command = ["aws", "s3", "cp", url, "-"] if url.startswith("s3://") else ["gsutil", "cat", url]
-    try:
-        done = subprocess.run(command, capture_output=True, timeout=REMOTE_FETCH_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise DataSpecError(
-            f"cannot run {' '.join(command)} to fetch manifest {url} ({error}); install and configure "
-            f"{command[0]}, or pass the shards as pipe: URLs to read them without manifest counts"
-        ) from error
-    if done.returncode != 0:
-        message = done.stderr.decode("utf-8", "replace").strip()
-        if missing_ok and CLI_NOT_FOUND.search(message):
-            return None
-        raise DataSpecError(
-            f"{' '.join(command)} failed (exit {done.returncode}): {message}; check the URL and credentials, "
-            "or pass the shards as pipe: URLs to read them without manifest counts"
-        )
-    return done.stdout.decode("utf-8")
-
-
-def _fetch_http_text(url: str, missing_ok: bool) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=REMOTE_FETCH_TIMEOUT_S) as response:
-            return response.read().decode("utf-8")
-    except urllib.error.HTTPError as error:
-        if missing_ok and error.code in HTTP_NOT_FOUND:
-            return None
-        kind = _ManifestForbidden if error.code in HTTP_FORBIDDEN else DataSpecError
-        raise kind(f"cannot fetch manifest {url} ({error}); check the URL, or pass the shard URLs") from error
-    except OSError as error:
-        raise DataSpecError(f"cannot fetch manifest {url} ({error}); check the URL, or pass the shard URLs") from error
+def _file_url_path(url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlparse(url).path)
 
 
 def _name_in_url(url: str) -> str:
@@ -283,98 +138,92 @@ def _name_in_url(url: str) -> str:
     return tokens[-1] if tokens else url
 
 
-class _Manifests:
-    """The manifest beside shards, per folder (a local Path or a manifest URL), loaded once; remembers the used."""
-
-    def __init__(self) -> None:
-        self._by_place: dict[Path | str, Manifest | None] = {}
-        self._used: dict[Path | str, Manifest] = {}
-
-    def get(self, place: Path | str, load: Callable[[], Manifest | None]) -> Manifest | None:
-        if place not in self._by_place:
-            self._by_place[place] = load()
-        return self._by_place[place]
-
-    def mark_used(self, place: Path | str) -> None:
-        manifest = self._by_place.get(place)
-        if manifest is not None:
-            self._used[place] = manifest
-
-    def used(self) -> list[Manifest]:
-        return list(self._used.values())
-
-
-def _resolve_local_item(item: str, beside: _Manifests) -> tuple[list[ShardInfo], list[Manifest]]:
+def _resolve_local_item(item: str, beside: IndexCache, split: str | None) -> list[ShardInfo]:
     path = Path(item).expanduser()
     if path.is_dir():
-        return _shards_of_local_manifest(path / MANIFEST_NAME, beside), []
+        return _shards_of_local_index(_local_folder_index(path, split), beside)
     if path.suffix == ".json":
-        return _shards_of_local_manifest(path, beside), []
+        return _shards_of_local_index(_local_index(path, split, required=True), beside)
+    if split is not None:
+        raise DataSpecError(f"{item}#{split}: '#SPLIT' names a split of a folder's {INFO_NAME}, not of shards")
     shard_paths = [Path(expanded).expanduser() for expanded in braceexpand(item)]
     missing = [path for path in shard_paths if not path.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more of the {len(shard_paths)} it names)" if len(missing) > 1 else ""
         raise DataSpecError(f"shard {missing[0]}{more}, from data spec {item!r}, does not exist; {SPEC_HELP}")
-    return [_local_shard(path, beside) for path in shard_paths], []
+    return [_local_shard(path, beside) for path in shard_paths]
 
 
-def _shards_of_local_manifest(manifest_path: Path, beside: _Manifests) -> list[ShardInfo]:
-    folder = manifest_path.parent
-    if not manifest_path.is_file():
-        raise DataSpecError(
-            f"{folder} holds no {MANIFEST_NAME}; write the shards with python -m shards.write, or name the shards "
-            f"with a brace pattern ({folder}/imagenet-val-{{000000..000009}}.tar) to read them without counts"
-        )
-    manifest = _local_manifest(beside, folder)
-    beside.mark_used(folder)
-    shards = []
-    for record in manifest.shards:
-        shard_path = folder / record.name
-        if not shard_path.is_file():
-            raise DataSpecError(
-                f"manifest {manifest_path} lists {record.name}, which is missing from {folder}; "
-                "copy the shard there or rewrite the shards with python -m shards.write --force"
-            )
-        shards.append(
-            ShardInfo(url=str(shard_path), name=record.name, n_samples=record.n_samples, sha256=record.sha256)
-        )
-    return shards
+def _local_folder_index(folder: Path, split: str | None) -> ShardIndex:
+    """A folder's manifest.json, else its `_info.json` (only that when a split is named)."""
+    names = (INFO_NAME,) if split is not None else (MANIFEST_NAME, INFO_NAME)
+    for name in names:
+        index = _local_index(folder / name, split, required=False)
+        if index is not None:
+            return index
+    return _no_local_index(folder, split)
 
 
-def _local_manifest(beside: _Manifests, folder: Path) -> Manifest | None:
-    """`folder/manifest.json`, or None when there is none; a broken one is a DataSpecError."""
-    return beside.get(folder, lambda: _read_local_manifest(folder / MANIFEST_NAME))
+def _no_local_index(folder: Path, split: str | None) -> ShardIndex:
+    if split is not None:
+        raise DataSpecError(f"{folder}#{split}: {folder} holds no {INFO_NAME}, whose split '#{split}' would name")
+    raise DataSpecError(
+        f"{folder} holds no {MANIFEST_NAME} (nor timm's {INFO_NAME}); write the shards with python -m shards.write, "
+        f"or name the shards with a brace pattern ({folder}/imagenet-val-{{000000..000009}}.tar) to read them "
+        "without counts"
+    )
 
 
-def _read_local_manifest(path: Path) -> Manifest | None:
+def _local_index(path: Path, split: str | None, required: bool) -> ShardIndex | None:
+    """The index file at `path` (manifest or `_info.json`, by name); None when absent and not required."""
     if not path.is_file():
+        if required:
+            raise DataSpecError(f"{path} does not exist; {SPEC_HELP}")
         return None
+    if path.name == INFO_NAME:
+        return parse_info(path.read_text(encoding="utf-8"), str(path), split)
+    if split is not None:
+        raise DataSpecError(f"{path}#{split}: '#SPLIT' names a split of an {INFO_NAME}, not of a manifest")
     try:
-        return read_manifest(path)
+        return index_of_manifest(read_manifest(path), str(path))
     except ManifestError as error:
         raise DataSpecError(str(error)) from error
 
 
-def _local_shard(shard_path: Path, beside: _Manifests) -> ShardInfo:
+def _shards_of_local_index(index: ShardIndex, beside: IndexCache) -> list[ShardInfo]:
+    folder = Path(index.where).parent
+    beside.use(index)
+    shards = []
+    for entry in index.listed:
+        shard_path = folder / entry.name
+        if not shard_path.is_file():
+            fix = "rewrite the shards with python -m shards.write --force" if index.kind == MANIFEST_NAME else (
+                "the copy is incomplete: copy it again"
+            )
+            raise DataSpecError(
+                f"{'manifest' if index.kind == MANIFEST_NAME else index.kind} {index.where} lists {entry.name}, "
+                f"which is missing from {folder}; copy the shard there or {fix}"
+            )
+        shards.append(index.shard(str(shard_path), entry))
+    return shards
+
+
+def _local_shard(shard_path: Path, beside: IndexCache) -> ShardInfo:
+    """A local shard, counted by the manifest.json (else `_info.json`) in its folder when there is one."""
     folder = shard_path.parent
-    manifest = _local_manifest(beside, folder)
-    if manifest is None:
+    index = beside.get(folder, lambda: _local_folder_index_or_none(folder))
+    if index is None:
         return ShardInfo(url=str(shard_path), name=shard_path.name, n_samples=None, sha256=None)
-    where = str(folder / MANIFEST_NAME)
-    record = _record_beside(manifest, shard_path.name, shard=str(shard_path), manifest_where=where)
-    beside.mark_used(folder)
-    return ShardInfo(url=str(shard_path), name=record.name, n_samples=record.n_samples, sha256=record.sha256)
+    beside.use(index)
+    return index.shard(str(shard_path), index.entry_for(shard_path.name, shard=str(shard_path)))
 
 
-def _record_beside(manifest: Manifest, name: str, shard: str, manifest_where: str) -> ShardRecord:
-    """The manifest's record of the shard named `name`; a shard it does not list is stale or foreign: an error."""
-    record = next((record for record in manifest.shards if record.name == name), None)
-    if record is None:
-        raise DataSpecError(
-            f"shard {shard} is not listed in {manifest_where} beside it; it is stale or foreign: "
-            "remove it, or rewrite the shards with python -m shards.write --force"
-        )
-    return record
+def _local_folder_index_or_none(folder: Path) -> ShardIndex | None:
+    for name in (MANIFEST_NAME, INFO_NAME):
+        index = _local_index(folder / name, None, required=False)
+        if index is not None:
+            return index
+    return None
 
 
 def _check_unique(shards: list[ShardInfo]) -> None:
@@ -385,21 +234,24 @@ def _check_unique(shards: list[ShardInfo]) -> None:
         seen.add(shard.url)
 
 
-def _shard_set(shards: tuple[ShardInfo, ...], manifests: list[Manifest]) -> ShardSet:
+def _shard_set(shards: tuple[ShardInfo, ...], indexes: list[ShardIndex], spec_text: str) -> ShardSet:
     counts = [shard.n_samples for shard in shards]
     total = sum(counts) if all(count is not None for count in counts) else None
-    n_classes_seen = {manifest.n_classes for manifest in manifests}
+    n_classes_seen = {index.n_classes for index in indexes}
     n_classes = n_classes_seen.pop() if total is not None and len(n_classes_seen) == 1 else None
-    return ShardSet(shards=shards, total=total, n_classes=n_classes, fingerprint=fingerprint_of(shards))
+    return ShardSet(
+        shards=shards,
+        total=total,
+        n_classes=n_classes,
+        fingerprint=fingerprint_of(shards),
+        description=_describe(shards, total, indexes, spec_text),
+    )
 
 
-def fingerprint_of(shards: Sequence[ShardInfo]) -> str:
-    """16 hex chars: over `name n_samples sha256` lines when every shard has them, else over the URLs.
-
-    Equal to `Manifest.fingerprint()` when the shards are exactly a manifest's.
-    """
-    if all(shard.sha256 is not None and shard.n_samples is not None for shard in shards):
-        lines = "".join(f"{shard.name} {shard.n_samples} {shard.sha256}\n" for shard in shards)
-    else:
-        lines = "".join(f"{shard.url}\n" for shard in shards)
-    return hashlib.sha256(lines.encode("utf-8")).hexdigest()[:FINGERPRINT_HEX_CHARS]
+def _describe(shards: tuple[ShardInfo, ...], total: int | None, indexes: list[ShardIndex], spec_text: str) -> str:
+    """`50000 images in 64 shards from hf://datasets/timm/imagenet-1k-wds (_info.json split validation; Hub at …)`."""
+    amount = f"{total} images in {len(shards)} shards" if total is not None else f"{len(shards)} shards (uncounted)"
+    notes = sorted({index.about for index in indexes if index.about})
+    origin = describe_origin(spec_text)
+    notes += [origin] if origin else []
+    return f"{amount} from {spec_text}" + (f" ({'; '.join(notes)})" if notes else "")

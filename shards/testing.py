@@ -3,6 +3,9 @@
     images = tiny_dataset(n_images=12, n_classes=3)        # keys ILSVRC2012_val_00000001..12, real synsets
     src = make_imagefolder(tmp_path / "val", images)       # or make_flat_folder / make_val_tar + write_val_txt
     summary = write_tiny_shards(tmp_path, images, shard_size=5)   # tmp_path/shards: 3 shards + manifest.json
+    make_hf_parquet(tmp_path / "data/validation-00000-of-00001.parquet", images)   # ILSVRC/imagenet-1k's form
+    write_timm_wds(tmp_path / "wds", images, shard_size=5)  # timm/imagenet-1k-wds: shards + _info.json
+    with serve_hub({"timm/imagenet-1k-wds": tmp_path / "wds"}, token="t") as hub: ...   # a stand-in HF_ENDPOINT
 
 Everything is deterministic: the same arguments give the same bytes.
 """
@@ -10,18 +13,23 @@ Everything is deterministic: the same arguments give the same bytes.
 from __future__ import annotations
 
 import csv
+import functools
+import http.server
 import io
 import json
 import random
 import tarfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from .manifest import Manifest, ShardRecord, sha256_of_file
-from .synsets import N_IMAGENET_CLASSES, imagenet_synsets
+from .synsets import N_IMAGENET_CLASSES, imagenet_synsets, synset_index
 from .write import WriteConfig, WriteSummary, open_tar_writer, write_shards
 
 TINY_SIDE = 32
@@ -29,7 +37,8 @@ TINY_SIDE = 32
 
 @dataclass(frozen=True)
 class TinyImage:
-    """A generated labelled image: key (val-style stem), synset, class index and its JPEG bytes."""
+    """A labelled image (generated, or read by images_of_imagefolder): key (val-style stem), synset, class index
+    and its JPEG bytes."""
 
     key: str
     synset: str
@@ -165,3 +174,179 @@ def write_manifest_for(folder: Path, records: Sequence[ShardRecord]) -> Path:
         made={"tool": "shards.testing"},
     )
     return manifest.write(folder)
+
+
+def images_of_imagefolder(root: Path) -> list[TinyImage]:
+    """The JPEGs of an ImageFolder tree (root/<synset>/<key>.JPEG) with their labels, sorted by key."""
+    images = [
+        TinyImage(key=path.stem, synset=path.parent.name, class_index=synset_index(path.parent.name), jpeg=path.read_bytes())
+        for path in root.glob("*/*")
+        if path.suffix.lower() in (".jpeg", ".jpg")
+    ]
+    return sorted(images, key=lambda image: image.key)
+
+
+def make_hf_parquet(
+    path: Path, images: Sequence[TinyImage], *, rows_per_group: int = 4, without_path: Sequence[str] = ()
+) -> Path:
+    """A parquet file like ILSVRC/imagenet-1k's: image = {bytes, path}, label; keys in `without_path` get no path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table(
+        {
+            "image": pa.array(
+                [{"bytes": image.jpeg, "path": None if image.key in without_path else image.file_name} for image in images],
+                type=image_type,
+            ),
+            "label": pa.array([image.class_index for image in images], type=pa.int64()),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=rows_per_group)
+    return path
+
+
+def write_timm_wds(
+    folder: Path,
+    images: Sequence[TinyImage],
+    *,
+    shard_size: int = 5,
+    split: str = "validation",
+    other_splits: Mapping[str, Sequence[int]] | None = None,
+) -> dict:
+    """timm's layout: folder/imagenet1k-{split}-NN.tar (jpg, cls, json per sample) and folder/_info.json.
+
+    other_splits: split -> shard lengths, listed in _info.json without their files (the Hub's copy lists train).
+    Returns the _info.json document.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    filenames, lengths = [], []
+    for index, start in enumerate(range(0, len(images), shard_size)):
+        name = f"imagenet1k-{split}-{index:02d}.tar"
+        chunk = images[start : start + shard_size]
+        with open(folder / name, "wb") as stream, open_tar_writer(stream) as writer:
+            for image in chunk:
+                label = {"filename": image.file_name, "label": image.class_index, "class_name": image.synset}
+                writer.write(
+                    {"__key__": image.key, "jpg": image.jpeg, "cls": str(image.class_index).encode("ascii"),
+                     "json": json.dumps(label).encode("utf-8")}
+                )
+        filenames.append(name)
+        lengths.append(len(chunk))
+    splits = {split: _split_info(split, filenames, lengths)}
+    for other, other_lengths in (other_splits or {}).items():
+        names = [f"imagenet1k-{other}-{index:04d}.tar" for index in range(len(other_lengths))]
+        splits[other] = _split_info(other, names, list(other_lengths))
+    document = {"name": "imagenet-1k", "splits": splits}
+    (folder / "_info.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
+    return document
+
+
+def _split_info(name: str, filenames: list[str], lengths: list[int]) -> dict:
+    return {"name": name, "num_samples": sum(lengths), "filenames": filenames, "shard_lengths": lengths}
+
+
+@dataclass(frozen=True)
+class HubRequest:
+    """One request a stand-in server saw: which server (hub or cdn), the path, and its Authorization header."""
+
+    server: str
+    path: str
+    authorization: str | None
+
+
+@dataclass
+class HubStandIn:
+    """A running stand-in Hub: its endpoint (for $HF_ENDPOINT) and every request it (and its CDN) saw."""
+
+    endpoint: str
+    requests: list[HubRequest] = field(default_factory=list)
+
+
+@contextmanager
+def serve_hub(
+    repos: Mapping[str, Path], *, token: str | None = None, cdn: bool = False
+) -> Iterator[HubStandIn]:
+    """A stand-in for $HF_ENDPOINT on 127.0.0.1: GET /datasets/OWNER/NAME/resolve/REV/PATH serves repos[OWNER/NAME]/PATH.
+
+    token: requests without `Authorization: Bearer <token>` get HTTP 401 (a gated dataset). cdn: `.tar` files
+    answer 302 to a second server on another port (as the Hub sends downloads to a CDN), which wants no token.
+    """
+    stand_in = HubStandIn(endpoint="")
+    with _serving(functools.partial(_CdnHandler, repos, stand_in)) as cdn_base:
+        hub_handler = functools.partial(_HubHandler, repos, stand_in, token, cdn_base if cdn else None)
+        with _serving(hub_handler) as endpoint:
+            stand_in.endpoint = endpoint
+            yield stand_in
+
+
+@contextmanager
+def _serving(handler) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class _RepoFileHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def send_bytes(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def repo_file(self, repos: Mapping[str, Path], repo_id: str, path: str) -> Path | None:
+        root = repos.get(repo_id)
+        if root is None:
+            return None
+        file = (root / urllib.parse.unquote(path)).resolve()
+        return file if file.is_file() and root.resolve() in file.parents else None
+
+
+class _HubHandler(_RepoFileHandler):
+    def __init__(self, repos, stand_in, token, cdn_base, *args, **kwargs) -> None:
+        self.repos, self.stand_in, self.token, self.cdn_base = repos, stand_in, token, cdn_base
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        authorization = self.headers.get("Authorization")
+        self.stand_in.requests.append(HubRequest("hub", self.path, authorization))
+        if self.token is not None and authorization != f"Bearer {self.token}":
+            return self.send_bytes(401, b"Access to this dataset is restricted")
+        parts = self.path.split("/", 6)  # '', datasets, OWNER, NAME, resolve, REV, PATH
+        if len(parts) < 7 or parts[1] != "datasets" or parts[4] != "resolve":
+            return self.send_bytes(404, b"Repository not found")
+        repo_id, path = f"{parts[2]}/{parts[3]}", parts[6]
+        file = self.repo_file(self.repos, repo_id, path)
+        if file is None:
+            return self.send_bytes(404, b"Entry not found")
+        if self.cdn_base is not None and file.suffix == ".tar":
+            return self.send_bytes(302, b"", {"Location": f"{self.cdn_base}/cdn/{repo_id}/{path}?signature=x"})
+        return self.send_bytes(200, file.read_bytes())
+
+
+class _CdnHandler(_RepoFileHandler):
+    def __init__(self, repos, stand_in, *args, **kwargs) -> None:
+        self.repos, self.stand_in = repos, stand_in
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        self.stand_in.requests.append(HubRequest("cdn", path, self.headers.get("Authorization")))
+        parts = path.split("/", 4)  # '', cdn, OWNER, NAME, PATH
+        file = self.repo_file(self.repos, f"{parts[2]}/{parts[3]}", parts[4]) if len(parts) == 5 else None
+        if file is None:
+            return self.send_bytes(404, b"not found")
+        return self.send_bytes(200, file.read_bytes())

@@ -1,7 +1,8 @@
-"""ImageNet-1k (ImageFolder tree, flat folder + labels, or the val tar + labels) -> WebDataset tar shards.
+"""ImageNet-1k (ImageFolder tree, flat folder + labels, the val tar + labels, or Hugging Face parquet files) ->
+WebDataset tar shards.
 
-    python -m shards.write SRC --out DIR [--labels FILE] [--prefix imagenet-val] [--shard-size 1000]
-                           [--workers N] [--skip-bad] [--force]
+    python -m shards.write SRC [SRC …] --out DIR [--labels FILE] [--split NAME] [--prefix imagenet-val]
+                           [--shard-size 1000] [--workers N] [--skip-bad] [--force]
 
 Each sample is `{key}.cls` (class index, ASCII), `{key}.jpg` (the original bytes, not re-encoded) and `{key}.json`
 (`{"file": ..., "synset": ...}`); key = the source file stem. Samples are sorted by key and cut into shards
@@ -29,7 +30,8 @@ from tqdm import tqdm
 
 from .decode import DECODE_ERRORS, decode_rgb, describe_decode_error
 from .manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedImage, sha256_of_file
-from .sources import SourceError, SourceImage, SourceListing, list_source_images
+from .hf_parquet import open_source
+from .sources import SourceError, SourceImage, SourceListing
 from .synsets import N_IMAGENET_CLASSES, UnknownSynsetError
 
 DEFAULT_PREFIX = "imagenet-val"
@@ -52,11 +54,16 @@ class OutputExistsError(FileExistsError):
 
 @dataclass(frozen=True)
 class WriteConfig:
-    """Everything `write_shards` needs; parsed once at the CLI edge."""
+    """Everything `write_shards` needs; parsed once at the CLI edge.
 
-    src: Path
+    src: one source, or several parquet files; split: which split of a folder of Hugging Face parquet files
+    holding several (default: its only split, else validation).
+    """
+
+    src: Path | tuple[Path, ...]
     out: Path
     labels: Path | None = None
+    split: str | None = None
     prefix: str = DEFAULT_PREFIX
     shard_size: int = DEFAULT_SHARD_SIZE
     workers: int = 1
@@ -71,6 +78,20 @@ class WriteConfig:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", self.prefix):
             raise ValueError(f"--prefix {self.prefix!r} must be letters, digits, '_' or '-' (no dots or slashes)")
+        if not self.src_paths:
+            raise ValueError("no source given")
+
+    @property
+    def src_paths(self) -> tuple[Path, ...]:
+        """The source paths, one or more."""
+        if isinstance(self.src, (tuple, list)):
+            return tuple(Path(path) for path in self.src)
+        return (Path(self.src),)
+
+    @property
+    def src_text(self) -> str:
+        """The source for messages: its path, or the paths joined by ', '."""
+        return ", ".join(str(path) for path in self.src_paths)
 
 
 @dataclass(frozen=True)
@@ -111,7 +132,20 @@ class WriteSummary:
         return (
             f"wrote {manifest.total} images ({manifest.n_classes_present} classes{skipped}) "
             f"in {len(manifest.shards)} shards to {self.manifest_path.parent} in {self.seconds:.1f} s "
-            f"({self.images_per_second:.0f} img/s); manifest {self.manifest_path}{self._unused_labels_note()}"
+            f"({self.images_per_second:.0f} img/s); manifest {self.manifest_path}{self._notes()}"
+        )
+
+    def _notes(self) -> str:
+        return self._unused_labels_note() + self._rows_without_path_note()
+
+    def _rows_without_path_note(self) -> str:
+        """`; note: N parquet rows have no image path …` when some do, else ''."""
+        rows = self.manifest.made.get("rows_without_path") or 0
+        if rows == 0:
+            return ""
+        return (
+            f"; note: {rows} parquet row{'s have' if rows != 1 else ' has'} no image path, keyed "
+            f"{self.manifest.made.get('key_of_row_without_path')} (listed in the manifest)"
         )
 
     def _unused_labels_note(self) -> str:
@@ -226,26 +260,26 @@ def write_shards(config: WriteConfig) -> WriteSummary:
     """Write the shards and manifest for `config.src` into `config.out`; see the module docstring."""
     started = time.perf_counter()
     existing = check_output_free(config)
-    listing = list_source_images(config.src, config.labels)
-    if not listing.images:
-        raise SourceError(f"{config.src} holds no images")
-    config.out.mkdir(parents=True, exist_ok=True)
-    tasks = plan_shards(listing.images, config)
-    try:
-        results = run_tasks(tasks, config)
-    except BaseException:
-        remove_partials(tasks)
-        raise
-    if sum(result.record.n_samples for result in results) == 0:
-        remove_partials(tasks)
-        raise BadImageError(_nothing_decodable(config.src, results))
-    publish_shards(tasks, existing)
+    with open_source(config.src_paths, config.labels, config.split, config.out) as listing:
+        if not listing.images:
+            raise SourceError(f"{config.src_text} holds no images")
+        config.out.mkdir(parents=True, exist_ok=True)
+        tasks = plan_shards(listing.images, config)
+        try:
+            results = run_tasks(tasks, config)
+        except BaseException:
+            remove_partials(tasks)
+            raise
+        if sum(result.record.n_samples for result in results) == 0:
+            remove_partials(tasks)
+            raise BadImageError(_nothing_decodable(config.src_text, results))
+        publish_shards(tasks, existing)
     manifest = build_manifest(results, listing, config)
     manifest_path = manifest.write(config.out)
     return WriteSummary(manifest=manifest, manifest_path=manifest_path, seconds=time.perf_counter() - started)
 
 
-def _nothing_decodable(src: Path, results: list[ShardResult]) -> str:
+def _nothing_decodable(src: str, results: list[ShardResult]) -> str:
     skipped = [skipped for result in results for skipped in result.skipped]
     first = f" (first: {skipped[0].file}: {skipped[0].error})" if skipped else ""
     return (
@@ -316,7 +350,7 @@ def build_manifest(results: list[ShardResult], listing: SourceListing, config: W
     classes_present = frozenset().union(*(result.class_indices for result in results))
     made = {
         "tool": "shards.write",
-        "source": str(config.src),
+        "source": config.src_text if len(config.src_paths) == 1 else [str(path) for path in config.src_paths],
         "source_form": listing.form.value,
         "labels": str(config.labels) if config.labels is not None else None,
         "prefix": config.prefix,
@@ -327,6 +361,7 @@ def build_manifest(results: list[ShardResult], listing: SourceListing, config: W
         "n_ignored_files": len(listing.ignored_files),
         "ignored_files": list(listing.ignored_files[:MAX_IGNORED_LISTED]),
         "unused_labels": listing.unused_labels,
+        **listing.made,
     }
     return Manifest(
         shards=tuple(result.record for result in results),
@@ -341,15 +376,24 @@ def build_manifest(results: list[ShardResult], listing: SourceListing, config: W
 def parse_args(argv: Sequence[str] | None = None) -> WriteConfig:
     parser = argparse.ArgumentParser(
         prog="python -m shards.write",
-        description="Write ImageNet-1k (ImageFolder tree, flat folder + labels, or ILSVRC2012_img_val.tar + labels) "
-        "as deterministic WebDataset shards plus manifest.json.",
+        description="Write ImageNet-1k (ImageFolder tree, flat folder + labels, ILSVRC2012_img_val.tar + labels, or "
+        "Hugging Face parquet files) as deterministic WebDataset shards plus manifest.json.",
     )
-    parser.add_argument("src", type=Path, help="ImageFolder tree (SRC/<synset>/*.JPEG), flat JPEG folder, or val tar")
+    parser.add_argument(
+        "src",
+        type=Path,
+        nargs="+",
+        help="ImageFolder tree (SRC/<synset>/*.JPEG), flat JPEG folder, val tar, or Hugging Face parquet files "
+        "(a folder of them, e.g. imagenet-1k/data, or the files: data/validation-*.parquet)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for the shards and manifest.json")
     parser.add_argument(
         "--labels",
         type=Path,
         help="labels for a flat folder or tar: val.txt ('name index' lines) or LOC_val_solution.csv",
+    )
+    parser.add_argument(
+        "--split", help="the split of a folder of parquet files holding several (default: its only one, else validation)"
     )
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"shard name prefix (default {DEFAULT_PREFIX})")
     parser.add_argument(
@@ -366,9 +410,10 @@ def parse_args(argv: Sequence[str] | None = None) -> WriteConfig:
     args = parser.parse_args(argv)
     try:
         return WriteConfig(
-            src=args.src,
+            src=args.src[0] if len(args.src) == 1 else tuple(args.src),
             out=args.out,
             labels=args.labels,
+            split=args.split,
             prefix=args.prefix,
             shard_size=args.shard_size,
             workers=args.workers,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import shards.read as shards_read
-import shards.spec as shards_spec
+import shards.remote as shards_remote
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -141,7 +141,7 @@ def test_remote_urls_become_readable_urls(monkeypatch):
         asked.append(url)
         return None
 
-    monkeypatch.setattr(shards_spec, "_fetch_remote_text", no_manifest)
+    monkeypatch.setattr(shards_remote, "fetch_remote_text", no_manifest)
     shardset = resolve_data(
         "s3://bucket/val/imagenet-val-{000000..000001}.tar,gs://b/v/x-000000.tar,https://h/d/y.tar,pipe:cat /d/z.tar"
     )
@@ -160,15 +160,19 @@ def test_remote_urls_become_readable_urls(monkeypatch):
         "z.tar",
     ]
     assert shardset.total is None
-    assert asked == [  # each remote folder is asked once for the manifest beside its shards
+    assert asked == [  # each remote folder is asked once for the manifest beside its shards, then for _info.json
         "s3://bucket/val/manifest.json",
+        "s3://bucket/val/_info.json",
         "gs://b/v/manifest.json",
+        "gs://b/v/_info.json",
         "https://h/d/manifest.json",
+        "https://h/d/_info.json",
     ]
 
 
 def test_missing_spec_says_what_to_pass(monkeypatch):
     monkeypatch.delenv("TOMECIS_DATA", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # with a token, no spec means timm's shards on the Hub
     with pytest.raises(DataSpecError, match=r"TOMECIS_DATA is not set.*manifest.json.*brace pattern"):
         resolve_data()
     assert issubclass(DataSpecError, ValueError)
@@ -504,7 +508,7 @@ def test_unreachable_manifest_beside_remote_shards_is_an_error(tiny_shards, http
     def server_error(url, missing_ok=False):
         raise DataSpecError(f"cannot fetch manifest {url} (HTTP Error 500)")
 
-    monkeypatch.setattr(shards_spec, "_fetch_http_text", server_error)
+    monkeypatch.setattr(shards_remote, "_fetch_http_text", server_error)
     with pytest.raises(DataSpecError, match=r"cannot fetch manifest http://.*/manifest.json \(HTTP Error 500\)"):
         resolve_data(f"{http_server}/imagenet-val-000000.tar")
 
@@ -529,7 +533,7 @@ def test_signed_shard_url_whose_manifest_is_forbidden_reads_without_counts_and_w
     def forbidden(url, timeout):
         raise urllib.error.HTTPError(url, 403, "Forbidden", {}, None)
 
-    monkeypatch.setattr(shards_spec.urllib.request, "urlopen", forbidden)
+    monkeypatch.setattr(shards_remote.urllib.request, "urlopen", forbidden)
     with pytest.warns(UserWarning, match=r"manifest.json\?X-Amz-Signature=s .*403.*without manifest counts"):
         shardset = resolve_data(["https://bucket.s3.example/val/imagenet-val-000000.tar?X-Amz-Signature=s"])
     assert [(shard.name, shard.n_samples) for shard in shardset.shards] == [("imagenet-val-000000.tar", None)]
