@@ -63,12 +63,12 @@ class ActorPlan:
         """The plan as a person reads it: actors per node, with what each reserves and runs."""
         groups: Dict[Tuple, int] = {}
         for slot in self.slots:
-            key = (slot.address if slot.node_id else "", slot.num_gpus, slot.num_cpus, slot.loader_workers, slot.threads)
+            key = (slot.node_id or "", slot.address, slot.num_gpus, slot.num_cpus, slot.loader_workers, slot.threads)
             groups[key] = groups.get(key, 0) + 1
         nodes = {s.node_id for s in self.slots if s.node_id}
         lines = [f"plan: {self.num_actors} {self.device.upper() if self.uses_gpus else 'CPU'} actor(s) on {len(nodes)} node(s)"]
-        for (address, gpus, cpus, workers, threads), count in groups.items():
-            where = f"node {address}" if address else "pending (no node yet: the autoscaler must start one)"
+        for (node_id, address, gpus, cpus, workers, threads), count in groups.items():
+            where = f"node {address} ({node_id[:8]})" if node_id else "pending (no node yet: the autoscaler must start one)"
             device = f"{gpus:g} GPU, " if gpus else ""
             lines.append(
                 f"  {where}: {count} actor(s) x ({device}{cpus:g} CPU, {workers} loader worker(s), {threads} torch thread(s))"

@@ -88,6 +88,7 @@ class EvaluatorPool:
         self.actors: List[_Actor] = []
         self._next_index = 0
         self.replaced = 0
+        self._reported_wait = False
         for slot in plan.slots:
             self._start_actor(slot, first_generation=True)
 
@@ -130,6 +131,10 @@ class EvaluatorPool:
         if self.on_wait is not None and len(ready) < len(self.actors):
             oldest = min(a.requested for a in self.actors if a.info is None)
             self.on_wait(len(ready), len(self.actors) - len(ready), time.monotonic() - oldest)
+            self._reported_wait = True
+        elif self.on_wait is not None and self._reported_wait:  # all started: the line says so once
+            self.on_wait(len(ready), 0, 0.0)
+            self._reported_wait = False
         return ready
 
     def shutdown(self) -> None:

@@ -512,15 +512,21 @@ def _shortage_note(plan: ActorPlan, n_shards: int) -> str:
 
 
 def _wait_reporter(bar: tqdm, progress: bool):
-    """One line that updates while actors wait for resources: started / waiting / for how long."""
-    last_print = [0.0]
+    """One line that updates while actors wait for resources (started / waiting / for how long): the
+    progress bar's postfix, redrawn only when the text changes; without a bar, a line every 30 s."""
+    shown = {"text": "", "printed_at": -30.0}
 
     def report_wait(started: int, waiting: int, seconds: float) -> None:
-        text = f"actors: {started} started, {waiting} waiting for resources for {seconds:.0f}s"
+        if waiting and seconds < 5:  # actors take a few seconds to start: only a longer wait is news
+            return
+        text = f"actors: {started} started, {waiting} waiting for resources for {seconds:.0f}s" if waiting else ""
+        if text == shown["text"]:
+            return
+        shown["text"] = text
         if progress:
             bar.set_postfix_str(text, refresh=True)
-        elif seconds - last_print[0] >= 30:
-            last_print[0] = seconds
+        elif text and seconds - shown["printed_at"] >= 30:
+            shown["printed_at"] = seconds
             print(text, file=sys.stderr)
 
     return report_wait

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import jsonschema
@@ -151,3 +152,87 @@ def test_worker_node_removed_mid_sweep(data, tmp_path, cluster, monkeypatch):
     assert (points["n_images"] == 40).all() and len(points) == 3
     preds = predictions(out)
     assert preds.groupby("r")["key"].apply(lambda k: k.is_unique and len(k) == 40).all()
+
+
+# --------------------------------------------------------------------------- placement on the nodes that exist
+
+
+def start_cluster(head_cpus: float, *workers: dict) -> Cluster:
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
+    for spec in workers:
+        c.add_node(**spec)
+    c.wait_for_nodes()
+    return c
+
+
+@pytest.fixture
+def make_cluster():
+    """Start a simulated cluster on demand; stopped (and left by the driver) at the end of the test."""
+    started = []
+
+    def make(head_cpus: float, *workers: dict) -> Cluster:
+        started.append(start_cluster(head_cpus, *workers))
+        return started[-1]
+
+    yield make
+    if ray.is_initialized():
+        ray.shutdown()
+    for c in started:
+        c.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "head_cpus, workers, expected_actors",
+    [(1, [{"num_cpus": 1}], {1: 2}), (1, [{"num_cpus": 3}], {1: 1, 3: 1}), (0, [{"num_cpus": 2}], {2: 1})],
+    ids=["two-1-cpu-nodes", "1-cpu-and-3-cpu", "head-without-cpus"],
+)
+def test_cpu_actors_fit_the_nodes_that_exist(data, tmp_path, make_cluster, capsys, head_cpus, workers, expected_actors):
+    """The cluster's total CPUs are no actor's size: each node gets the actors it can hold, every image
+    is counted once, and the points name every node that evaluated them."""
+    c = make_cluster(head_cpus, *workers)
+    cfg = sweep_config(data, tmp_path / "out", c.address, device="cpu", cpus_per_actor=None, actor_start_timeout=60)
+    sweep.run_sweep(cfg)
+    err = capsys.readouterr().err
+    counted = {}  # CPUs an actor -> actors of that size, from the printed plan
+    for line in err.splitlines():
+        if line.strip().startswith("node ") and "actor(s) x (" in line:
+            count = int(line.split(": ", 1)[1].split(" actor")[0])
+            cpus = int(line.split("x (")[1].split(" CPU")[0])
+            counted[cpus] = counted.get(cpus, 0) + count
+    assert counted == expected_actors, err
+    print(err)
+    points = pd.read_parquet(tmp_path / "out" / "points")
+    assert (points["n_images"] == 40).all()
+    nodes_with_cpus = 1 + len(workers) - (head_cpus == 0)
+    assert all(len(nodes) == nodes_with_cpus for nodes in points["nodes"]), points["nodes"].tolist()
+    preds = pd.read_parquet(tmp_path / "out" / "predictions")
+    assert preds.groupby("r")["key"].apply(lambda k: k.is_unique and len(k) == 40).all()
+
+
+@pytest.mark.slow
+def test_an_impossible_request_fails_in_seconds_naming_the_biggest_node(data, tmp_path, make_cluster, capsys):
+    c = make_cluster(1, {"num_cpus": 2})
+    argv = ["--models", "deit_tiny", "--r", "0", "--data", str(data / "shards"), "--out", str(tmp_path), "--random-weights",
+            "--address", c.address, "--device", "cpu", "--cpus-per-actor", "8", "--no-progress"]
+    start = time.monotonic()
+    assert sweep.main(argv) == 1
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert "--cpus-per-actor 8: no node has 8 CPUs; the biggest has 2" in err
+    assert elapsed < 30, f"took {elapsed:.1f}s"
+    print(f"impossible request failed after {elapsed:.1f}s: {err.strip().splitlines()[-1]}")
+
+
+@pytest.mark.slow
+def test_plan_for_two_gpu_nodes_with_different_cpu_counts(make_cluster, capsys):
+    """The plan printed before a sweep: each GPU actor takes its own node's CPUs / GPUs as loader workers."""
+    c = make_cluster(2, {"num_cpus": 4, "num_gpus": 1}, {"num_cpus": 6, "num_gpus": 2})
+    ray.init(address=c.address)
+    plan = sweep.make_plan(sweep.SweepConfig(models=[MODEL], r_values=[0]))
+    ray.shutdown()
+    text = plan.describe()
+    print(text)
+    assert plan.device == "cuda" and plan.num_actors == 3
+    assert sorted((s.num_cpus, s.loader_workers) for s in plan.slots) == [(3, 3), (3, 3), (4, 4)]
+    assert "plan: 3 CUDA actor(s) on 2 node(s)" in text

@@ -62,8 +62,8 @@ def test_gpu_actors_take_their_nodes_cpu_share_as_loader_workers():
     assert shapes == {("g5.12xlarge", 12, 1, 12, 12), ("g5.xlarge", 4, 1, 4, 4)}
     text = plan.describe()
     assert "plan: 5 CUDA actor(s) on 2 node(s)" in text
-    assert "node g5.12xlarge: 4 actor(s) x (1 GPU, 12 CPU, 12 loader worker(s), 12 torch thread(s))" in text
-    assert "node g5.xlarge: 1 actor(s) x (1 GPU, 4 CPU, 4 loader worker(s), 4 torch thread(s))" in text
+    assert "node g5.12xlarge (id-g5.12): 4 actor(s) x (1 GPU, 12 CPU, 12 loader worker(s), 12 torch thread(s))" in text
+    assert "node g5.xlarge (id-g5.xl): 1 actor(s) x (1 GPU, 4 CPU, 4 loader worker(s), 4 torch thread(s))" in text
 
 
 def test_gpu_flags_override_the_share():

@@ -1,0 +1,138 @@
+"""The CUDA path: the patched model on a GPU against the CPU, autocast, SDPA vs explicit attention, and a
+GPU-actor sweep against a CPU-actor sweep. Skipped, with the reason, where torch sees no CUDA device;
+``python -m orchestrator.gpucheck`` runs this file on a GPU machine and puts its outcome in the report.
+
+Tolerances: fp32 with TF32 switched off (matmul and cuDNN) must match the CPU's logits to 1e-3 absolute
+on at least 99% of the images (a merge decision can flip on a near-tie between two similarities, which
+then moves that image's logits further), with top-1 equal on at least 99% of them; r = 0 must equal
+unpatched timm exactly (same kernels, same order); SDPA and the explicit attention matrix agree to 1e-4.
+"""
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+
+import tomecis
+import timm
+
+from conftest import DEIT_TINY_WEIGHTS, MODEL_FACTORIES, SHARED_ASSETS, randomize, tiny_vit
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none here)")
+
+R_VALUES = [0, 8, 13, 16]
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def strict_fp32():
+    """fp32 really in fp32: TF32 off for matmuls and convolutions while the test runs."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def model_and_images(sample_photos_or_none):
+    """Real DeiT-Tiny weights on the 500 photos when ../shared/assets has them, else a random-weight
+    DeiT-Tiny (peaked, so that top-1 is not a coin toss) on random images."""
+    if sample_photos_or_none is not None and DEIT_TINY_WEIGHTS.exists():
+        images, _ = sample_photos_or_none
+        return tomecis.create_model("deit_tiny", checkpoint=DEIT_TINY_WEIGHTS), images[:256]
+    torch.manual_seed(0)
+    return MODEL_FACTORIES["deit_tiny"](), torch.randn(64, 3, 224, 224)
+
+
+@pytest.fixture
+def photos(request):
+    if (SHARED_ASSETS / "imagenet-sample").exists():
+        return request.getfixturevalue("sample_photos")
+    return None
+
+
+def logits_on(model, images, device, batch=64):
+    with torch.inference_mode():
+        return torch.cat([model(images[i : i + batch].to(device)).float().cpu() for i in range(0, len(images), batch)])
+
+
+@pytest.mark.parametrize("r", R_VALUES)
+def test_cuda_fp32_matches_the_cpu(photos, strict_fp32, r):
+    base, images = model_and_images(photos)
+    cpu_model = tomecis.patch(copy.deepcopy(base), r=r)
+    gpu_model = tomecis.patch(copy.deepcopy(base), r=r).to(CUDA)
+    on_cpu, on_gpu = logits_on(cpu_model, images, "cpu"), logits_on(gpu_model, images, CUDA)
+    close = ((on_cpu - on_gpu).abs().amax(dim=-1) <= 1e-3).float().mean().item()
+    same_top1 = (on_cpu.argmax(-1) == on_gpu.argmax(-1)).float().mean().item()
+    assert close >= 0.99, f"r={r}: only {close:.1%} of the images within 1e-3"
+    assert same_top1 >= 0.99, f"r={r}: top-1 agrees on {same_top1:.1%}"
+    if r == 0:
+        torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_autocast_on_cuda_is_finite_at_r16_even_with_tiny_value_norms(dtype):
+    model = tomecis.patch(MODEL_FACTORIES["deit_small"](), r=16).to(CUDA)
+    x = torch.randn(8, 3, 224, 224, device=CUDA)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+        assert torch.isfinite(model(x)).all()
+    tiny = tomecis.patch(tiny_vit(), r=16).to(CUDA)
+    with torch.no_grad():
+        for block in tiny.blocks:
+            c = block.attn.qkv.out_features // 3
+            block.attn.qkv.weight[2 * c :] *= 1e-30
+            block.attn.qkv.bias[2 * c :] *= 1e-30
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+        assert torch.isfinite(tiny(torch.randn(8, 3, 64, 64, device=CUDA))).all()
+
+
+@pytest.mark.parametrize("amp", [None, torch.float16])
+def test_r0_equals_unpatched_timm_on_cuda(amp):
+    base = MODEL_FACTORIES["deit_small"]().to(CUDA)
+    patched = tomecis.patch(copy.deepcopy(base), r=0)
+    x = torch.randn(16, 3, 224, 224, device=CUDA)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
+        assert torch.equal(base(x), patched(x))
+
+
+@pytest.mark.parametrize("mode", ["tomecis", "tome"])
+@pytest.mark.parametrize("r", [8, 13, 16])
+def test_sdpa_equals_explicit_attention_on_cuda(strict_fp32, mode, r):
+    base = MODEL_FACTORIES["deit_tiny_distilled"]().to(CUDA)
+    x = torch.randn(8, 3, 224, 224, device=CUDA)
+    fused = tomecis.patch(copy.deepcopy(base), r=r, mode=mode)
+    explicit = tomecis.patch(copy.deepcopy(base), r=r, mode=mode, attention="explicit")
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), explicit(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_gpu_actor_sweep_equals_a_cpu_actor_sweep(tmp_path):
+    """The same tiny shards and checkpoint, once on GPU actors and once on CPU actors: the same images,
+    the same top-1 (up to near-ties; TF32 is on in the actors as in any user's run), the same counts."""
+    import ray
+
+    from orchestrator import sweep
+    from shards.testing import tiny_dataset, write_tiny_shards
+
+    write_tiny_shards(tmp_path, tiny_dataset(n_images=40, n_classes=4), shard_size=8)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save({"model": randomize(timm.create_model("deit_tiny_patch16_224"), 1).state_dict()}, ckpt / "deit_tiny_patch16_224.pth")
+    frames = {}
+    for device in ("cuda", "cpu"):
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
+        try:
+            sweep.run_sweep(sweep.SweepConfig(
+                models=["deit_tiny_patch16_224"], r_values=[0, 8, 16], modes=["tomecis", "tome"], data=str(tmp_path / "shards"),
+                out=str(tmp_path / device), batch_size=16, checkpoint_dir=str(ckpt), device=device, num_actors=1,
+                cpus_per_actor=2 if device == "cpu" else 1, bench=False, progress=False,
+            ))
+        finally:
+            ray.shutdown()
+        frames[device] = pd.read_parquet(tmp_path / device / "predictions").sort_values(["mode", "r", "key"]).reset_index(drop=True)
+    gpu, cpu = frames["cuda"], frames["cpu"]
+    assert len(gpu) == len(cpu) == 40 * 6 and (gpu["key"] == cpu["key"]).all() and (gpu["label"] == cpu["label"]).all()
+    assert (gpu["pred"] == cpu["pred"]).mean() >= 0.97
+    assert set(gpu["device"]) != set(cpu["device"])
