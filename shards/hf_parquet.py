@@ -129,16 +129,22 @@ def _rows_of(file: Path) -> Iterator[tuple[int, bytes, str | None, Any]]:
         has_path = _image_has_path(parquet.schema_arrow, file)
         row = 0
         for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, columns=["image", "label"]):
-            column = batch.column("image")
-            if pa.types.is_struct(column.type):
-                data, paths = column.field("bytes").to_pylist(), column.field("path").to_pylist() if has_path else None
-            else:
-                data, paths = column.to_pylist(), None
+            data, paths = _bytes_and_paths(batch.column("image"), has_path)
             for index, label in enumerate(batch.column("label").to_pylist()):
                 yield row, _image_bytes(data[index], file, row), paths[index] if paths else None, label
                 row += 1
     except (pa.ArrowException, OSError) as error:
         raise SourceError(f"{file}: cannot read it as parquet ({error}); re-download it") from error
+
+
+def _bytes_and_paths(column: Any, has_path: bool) -> tuple[list, list | None]:
+    """A batch's image column -> (image bytes, paths or None); flatten() respects a sliced batch's offset."""
+    import pyarrow as pa
+
+    if not pa.types.is_struct(column.type):
+        return column.to_pylist(), None
+    children = dict(zip((field.name for field in column.type), column.flatten()))
+    return children["bytes"].to_pylist(), children["path"].to_pylist() if has_path else None
 
 
 def _image_has_path(schema: Any, file: Path) -> bool:

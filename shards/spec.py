@@ -67,11 +67,18 @@ def resolve_data(
     if not shards:
         raise DataSpecError(f"data spec {spec!r} names no shards; {SPEC_HELP}")
     _check_unique(shards)
-    shardset = _shard_set(tuple(shards), beside.used(), ",".join(items))
+    shardset = _shard_set(tuple(shards), beside.used(), _spec_text(items))
     if default_route:
         line = f"data: no --data and no ${TOMECIS_DATA_ENV}, ${HF_TOKEN_ENV} is set: streaming {shardset.description}"
         (announce or _print_to_stderr)(line)
     return shardset
+
+
+def _spec_text(items: list[str]) -> str:
+    """The spec in a description: its items, or the first and a count when there are more than three."""
+    if len(items) <= 3:
+        return ",".join(items)
+    return f"{items[0]},… ({len(items)} items)"
 
 
 def _print_to_stderr(line: str) -> None:

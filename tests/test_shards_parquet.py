@@ -120,7 +120,10 @@ def test_rows_are_read_in_batches_never_the_whole_file(tmp_path, monkeypatch):
     make_hf_parquet(tmp_path / "data" / "validation-00000-of-00001.parquet", images, rows_per_group=4)
     write(tmp_path / "data", tmp_path / "out")
     assert max(batch_sizes) <= 3 and sum(batch_sizes) == 10
-    assert [key for key, _ in samples_of(tmp_path / "out")] == [image.key for image in images]
+    samples = samples_of(tmp_path / "out")  # batches cut across row groups keep every row's own bytes
+    assert [(key, sample["jpg"], int(sample["cls"])) for key, sample in samples] == [
+        (image.key, image.jpeg, image.class_index) for image in images
+    ]
 
 
 def test_a_row_without_path_is_keyed_by_its_file_and_row_and_the_manifest_says_so(tmp_path, capsys):
