@@ -10,6 +10,7 @@ counted twice.
 """
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -89,6 +90,7 @@ class EvaluatorPool:
         self._next_index = 0
         self.replaced = 0
         self._reported_wait = False
+        self._failed_starts = 0  # actors that died before becoming ready, since the last one that did
         for slot in plan.slots:
             self._start_actor(slot, first_generation=True)
 
@@ -125,8 +127,9 @@ class EvaluatorPool:
                 actor = pending[ref]
                 try:
                     actor.info = ray.get(ref)
-                except RayActorError:
-                    self._replace(actor)
+                    self._failed_starts = 0
+                except RayActorError as err:
+                    self._start_failed(actor, err)
         ready = [a for a in self.actors if a.info is not None]
         if self.on_wait is not None and len(ready) < len(self.actors):
             oldest = min(a.requested for a in self.actors if a.info is None)
@@ -136,6 +139,14 @@ class EvaluatorPool:
             self.on_wait(len(ready), 0, 0.0)
             self._reported_wait = False
         return ready
+
+    def _start_failed(self, actor: _Actor, err: RayActorError) -> None:
+        """An actor died before it was ready: replace it, but not forever (a crash loop would create
+        actors without end, each cancelled in turn, and fill the log)."""
+        self._failed_starts += 1
+        if self._failed_starts > self.max_retries + len(self.plan.slots):
+            raise SweepError(f"evaluator actors died before starting {self._failed_starts} times in a row; last: {_why(err)}")
+        self._replace(actor)
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -262,6 +273,13 @@ class EvaluatorPool:
                 ray.get([a.ready_ref for a in self.actors], timeout=1.0)
             except (GetTimeoutError, RayActorError):
                 pass  # checked again at the top of the loop
+
+
+def _why(err: Exception) -> str:
+    """The gist of a Ray error: the exception its creation task raised, if any, else its first line."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    return raised[-1] if raised else (lines[0] if lines else type(err).__name__)
 
 
 def _check_disjoint(items: List[Item]) -> None:

@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", required=True, help="comma-separated: deit_tiny,deit_small or timm names")
     p.add_argument("--r", required=True, help="r values: 0,8-16 or 8-16:2 or 13")
-    p.add_argument("--data", help=f"shards: a directory with manifest.json, a brace pattern, a list or URLs (default ${shards.read.TOMECIS_DATA_ENV})")
+    p.add_argument("--data", help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.read.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)")
     p.add_argument("--out", default="results", help="results directory or URI (s3://...) (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto: GPU actors when the cluster has GPUs, else CPU actors")

@@ -236,3 +236,61 @@ def test_plan_for_two_gpu_nodes_with_different_cpu_counts(make_cluster, capsys):
     assert plan.device == "cuda" and plan.num_actors == 3
     assert sorted((s.num_cpus, s.loader_workers) for s in plan.slots) == [(3, 3), (3, 3), (4, 4)]
     assert "plan: 3 CUDA actor(s) on 2 node(s)" in text
+
+
+@pytest.mark.slow
+def test_waiting_actors_show_one_line_and_no_ray_noise(data, tmp_path, make_cluster, capfd):
+    """One of the two planned actors cannot start (another job holds its node's CPU): the sweep finishes on
+    the other, and says how many actors wait and for how long, without Ray's scheduling noise."""
+    c = make_cluster(1, {"num_cpus": 1, "resources": {"held": 1}})
+    ray.init(address=c.address)
+
+    @ray.remote(num_cpus=1, resources={"held": 1})
+    class Holder:
+        def ping(self):
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ping.remote())  # the worker node's only CPU is taken
+    out = tmp_path / "out"
+    sweep.run_sweep(sweep_config(data, out, c.address, device="cpu", cpus_per_actor=None, actor_start_timeout=60,
+                                 r_values=[0, 4, 8, 12, 16], progress=False))  # long enough for a wait to be news
+    ray.kill(holder)
+    captured = capfd.readouterr()
+    assert "plan: 2 CPU actor(s) on 2 node(s)" in captured.err
+    assert "actors: 1 started, 1 waiting for resources for" in captured.err, captured.err
+    assert "SchedulingCancelled" not in captured.err + captured.out and "Failed to register actor" not in captured.err
+    points = pd.read_parquet(out / "points")
+    assert (points["n_images"] == 40).all() and all(len(nodes) == 1 for nodes in points["nodes"])
+
+
+@pytest.mark.slow
+def test_address_local_never_joins_another_cluster_and_auto_says_which_it_joined(data, tmp_path, make_cluster, capsys, monkeypatch):
+    """Someone else's cluster runs on this machine (and RAY_ADDRESS points at it): --address local starts
+    a fresh one here; --address auto joins it and says so on its first line."""
+    other = make_cluster(1)
+    monkeypatch.setenv("RAY_ADDRESS", other.address)
+    argv = ["--models", "deit_tiny", "--r", "0", "--data", str(data / "shards"), "--random-weights", "--device", "cpu",
+            "--no-bench", "--no-progress", "--limit", "5"]
+    # auto first: Ray cannot start actors on another cluster after this process shut down one it started itself
+    assert sweep.main(argv + ["--out", str(tmp_path / "auto"), "--address", "auto"]) == 0
+    auto_line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("ray: "))
+    assert f"cluster at {other.address}: 1 node(s), 1 CPU, 0 GPU; joined the cluster at RAY_ADDRESS={other.address}" in auto_line
+    print(auto_line)
+    assert sweep.main(argv + ["--out", str(tmp_path / "local"), "--address", "local"]) == 0
+    local_line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("ray: "))
+    assert "started a new local cluster here (--address local)" in local_line and other.address not in local_line
+    print(local_line)
+    nodes_local = pd.read_parquet(tmp_path / "local" / "points")["nodes"].iloc[0]
+    nodes_auto = pd.read_parquet(tmp_path / "auto" / "points")["nodes"].iloc[0]
+    assert list(nodes_auto) == [other.head_node.node_id] and list(nodes_local) != list(nodes_auto)
+
+
+@pytest.mark.slow
+def test_actors_that_die_before_starting_end_the_sweep_with_their_error(data, tmp_path, cluster, capfd):
+    """--device cuda on nodes whose GPUs torch cannot see: every actor dies in its constructor. The sweep
+    replaces a few, then stops with the actors' own error, instead of replacing them for ever."""
+    c, _ = cluster
+    with pytest.raises(sweep.SweepError, match=r"died before starting 6 times in a row; last: ValueError: --device cuda asked for, but torch sees no CUDA device"):
+        sweep.run_sweep(sweep_config(data, tmp_path / "out", c.address, device="cuda", max_retries=3))
+    assert capfd.readouterr().err.count("SchedulingCancelled") <= 5
