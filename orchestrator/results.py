@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -136,31 +137,59 @@ class ResultsDir:
 
     def read_points_of(self, points: Iterable[GridPoint], fingerprint: str) -> pa.Table:
         """The rows of these grid points that exist (an empty table with the schema when none)."""
-        files = [self.point_path(p, fingerprint) for p in points if self.is_done(p, fingerprint)]
+        return self._read_cast([self.point_path(p, fingerprint) for p in points if self.is_done(p, fingerprint)])
+
+    def read_points(self) -> pa.Table:
+        """Every points row written so far, cast to POINT_SCHEMA (an empty table with the schema when none)."""
+        return self._read_cast(self.parquet_files(POINTS_DIR))
+
+    def read_point_rows(self) -> pd.DataFrame:
+        """Every points row as its file holds it, plus ``point_file``: the file stem its predictions file shares.
+
+        Columns: those of POINT_SCHEMA each file has (not cast: rows of a file written before a column
+        existed show it as missing) + ``point_file``, one row per finished grid point; an empty frame
+        without columns when ``points/`` holds no file."""
+        return _with_point_file(self._tables(POINTS_DIR), None)
+
+    def read_predictions(self, point_files: Iterable[str], columns: Sequence[str] = ("key", "label", "pred", "correct")) -> pd.DataFrame:
+        """``columns`` of PREDICTION_SCHEMA + ``point_file``, one row per image, for every named point
+        (a ``point_file`` of ``read_point_rows``) that has a predictions file; an empty frame with those
+        columns when none has.
+
+        They are tied to their points row through the shared file name (which is the whole key),
+        never through (model, mode, r) alone."""
+        return _with_point_file(self._tables(PREDICTIONS_DIR, set(point_files), list(columns)), list(columns))
+
+    def parquet_files(self, name: str) -> List[str]:
+        """The paths of ``name/*.parquet``, sorted (hidden files, such as a write's temporary file, left out)."""
+        selector = pafs.FileSelector(self.path(name), allow_not_found=True)
+        infos = self.fs.get_file_info(selector)
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
+
+    def _read_cast(self, files: List[str]) -> pa.Table:
+        """The rows of these points files cast to POINT_SCHEMA, in order (an empty table with the schema when none)."""
         if not files:
             return POINT_SCHEMA.empty_table()
         return pa.concat_tables([pq.read_table(f, filesystem=self.fs).cast(POINT_SCHEMA) for f in files])
 
-    def read_points(self) -> pa.Table:
-        """Every points row written so far (an empty table with the schema when none)."""
-        return self._read_dir(POINTS_DIR, POINT_SCHEMA)
+    def _tables(self, name: str, stems: Optional[Set[str]] = None, columns: Optional[List[str]] = None) -> Iterator[Tuple[str, pa.Table]]:
+        """(file stem, its table as written) per file of ``name``, only those whose stem is in ``stems`` when given."""
+        for path in self.parquet_files(name):
+            stem = path.rsplit("/", 1)[-1][: -len(".parquet")]
+            if stems is None or stem in stems:
+                yield stem, pq.read_table(path, columns=columns, filesystem=self.fs)
 
-    def read_predictions(self) -> pa.Table:
-        return self._read_dir(PREDICTIONS_DIR, PREDICTION_SCHEMA)
 
-    def read_failures(self) -> pa.Table:
-        return self._read_dir(FAILURES_DIR, FAILURE_SCHEMA)
-
-    def _read_dir(self, name: str, schema: pa.Schema) -> pa.Table:
-        files = self._parquet_files(name)
-        if not files:
-            return schema.empty_table()
-        return pa.concat_tables([pq.read_table(f, filesystem=self.fs).cast(schema) for f in files])
-
-    def _parquet_files(self, name: str) -> List[str]:
-        selector = pafs.FileSelector(self.path(name), allow_not_found=True)
-        infos = self.fs.get_file_info(selector)
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
+def _with_point_file(tables: Iterable[Tuple[str, pa.Table]], columns: Optional[List[str]]) -> pd.DataFrame:
+    """The tables as one pandas frame, each row with its file's stem as ``point_file`` (empty: ``columns`` + point_file)."""
+    frames = []
+    for stem, table in tables:
+        frame = table.to_pandas()
+        frame["point_file"] = stem
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame() if columns is None else pd.DataFrame(columns=columns + ["point_file"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def _filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:

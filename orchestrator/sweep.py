@@ -34,7 +34,7 @@ from shards.manifest import sha256_of_file
 import tomecis
 from tomecis.models import find_checkpoint, max_r, short_name
 
-from . import report
+from . import tables
 from .evaluator import DecodePass, EvaluatorConfig, ModelProfile, PointKey, ShardOutcome, Task, Weights, transform_key
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_modes, parse_r_values
 from .placement import ActorPlan, alive_nodes, plan_actors
@@ -430,7 +430,7 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
         if started_ray:
             ray.shutdown()
     done = results.read_points_of(grid, selection.fingerprint).to_pandas()
-    summary.table = report.sweep_tables(done, [p.model for p in grid], selection.fingerprint, cfg.modes, cfg.amp, cfg.batch_size)
+    summary.table = tables.sweep_tables(done, [p.model for p in grid], selection.fingerprint, cfg.modes, cfg.amp, cfg.batch_size)
     if summary.failed:
         lines = "\n".join(f"  {p.short_name} {p.mode} r={p.r}: {why}" for p, why in summary.failed.items())
         left_out = describe_decode_failures(summary.decode_failures, cfg.out)

@@ -13,7 +13,10 @@ import pytest
 
 from orchestrator import paper, report
 from orchestrator.grid import GridPoint
+from orchestrator.plot import PLOT_DPI, PLOT_SIZE_INCHES
 from orchestrator.results import ResultsDir, predictions_table
+from orchestrator.stats import bootstrap_delta_ci, mcnemar_exact, paired_stats
+from orchestrator.tables import sweep_tables
 
 TINY, SMALL = "deit_tiny_patch16_224", "deit_small_patch16_224"
 FINGERPRINT = "0123456789abcdef"
@@ -153,6 +156,23 @@ def test_random_and_real_weights_are_different_settings(tmp_path):
     assert "80.00" in section(md, "weights ckpt_0123456789ab")
 
 
+def test_rows_from_before_a_setting_column_existed_are_read_not_dropped(tmp_path):
+    """The report reads points files as written (not cast to today's schema): an older file without
+    ``weights`` and with no device gets placeholders and its own setting."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "results"
+    write_point(out, TINY, 0, correctness(10, range(8)))
+    new = next((out / "points").glob("*.parquet"))
+    old = pq.read_table(new).drop(["weights"])
+    old = old.set_column(old.schema.get_field_index("device"), "device", pa.array([None], pa.string()))
+    pq.write_table(old.set_column(old.schema.get_field_index("r"), "r", pa.array([8], pa.int32())), out / "points" / "old.parquet")
+    md = run_report(out, None).markdown
+    assert md.count("## Setting") == 2
+    assert "80.00" in section(md, "unknown device, weights unknown weights")
+
+
 def test_filter_that_matches_nothing_names_what_is_there(grid_results):
     with pytest.raises(report.NoResultsError, match="--amp.*present: none"):
         run_report(grid_results, None, amp="bf16")
@@ -160,7 +180,7 @@ def test_filter_that_matches_nothing_names_what_is_there(grid_results):
 
 def test_sweep_tables_keeps_its_signature(grid_results):
     points = ResultsDir(str(grid_results)).read_points().to_pandas()
-    text = report.sweep_tables(points, [TINY, SMALL], FINGERPRINT, "tomecis", "none", 128)
+    text = sweep_tables(points, [TINY, SMALL], FINGERPRINT, "tomecis", "none", 128)
     assert "| r | top-1 |" in text and "deit_small" in text
     assert table_rows(text)["8"][1] == "75.00"
 
@@ -209,13 +229,13 @@ def test_losing_classes_are_the_ones_that_lose_most():
     base = pd.DataFrame({"key": range(n), "label": [i % 10 for i in range(n)], "correct": True})
     cand = base.copy()
     cand.loc[cand["key"].isin([3, 13, 23, 7]), "correct"] = False  # class 3 loses 3, class 7 loses 1
-    stats = report.paired_stats(base, cand, samples=500)
+    stats = paired_stats(base, cand, samples=500)
     assert [(c.label, c.net, c.n_images) for c in stats.losing_classes] == [(3, -3, 10), (7, -1, 10)]
 
 
 def test_identical_predictions_give_a_zero_interval():
     frame = pd.DataFrame({"key": range(50), "label": 0, "correct": [i % 2 == 0 for i in range(50)]})
-    stats = report.paired_stats(frame, frame)
+    stats = paired_stats(frame, frame)
     assert (stats.fixed, stats.broken, stats.delta, stats.ci_low, stats.ci_high, stats.p_value) == (0, 0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -237,7 +257,7 @@ def simulate_pair(n: int, rng: np.random.Generator, p_base=0.7, p_break=0.05, p_
 
 def test_interval_covers_the_true_difference_on_a_constructed_case():
     base, cand, true_delta = simulate_pair(5000, np.random.default_rng(1))
-    stats = report.paired_stats(base, cand)
+    stats = paired_stats(base, cand)
     assert true_delta == pytest.approx(-0.5)
     assert stats.ci_low <= true_delta <= stats.ci_high
     assert stats.ci_low <= stats.delta <= stats.ci_high
@@ -248,7 +268,7 @@ def test_interval_has_its_nominal_coverage():
     covered = 0
     for _ in range(200):
         base, cand, true_delta = simulate_pair(1000, rng)
-        s = report.paired_stats(base, cand, samples=1000, seed=int(rng.integers(1 << 30)), top_classes=0)
+        s = paired_stats(base, cand, samples=1000, seed=int(rng.integers(1 << 30)), top_classes=0)
         covered += s.ci_low <= true_delta <= s.ci_high
     assert 0.89 <= covered / 200 <= 0.99  # nominal 0.95
 
@@ -257,24 +277,24 @@ def test_interval_shrinks_with_more_images():
     rng = np.random.default_rng(3)
     widths = []
     for n in (500, 2000, 8000):
-        s = report.paired_stats(*simulate_pair(n, rng)[:2])
+        s = paired_stats(*simulate_pair(n, rng)[:2])
         widths.append(s.ci_high - s.ci_low)
     assert widths[0] > widths[1] > widths[2]
     assert widths[2] < widths[0] / 2.5  # ~ 1 / sqrt(n): a quarter, with sampling noise
 
 
 def test_interval_is_reproducible_with_its_seed():
-    assert report.bootstrap_delta_ci(30, 50, 1000, seed=7) == report.bootstrap_delta_ci(30, 50, 1000, seed=7)
+    assert bootstrap_delta_ci(30, 50, 1000, seed=7) == bootstrap_delta_ci(30, 50, 1000, seed=7)
 
 
 def test_mcnemar_exact_matches_the_binomial_by_hand():
-    assert report.mcnemar_exact(0, 5) == pytest.approx(2 / 32)
-    assert report.mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
-    assert report.mcnemar_exact(9, 1) == report.mcnemar_exact(1, 9)
-    assert report.mcnemar_exact(5, 5) == 1.0
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar_exact(9, 1) == mcnemar_exact(1, 9)
+    assert mcnemar_exact(5, 5) == 1.0
     n, k = 300, 120
     exact = 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    assert report.mcnemar_exact(k, n - k) == pytest.approx(exact, rel=1e-9)
+    assert mcnemar_exact(k, n - k) == pytest.approx(exact, rel=1e-9)
 
 
 # --------------------------------------------------------------------------- plot and paper
@@ -292,7 +312,7 @@ def test_plot_is_a_png_of_the_expected_size(grid_results, tmp_path):
     pngs = [f for f in rep.files if f.endswith(".png")]
     assert pngs == [str(tmp_path / "rep" / "accuracy_throughput.png")]
     width, height = png_size(pngs[0])
-    assert (width, height) == (report.PLOT_SIZE_INCHES[0] * report.PLOT_DPI, report.PLOT_SIZE_INCHES[1] * report.PLOT_DPI)
+    assert (width, height) == (PLOT_SIZE_INCHES[0] * PLOT_DPI, PLOT_SIZE_INCHES[1] * PLOT_DPI)
     assert (tmp_path / "rep" / "report.md").read_text() == rep.markdown
     assert "![top-1 against img/s](accuracy_throughput.png)" in rep.markdown
 
