@@ -12,18 +12,14 @@ starts, so a later failure keeps them) -> a table per model is printed.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import re
 import socket
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-import pyarrow as pa
 import ray
 import timm
 import torch
@@ -35,11 +31,12 @@ import tomecis
 from tomecis.models import find_checkpoint, max_r, short_name
 
 from . import tables
-from .evaluator import DecodePass, EvaluatorConfig, ModelProfile, PointKey, ShardOutcome, Task, Weights, transform_key
+from .evaluator import DecodePass, EvaluatorConfig, Task, Weights, transform_key
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_modes, parse_r_values
 from .placement import ActorPlan, alive_nodes, plan_actors
+from .points import describe_decode_failures, point_row
 from .pool import EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
-from .results import FAILURES_DIR, ResultsDir, accuracy, failures_table, predictions_table
+from .results import ResultsDir
 
 
 @dataclass
@@ -239,144 +236,6 @@ def plan_passes(todo: Sequence[GridPoint], weights: Dict[str, Weights]) -> List[
         name = f"pass {index} ({'+'.join(short_name(m) for m in models)})"
         passes.append(DecodePass(name, {m: weights[m] for m in models}, tuple(tasks)))
     return passes
-
-
-# --------------------------------------------------------------------------- assembling points
-
-
-def point_row(
-    point: GridPoint,
-    outcomes: List[ShardOutcome],
-    profile: ModelProfile,
-    dataset: str,
-    expected_total: Optional[int],
-    allow_decode_failures: bool,
-) -> Tuple[dict, pa.Table, pa.Table]:
-    """The points row, predictions and decode failures of one grid point, after checking that nothing
-    is missing or counted twice."""
-    keys = [k for o in outcomes for k in o.keys]
-    labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
-    top5 = np.concatenate([o.top5[point.key] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
-    shard_of = [url for o in outcomes for url in o.key_shards]
-    n_images, n_failed = len(keys), sum(o.n_failed for o in outcomes)
-    _check_unique_keys(point, keys, shard_of)
-    if expected_total is not None and n_images + n_failed != expected_total:
-        raise SweepError(f"{point.short_name} r={point.r}: {n_images} images + {n_failed} failed != manifest total {expected_total}")
-    if n_failed and not allow_decode_failures:
-        first = next(f for o in outcomes for f in o.failures)
-        raise SweepError(
-            f"{point.short_name} r={point.r}: {n_failed} images could not be decoded (first: shard {first.shard}, "
-            f"key {first.key}: {first.error}); fix the shards or pass --allow-decode-failures to score the rest"
-        )
-    device = device_names(outcomes, profile)
-    started, finished = evaluation_span(outcomes)  # the evaluation pass's wall time, also for eval_samples_per_sec
-    predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, dataset, device)
-    failures = failures_table(point, [f for o in outcomes for f in o.failures], dataset, device)
-    top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
-    row = dict(
-        model=point.model,
-        short_name=point.short_name,
-        mode=point.mode,
-        r=point.r,
-        schedule=profile.schedule[point.r],
-        top1=top1,
-        top5=top5_acc,
-        n_images=n_images,
-        n_failed=n_failed,
-        infer_samples_per_sec=profile.infer_samples_per_sec.get(point.r),
-        infer_batch_size=point.batch_size,
-        eval_samples_per_sec=eval_samples_per_sec(outcomes, point.key, n_images, finished - started),
-        gflops=profile.gflops[point.r],
-        tokens_out=profile.tokens_out[point.r],
-        param_count=round(profile.param_count, 3),
-        img_size=profile.img_size,
-        crop_pct=profile.crop_pct,
-        interpolation=profile.interpolation,
-        amp=point.amp,
-        weights=point.weights,
-        device=device,
-        dataset=dataset,
-        n_shards=sum(len(o.shards) for o in outcomes),
-        started=_utc(started),
-        finished=_utc(finished),
-        nodes=sorted({o.node_id for o in outcomes}),
-        hostnames=sorted({o.hostname for o in outcomes}),
-        torch_version=torch.__version__,
-        timm_version=timm.__version__,
-        ray_version=ray.__version__,
-        tomecis_version=tomecis.__version__,
-    )
-    return row, predictions, failures
-
-
-def device_names(outcomes: List[ShardOutcome], profile: ModelProfile) -> str:
-    """The device that evaluated (and timed) the point; when actors ran on different devices (a cluster
-    with mixed GPU types), every name, sorted and joined with `` + ``, so that the mix shows in the
-    ``device`` column (and the report keeps it apart from single-device runs) instead of being hidden."""
-    return " + ".join(sorted({o.device for o in outcomes} | {profile.device}))
-
-
-def evaluation_span(outcomes: List[ShardOutcome]) -> Tuple[float, float]:
-    """Wall-clock timestamps (``time.time()``, the actors' clocks) at which the point's first work item
-    started and its last one finished; now, twice, when there are no outcomes."""
-    if not outcomes:
-        now = time.time()
-        return now, now
-    return min(o.started for o in outcomes), max(o.finished for o in outcomes)
-
-
-def _utc(timestamp: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
-
-
-def _check_unique_keys(point: GridPoint, keys: List[str], shard_of: List[str]) -> None:
-    """Every image key once in the point; else ``SweepError`` naming a repeated key and its shards."""
-    if len(set(keys)) == len(keys):
-        return
-    shards_of: Dict[str, List[str]] = {}
-    for key, shard in zip(keys, shard_of):
-        shards_of.setdefault(key, []).append(shard)
-    repeated = {k: v for k, v in shards_of.items() if len(v) > 1}
-    key, where = next(iter(repeated.items()))
-    more = f" ({len(repeated) - 1} more key(s) repeat too)" if len(repeated) > 1 else ""
-    raise SweepError(
-        f"{point.short_name} r={point.r}: image key {key!r} occurs {len(where)} times, in shard(s) "
-        f"{', '.join(sorted(set(where)))}{more}; every key must be unique: rewrite the shards from sources "
-        "without repeated images (python -m shards.write), or drop the repeating shard from --data"
-    )
-
-
-def describe_decode_failures(failures: Dict[str, List[shards.DecodeFailure]], out: str, first: int = 5) -> str:
-    """What ``--allow-decode-failures`` left out, per model: the first few (shard, key, error) and a count."""
-    lines = []
-    for model, items in failures.items():
-        if not items:
-            continue
-        lines.append(f"{model}: {len(items)} image(s) could not be decoded and were not scored:")
-        lines += [f"  shard {f.shard}, key {f.key}: {f.error}" for f in items[:first]]
-        if len(items) > first:
-            lines.append(f"  ... and {len(items) - first} more")
-    if lines:
-        lines.append(f"every one is listed in {out.rstrip('/')}/{FAILURES_DIR}/ (one file per point)")
-    return "\n".join(lines)
-
-
-def eval_samples_per_sec(outcomes: List[ShardOutcome], key: PointKey, n_images: int, wall: float) -> Optional[float]:
-    """Images per second of the evaluation pass, data loading included, as if it had run this point alone.
-
-    ``wall``, the pass's wall time, runs from the first item's start to the last item's end, over all actors
-    (``evaluation_span``). One decode fed every (model, mode, r) of the pass, so the pass is charged to the
-    point ``key`` in proportion to what it cost: the loading time plus its forward time, over the loading
-    time plus every point's forward time (summed over the items):
-    ``n_images / (wall * (load + forward[key]) / (load + sum(forward)))``. With one point it is images / wall."""
-    if not outcomes or n_images == 0:
-        return None
-    load = sum(o.load_seconds for o in outcomes)
-    forward = {q: sum(o.forward_seconds[q] for o in outcomes) for q in outcomes[0].forward_seconds}
-    busy = load + sum(forward.values())
-    if wall <= 0 or busy <= 0:
-        return None
-    return n_images / (wall * (load + forward[key]) / busy)
 
 
 # --------------------------------------------------------------------------- the sweep

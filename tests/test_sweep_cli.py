@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import ray
 
-from orchestrator import sweep
+from orchestrator import points, sweep
 from orchestrator.evaluator import ModelProfile, ShardOutcome
 from test_sweep import data  # noqa: F401  (the module-scoped tiny shards + checkpoint fixture)
 
@@ -137,7 +137,7 @@ def row_of(outcomes, r, r_values, **kw):
     point = sweep.GridPoint(MODEL, r, weights="random")
     args = dict(profile=profile(r_values), dataset="fp", expected_total=None, allow_decode_failures=False)
     args.update(kw)
-    return sweep.point_row(point, outcomes, **args)
+    return points.point_row(point, outcomes, **args)
 
 
 def test_eval_samples_per_sec_is_images_over_the_wall_time_of_the_pass():
@@ -177,11 +177,11 @@ def test_decode_failures_are_recorded_with_the_point_and_described():
     frame = table.to_pandas()
     assert frame["key"].tolist() == [f"bad{i}" for i in range(7)] and set(frame["shard"]) == {"/d/a.tar"}
     assert set(frame["r"]) == {8} and set(frame["model"]) == {MODEL} and set(frame["device"]) == {row["device"]}
-    text = sweep.describe_decode_failures({MODEL: failures}, "s3://b/run/", first=3)
+    text = points.describe_decode_failures({MODEL: failures}, "s3://b/run/", first=3)
     assert f"{MODEL}: 7 image(s) could not be decoded" in text
     assert "shard /d/a.tar, key bad2: cannot identify image file" in text and "bad3" not in text
     assert "... and 4 more" in text and "s3://b/run/failures/" in text
-    assert sweep.describe_decode_failures({MODEL: []}, "out") == ""
+    assert points.describe_decode_failures({MODEL: []}, "out") == ""
 
 
 def test_started_and_finished_span_the_points_items_and_every_device_is_named():
