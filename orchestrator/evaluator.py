@@ -37,7 +37,6 @@ class EvaluatorConfig:
     device: str = "auto"
     amp: str = "none"
     batch_size: int = 128
-    exit_on_item: Optional[int] = None  # test hook: the process dies when it starts its N-th work item
 
 
 @dataclass(frozen=True)
@@ -374,8 +373,6 @@ class Evaluator:
 
     def evaluate(self, decode_pass: DecodePass, items: Sequence[shards.ShardInfo]) -> ShardOutcome:
         self.items_started += 1
-        if self.config.exit_on_item is not None and self.items_started == self.config.exit_on_item:
-            os._exit(17)  # test hook: die like a crashed or preempted worker, mid-sweep
         models = self._ensure(decode_pass)
         tasks = [t for t in decode_pass.tasks if t.model in models]
         outcome = evaluate_shards(

@@ -92,18 +92,15 @@ class EvaluatorPool:
         self._reported_wait = False
         self._failed_starts = 0  # actors that died before becoming ready, since the last one that did
         for slot in plan.slots:
-            self._start_actor(slot, first_generation=True)
+            self._start_actor(slot)
 
     # ------------------------------------------------------------------ actors
 
-    def _start_actor(self, slot: ActorSlot, first_generation: bool = False) -> _Actor:
-        config = self.config
-        if not (first_generation and self._next_index == 0):
-            config = EvaluatorConfig(**{**config.__dict__, "exit_on_item": None})  # the hook kills one actor, once
+    def _start_actor(self, slot: ActorSlot) -> _Actor:
         options = dict(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, max_restarts=0)
         if slot.node_id is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
-        handle = self._remote.options(**options).remote(config, ActorShape(slot.threads, slot.loader_workers))
+        handle = self._remote.options(**options).remote(self.config, ActorShape(slot.threads, slot.loader_workers))
         actor = _Actor(handle, handle.ready.remote(), self._next_index, slot, time.monotonic())
         self._next_index += 1
         self.actors.append(actor)

@@ -66,7 +66,6 @@ class SweepConfig:
     actor_start_timeout: float = 900.0
     allow_decode_failures: bool = False
     progress: bool = True
-    exit_on_item: Optional[int] = None  # test hook: the first actor dies when it starts its N-th item
 
 
 @dataclass
@@ -304,7 +303,7 @@ def _evaluate(run: SweepRun, plan: ActorPlan, passes: List[DecodePass], todo: Li
     print(plan.describe() + _shortage_note(plan, len(chosen)), file=sys.stderr)
     n_total = sum(s.n_samples or 0 for s in chosen) * len(passes) or None
     run.bar = tqdm(total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr)
-    evaluator_config = EvaluatorConfig(device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size, exit_on_item=cfg.exit_on_item)
+    evaluator_config = EvaluatorConfig(device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size)
     pool = EvaluatorPool(evaluator_config, plan, max_retries=cfg.max_retries, start_timeout=cfg.actor_start_timeout,
                          on_wait=_wait_reporter(run.bar, cfg.progress))
     groups = group_shards(chosen, shards_per_item(plan, len(chosen)))

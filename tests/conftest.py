@@ -67,3 +67,30 @@ def sample_photos():
             images.append(transform(img.convert("RGB")))
         labels.append(index[path.parent.name])
     return torch.stack(images), torch.tensor(labels)
+
+
+@pytest.fixture
+def actor_dies_on_item(monkeypatch, tmp_path):
+    """``actor_dies_on_item(n)``: the sweep's actors become a subclass of the evaluator of which exactly
+    one process dies (``os._exit``, like a crashed or preempted worker) when it starts its n-th work item.
+    A marker file, created atomically, makes it one death in all: replacement actors live."""
+    import os
+
+    from orchestrator import evaluator, pool
+
+    marker = tmp_path / "an-actor-died"
+
+    def arm(n: int) -> None:
+        class DyingEvaluator(evaluator.Evaluator):
+            def evaluate(self, decode_pass, items):
+                if self.items_started + 1 == n:
+                    try:
+                        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+                        os._exit(17)
+                    except FileExistsError:
+                        pass
+                return super().evaluate(decode_pass, items)
+
+        monkeypatch.setattr(pool, "Evaluator", DyingEvaluator)
+
+    return arm

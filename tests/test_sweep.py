@@ -97,11 +97,12 @@ def test_sweep_matches_a_plain_evaluation_for_every_r(ray_local, data, tmp_path)
     assert len(pd.read_parquet(tmp_path / "out" / "failures")) == 0 and not summary.decode_failures
 
 
-def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, data, tmp_path):
+def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, data, tmp_path, actor_dies_on_item):
     clean = tmp_path / "clean"
     sweep.run_sweep(config(data, clean, bench=False))
     crashed = tmp_path / "crashed"
-    summary = sweep.run_sweep(config(data, crashed, bench=False, exit_on_item=2))
+    actor_dies_on_item(2)
+    summary = sweep.run_sweep(config(data, crashed, bench=False))
     assert summary.actors_replaced >= 1
     a = pd.read_parquet(clean / "predictions").sort_values(["r", "key"]).reset_index(drop=True)
     b = pd.read_parquet(crashed / "predictions").sort_values(["r", "key"]).reset_index(drop=True)
@@ -122,13 +123,14 @@ def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, dat
     assert (after.drop(8)[["started", "finished"]] == before.drop(8)[["started", "finished"]]).all().all()
 
 
-def test_multi_shard_items_with_loader_workers_are_exact(ray_local, data, tmp_path):
+def test_multi_shard_items_with_loader_workers_are_exact(ray_local, data, tmp_path, actor_dies_on_item):
     """Items of two shards, each decoded by its own DataLoader worker, one of them on an actor that
     dies: every image once, the plain evaluation's predictions, and each key's true shard."""
     from orchestrator.pool import group_shards
 
     shardset = shards.resolve_data(str(data / "shards"))
-    cfg = config(data, tmp_path, bench=False, num_actors=1, loader_workers=2, exit_on_item=2)
+    cfg = config(data, tmp_path, bench=False, num_actors=1, loader_workers=2)
+    actor_dies_on_item(2)
     plan = sweep.plan_actors([NodeResources("n1", "127.0.0.1", 2, 0)], "cpu", 1, 1, 2)
     assert sweep.shards_per_item(plan, len(shardset)) == 2
     assert [len(g) for g in group_shards(shardset.shards, 2)] == [2, 2, 1]
@@ -307,7 +309,7 @@ def test_real_weights_on_the_sample_photos(ray_local, tmp_path, sample_photos):
     print(summary.table)
 
 
-def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(ray_local, data, tmp_path):
+def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(ray_local, data, tmp_path, actor_dies_on_item):
     """deit_tiny and deit_tiny_distilled share an eval transform: one pass decodes the 22 images once and
     runs them at every (model, mode, r), an actor dying on the way. Each point's row and predictions are
     what a separate run of that model and mode writes; a rerun after losing two points redoes only them,
@@ -319,8 +321,8 @@ def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(ray_l
     torch.manual_seed(3)
     torch.save({"model": tomecis.create_model(second).state_dict()}, ckpt / f"{second}.pth")
     grid = dict(checkpoint_dir=str(ckpt), r_values=[0, 8], bench=False)
-    together = sweep.run_sweep(config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"],
-                                      exit_on_item=2, **grid))
+    actor_dies_on_item(2)
+    together = sweep.run_sweep(config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"], **grid))
     assert together.actors_replaced == 1 and len(together.written) == 8
     assert (together.decoded_images, together.decode_passes, together.points_evaluated) == (22, 1, 8)
     assert sweep.describe_decoding(together) == "decoded 22 images once for 8 point(s)"
