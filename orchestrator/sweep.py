@@ -1,20 +1,20 @@
-"""Sweep (model, r) grid points over a Ray cluster into Parquet results.
+"""Sweep (model, mode, r) grid points over a Ray cluster into Parquet results.
 
-    python -m orchestrator.sweep --models deit_tiny,deit_small --r 0,8-16 --data shards/ --out results/
+    python -m orchestrator.sweep --models deit_tiny,deit_small --mode tomecis,tome --r 0,8-16 --data shards/ --out results/
 
-Flow: parse the grid -> resolve the shards -> skip points already in ``--out`` ->
-start one actor per device -> then model by model: each (model, shard) item is
-decoded once and run at every r of that model -> outcomes are accepted once per
-item -> the model alone is timed on random input -> per point, counts are checked
-against the manifest and the row + predictions are written (before the next model
-starts, so a later failure keeps them) -> a table per model is printed.
+Flow: parse the grid -> resolve the shards (once) -> skip points already in ``--out`` -> join or start
+Ray (``cluster``) -> plan actors from each node's resources (``placement``) -> group the models by eval
+transform into decode passes -> pass by pass: each work item (a few shards) is decoded once and run at
+every (model, mode, r) of the pass still to do, outcomes accepted once per item (``pool``) -> each
+(model, mode) timed alone on random input -> per point, counts checked against the manifest and the row
++ predictions written (``points``, ``results``; before the next pass starts, so a later failure keeps
+them) -> a table per model and mode (``tables``), and how many images were decoded for how many points.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
-import socket
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +33,7 @@ from tomecis.models import find_checkpoint, max_r, short_name
 from . import tables
 from .evaluator import DecodePass, EvaluatorConfig, Task, Weights, transform_key
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_modes, parse_r_values
+from .cluster import connect
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
 from .pool import EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
@@ -139,72 +140,6 @@ def _ship_weights(weights: Dict[str, Weights]) -> Dict[str, Weights]:
 
 
 # --------------------------------------------------------------------------- Ray
-
-
-def connect(address: str) -> bool:
-    """Join or start Ray, and say on stderr which cluster this is; True when this call initialised Ray
-    (so the sweep shuts it down).
-
-    ``local`` always starts a new cluster here (``ray.init(address="local")``: a bare ``ray.init()`` would
-    join ``RAY_ADDRESS`` or the latest cluster started on this machine, perhaps someone else's). ``auto``
-    joins ``RAY_ADDRESS`` or a running cluster, and else starts a new one here. Anything else is the
-    address of a cluster to join."""
-    if ray.is_initialized():
-        print(f"ray: {describe_cluster()}; already joined by this process", file=sys.stderr)
-        return False
-    if address == "local":
-        ray.init(address="local", include_dashboard=False)
-        how = "started a new local cluster here (--address local)"
-    elif address == "auto":
-        how = _join_or_start()
-    else:
-        _check_reachable(address, "--address")
-        try:
-            ray.init(address=address)
-        except ConnectionError as err:
-            raise SweepError(f"--address {address}: cannot join the Ray cluster there ({err}); {_ADDRESS_HINT}") from err
-        how = f"joined the cluster at --address {address}"
-    print(f"ray: {describe_cluster()}; {how}", file=sys.stderr)
-    return True
-
-
-def _join_or_start() -> str:
-    """``--address auto``: ``RAY_ADDRESS``, else a running cluster on this machine, else a new local one."""
-    if os.environ.get("RAY_ADDRESS"):
-        _check_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
-        ray.init()
-        return f"joined the cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']} (--address auto)"
-    try:
-        ray.init(address="auto")
-        return "joined the Ray cluster already running on this machine (--address auto; --address local starts a new one)"
-    except ConnectionError:  # no running cluster: a new one, never someone else's
-        ray.init(address="local", include_dashboard=False)
-        return "started a new local cluster here (--address auto found none running)"
-
-
-def describe_cluster() -> str:
-    """``cluster at HOST:PORT: 3 node(s), 10 CPU, 2 GPU``, from the alive nodes."""
-    nodes = alive_nodes()
-    cpus, gpus = sum(n.cpus for n in nodes), sum(n.gpus for n in nodes)
-    address = ray.get_runtime_context().gcs_address
-    return f"cluster at {address}: {len(nodes)} node(s), {cpus:g} CPU, {gpus:g} GPU"
-
-
-_ADDRESS_HINT = "check the address (`ray status` on the head node prints it), or use --address local to start Ray here"
-
-
-def _check_reachable(address: str, source: str, timeout: float = 5.0) -> None:
-    """A quick TCP connect to ``host:port`` (``ray://`` too) before ``ray.init``, which would otherwise
-    wait minutes on an address where nothing answers; raises ``SweepError`` naming the address."""
-    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
-        return
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not host or not port.isdigit():
-        raise SweepError(f"{source} {address}: expected HOST:PORT (e.g. 10.0.0.1:6379 or ray://10.0.0.1:10001); {_ADDRESS_HINT}")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as err:
-        raise SweepError(f"{source} {address}: no Ray cluster answers there ({err}); {_ADDRESS_HINT}") from err
 
 
 def make_plan(cfg: SweepConfig) -> ActorPlan:
