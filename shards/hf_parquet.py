@@ -50,11 +50,11 @@ def open_source(
     """The labelled images of any source form; parquet images are spooled into `out` while the block runs."""
     if len(src_paths) == 1 and detect_form(src_paths[0]) is not SourceForm.PARQUET:
         if split is not None:
-            raise SourceError(f"--split {split} chooses among parquet files; {src_paths[0]} holds none: drop it")
+            raise SourceError(f"`split={split}` chooses among parquet files; {src_paths[0]} holds none: drop it")
         yield list_source_images(src_paths[0], labels)
         return
     if labels is not None:
-        raise SourceError(f"parquet rows carry their labels; drop --labels {labels}")
+        raise SourceError(f"parquet rows carry their labels; drop `labels={labels}`")
     files, chosen_split = parquet_files(src_paths, split)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def parquet_files(src_paths: Sequence[Path], split: str | None) -> tuple[list[Pa
                 "(data/validation-*.parquet), other forms come one at a time"
             )
     if split is not None:
-        raise SourceError(f"--split {split} chooses among a folder's parquet files; name that split's files instead")
+        raise SourceError(f"`split={split}` chooses among a folder's parquet files; name that split's files instead")
     return sorted(set(src_paths)), None
 
 
@@ -92,7 +92,7 @@ def _choose_split(files: list[Path], split: str | None, folder: Path) -> tuple[l
     if split is None:
         split = next(iter(by_split)) if len(by_split) == 1 else DEFAULT_SPLIT
     if split not in by_split:
-        raise SourceError(f"{folder} holds parquet files of the splits {names}, not {split!r}: choose with --split")
+        raise SourceError(f"{folder} holds parquet files of the splits {names}, not {split!r}: choose with `split`")
     return by_split[split], split or None
 
 

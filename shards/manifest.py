@@ -39,7 +39,7 @@ class ShardRecord:
 
 @dataclass(frozen=True)
 class SkippedImage:
-    """A source file left out by `--skip-bad`, with the reason."""
+    """A source file left out by `skip_bad` (`--skip-bad`), with the reason."""
 
     file: str
     error: str

@@ -33,17 +33,14 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from .decode import DECODE_ERRORS, decode_rgb, describe_decode_error
 from .hub import is_hub_url, open_hub_url
 from .manifest import MANIFEST_NAME, sha256_of_file
+from .shardset import shard_tuple
 from .spec import (  # noqa: F401 - re-exported: shards.read.resolve_data, .fingerprint_of, … keep working
-    SPEC_HELP,
     TOMECIS_DATA_ENV,
     DataSpecError,
     ShardInfo,
     ShardSet,
     fingerprint_of,
-    remote_url_to_readable,
     resolve_data,
-    shard_tuple,
-    split_top_level_commas,
 )
 from .synsets import N_IMAGENET_CLASSES
 from .transforms import data_config, eval_transform  # noqa: F401 - re-exported
@@ -97,10 +94,6 @@ class ReadStats:
     per_shard: dict[str, int] = field(default_factory=dict)
     failures: list[DecodeFailure] = field(default_factory=list)
 
-    @property
-    def n_seen(self) -> int:
-        return self.n_images + self.n_failed
-
     def merge(self, other: ReadStats) -> None:
         """Add another read's counts (e.g. another worker's part) into this one."""
         self.n_images += other.n_images
@@ -108,13 +101,6 @@ class ReadStats:
         for url, count in other.per_shard.items():
             self.per_shard[url] = self.per_shard.get(url, 0) + count
         self.failures.extend(other.failures)
-
-    def describe(self) -> str:
-        text = f"{self.n_images} images decoded, {self.n_failed} failed, from {len(self.per_shard)} shards"
-        if self.failures:
-            first = self.failures[0]
-            text += f"; first failure: {first.shard} key {first.key}: {first.error}"
-        return text
 
 
 def verify_checksums(shards: Sequence[ShardInfo]) -> None:
@@ -154,7 +140,6 @@ def split_shards(shardset: ShardSet | Sequence[ShardInfo], n: int) -> list[tuple
         members[part].append(index)
         loads[part] += weights[index]
     return [tuple(shards[i] for i in sorted(part)) for part in members]
-
 
 
 def _shard_weights(shards: tuple[ShardInfo, ...]) -> list[float]:

@@ -165,7 +165,7 @@ def list_source_images(src: Path, labels: Path | None) -> SourceListing:
     if form is SourceForm.IMAGEFOLDER:
         if labels is not None:
             raise SourceError(
-                f"{src} is an ImageFolder tree, whose folder names are the labels; drop --labels {labels}"
+                f"{src} is an ImageFolder tree, whose folder names are the labels; drop `labels={labels}`"
             )
         images, ignored = _imagefolder_images(src)
         unused = 0
@@ -173,7 +173,7 @@ def list_source_images(src: Path, labels: Path | None) -> SourceListing:
         if labels is None:
             kind = "a tar" if form is SourceForm.VAL_TAR else "a flat folder of JPEGs"
             raise SourceError(
-                f"{src} is {kind}, which carries no labels: pass --labels FILE "
+                f"{src} is {kind}, which carries no labels: pass `labels=FILE` "
                 "(val.txt lines 'ILSVRC2012_val_00000001.JPEG 65', or Kaggle's LOC_val_solution.csv)"
             )
         synset_by_key = read_labels(labels)

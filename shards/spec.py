@@ -23,7 +23,6 @@ from braceexpand import braceexpand
 
 from .hub import HF_TOKEN_ENV, hub_token
 from .manifest import MANIFEST_NAME, ManifestError, read_manifest
-from .remote import remote_url_to_readable  # noqa: F401 - re-exported (shards.read.remote_url_to_readable)
 from .remote import describe_origin, is_remote, resolve_remote_item
 from .shardset import (  # noqa: F401 - re-exported: shards.spec.ShardInfo, .fingerprint_of, … are the public names
     DataSpecError,
@@ -33,7 +32,6 @@ from .shardset import (  # noqa: F401 - re-exported: shards.spec.ShardInfo, .fin
     ShardSet,
     fingerprint_of,
     index_of_manifest,
-    shard_tuple,
 )
 from .wds_info import INFO_NAME, parse_info, split_of_spec
 

@@ -45,11 +45,11 @@ MAX_IGNORED_LISTED = 100
 
 
 class BadImageError(ValueError):
-    """A source file that is not a decodable image (without --skip-bad)."""
+    """A source file that is not a decodable image (without `skip_bad`)."""
 
 
 class OutputExistsError(FileExistsError):
-    """The output folder already holds shards or a manifest (without --force)."""
+    """The output folder already holds shards or a manifest (without `force`)."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,11 @@ class WriteConfig:
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
-            raise ValueError(f"--shard-size must be at least 1, got {self.shard_size}")
+            raise ValueError(f"`shard_size` must be at least 1, got {self.shard_size}")
         if self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+            raise ValueError(f"`workers` must be at least 1, got {self.workers}")
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", self.prefix):
-            raise ValueError(f"--prefix {self.prefix!r} must be letters, digits, '_' or '-' (no dots or slashes)")
+            raise ValueError(f"`prefix={self.prefix!r}` must be letters, digits, '_' or '-' (no dots or slashes)")
         if not self.src_paths:
             raise ValueError("no source given")
 
@@ -212,7 +212,7 @@ def write_shard(task: ShardTask, on_image: Callable[[], None]) -> ShardResult:
                     if not task.skip_bad:
                         raise BadImageError(
                             f"{image.describe()} is not a decodable image ({error}); "
-                            "remove or replace it, or pass --skip-bad to leave it out (it is listed in the manifest)"
+                            "remove or replace it, or pass `skip_bad=True` to leave it out (it is listed in the manifest)"
                         )
                     skipped.append(SkippedImage(file=image.describe(), error=error))
                     continue
@@ -240,18 +240,18 @@ def decode_problem(jpeg_bytes: bytes) -> str | None:
 
 
 def check_output_free(config: WriteConfig) -> list[Path]:
-    """Existing shards of this prefix in `out`; an error unless --force when there are any, or a manifest."""
+    """Existing shards of this prefix in `out`; an error unless `force` when there are any, or a manifest."""
     if not config.out.exists():
         return []
     if not config.out.is_dir():
-        raise OutputExistsError(f"--out {config.out} exists and is not a folder")
+        raise OutputExistsError(f"`out={config.out}` exists and is not a folder")
     pattern = shard_name_pattern(config.prefix)
     existing = sorted(path for path in config.out.iterdir() if pattern.match(path.name))
     manifest_path = config.out / MANIFEST_NAME
     if (existing or manifest_path.exists()) and not config.force:
         what = f"{len(existing)} {config.prefix} shards" if existing else MANIFEST_NAME
         raise OutputExistsError(
-            f"{config.out} already holds {what}; pass --force to replace them, or choose another --out"
+            f"{config.out} already holds {what}; pass `force=True` to replace them, or choose another `out`"
         )
     return existing
 
@@ -283,7 +283,7 @@ def _nothing_decodable(src: str, results: list[ShardResult]) -> str:
     skipped = [skipped for result in results for skipped in result.skipped]
     first = f" (first: {skipped[0].file}: {skipped[0].error})" if skipped else ""
     return (
-        f"{src}: none of its {len(skipped)} images decodes{first}, so --skip-bad would leave an empty set; "
+        f"{src}: none of its {len(skipped)} images decodes{first}, so `skip_bad=True` would leave an empty set; "
         "nothing was written: check that SRC holds the JPEGs you meant"
     )
 
@@ -373,6 +373,21 @@ def build_manifest(results: list[ShardResult], listing: SourceListing, config: W
     )
 
 
+_ARGUMENT = re.compile(r"`(labels|split|prefix|shard_size|workers|skip_bad|force|out)(?:=([^`]*))?`")
+
+
+def cli_wording(message: str) -> str:
+    """A library message as the CLI says it: the `WriteConfig` arguments it names become flags.
+
+    `` `force=True` `` -> ``--force``, `` `labels=FILE` `` -> ``--labels FILE``, `` `shard_size` `` -> ``--shard-size``."""
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = "--" + match[1].replace("_", "-"), match[2]
+        return name if value is None or value == "True" else f"{name} {value}"
+
+    return _ARGUMENT.sub(flag, message)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> WriteConfig:
     parser = argparse.ArgumentParser(
         prog="python -m shards.write",
@@ -422,8 +437,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WriteConfig:
             progress=not args.no_progress,
         )
     except ValueError as error:
-        parser.error(str(error))
-        raise  # parser.error exits; this line is never reached
+        parser.error(cli_wording(str(error)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -431,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = write_shards(config)
     except (SourceError, UnknownSynsetError, BadImageError, OutputExistsError) as error:
-        print(f"shards.write: error: {error}", file=sys.stderr)
+        print(f"shards.write: error: {cli_wording(str(error))}", file=sys.stderr)
         return 1
     print(summary.describe())
     return 0

@@ -85,7 +85,7 @@ def test_cli_prints_the_table(capsys):
 
 
 def test_cli_rejects_bad_arguments(capsys):
-    for argv, message in ((["--r", "8-"], "cannot read r item"), (["--model", "deit_tinny"], "did you mean")):
+    for argv, message in ((["--r", "8-"], "--r: cannot read r item"), (["--r", ","], "--r: r values are empty"), (["--model", "deit_tinny"], "did you mean")):
         with pytest.raises(SystemExit):
             bm.main(argv)
         assert message in capsys.readouterr().err

@@ -30,3 +30,18 @@ def test_local_checkpoint_round_trip(tmp_path, fmt):
     with torch.no_grad():
         assert torch.equal(loaded(x), source(x))
     assert not loaded.training
+
+
+def test_check_supported_answers_whether_a_model_can_be_swept():
+    model = tomecis.check_supported("deit_tiny")  # short names too; built on the meta device, patched
+    assert model.patch_embed.proj.weight.device.type == "meta" and model.r == 0
+    assert tomecis.max_r(model) == 98 == tomecis.max_r("deit_tiny")
+    assert tomecis.check_supported("deit_tiny_distilled_patch16_224").merge_state.distill_token
+    with pytest.raises(ValueError, match=r"^resnet50 cannot be swept: .*timm VisionTransformer.*got ResNet"):
+        tomecis.check_supported("resnet50")
+    with pytest.raises(ValueError, match=r"^vit_base_patch16_reg4_gap_256 cannot be swept: .*class token"):
+        tomecis.check_supported("vit_base_patch16_reg4_gap_256")
+    with pytest.raises(ValueError, match=r"^Linear cannot be swept: .*got Linear"):
+        tomecis.check_supported(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="unknown model 'deit_tinny'"):
+        tomecis.check_supported("deit_tinny")

@@ -172,7 +172,7 @@ def test_parquet_mistakes_are_named(tmp_path):
     pq.write_table(pa.table({"img": [b"x"], "label": [1]}), other)
     with pytest.raises(SourceError, match=r"has the columns \['img', 'label'\]; expected columns image"):
         write(other, tmp_path / "out")
-    with pytest.raises(SourceError, match="parquet rows carry their labels; drop --labels"):
+    with pytest.raises(SourceError, match="parquet rows carry their labels; drop `labels="):
         write(good, tmp_path / "out", labels=tmp_path / "val.txt")
     with pytest.raises(SourceError, match="is not a parquet file"):
         write((good, make_imagefolder(tmp_path / "val", images)), tmp_path / "out")

@@ -22,7 +22,7 @@ from shards.testing import (
     write_tiny_shards,
     write_val_txt,
 )
-from shards.write import BadImageError, OutputExistsError, WriteConfig, main, write_shards
+from shards.write import BadImageError, OutputExistsError, WriteConfig, cli_wording, main, write_shards
 
 
 def config(src: Path, out: Path, **overrides) -> WriteConfig:
@@ -189,14 +189,14 @@ def test_conflicting_labels_are_an_error(tmp_path):
 def test_missing_labels_says_pass_labels(tmp_path, form):
     images = tiny_dataset(n_images=2)
     src = make_flat_folder(tmp_path / "flat", images) if form == "flat" else make_val_tar(tmp_path / "val.tar", images)
-    with pytest.raises(SourceError, match="pass --labels"):
+    with pytest.raises(SourceError, match="pass `labels=FILE`"):
         write_shards(config(src, tmp_path / "out"))
 
 
 def test_labels_with_an_imagefolder_is_refused(tmp_path):
     images = tiny_dataset(n_images=2)
     src = make_imagefolder(tmp_path / "val", images)
-    with pytest.raises(SourceError, match="drop --labels"):
+    with pytest.raises(SourceError, match="drop `labels="):
         write_shards(config(src, tmp_path / "out", labels=write_val_txt(tmp_path / "val.txt", images)))
 
 
@@ -213,7 +213,7 @@ def test_corrupt_jpeg_is_named_and_nothing_is_left_behind(tmp_path):
     src = make_imagefolder(tmp_path / "val", images)
     bad = src / images[7].synset / images[7].file_name
     bad.write_bytes(b"this is not a JPEG")
-    with pytest.raises(BadImageError, match=rf"{bad}.*not a decodable image.*--skip-bad"):
+    with pytest.raises(BadImageError, match=rf"{bad}.*not a decodable image.*`skip_bad=True`"):
         write_shards(config(src, tmp_path / "out", workers=2))
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -306,7 +306,7 @@ def test_existing_shards_are_not_overwritten_without_force(tmp_path):
     write_tiny_shards(tmp_path, tiny_dataset(n_images=12), shard_size=2)
     out = tmp_path / "shards"
     before = {path.name: path.read_bytes() for path in out.iterdir()}
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="pass `force=True` to replace them, or choose another `out`"):
         write_shards(config(tmp_path / "src", out, shard_size=5))
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
@@ -340,6 +340,26 @@ def test_prefix_names_the_shards(tmp_path):
 def test_bad_config_is_refused(tmp_path, bad):
     with pytest.raises(ValueError):
         WriteConfig(src=tmp_path, out=tmp_path / "out", **bad)
+
+
+def test_the_cli_names_flags_where_the_library_names_arguments(tmp_path, capsys):
+    assert cli_wording("pass `force=True`, or another `out`; `labels=a b.txt`, `shard_size`, `src`") == (
+        "pass --force, or another --out; --labels a b.txt, --shard-size, `src`"
+    )
+    images = tiny_dataset(n_images=2)
+    src = make_flat_folder(tmp_path / "flat", images)
+    assert main([str(src), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert "which carries no labels: pass --labels FILE (val.txt" in capsys.readouterr().err
+    folder = make_imagefolder(tmp_path / "val", images)
+    labels = write_val_txt(tmp_path / "val.txt", images)
+    assert main([str(folder), "--out", str(tmp_path / "out"), "--labels", str(labels), "--no-progress"]) == 1
+    assert f"whose folder names are the labels; drop --labels {labels}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(folder), "--out", str(tmp_path / "out"), "--shard-size", "0"])
+    assert "--shard-size must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(folder), "--out", str(tmp_path / "out"), "--prefix", "a.b"])
+    assert "--prefix 'a.b' must be letters" in capsys.readouterr().err
 
 
 def test_cli_writes_and_prints_a_summary(tmp_path, capsys):

@@ -1,17 +1,18 @@
-"""Throughput and FLOPs of one model at a list of r, measured the way SPEC.md says.
+"""Throughput and FLOPs of one model at a list of r.
 
-Random input ``[batch, 3, H, W]`` already on the device, eval mode, no grad,
-warm-up passes, then timed passes with the device synchronised; the median of
-the timed passes is reported. GFLOPs per image come from
-``torch.utils.flop_counter.FlopCounterMode`` with the CPU attention kernel
-counted too (stock torch skips it).
+Throughput is the model alone: random input ``[batch, 3, H, W]`` already on the
+device, eval mode, no grad, warm-up passes, then timed passes with the device
+synchronised; the median of the timed passes is reported, with batch, autocast
+dtype and device beside it. GFLOPs per image count every matrix product (the
+attention's ``q k^T`` and ``P v`` included) at the token counts the merging
+leaves, from ``torch.utils.flop_counter.FlopCounterMode`` with the CPU attention
+kernel counted too (stock torch skips it).
 
     python -m tomecis.benchmark --model deit_small --r 0,8-16 --batch-size 128 --device cuda --amp fp16
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import statistics
 import sys
@@ -23,39 +24,13 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
+from .device import AMP_DTYPES, autocast, device_name, resolve_device, synchronize  # noqa: F401 - re-exported for now
 from .models import create_model, resolve_model_name
-from .patch import ATTENTIONS, MODES, patch
+from .patch import MODES, patch
 from .schedule import parse_r_values
-
-AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an unavailable cuda is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
-    return dev
-
-
-def autocast(device: torch.device, amp: str):
-    """Autocast context for ``amp`` in {none, fp16, bf16}."""
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
-    dtype = AMP_DTYPES[amp]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def input_shape(model: nn.Module) -> tuple:
@@ -213,12 +188,6 @@ class BenchmarkRow:
 DRIFT_WARNING = 0.05  # unpatched timings further apart than this make the speed-ups doubtful
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
 def run_benchmark(cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progress: Callable[[str], None] = lambda s: None) -> List[BenchmarkRow]:
     """Time the unpatched model and the patched one at every r of ``cfg`` (and the explicit
     formulation, if asked), all in turns (``time_in_turns``), so drift affects them alike.
@@ -320,6 +289,9 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> BenchmarkConfig:
     args = parser.parse_args(argv)
     try:
         r_values = parse_r_values(args.r)
+    except ValueError as err:
+        parser.error(f"--r: {err}")
+    try:
         resolve_model_name(args.model)
     except ValueError as err:
         parser.error(str(err))

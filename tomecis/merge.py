@@ -4,8 +4,11 @@ Nothing here knows about models, modules or devices. Shapes use
 ``B`` batch, ``H`` heads, ``N`` tokens, ``D`` head width, ``C`` channels.
 
 The matching is ToMe's bipartite soft matching (Bolya et al., ICLR 2023); the
-weighting is the class importance score of ToMeCIS (Seol et al., IECON 2023).
-``../shared/SPEC.md`` is the contract these functions implement.
+weighting is the class importance score of ToMeCIS (Seol et al., IECON 2023):
+token ``j`` scores ``mean_h P[h, 0, j] * || mean_h v[h, j, :] ||_2``, the class
+token's attention to it times the norm of its value vector, both averaged over
+heads. The score and the weighted average are computed in float32 (in half
+precision the products underflow and the average turns NaN).
 """
 from __future__ import annotations
 
@@ -90,30 +93,13 @@ def bipartite_soft_matching(
         return Matching(_identity_merge, 0, empty, empty, keep)
 
     with torch.no_grad():
-        m = metric.to(accumulation_dtype(metric.dtype))
-        m = m / m.norm(dim=-1, keepdim=True)
-        a, b = m[:, ::2], m[:, 1::2]  # [B, |A|, C], [B, |B|, C]
-        scores = a @ b.transpose(-1, -2)  # [B, |A|, |B|]
-        if class_token:
-            scores[:, 0, :] = -math.inf
-        if distill_token:
-            scores[:, :, 0] = -math.inf
-
-        node_max, node_idx = scores.max(dim=-1)  # [B, |A|]: best(a), b*(a)
+        node_max, node_idx = _best_partners(metric, class_token, distill_token)  # [B, |A|]: best(a), b*(a)
         order = torch.sort(node_max, dim=-1, descending=True, stable=True).indices  # [B, |A|]
         src_idx = order[:, :r]  # [B, r] A positions that merge away
         keep_idx = order[:, r:].sort(dim=-1).values  # [B, |A| - r] ascending original order
         dst_idx = node_idx.gather(dim=-1, index=src_idx)  # [B, r] their B partners
 
-        # Output token t is input token out_idx[:, t]: kept A tokens, then every B token
-        # (a distillation token moves right after the class token). A source a goes to the
-        # output row of its partner B token j, which is row |kept| + j in both layouts.
-        b_pos = torch.arange(1, N, 2, device=device).expand(B, -1)  # [B, |B|]
-        a_keep = 2 * keep_idx  # [B, |A| - r] positions in x
-        if distill_token:
-            out_idx = torch.cat([a_keep[:, :1], b_pos[:, :1], a_keep[:, 1:], b_pos[:, 1:]], dim=1)
-        else:
-            out_idx = torch.cat([a_keep, b_pos], dim=1)  # [B, N - r]
+        out_idx = _output_index(keep_idx, N, distill_token)  # [B, N - r]
         src_pos = 2 * src_idx  # [B, r] positions in x
         dst_row = keep_idx.shape[1] + dst_idx  # [B, r] rows of the output
 
@@ -128,6 +114,36 @@ def bipartite_soft_matching(
         return out.scatter_reduce_(1, rows, moved, reduce=mode)
 
     return Matching(merge, r, src_idx, dst_idx, keep_idx)
+
+
+def _best_partners(metric: torch.Tensor, class_token: bool, distill_token: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For each A token (even positions): its best B partner (odd positions) by cosine similarity.
+
+    ``metric [B, N, C]`` -> ``(best similarity [B, |A|], partner index into B [B, |A|])``; a class
+    token's row and a distillation token's column are ``-inf``, so neither is ever merged."""
+    m = metric.to(accumulation_dtype(metric.dtype))
+    m = m / m.norm(dim=-1, keepdim=True)
+    a, b = m[:, ::2], m[:, 1::2]  # [B, |A|, C], [B, |B|, C]
+    scores = a @ b.transpose(-1, -2)  # [B, |A|, |B|]
+    if class_token:
+        scores[:, 0, :] = -math.inf
+    if distill_token:
+        scores[:, :, 0] = -math.inf
+    return scores.max(dim=-1)
+
+
+def _output_index(keep_idx: torch.Tensor, num_tokens: int, distill_token: bool) -> torch.Tensor:
+    """``[B, N - r]``: output token t is input token ``out_idx[:, t]``.
+
+    The kept A tokens (``keep_idx [B, |A| - r]``, ascending), then every B token; a distillation
+    token moves right after the class token. A source merged into B token j lands on output row
+    ``|kept| + j`` in both layouts."""
+    B = keep_idx.shape[0]
+    b_pos = torch.arange(1, num_tokens, 2, device=keep_idx.device).expand(B, -1)  # [B, |B|]
+    a_keep = 2 * keep_idx  # [B, |A| - r] positions in x
+    if distill_token:
+        return torch.cat([a_keep[:, :1], b_pos[:, :1], a_keep[:, 1:], b_pos[:, 1:]], dim=1)
+    return torch.cat([a_keep, b_pos], dim=1)
 
 
 def _identity_merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:

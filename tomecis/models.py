@@ -10,6 +10,8 @@ import timm
 import torch
 from torch import nn
 
+from .patch import patch
+
 SHORT_NAMES: Dict[str, str] = {
     "deit_tiny": "deit_tiny_patch16_224",
     "deit_small": "deit_small_patch16_224",
@@ -103,6 +105,23 @@ def create_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def check_supported(model: Union[str, nn.Module]) -> nn.Module:
+    """Can ``model`` be swept: does it take ``tomecis.patch``? Returns the patched model.
+
+    Given a name (short or timm), builds the model on the meta device (no memory, no weights);
+    given a model, patches that model in place. Raises ``ValueError`` naming the model and what
+    it lacks (a timm VisionTransformer with a class token, timm's own blocks and attention); an
+    unknown name raises ``resolve_model_name``'s error."""
+    name = model if isinstance(model, str) else type(model).__name__
+    timm_name = resolve_model_name(model) if isinstance(model, str) else None
+    try:
+        if timm_name is not None:
+            model = timm.create_model(timm_name, device="meta")
+        return patch(model)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} cannot be swept: {err}") from err
 
 
 def max_r(name: Union[str, nn.Module]) -> int:

@@ -5,11 +5,14 @@ their attention for subclasses defined here (ToMe's habit: the weights and the
 module tree stay as they are). Afterwards ``model.r`` may be set to an int, an
 ``(r, inflection)`` pair or a per-block list at any time between forward passes.
 
-Per block with ``r_l > 0`` (SPEC.md, "One block"):
-attention (fused SDPA, ``log s`` as an additive bias) -> class importance from
-the class row only -> bipartite soft matching on the keys -> score-weighted
-merge (``mode="tomecis"``) or size-weighted merge (``mode="tome"``) -> MLP.
-Blocks with ``r_l = 0`` run timm's own code.
+Per block with ``r_l > 0``:
+attention with proportional attention (fused SDPA, ``log s`` of the token sizes
+as an additive bias) -> class importance from the class row only -> bipartite
+soft matching on the keys averaged over heads -> score-weighted merge
+(``mode="tomecis"``) or size-weighted merge (``mode="tome"``), sizes adding up
+-> MLP. Blocks with ``r_l = 0`` run timm's own code, so ``r = 0`` everywhere
+gives the unpatched model's logits at its speed. Sizes (and traced sources)
+are reset at every forward.
 """
 from __future__ import annotations
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 import re
 from typing import List, Sequence, Tuple, Union
 
-import torch
-
 RSpec = Union[int, Tuple[int, float], Sequence[int]]
 
 
 def resolve_schedule(r: RSpec, num_blocks: int) -> List[int]:
-    """Per-block token reductions from an ``r`` spec (SPEC.md, "Schedule").
+    """Per-block token reductions from an ``r`` spec.
 
     * ``int``: every block removes ``r``;
-    * ``(r, inflection)`` tuple, inflection in [-1, 1]: ToMe's linear schedule
-      ``lo = int(r (1 - inflection))``, ``hi = 2r - lo``;
+    * ``(r, inflection)`` tuple, inflection in [-1, 1]: ToMe's linear schedule over
+      ``L`` blocks, ``lo = int(r (1 - inflection))``, ``hi = 2r - lo``, block ``i``
+      removing ``int(lo + (hi - lo) i / (L - 1))``;
     * list: explicit per-block values, padded with zeros.
     """
     if isinstance(r, bool):
@@ -29,7 +28,7 @@ def resolve_schedule(r: RSpec, num_blocks: int) -> List[int]:
         return [r] * num_blocks
     if isinstance(r, tuple):
         return _inflection_schedule(r, num_blocks)
-    if isinstance(r, (list, torch.Size)) or (isinstance(r, Sequence) and not isinstance(r, str)):
+    if isinstance(r, Sequence) and not isinstance(r, str):
         values = [int(v) for v in r]
         if len(values) > num_blocks:
             raise ValueError(f"r lists {len(values)} values but the model has {num_blocks} blocks")
@@ -62,12 +61,12 @@ def parse_r_values(text: str) -> List[int]:
     """``"0,8-16"`` -> ``[0, 8, 9, ..., 16]``; ``"8-16:2"`` -> ``[8, 10, 12, 14, 16]``; ``"13"`` -> ``[13]``.
 
     Values keep their first-seen order; duplicates are dropped. Malformed items raise
-    ``ValueError`` naming the item.
+    ``ValueError`` naming the item (a CLI adds its flag, e.g. ``--r: ``).
     """
     values: List[int] = []
     items = [item.strip() for item in str(text).split(",")]
     if not any(items):
-        raise ValueError("--r is empty; give values such as 0,8-16 or 8-16:2")
+        raise ValueError("r values are empty; give values such as 0,8-16 or 8-16:2")
     for item in items:
         for value in _parse_r_item(item):
             if value not in values:

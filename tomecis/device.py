@@ -1,0 +1,45 @@
+"""Devices and autocast: which device to run on, its name, autocast by name, synchronisation.
+
+``AMP_DTYPES`` is the one list of autocast settings (``none``, ``fp16``, ``bf16``) that the
+benchmark, the sweep and the report accept.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an unavailable cuda is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return dev
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast context for ``amp`` in {none, fp16, bf16}."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op off CUDA), so that a timer reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """``NVIDIA H100 80GB HBM3`` for a GPU, ``cpu (16 threads)`` for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
