@@ -25,6 +25,7 @@ from torch import nn
 import shards
 import tomecis
 from tomecis import benchmark as bm
+from tomecis import device as dev
 from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
 
 PointKey = Tuple[str, str, int]  # (timm model name, mode, r): what one grid point is run under
@@ -217,7 +218,7 @@ def queue_batch(
         for r in task.r_values:
             model.r = r
             start = clock.mark()
-            with bm.autocast(images.device, amp):
+            with dev.autocast(images.device, amp):
                 logits = model(images)
             outputs.append(logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices.to(torch.int32))
             spans.append(((task.model, task.mode, r), start, clock.mark()))
@@ -294,7 +295,7 @@ def evaluate_shards(
         forward_seconds=forward_seconds,
         started=started,
         finished=time.time(),
-        device=bm.device_name(device),
+        device=dev.device_name(device),
     )
 
 
@@ -316,7 +317,7 @@ def profile_model(
         img_size=int(cfg["input_size"][-1]),
         crop_pct=float(cfg["crop_pct"]),
         interpolation=str(cfg["interpolation"]),
-        device=bm.device_name(device),
+        device=dev.device_name(device),
         mode=model.mode,
     )
     for r in r_values:
@@ -342,7 +343,7 @@ class Evaluator:
         self.config = config
         self.shape = shape
         torch.set_num_threads(max(1, int(shape.threads)))
-        self.device = bm.resolve_device(config.device)
+        self.device = dev.resolve_device(config.device)
         self.pass_name: Optional[str] = None
         self.models: Dict[str, nn.Module] = {}
         self.broken: Dict[str, str] = {}  # model -> why it could not be built
@@ -351,7 +352,7 @@ class Evaluator:
 
     def ready(self) -> Dict[str, str]:
         """Where this actor runs: node id, hostname, device (also proves the actor started)."""
-        return {"node_id": _node_id(), "hostname": socket.gethostname(), "device": bm.device_name(self.device), "pid": str(os.getpid())}
+        return {"node_id": _node_id(), "hostname": socket.gethostname(), "device": dev.device_name(self.device), "pid": str(os.getpid())}
 
     def _ensure(self, decode_pass: DecodePass) -> Dict[str, nn.Module]:
         """The pass's models on the device (built once per pass; the previous pass's are freed first).

@@ -6,9 +6,10 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 from tomecis.models import resolve_model_name, short_name
 from tomecis.patch import MODES
-from tomecis.schedule import parse_r_values, resolve_schedule
+from tomecis.device import AMP_DTYPES
+from tomecis.schedule import parse_r_values
 
-AMPS = ("none", "fp16", "bf16")
+AMPS = tuple(AMP_DTYPES)  # "none", "fp16", "bf16": one list, in tomecis.device
 DEVICE_KINDS = ("cpu", "cuda")
 
 
@@ -96,9 +97,4 @@ def build_grid(
     ]
 
 
-def schedule_of(point: GridPoint, num_blocks: int) -> List[int]:
-    """The per-block reductions the point runs with."""
-    return resolve_schedule(point.r, num_blocks)
-
-
-__all__ = ["AMPS", "DEVICE_KINDS", "GridPoint", "build_grid", "parse_models", "parse_modes", "parse_r_values", "schedule_of"]
+__all__ = ["AMPS", "DEVICE_KINDS", "MODES", "GridPoint", "build_grid", "parse_models", "parse_modes", "parse_r_values"]

@@ -13,9 +13,6 @@ import pandas as pd
 
 CITATION = 'Seol, Roh, Chung, "Token Merging with Class Importance Score", IECON 2023'
 SETTING = "ImageNet-1k val (50,000 images), one NVIDIA RTX 3090, batch 128, timm pretrained weights"
-DEVICE = "NVIDIA RTX 3090 (published)"
-BATCH_SIZE = 128
-N_IMAGES = 50_000
 
 # timm name -> (label, {r: (top-1 %, img/s)})
 PUBLISHED: Dict[str, Tuple[str, Dict[int, Tuple[float, float]]]] = {
@@ -70,4 +67,4 @@ def published_points() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "label", "r", "top1", "img_per_sec"])
 
 
-__all__ = ["BATCH_SIZE", "CITATION", "DEVICE", "N_IMAGES", "PUBLISHED", "PUBLISHED_COMPARISON_DEIT_S", "SETTING", "published_points"]
+__all__ = ["CITATION", "PUBLISHED", "PUBLISHED_COMPARISON_DEIT_S", "SETTING", "published_points"]

@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from . import paper
+from .grid import AMPS, MODES
 from .plot import plot_accuracy_throughput
 from .results import PREDICTIONS_DIR, ResultsDir
 from .stats import Comparison, paired_stats
@@ -310,10 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="folder for report.md and the PNGs (default %(default)s)")
     p.add_argument("--paper", action="store_true", help="add the published ToMeCIS numbers as a reference series")
     p.add_argument("--dataset", help="only this dataset fingerprint (a prefix is enough)")
-    p.add_argument("--amp", choices=["none", "fp16", "bf16"], help="only this autocast setting")
+    p.add_argument("--amp", choices=list(AMPS), help="only this autocast setting")
     p.add_argument("--batch-size", type=int, help="only this benchmark batch size")
     p.add_argument("--models", help="only these models, comma-separated short or timm names")
-    p.add_argument("--mode", choices=["tomecis", "tome"], help="only this merge mode")
+    p.add_argument("--mode", choices=list(MODES), help="only this merge mode")
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples for the CI (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
     p.add_argument("--classes", type=int, default=3, help="classes that lose most, per comparison (default %(default)s)")

@@ -437,13 +437,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def check_supported(model: str) -> torch.nn.Module:
-    """The model, built on the meta device (no memory, no weights), must take ``tomecis.patch``:
-    a timm VisionTransformer with a class token. Raises ``ValueError`` naming the model; returns the
-    patched meta-device model (for further shape checks without building it again)."""
+    """``tomecis.check_supported`` (the model built on the meta device and patched), with the flag named."""
     try:
-        return tomecis.patch(timm.create_model(model, device="meta"))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"--models: {model} cannot be swept: {err}") from err
+        return tomecis.check_supported(model)
+    except ValueError as err:
+        raise ValueError(f"--models: {err}") from err
 
 
 def validate_inputs(cfg: SweepConfig) -> Selection:
