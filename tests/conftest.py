@@ -8,7 +8,8 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-SHARED_ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ASSETS = REPO.parent / "shared" / "assets"
 DEIT_TINY_WEIGHTS = SHARED_ASSETS / "weights" / "deit_tiny_patch16_224.pth"
 SAMPLE_IMAGES = SHARED_ASSETS / "imagenet-sample"
 
@@ -49,6 +50,21 @@ MODEL_FACTORIES = {
     "deit_tiny_distilled": lambda: randomize(timm.create_model("deit_tiny_distilled_patch16_224", num_classes=100), 3),
     "vit_layerscale_qknorm": lambda: tiny_vit(init_values=0.5, qk_norm=True),
 }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """22 tiny images in 5 shards (the last one short), and a random-weight DeiT-Tiny checkpoint dir
+    (``ckpt/deit_tiny_patch16_224.pth``): the sweep tests' data (modules may define their own)."""
+    from shards.testing import tiny_dataset, write_tiny_shards
+
+    root = tmp_path_factory.mktemp("sweep")
+    write_tiny_shards(root, tiny_dataset(n_images=22, n_classes=4), shard_size=5)
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    torch.manual_seed(0)
+    torch.save({"model": timm.create_model("deit_tiny_patch16_224").state_dict()}, ckpt / "deit_tiny_patch16_224.pth")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import ray
 
 from orchestrator import points, sweep
 from orchestrator.evaluator import ModelProfile, ShardOutcome
-from test_sweep import data  # noqa: F401  (the module-scoped tiny shards + checkpoint fixture)
 
 # --------------------------------------------------------------------------- CLI errors, before any Ray work
 

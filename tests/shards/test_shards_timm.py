@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SAMPLE_IMAGES
 from shards.hub import HubPath, parse_hub_url
 from shards.read import ReadStats, ShardCountError, ShardReadError, iter_batches
 from shards.shardset import fingerprint_of
 from shards.spec import DataSpecError, resolve_data
 from shards.testing import TinyImage, images_of_imagefolder, serve_hub, tiny_dataset, write_timm_wds, write_tiny_shards
 
-SAMPLE_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "imagenet-sample"
+SAMPLE_PHOTOS = SAMPLE_IMAGES
 REPO = "timm/imagenet-1k-wds"
 TOKEN = "hf_standin_token_for_tests"
 

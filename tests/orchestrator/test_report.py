@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO
 from orchestrator import paper, report
 from orchestrator.grid import GridPoint
 from orchestrator.plot import PLOT_DPI, PLOT_SIZE_INCHES
@@ -362,7 +363,7 @@ def test_steady_timing_is_not_flagged(grid_results):
 
 def readme_block(heading: str) -> str:
     """The first ```python block under the README heading containing ``heading``."""
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     after = text.split(heading, 1)[1]
     return after.split("```python\n", 1)[1].split("\n```", 1)[0]
 

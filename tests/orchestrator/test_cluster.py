@@ -15,10 +15,11 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.cluster_utils import Cluster
 
 import tomecis
+from conftest import REPO
 from orchestrator import sweep
 from shards.testing import tiny_dataset, write_tiny_shards
 
-CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+CLUSTER_YAML = REPO / "cluster.yaml"
 MODEL = "deit_tiny_patch16_224"
 
 

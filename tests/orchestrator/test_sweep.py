@@ -31,18 +31,6 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """22 tiny images in 5 shards (the last one short), and a random-weight checkpoint dir."""
-    root = tmp_path_factory.mktemp("sweep")
-    write_tiny_shards(root, tiny_dataset(n_images=22, n_classes=4), shard_size=5)
-    ckpt = root / "ckpt"
-    ckpt.mkdir()
-    torch.manual_seed(0)
-    torch.save({"model": tomecis.create_model(MODEL).state_dict()}, ckpt / f"{MODEL}.pth")
-    return root
-
-
 def config(data: Path, out: Path, **kw) -> sweep.SweepConfig:
     base = dict(
         models=[MODEL], r_values=R_VALUES, data=str(data / "shards"), out=str(out), batch_size=4,

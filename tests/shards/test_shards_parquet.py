@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SAMPLE_IMAGES
 from shards.hf_parquet import SPOOL_NAME
 from shards.manifest import MANIFEST_NAME, read_manifest
 from shards.sources import SourceError
@@ -23,7 +24,7 @@ from shards.testing import (
 )
 from shards.write import WriteConfig, main, write_shards
 
-SAMPLE_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "imagenet-sample"
+SAMPLE_PHOTOS = SAMPLE_IMAGES
 
 
 def labelled_images(n: int) -> list[TinyImage]:

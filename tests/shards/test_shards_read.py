@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import REPO, SHARED_ASSETS
 import shards.read as shards_read
 import shards.remote as shards_remote
 from PIL import Image
@@ -47,7 +48,7 @@ from shards.synsets import imagenet_synsets
 from shards.testing import tiny_dataset, write_manifest_for, write_raw_shard, write_tiny_shards
 from shards.write import WriteConfig, write_shards
 
-ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+ASSETS = SHARED_ASSETS
 SAMPLE_PHOTOS = ASSETS / "imagenet-sample"
 DEIT_TINY_WEIGHTS = ASSETS / "weights" / "deit_tiny_patch16_224.pth"
 
@@ -89,7 +90,7 @@ def test_package_re_exports_the_reading_api():
 
 def test_submodules_are_reachable_from_a_bare_import():
     code = "import shards; print(shards.read.TOMECIS_DATA_ENV, shards.write.DEFAULT_PREFIX)"
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert done.stdout.split() == ["TOMECIS_DATA", "imagenet-val"]
 
