@@ -4,6 +4,7 @@
 machine, else starts a new one; anything else is an address to join, checked with a quick TCP connect
 first so that a wrong address fails in seconds instead of minutes.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,9 @@ def connect(address: str) -> bool:
         try:
             ray.init(address=address)
         except ConnectionError as err:
-            raise SweepError(f"--address {address}: cannot join the Ray cluster there ({err}); {_ADDRESS_HINT}") from err
+            raise SweepError(
+                f"--address {address}: cannot join the Ray cluster there ({err}); {_ADDRESS_HINT}"
+            ) from err
         how = f"joined the cluster at --address {address}"
     print(f"ray: {describe_cluster()}; {how}", file=sys.stderr)
     return True
@@ -65,7 +68,9 @@ def describe_cluster() -> str:
     return f"cluster at {address}: {len(nodes)} node(s), {cpus:g} CPU, {gpus:g} GPU"
 
 
-_ADDRESS_HINT = "check the address (`ray status` on the head node prints it), or use --address local to start Ray here"
+_ADDRESS_HINT = (
+    "check the address (`ray status` on the head node prints it), or use --address local to start Ray here"
+)
 
 
 def _check_reachable(address: str, source: str, timeout: float = 5.0) -> None:
@@ -75,8 +80,12 @@ def _check_reachable(address: str, source: str, timeout: float = 5.0) -> None:
         return
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
-        raise SweepError(f"{source} {address}: expected HOST:PORT (e.g. 10.0.0.1:6379 or ray://10.0.0.1:10001); {_ADDRESS_HINT}")
+        raise SweepError(
+            f"{source} {address}: expected HOST:PORT (e.g. 10.0.0.1:6379 or ray://10.0.0.1:10001); {_ADDRESS_HINT}"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as err:
-        raise SweepError(f"{source} {address}: no Ray cluster answers there ({err}); {_ADDRESS_HINT}") from err
+        raise SweepError(
+            f"{source} {address}: no Ray cluster answers there ({err}); {_ADDRESS_HINT}"
+        ) from err

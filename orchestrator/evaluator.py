@@ -10,6 +10,7 @@ memory in one non-blocking copy, and the host collects that copy only after it
 has queued the next batch (so decoding, copying and computing overlap). Forward
 time per point comes from CUDA events, which time the device without stopping it.
 """
+
 from __future__ import annotations
 
 import os
@@ -111,7 +112,9 @@ class ShardOutcome:
     node_id: str = ""
     hostname: str = ""
     device: str = ""
-    model_errors: Dict[str, str] = field(default_factory=dict)  # model -> why it could not be built (no points for it)
+    model_errors: Dict[str, str] = field(
+        default_factory=dict
+    )  # model -> why it could not be built (no points for it)
 
 
 @dataclass
@@ -155,7 +158,14 @@ def transform_key(model_or_name) -> tuple:
     cfg = shards.data_config(model_or_name)
     return tuple(
         tuple(v) if isinstance(v, (list, tuple)) else v
-        for v in (cfg["input_size"], cfg["crop_pct"], cfg["interpolation"], cfg["mean"], cfg["std"], cfg.get("crop_mode", "center"))
+        for v in (
+            cfg["input_size"],
+            cfg["crop_pct"],
+            cfg["interpolation"],
+            cfg["mean"],
+            cfg["std"],
+            cfg.get("crop_mode", "center"),
+        )
     )
 
 
@@ -268,13 +278,27 @@ def evaluate_shards(
     tick = time.perf_counter()
     with torch.inference_mode():
         batches = shards.iter_batches(
-            items, transform, batch_size, loader_workers, stats, pin_memory=device.type == "cuda", with_shards=True
+            items,
+            transform,
+            batch_size,
+            loader_workers,
+            stats,
+            pin_memory=device.type == "cuda",
+            with_shards=True,
         )
         for images, batch_labels, batch_keys, batch_shards in batches:
             load_seconds += time.perf_counter() - tick
             images = images.to(device, non_blocking=True)
             host, widths, spans, copied = queue_batch(models, tasks, images, amp, clock)
-            current = _QueuedBatch(list(batch_keys), list(batch_shards), batch_labels.numpy().astype(np.int32), host, widths, spans, copied)
+            current = _QueuedBatch(
+                list(batch_keys),
+                list(batch_shards),
+                batch_labels.numpy().astype(np.int32),
+                host,
+                widths,
+                spans,
+                copied,
+            )
             if queued is not None:
                 absorb(queued)  # waits for the previous batch only; this one keeps the device busy meanwhile
             queued = current
@@ -329,7 +353,9 @@ def profile_model(
         bm.measure_throughput(model, bench_batch_size, device, amp, warmup, 1)  # device warm-up, untimed
         settings = [bm.with_r(model, r) for r in r_values]  # every r timed in turns: drift hits them alike
         times = bm.time_in_turns(settings, bench_batch_size, device, amp, warmup, runs)
-        profile.infer_samples_per_sec = {r: bm.img_per_s(bench_batch_size, t) for r, t in zip(r_values, times)}
+        profile.infer_samples_per_sec = {
+            r: bm.img_per_s(bench_batch_size, t) for r, t in zip(r_values, times)
+        }
     return profile
 
 
@@ -352,13 +378,20 @@ class Evaluator:
 
     def ready(self) -> Dict[str, str]:
         """Where this actor runs: node id, hostname, device (also proves the actor started)."""
-        return {"node_id": _node_id(), "hostname": socket.gethostname(), "device": dev.device_name(self.device), "pid": str(os.getpid())}
+        return {
+            "node_id": _node_id(),
+            "hostname": socket.gethostname(),
+            "device": dev.device_name(self.device),
+            "pid": str(os.getpid()),
+        }
 
     def _ensure(self, decode_pass: DecodePass) -> Dict[str, nn.Module]:
         """The pass's models on the device (built once per pass; the previous pass's are freed first).
         A model that cannot be built (a bad checkpoint) is left out and its error kept in ``broken``;
         when none can be built, the error is raised."""
-        if self.pass_name == decode_pass.name and set(self.models) | set(self.broken) == set(decode_pass.weights):
+        if self.pass_name == decode_pass.name and set(self.models) | set(self.broken) == set(
+            decode_pass.weights
+        ):
             return self.models
         self.models, self.broken = {}, {}
         for name, weights in decode_pass.weights.items():
@@ -377,14 +410,23 @@ class Evaluator:
         models = self._ensure(decode_pass)
         tasks = [t for t in decode_pass.tasks if t.model in models]
         outcome = evaluate_shards(
-            models, tasks, items, self.transform, self.device, self.config.amp, self.config.batch_size,
-            self.shape.loader_workers, decode_pass.name,
+            models,
+            tasks,
+            items,
+            self.transform,
+            self.device,
+            self.config.amp,
+            self.config.batch_size,
+            self.shape.loader_workers,
+            decode_pass.name,
         )
         outcome.node_id, outcome.hostname = _node_id(), socket.gethostname()
         outcome.model_errors = dict(self.broken)
         return outcome
 
-    def profile(self, decode_pass: DecodePass, task: Task, bench: bool, runs: int, warmup: int) -> ModelProfile:
+    def profile(
+        self, decode_pass: DecodePass, task: Task, bench: bool, runs: int, warmup: int
+    ) -> ModelProfile:
         model = self._ensure(decode_pass)[task.model]
         model.mode = task.mode
         batch = self.config.batch_size if bench else None

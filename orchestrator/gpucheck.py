@@ -13,6 +13,7 @@ On a machine with CUDA, in a few minutes on one GPU, it runs and writes into ``g
 
 and checks the figures against the targets below. Without CUDA it says so in one line and exits 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,12 +81,27 @@ class Report:
     def all_passed(self) -> bool:
         """No step failed, the CUDA tests (when run) passed, and every target was met."""
         steps_failed = any(s.split("\n", 1)[0].endswith(": FAILED") for s in self.sections)
-        return not steps_failed and self.figures.get("tests_passed", True) and not any(v.endswith("FAIL |") for v in self.verdicts)
+        return (
+            not steps_failed
+            and self.figures.get("tests_passed", True)
+            and not any(v.endswith("FAIL |") for v in self.verdicts)
+        )
 
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        targets = ["## Targets", "", "| check | measured | target | verdict |", "|---|--:|--:|---|", *self.verdicts, ""]
-        text = "# GPU check\n\n" + "\n".join(self.sections) + ("\n" + "\n".join(targets) if self.verdicts else "")
+        targets = [
+            "## Targets",
+            "",
+            "| check | measured | target | verdict |",
+            "|---|--:|--:|---|",
+            *self.verdicts,
+            "",
+        ]
+        text = (
+            "# GPU check\n\n"
+            + "\n".join(self.sections)
+            + ("\n" + "\n".join(targets) if self.verdicts else "")
+        )
         (self.out / "report.md").write_text(text)
         (self.out / "results.json").write_text(json.dumps(self.figures, indent=2, default=str))
 
@@ -98,7 +114,9 @@ def machine_section(cfg: GpuCheckConfig) -> str:
     lines = [f"- torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPU cores"]
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        lines.append(f"- {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}")
+        lines.append(
+            f"- {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}"
+        )
     else:
         lines.append("- no GPU: this run is on the CPU (a rehearsal of the report, not a GPU proof)")
     return "\n".join(lines)
@@ -114,7 +132,11 @@ def run_cuda_tests(timeout: float = 420.0) -> tuple:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return False, f"tests/test_cuda.py did not finish within {timeout:.0f}s"
-    lines = [l for l in done.stdout.splitlines() if l.startswith(("PASSED", "FAILED", "SKIPPED", "ERROR")) or " passed" in l or " failed" in l]
+    lines = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith(("PASSED", "FAILED", "SKIPPED", "ERROR")) or " passed" in line or " failed" in line
+    ]
     return done.returncode == 0, "\n".join(lines[-40:]) or done.stdout[-3000:] + done.stderr[-2000:]
 
 
@@ -122,13 +144,32 @@ def benchmark_model(cfg: GpuCheckConfig, model: str) -> List[dict]:
     """``tomecis.benchmark`` of one model at every r, with the explicit formulation: one dict per r."""
     from tomecis.benchmark import BenchmarkConfig, run_benchmark
 
-    rows = run_benchmark(BenchmarkConfig(model=model, r_values=cfg.r_values, batch_size=cfg.bench_batch_size, device=cfg.device,
-                                         amp=cfg.amp, warmup=cfg.warmup, runs=cfg.runs, explicit=True))
+    rows = run_benchmark(
+        BenchmarkConfig(
+            model=model,
+            r_values=cfg.r_values,
+            batch_size=cfg.bench_batch_size,
+            device=cfg.device,
+            amp=cfg.amp,
+            warmup=cfg.warmup,
+            runs=cfg.runs,
+            explicit=True,
+        )
+    )
     gflops0 = next(r.gflops for r in rows if r.r == 0) if any(r.r == 0 for r in rows) else rows[0].gflops
     return [
-        dict(model=row.model, r=row.r, img_per_s=row.img_per_s, unpatched_img_per_s=row.unpatched_img_per_s, speedup=row.speedup,
-             flop_ratio=gflops0 / row.gflops, gflops=row.gflops, tokens_out=row.tokens_out,
-             explicit_img_per_s=row.explicit_img_per_s, fused_vs_explicit=row.img_per_s / row.explicit_img_per_s)
+        dict(
+            model=row.model,
+            r=row.r,
+            img_per_s=row.img_per_s,
+            unpatched_img_per_s=row.unpatched_img_per_s,
+            speedup=row.speedup,
+            flop_ratio=gflops0 / row.gflops,
+            gflops=row.gflops,
+            tokens_out=row.tokens_out,
+            explicit_img_per_s=row.explicit_img_per_s,
+            fused_vs_explicit=row.img_per_s / row.explicit_img_per_s,
+        )
         for row in rows
     ]
 
@@ -159,9 +200,17 @@ def sample_shards(cfg: GpuCheckConfig) -> Optional[str]:
     target = Path(cfg.out) / f"shards-x{cfg.repeat}"
     if (target / "manifest.json").exists():
         return str(target)
-    photos = [(p.stem, p.read_bytes(), synset_index(p.parent.name, where=str(p))) for p in sorted(SAMPLE_IMAGES.glob("*/*.JPEG"))]
-    samples = sorted((f"{stem}_copy{k:02d}", data, label) for k in range(cfg.repeat) for stem, data, label in photos)
-    records = [write_raw_shard(target / f"sample-x{cfg.repeat}-{i // 250:06d}.tar", samples[i : i + 250]) for i in range(0, len(samples), 250)]
+    photos = [
+        (p.stem, p.read_bytes(), synset_index(p.parent.name, where=str(p)))
+        for p in sorted(SAMPLE_IMAGES.glob("*/*.JPEG"))
+    ]
+    samples = sorted(
+        (f"{stem}_copy{k:02d}", data, label) for k in range(cfg.repeat) for stem, data, label in photos
+    )
+    records = [
+        write_raw_shard(target / f"sample-x{cfg.repeat}-{i // 250:06d}.tar", samples[i : i + 250])
+        for i in range(0, len(samples), 250)
+    ]
     write_manifest_for(target, records)
     return str(target)
 
@@ -174,15 +223,38 @@ def run_sweep_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
 
     out = Path(cfg.out) / "results"
     sweep_cfg = SweepConfig(
-        models=[_timm_name(m) for m in cfg.models], r_values=cfg.r_values, data=data, out=str(out), batch_size=cfg.sweep_batch_size,
-        device=cfg.device, amp=cfg.amp, checkpoint_dir=cfg.checkpoint_dir, random_weights=cfg.checkpoint_dir is None,
-        address="local", bench_runs=cfg.runs, bench_warmup=cfg.warmup, force=True, progress=False,
+        models=[_timm_name(m) for m in cfg.models],
+        r_values=cfg.r_values,
+        data=data,
+        out=str(out),
+        batch_size=cfg.sweep_batch_size,
+        device=cfg.device,
+        amp=cfg.amp,
+        checkpoint_dir=cfg.checkpoint_dir,
+        random_weights=cfg.checkpoint_dir is None,
+        address="local",
+        bench_runs=cfg.runs,
+        bench_warmup=cfg.warmup,
+        force=True,
+        progress=False,
     )
     run_sweep(sweep_cfg)
     points = pd.read_parquet(out / "points")
     points = points[points["model"].isin(sweep_cfg.models)]
-    return points[["short_name", "mode", "r", "top1", "n_images", "infer_samples_per_sec", "eval_samples_per_sec", "started", "finished",
-                   "device"]].to_dict("records")
+    return points[
+        [
+            "short_name",
+            "mode",
+            "r",
+            "top1",
+            "n_images",
+            "infer_samples_per_sec",
+            "eval_samples_per_sec",
+            "started",
+            "finished",
+            "device",
+        ]
+    ].to_dict("records")
 
 
 def grid_efficiency(points: Sequence[dict]) -> float:
@@ -193,7 +265,10 @@ def grid_efficiency(points: Sequence[dict]) -> float:
 
 
 def sweep_table(points: Sequence[dict]) -> str:
-    lines = ["| model | mode | r | top-1 | images | infer img/s | eval img/s | eval / infer |", "|---|---|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| model | mode | r | top-1 | images | infer img/s | eval img/s | eval / infer |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
     for p in points:
         lines.append(
             f"| {p['short_name']} | {p['mode']} | {p['r']} | {p['top1']:.2f} | {p['n_images']} | {p['infer_samples_per_sec']:.0f} | "
@@ -206,7 +281,9 @@ def read_bench(cfg: GpuCheckConfig, data: str) -> List[dict]:
     """``shards.bench``: decode + eval transform img/s at each loader-worker count (no model)."""
     from shards.bench import ReadBenchConfig, run_read_bench
 
-    rows = run_read_bench(ReadBenchConfig(data=data, batch_size=cfg.sweep_batch_size, workers=tuple(cfg.read_workers), passes=2))
+    rows = run_read_bench(
+        ReadBenchConfig(data=data, batch_size=cfg.sweep_batch_size, workers=tuple(cfg.read_workers), passes=2)
+    )
     return [dict(workers=r.workers, images=r.images, seconds=r.seconds, img_per_s=r.img_per_s) for r in rows]
 
 
@@ -215,8 +292,10 @@ def read_table(rows: Sequence[dict], model_rates: Dict[str, float]) -> str:
     lines += [f"| {r['workers']} | {r['images']} | {r['seconds']:.2f} | {r['img_per_s']:.0f} |" for r in rows]
     best = max(rows, key=lambda r: r["img_per_s"])
     for model, rate in model_rates.items():
-        lines.append(f"\n{model} alone at r = 0 runs {rate:.0f} img/s: the best data path here ({best['workers']} workers, "
-                     f"{best['img_per_s']:.0f} img/s) is {best['img_per_s'] / rate:.2f}x of it.")
+        lines.append(
+            f"\n{model} alone at r = 0 runs {rate:.0f} img/s: the best data path here ({best['workers']} workers, "
+            f"{best['img_per_s']:.0f} img/s) is {best['img_per_s'] / rate:.2f}x of it."
+        )
     return "\n".join(lines)
 
 
@@ -230,30 +309,50 @@ def run_check(cfg: GpuCheckConfig, say: Callable[[str], None] = print) -> Report
     if cfg.run_tests:
         say("gpucheck: tests/test_cuda.py")
         passed, summary = run_cuda_tests()
-        report.add("tests/test_cuda.py", f"{'passed' if passed else 'FAILED'}\n\n```\n{summary}\n```", tests_passed=passed)
+        report.add(
+            "tests/test_cuda.py",
+            f"{'passed' if passed else 'FAILED'}\n\n```\n{summary}\n```",
+            tests_passed=passed,
+        )
     bench_rows: List[dict] = []
     for model in cfg.models:
         say(f"gpucheck: benchmark {model}")
         bench_rows += _step(report, f"benchmark {model}", lambda: benchmark_model(cfg, model)) or []
     if bench_rows:
-        report.add(f"Benchmark ({cfg.amp}, batch {cfg.bench_batch_size}, random input on the device)", benchmark_table(bench_rows), benchmark=bench_rows)
+        report.add(
+            f"Benchmark ({cfg.amp}, batch {cfg.bench_batch_size}, random input on the device)",
+            benchmark_table(bench_rows),
+            benchmark=bench_rows,
+        )
         _check_benchmark(report, bench_rows)
     data = sample_shards(cfg)
     if data is None:
-        report.add("Sweep and data path", "skipped: no --data and no ../shared/assets/imagenet-sample to write shards from")
+        report.add(
+            "Sweep and data path",
+            "skipped: no --data and no ../shared/assets/imagenet-sample to write shards from",
+        )
         return report
     say(f"gpucheck: sweep on {data}")
     points = _step(report, "sweep", lambda: run_sweep_step(cfg, data))
     if points:
         efficiency = grid_efficiency(points)
-        report.add(f"Sweep on {data} ({cfg.device} actors)", sweep_table(points) + f"\n\ngrid efficiency (summed model-alone time / pass wall time): "
-                   f"{efficiency:.2f}", sweep=points, grid_efficiency=efficiency)
+        report.add(
+            f"Sweep on {data} ({cfg.device} actors)",
+            sweep_table(points) + f"\n\ngrid efficiency (summed model-alone time / pass wall time): "
+            f"{efficiency:.2f}",
+            sweep=points,
+            grid_efficiency=efficiency,
+        )
         report.check("grid: summed infer time / eval wall time", efficiency, TARGETS["grid_efficiency"])
     say("gpucheck: shards.bench")
     reads = _step(report, "shards.bench", lambda: read_bench(cfg, data))
     if reads:
         rates = {r["model"]: r["unpatched_img_per_s"] for r in bench_rows if r["r"] == 0}
-        report.add("Data path (shards.bench: decode + eval transform, no model)", read_table(reads, rates), read_bench=reads)
+        report.add(
+            "Data path (shards.bench: decode + eval transform, no model)",
+            read_table(reads, rates),
+            read_bench=reads,
+        )
     return report
 
 
@@ -271,9 +370,17 @@ def _step(report: Report, name: str, step: Callable[[], object]):
 def _check_benchmark(report: Report, rows: Sequence[dict]) -> None:
     for row in rows:
         if row["r"] == 13:
-            report.check(f"{row['model']} r=13 speed-up / FLOP ratio", row["speedup"] / row["flop_ratio"], TARGETS["speedup_vs_flops"])
+            report.check(
+                f"{row['model']} r=13 speed-up / FLOP ratio",
+                row["speedup"] / row["flop_ratio"],
+                TARGETS["speedup_vs_flops"],
+            )
             if "small" in row["model"]:
-                report.check(f"{row['model']} r=13 fused / explicit", row["fused_vs_explicit"], TARGETS["fused_vs_explicit"])
+                report.check(
+                    f"{row['model']} r=13 fused / explicit",
+                    row["fused_vs_explicit"],
+                    TARGETS["fused_vs_explicit"],
+                )
 
 
 def _timm_name(model: str) -> str:
@@ -284,15 +391,29 @@ def _timm_name(model: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.gpucheck", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="gpu-report", help="folder for report.md and results.json (default %(default)s)")
-    p.add_argument("--data", help="shards for the sweep and shards.bench (default: written from ../shared/assets)")
+    p.add_argument(
+        "--out", default="gpu-report", help="folder for report.md and results.json (default %(default)s)"
+    )
+    p.add_argument(
+        "--data", help="shards for the sweep and shards.bench (default: written from ../shared/assets)"
+    )
     p.add_argument("--checkpoint-dir", help="weights for the sweep (default: random weights)")
     p.add_argument("--models", default="deit_tiny,deit_small")
     p.add_argument("--r", default="0,8,13,16")
     p.add_argument("--runs", type=int, default=20, help="timed passes per setting")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a rehearsal of the report without a GPU")
+    p.add_argument(
+        "--device",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="cpu: a rehearsal of the report without a GPU",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="benchmark batch (the sweep uses 128)")
-    p.add_argument("--repeat", type=int, default=20, help="copies of the 500 sample photos in the default shards (default %(default)s)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=20,
+        help="copies of the 500 sample photos in the default shards (default %(default)s)",
+    )
     p.add_argument("--no-tests", action="store_true", help="skip tests/test_cuda.py")
     return p
 
@@ -301,18 +422,37 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> GpuCheckConfig:
     from tomecis.schedule import parse_r_values
 
     args = build_parser().parse_args(argv)
-    cfg = GpuCheckConfig(out=args.out, data=args.data, checkpoint_dir=args.checkpoint_dir, device=args.device,
-                         models=[m.strip() for m in args.models.split(",")], r_values=parse_r_values(args.r), runs=args.runs,
-                         bench_batch_size=args.batch_size, run_tests=not args.no_tests, repeat=args.repeat)
-    if cfg.device == "cpu":  # a rehearsal: small and in fp32 (CPU fp16 autocast is slow and not what is measured)
-        cfg.amp, cfg.warmup, cfg.sweep_batch_size, cfg.read_workers = "none", 1, min(cfg.sweep_batch_size, cfg.bench_batch_size), [0, 1]
+    cfg = GpuCheckConfig(
+        out=args.out,
+        data=args.data,
+        checkpoint_dir=args.checkpoint_dir,
+        device=args.device,
+        models=[m.strip() for m in args.models.split(",")],
+        r_values=parse_r_values(args.r),
+        runs=args.runs,
+        bench_batch_size=args.batch_size,
+        run_tests=not args.no_tests,
+        repeat=args.repeat,
+    )
+    if (
+        cfg.device == "cpu"
+    ):  # a rehearsal: small and in fp32 (CPU fp16 autocast is slow and not what is measured)
+        cfg.amp, cfg.warmup, cfg.sweep_batch_size, cfg.read_workers = (
+            "none",
+            1,
+            min(cfg.sweep_batch_size, cfg.bench_batch_size),
+            [0, 1],
+        )
     return cfg
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(argv)
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        print(f"gpucheck: torch {torch.__version__} sees no CUDA device here; run it on a machine with a GPU (nvidia-smi lists it)", file=sys.stderr)
+        print(
+            f"gpucheck: torch {torch.__version__} sees no CUDA device here; run it on a machine with a GPU (nvidia-smi lists it)",
+            file=sys.stderr,
+        )
         return 2
     start = time.monotonic()
     report = run_check(cfg, say=lambda s: print(s, file=sys.stderr))

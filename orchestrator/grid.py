@@ -1,12 +1,13 @@
 """Parse ``--models`` and ``--r`` into grid points. No I/O."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
+from tomecis.device import AMP_DTYPES
 from tomecis.models import resolve_model_name, short_name
 from tomecis.patch import MODES
-from tomecis.device import AMP_DTYPES
 from tomecis.schedule import parse_r_values
 
 AMPS = tuple(AMP_DTYPES)  # "none", "fp16", "bf16": one list, in tomecis.device
@@ -61,7 +62,9 @@ def parse_modes(text: str) -> List[str]:
     for item in str(text).split(","):
         mode = item.strip()
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r} in {text!r}; choose from {', '.join(MODES)} (comma-separated)")
+            raise ValueError(
+                f"unknown mode {mode!r} in {text!r}; choose from {', '.join(MODES)} (comma-separated)"
+            )
         if mode not in modes:
             modes.append(mode)
     return modes
@@ -97,4 +100,13 @@ def build_grid(
     ]
 
 
-__all__ = ["AMPS", "DEVICE_KINDS", "MODES", "GridPoint", "build_grid", "parse_models", "parse_modes", "parse_r_values"]
+__all__ = [
+    "AMPS",
+    "DEVICE_KINDS",
+    "MODES",
+    "GridPoint",
+    "build_grid",
+    "parse_models",
+    "parse_modes",
+    "parse_r_values",
+]

@@ -5,6 +5,7 @@ Every figure was measured on another machine (one NVIDIA RTX 3090, batch 128, on
 ImageNet-1k validation set with timm's pretrained weights): compare trends (Δ top-1,
 speed-up over r = 0), not absolute img/s, with results from this project.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Tuple

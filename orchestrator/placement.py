@@ -10,6 +10,7 @@ rule here is tested without a cluster:
 - CPU actors: up to 4 CPUs each, never more than a node has, as many per node as fit.
 - A request that fits no node that exists is an error at once, naming the request and the biggest node.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,12 +64,25 @@ class ActorPlan:
         """The plan as a person reads it: actors per node, with what each reserves and runs."""
         groups: Dict[Tuple, int] = {}
         for slot in self.slots:
-            key = (slot.node_id or "", slot.address, slot.num_gpus, slot.num_cpus, slot.loader_workers, slot.threads)
+            key = (
+                slot.node_id or "",
+                slot.address,
+                slot.num_gpus,
+                slot.num_cpus,
+                slot.loader_workers,
+                slot.threads,
+            )
             groups[key] = groups.get(key, 0) + 1
         nodes = {s.node_id for s in self.slots if s.node_id}
-        lines = [f"plan: {self.num_actors} {self.device.upper() if self.uses_gpus else 'CPU'} actor(s) on {len(nodes)} node(s)"]
+        lines = [
+            f"plan: {self.num_actors} {self.device.upper() if self.uses_gpus else 'CPU'} actor(s) on {len(nodes)} node(s)"
+        ]
         for (node_id, address, gpus, cpus, workers, threads), count in groups.items():
-            where = f"node {address} ({node_id[:8]})" if node_id else "pending (no node yet: the autoscaler must start one)"
+            where = (
+                f"node {address} ({node_id[:8]})"
+                if node_id
+                else "pending (no node yet: the autoscaler must start one)"
+            )
             device = f"{gpus:g} GPU, " if gpus else ""
             lines.append(
                 f"  {where}: {count} actor(s) x ({device}{cpus:g} CPU, {workers} loader worker(s), {threads} torch thread(s))"
@@ -81,7 +95,12 @@ def alive_nodes() -> List[NodeResources]:
     import ray
 
     return [
-        NodeResources(n["NodeID"], n.get("NodeManagerAddress", "?"), float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+        NodeResources(
+            n["NodeID"],
+            n.get("NodeManagerAddress", "?"),
+            float(n["Resources"].get("CPU", 0)),
+            float(n["Resources"].get("GPU", 0)),
+        )
         for n in ray.nodes()
         if n.get("Alive")
     ]
@@ -146,11 +165,18 @@ def _no_gpu_fits(nodes, cpus_per_actor) -> str:
 def _cpu_slots(nodes, num_actors, cpus_per_actor, loader_workers) -> List[ActorSlot]:
     per_node = []
     for node in nodes:
-        cpus = cpus_per_actor if cpus_per_actor is not None else min(float(MAX_CPUS_PER_CPU_ACTOR), float(int(node.cpus)))
+        cpus = (
+            cpus_per_actor
+            if cpus_per_actor is not None
+            else min(float(MAX_CPUS_PER_CPU_ACTOR), float(int(node.cpus)))
+        )
         if cpus <= 0 or node.cpus < cpus:
             continue
         workers = loader_workers if loader_workers is not None else 0
-        per_node.append([ActorSlot(node.node_id, node.address, cpus, 0, max(1, int(cpus)), workers)] * int(node.cpus // cpus))
+        per_node.append(
+            [ActorSlot(node.node_id, node.address, cpus, 0, max(1, int(cpus)), workers)]
+            * int(node.cpus // cpus)
+        )
     slots = _interleave(per_node)
     if not slots:
         raise PlacementError(_no_cpu_fits(nodes, cpus_per_actor))

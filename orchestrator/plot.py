@@ -1,4 +1,5 @@
 """The report's figure: top-1 against img/s beside Δ top-1 against speed-up over r = 0 (matplotlib, no pyplot)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,9 @@ PLOT_SIZE_INCHES = (14.0, 6.0)
 PLOT_DPI = 100  # the PNG is PLOT_SIZE_INCHES * PLOT_DPI pixels: 1400 x 600
 
 
-def plot_accuracy_throughput(rows: pd.DataFrame, path: str, title: str, published: bool = False) -> Optional[str]:
+def plot_accuracy_throughput(
+    rows: pd.DataFrame, path: str, title: str, published: bool = False
+) -> Optional[str]:
     """Write a PNG (PLOT_SIZE_INCHES at PLOT_DPI): top-1 against img/s (left) and Δ top-1 against
     speed-up over r = 0 (right), one line per model and mode, each point labelled with its r.
 
@@ -37,12 +40,29 @@ def plot_accuracy_throughput(rows: pd.DataFrame, path: str, title: str, publishe
         reference = (base.iloc[0]["infer_samples_per_sec"], base.iloc[0]["top1"]) if not base.empty else None
         label = f"{line['short_name'].iloc[0]} {mode}"
         marker = "o" if mode == "tomecis" else "s"
-        _draw_pair(axes, line["infer_samples_per_sec"], line["top1"], line["r"], reference, label, next(colours), marker)
+        _draw_pair(
+            axes,
+            line["infer_samples_per_sec"],
+            line["top1"],
+            line["r"],
+            reference,
+            label,
+            next(colours),
+            marker,
+        )
         speeds.extend(line["infer_samples_per_sec"])
     if published:
         speeds.extend(_draw_published(axes))
     _label_axes(axes, speeds)
-    fig.suptitle(title + ("\ndashed grey: published figures from another machine (paper), for reference" if published else ""), fontsize=10)
+    fig.suptitle(
+        title
+        + (
+            "\ndashed grey: published figures from another machine (paper), for reference"
+            if published
+            else ""
+        ),
+        fontsize=10,
+    )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=PLOT_DPI)
     return path
@@ -57,7 +77,9 @@ def _draw_published(axes) -> List[float]:
         speed = pd.Series([by_r[r][1] for r in rs])
         label = f"{name} published (RTX 3090, batch 128, 50k images)"
         colour = "0.35" if "tiny" in model else "0.6"
-        _draw_pair(axes, speed, top1, pd.Series(rs), (by_r[0][1], by_r[0][0]), label, colour, "D", "--", hollow=True)
+        _draw_pair(
+            axes, speed, top1, pd.Series(rs), (by_r[0][1], by_r[0][0]), label, colour, "D", "--", hollow=True
+        )
         speeds.extend(speed)
     return speeds
 
@@ -72,7 +94,9 @@ def _label_axes(axes, speeds: List[float]) -> None:
         ax_abs.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax_abs.xaxis.set_major_formatter(ScalarFormatter())
         ax_abs.xaxis.set_minor_formatter(NullFormatter())
-    ax_abs.set_xlabel("img/s (model alone; log scale)" if ax_abs.get_xscale() == "log" else "img/s (model alone)")
+    ax_abs.set_xlabel(
+        "img/s (model alone; log scale)" if ax_abs.get_xscale() == "log" else "img/s (model alone)"
+    )
     ax_abs.set_ylabel("top-1 (%)")
     ax_abs.set_title("top-1 against throughput")
     ax_rel.set_xlabel("speed-up over r = 0")
@@ -85,8 +109,16 @@ def _label_axes(axes, speeds: List[float]) -> None:
 
 
 def _draw_pair(
-    axes, speed: pd.Series, top1: pd.Series, r: pd.Series, reference: Optional[Tuple[float, float]],
-    label: str, colour, marker: str, style: str = "-", hollow: bool = False,
+    axes,
+    speed: pd.Series,
+    top1: pd.Series,
+    r: pd.Series,
+    reference: Optional[Tuple[float, float]],
+    label: str,
+    colour,
+    marker: str,
+    style: str = "-",
+    hollow: bool = False,
 ) -> None:
     """One line on the left axes (top-1 against img/s) and, when its r = 0 (img/s, top-1) ``reference``
     is known, on the right (Δ top-1 against speed-up)."""
@@ -97,8 +129,30 @@ def _draw_pair(
         _draw_line(ax_rel, speed / base_speed, top1 - base_top1, r, label, colour, marker, style, hollow)
 
 
-def _draw_line(ax, x: pd.Series, y: pd.Series, r: pd.Series, label: str, colour, marker: str, style: str, hollow: bool = False) -> None:
+def _draw_line(
+    ax,
+    x: pd.Series,
+    y: pd.Series,
+    r: pd.Series,
+    label: str,
+    colour,
+    marker: str,
+    style: str,
+    hollow: bool = False,
+) -> None:
     face = "none" if hollow else colour
-    ax.plot(list(x), list(y), style, marker=marker, color=colour, markerfacecolor=face, label=label, linewidth=1.2, markersize=5)
+    ax.plot(
+        list(x),
+        list(y),
+        style,
+        marker=marker,
+        color=colour,
+        markerfacecolor=face,
+        label=label,
+        linewidth=1.2,
+        markersize=5,
+    )
     for xi, yi, ri in zip(x, y, r):
-        ax.annotate(str(int(ri)), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
+        ax.annotate(
+            str(int(ri)), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour
+        )

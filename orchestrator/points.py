@@ -4,6 +4,7 @@ Pure functions of the outcomes (no Ray): every image counted once (a repeated ke
 and its shards), the manifest total checked, decode failures kept or refused, and the pass's wall time
 charged to the point by its share of loading + forward time (``eval_samples_per_sec``).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -42,7 +43,9 @@ def point_row(
     n_images, n_failed = len(keys), sum(o.n_failed for o in outcomes)
     _check_unique_keys(point, keys, shard_of)
     if expected_total is not None and n_images + n_failed != expected_total:
-        raise SweepError(f"{point.short_name} r={point.r}: {n_images} images + {n_failed} failed != manifest total {expected_total}")
+        raise SweepError(
+            f"{point.short_name} r={point.r}: {n_images} images + {n_failed} failed != manifest total {expected_total}"
+        )
     if n_failed and not allow_decode_failures:
         first = next(f for o in outcomes for f in o.failures)
         raise SweepError(
@@ -50,7 +53,9 @@ def point_row(
             f"key {first.key}: {first.error}); fix the shards or pass --allow-decode-failures to score the rest"
         )
     device = device_names(outcomes, profile)
-    started, finished = evaluation_span(outcomes)  # the evaluation pass's wall time, also for eval_samples_per_sec
+    started, finished = evaluation_span(
+        outcomes
+    )  # the evaluation pass's wall time, also for eval_samples_per_sec
     predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, dataset, device)
     failures = failures_table(point, [f for o in outcomes for f in o.failures], dataset, device)
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
@@ -127,7 +132,9 @@ def _check_unique_keys(point: GridPoint, keys: List[str], shard_of: List[str]) -
     )
 
 
-def describe_decode_failures(failures: Dict[str, List[shards.DecodeFailure]], out: str, first: int = 5) -> str:
+def describe_decode_failures(
+    failures: Dict[str, List[shards.DecodeFailure]], out: str, first: int = 5
+) -> str:
     """What ``--allow-decode-failures`` left out, per model: the first few (shard, key, error) and a count."""
     lines = []
     for model, items in failures.items():
@@ -142,7 +149,9 @@ def describe_decode_failures(failures: Dict[str, List[shards.DecodeFailure]], ou
     return "\n".join(lines)
 
 
-def eval_samples_per_sec(outcomes: List[ShardOutcome], key: PointKey, n_images: int, wall: float) -> Optional[float]:
+def eval_samples_per_sec(
+    outcomes: List[ShardOutcome], key: PointKey, n_images: int, wall: float
+) -> Optional[float]:
     """Images per second of the evaluation pass, data loading included, as if it had run this point alone.
 
     ``wall``, the pass's wall time, runs from the first item's start to the last item's end, over all actors

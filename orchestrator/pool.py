@@ -8,6 +8,7 @@ items go back to the queue and a fresh actor replaces it; a result is accepted
 once per item (and every shard is in one item only), so retried work can never be
 counted twice.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,7 +19,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
-
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .evaluator import ActorShape, DecodePass, Evaluator, EvaluatorConfig, ModelProfile, ShardOutcome
@@ -100,7 +100,9 @@ class EvaluatorPool:
         options = dict(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, max_restarts=0)
         if slot.node_id is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
-        handle = self._remote.options(**options).remote(self.config, ActorShape(slot.threads, slot.loader_workers))
+        handle = self._remote.options(**options).remote(
+            self.config, ActorShape(slot.threads, slot.loader_workers)
+        )
         actor = _Actor(handle, handle.ready.remote(), self._next_index, slot, time.monotonic())
         self._next_index += 1
         self.actors.append(actor)
@@ -142,7 +144,9 @@ class EvaluatorPool:
         actors without end, each cancelled in turn, and fill the log)."""
         self._failed_starts += 1
         if self._failed_starts > self.max_retries + len(self.plan.slots):
-            raise SweepError(f"evaluator actors died before starting {self._failed_starts} times in a row; last: {_why(err)}")
+            raise SweepError(
+                f"evaluator actors died before starting {self._failed_starts} times in a row; last: {_why(err)}"
+            )
         self._replace(actor)
 
     def shutdown(self) -> None:
@@ -164,7 +168,9 @@ class EvaluatorPool:
                 actor.in_flight.clear()
             raise
 
-    def _evaluate(self, items: List[Item], decode_pass, on_result) -> Dict[Tuple[str, Tuple[str, ...]], ShardOutcome]:
+    def _evaluate(
+        self, items: List[Item], decode_pass, on_result
+    ) -> Dict[Tuple[str, Tuple[str, ...]], ShardOutcome]:
         _check_disjoint(items)
         queue = deque(items)
         attempts: Dict[Tuple[str, Tuple[str, ...]], int] = {}
@@ -199,6 +205,7 @@ class EvaluatorPool:
                 if item_key(item) in accepted:
                     continue
                 actor.in_flight[actor.handle.evaluate.remote(decode_pass, item[1])] = item
+
     def _collect(self, ref, queue, attempts, accepted, on_result) -> None:
         actor = next(a for a in self.actors if ref in a.in_flight)
         item = actor.in_flight.pop(ref)
@@ -215,7 +222,9 @@ class EvaluatorPool:
         except RayTaskError as err:  # the task raised (unreadable shard, count mismatch, ...)
             self._retry(item, queue, attempts, str(err.cause) if err.cause else str(err))
             return
-        except ObjectLostError as err:  # the result was made but lost before the driver fetched it (node gone)
+        except (
+            ObjectLostError
+        ) as err:  # the result was made but lost before the driver fetched it (node gone)
             self._retry(item, queue, attempts, f"its result was lost in transit ({type(err).__name__})")
             return
         if key not in accepted:  # exactly once, however often the item ran
@@ -227,12 +236,16 @@ class EvaluatorPool:
         name, urls = key
         attempts[key] = attempts.get(key, 0) + 1
         if attempts[key] > self.max_retries:
-            raise WorkFailed(f"{name} on shard(s) {', '.join(urls)} failed {attempts[key]} times; last: {why}")
+            raise WorkFailed(
+                f"{name} on shard(s) {', '.join(urls)} failed {attempts[key]} times; last: {why}"
+            )
         queue.appendleft(item)
 
     # ------------------------------------------------------------------ profiling
 
-    def profile(self, decode_pass: DecodePass, bench: bool, runs: int, warmup: int) -> Dict[Tuple[str, str], ModelProfile]:
+    def profile(
+        self, decode_pass: DecodePass, bench: bool, runs: int, warmup: int
+    ) -> Dict[Tuple[str, str], ModelProfile]:
         """FLOPs, tokens and (with ``bench``) img/s of every task of the pass, ``(model, mode) -> profile``.
 
         GPU actors each own a device, so the tasks are spread over the ready actors and timed in parallel;
@@ -245,7 +258,9 @@ class EvaluatorPool:
             ready = self._wait_ready()
             lanes = ready if self.plan.uses_gpus else ready[:1]
             batch = [(task, lanes[i % len(lanes)]) for i, task in enumerate(pending[: len(lanes)])]
-            refs = [actor.handle.profile.remote(decode_pass, task, bench, runs, warmup) for task, actor in batch]
+            refs = [
+                actor.handle.profile.remote(decode_pass, task, bench, runs, warmup) for task, actor in batch
+            ]
             for (task, actor), ref in zip(batch, refs):
                 try:
                     profiles[(task.model, task.mode)] = ray.get(ref)
@@ -253,7 +268,9 @@ class EvaluatorPool:
                 except (RayActorError, RayTaskError, ObjectLostError) as err:
                     attempts += 1
                     if attempts > self.max_retries:
-                        raise WorkFailed(f"profiling {task.model} ({task.mode}) failed {attempts} times; last: {err}") from err
+                        raise WorkFailed(
+                            f"profiling {task.model} ({task.mode}) failed {attempts} times; last: {err}"
+                        ) from err
                     if isinstance(err, RayActorError) and actor in self.actors:
                         self._replace(actor)
         return profiles

@@ -21,6 +21,7 @@ This module is the CLI and the assembly of the report: the results directory is 
 ``orchestrator.results``, the paired statistics are ``orchestrator.stats``, the tables
 ``orchestrator.tables`` and the figure ``orchestrator.plot``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,15 @@ from .plot import plot_accuracy_throughput
 from .results import PREDICTIONS_DIR, ResultsDir
 from .stats import Comparison, paired_stats
 from .tables import (
-    line_heading, line_rows, lines_of, model_table, paired_table, published_table, table_notes, unmerged_spread, versus_published_table,
+    line_heading,
+    line_rows,
+    lines_of,
+    model_table,
+    paired_table,
+    published_table,
+    table_notes,
+    unmerged_spread,
+    versus_published_table,
 )
 
 SETTING_COLUMNS = ("dataset", "amp", "infer_batch_size", "device", "weights")
@@ -121,8 +130,18 @@ def filter_points(points: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
     checks = [
         ("--dataset", cfg.dataset, "dataset", lambda p: p["dataset"].astype(str).str.startswith(cfg.dataset)),
         ("--amp", cfg.amp, "amp", lambda p: p["amp"] == cfg.amp),
-        ("--batch-size", cfg.batch_size, "infer_batch_size", lambda p: p["infer_batch_size"] == cfg.batch_size),
-        ("--models", cfg.models, "short_name", lambda p: p["model"].isin(wanted) | p["short_name"].isin(wanted)),
+        (
+            "--batch-size",
+            cfg.batch_size,
+            "infer_batch_size",
+            lambda p: p["infer_batch_size"] == cfg.batch_size,
+        ),
+        (
+            "--models",
+            cfg.models,
+            "short_name",
+            lambda p: p["model"].isin(wanted) | p["short_name"].isin(wanted),
+        ),
         ("--mode", cfg.mode, "mode", lambda p: p["mode"] == cfg.mode),
     ]
     for flag, value, column, select in checks:
@@ -132,7 +151,9 @@ def filter_points(points: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
         if not mask.any():
             present = ", ".join(sorted(str(v) for v in points[column].dropna().unique()))
             shown = ",".join(value) if isinstance(value, list) else value
-            raise NoResultsError(f"no points match {flag} {shown} in {cfg.results} (after the filters before it); present: {present}")
+            raise NoResultsError(
+                f"no points match {flag} {shown} in {cfg.results} (after the filters before it); present: {present}"
+            )
         points = points[mask]
     return points
 
@@ -161,7 +182,9 @@ def _with_setting_defaults(points: pd.DataFrame) -> pd.DataFrame:
     """Rows written before a setting column existed get a placeholder rather than being dropped."""
     weights = points["weights"] if "weights" in points else pd.Series(None, index=points.index, dtype=object)
     return points.assign(
-        device=points["device"].fillna("unknown device"), amp=points["amp"].fillna("none"), weights=weights.fillna("unknown weights")
+        device=points["device"].fillna("unknown device"),
+        amp=points["amp"].fillna("none"),
+        weights=weights.fillna("unknown weights"),
     )
 
 
@@ -220,7 +243,9 @@ def build_report(cfg: ReportConfig) -> Report:
     report = Report("")
     parts = [f"# Results in {cfg.results}", _summary_line(points, settings, superseded)]
     for index, (setting, rows) in enumerate(settings, start=1):
-        parts.append(_setting_section(index, len(settings), setting, rows, predictions, short_names, cfg, report))
+        parts.append(
+            _setting_section(index, len(settings), setting, rows, predictions, short_names, cfg, report)
+        )
     if cfg.paper:
         parts.append(_paper_section())
     report.markdown = "\n\n".join(parts) + "\n"
@@ -249,13 +274,17 @@ def _setting_section(index, total, setting, rows, predictions, short_names, cfg,
     parts = [f"## Setting {index} of {total}: {setting.label()}"]
     parts.extend(f"**Warning:** {note}" for note in unmerged_spread(rows))
     expected_r = sorted({int(r) for r in rows["r"]})
-    parts.extend(_line_block(model, mode, line, expected_r, cfg.paper) for model, mode, line in lines_of(rows))
+    parts.extend(
+        _line_block(model, mode, line, expected_r, cfg.paper) for model, mode, line in lines_of(rows)
+    )
     comparisons = setting_comparisons(rows, predictions, cfg)
     if comparisons:
         parts.append(_paired_block(comparisons, short_names, cfg))
     if cfg.out:
         name = "accuracy_throughput.png" if total == 1 else f"accuracy_throughput-{index}.png"
-        written = plot_accuracy_throughput(rows, str(Path(cfg.out) / name), f"Setting {index}: {setting.label()}", cfg.paper)
+        written = plot_accuracy_throughput(
+            rows, str(Path(cfg.out) / name), f"Setting {index}: {setting.label()}", cfg.paper
+        )
         if written:
             report.files.append(written)
             parts.append(f"![top-1 against img/s]({name})")
@@ -285,7 +314,8 @@ def _paired_block(comparisons: Sequence[Comparison], short_names: Dict[str, str]
         f"({cfg.bootstrap_samples} resamples, seed {cfg.seed}); p: exact McNemar test on the fixed/broken pairs. "
         "A CI spanning 0 (large p) means these images cannot tell the two apart. With few changed images "
         "(under ~25 fixed + broken) the bootstrap CI is too narrow: trust the exact p there. "
-        "Classes: the largest net losses, as change / images of the class.\n\n" + paired_table(comparisons, short_names, cfg.level)
+        "Classes: the largest net losses, as change / images of the class.\n\n"
+        + paired_table(comparisons, short_names, cfg.level)
     )
 
 
@@ -298,7 +328,9 @@ def _paper_section() -> str:
     for model, (name, _) in paper.PUBLISHED.items():
         parts.append(f"### {name} ({model}), published\n\n{published_table(model)}")
     rows = "\n".join(f"| {m} | {t:.2f} | {s:.1f} |" for m, t, s in paper.PUBLISHED_COMPARISON_DEIT_S)
-    parts.append("### DeiT-S at similar throughput, published\n\n| method | top-1 | img/s |\n|---|--:|--:|\n" + rows)
+    parts.append(
+        "### DeiT-S at similar throughput, published\n\n| method | top-1 | img/s |\n|---|--:|--:|\n" + rows
+    )
     return "\n\n".join(parts)
 
 
@@ -309,15 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.report", description=__doc__.split("\n\n")[0])
     p.add_argument("results", help="a sweep's --out directory or URI (s3://...)")
     p.add_argument("--out", default="report", help="folder for report.md and the PNGs (default %(default)s)")
-    p.add_argument("--paper", action="store_true", help="add the published ToMeCIS numbers as a reference series")
+    p.add_argument(
+        "--paper", action="store_true", help="add the published ToMeCIS numbers as a reference series"
+    )
     p.add_argument("--dataset", help="only this dataset fingerprint (a prefix is enough)")
     p.add_argument("--amp", choices=list(AMPS), help="only this autocast setting")
     p.add_argument("--batch-size", type=int, help="only this benchmark batch size")
     p.add_argument("--models", help="only these models, comma-separated short or timm names")
     p.add_argument("--mode", choices=list(MODES), help="only this merge mode")
-    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples for the CI (default %(default)s)")
+    p.add_argument(
+        "--bootstrap", type=int, default=10_000, help="bootstrap resamples for the CI (default %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
-    p.add_argument("--classes", type=int, default=3, help="classes that lose most, per comparison (default %(default)s)")
+    p.add_argument(
+        "--classes", type=int, default=3, help="classes that lose most, per comparison (default %(default)s)"
+    )
     return p
 
 

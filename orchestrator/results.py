@@ -10,6 +10,7 @@ Layout of ``--out`` (a local path or any URI pyarrow's filesystem layer opens, e
 A point's failures and predictions are written before its ``points`` row, so a
 ``points`` file exists only for a finished point: that file is what a rerun skips.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,7 +83,11 @@ PREDICTION_SCHEMA = pa.schema(
     ]
 )
 
-_IDENTITY = [f for f in PREDICTION_SCHEMA if f.name in ("model", "mode", "r", "amp", "infer_batch_size", "weights", "device", "dataset")]
+_IDENTITY = [
+    f
+    for f in PREDICTION_SCHEMA
+    if f.name in ("model", "mode", "r", "amp", "infer_batch_size", "weights", "device", "dataset")
+]
 FAILURE_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("error", pa.string()), *_IDENTITY])
 
 
@@ -110,7 +115,12 @@ class ResultsDir:
         return self.fs.get_file_info(self.point_path(point, fingerprint)).type == pafs.FileType.File
 
     def write_point(
-        self, point: GridPoint, fingerprint: str, row: Dict, predictions: pa.Table, failures: Optional[pa.Table] = None
+        self,
+        point: GridPoint,
+        fingerprint: str,
+        row: Dict,
+        predictions: pa.Table,
+        failures: Optional[pa.Table] = None,
     ) -> str:
         """Write failures (an empty table when ``None``: a rewritten point never keeps stale ones), then
         predictions, then the point row, each atomically; returns the point file's path."""
@@ -137,7 +147,9 @@ class ResultsDir:
 
     def read_points_of(self, points: Iterable[GridPoint], fingerprint: str) -> pa.Table:
         """The rows of these grid points that exist (an empty table with the schema when none)."""
-        return self._read_cast([self.point_path(p, fingerprint) for p in points if self.is_done(p, fingerprint)])
+        return self._read_cast(
+            [self.point_path(p, fingerprint) for p in points if self.is_done(p, fingerprint)]
+        )
 
     def read_points(self) -> pa.Table:
         """Every points row written so far, cast to POINT_SCHEMA (an empty table with the schema when none)."""
@@ -151,7 +163,9 @@ class ResultsDir:
         without columns when ``points/`` holds no file."""
         return _with_point_file(self._tables(POINTS_DIR), None)
 
-    def read_predictions(self, point_files: Iterable[str], columns: Sequence[str] = ("key", "label", "pred", "correct")) -> pd.DataFrame:
+    def read_predictions(
+        self, point_files: Iterable[str], columns: Sequence[str] = ("key", "label", "pred", "correct")
+    ) -> pd.DataFrame:
         """``columns`` of PREDICTION_SCHEMA + ``point_file``, one row per image, for every named point
         (a ``point_file`` of ``read_point_rows``) that has a predictions file; an empty frame with those
         columns when none has.
@@ -164,7 +178,13 @@ class ResultsDir:
         """The paths of ``name/*.parquet``, sorted (hidden files, such as a write's temporary file, left out)."""
         selector = pafs.FileSelector(self.path(name), allow_not_found=True)
         infos = self.fs.get_file_info(selector)
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
+        return sorted(
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith(".")
+        )
 
     def _read_cast(self, files: List[str]) -> pa.Table:
         """The rows of these points files cast to POINT_SCHEMA, in order (an empty table with the schema when none)."""
@@ -172,7 +192,9 @@ class ResultsDir:
             return POINT_SCHEMA.empty_table()
         return pa.concat_tables([pq.read_table(f, filesystem=self.fs).cast(POINT_SCHEMA) for f in files])
 
-    def _tables(self, name: str, stems: Optional[Set[str]] = None, columns: Optional[List[str]] = None) -> Iterator[Tuple[str, pa.Table]]:
+    def _tables(
+        self, name: str, stems: Optional[Set[str]] = None, columns: Optional[List[str]] = None
+    ) -> Iterator[Tuple[str, pa.Table]]:
         """(file stem, its table as written) per file of ``name``, only those whose stem is in ``stems`` when given."""
         for path in self.parquet_files(name):
             stem = path.rsplit("/", 1)[-1][: -len(".parquet")]
@@ -245,8 +267,16 @@ def failures_table(point: GridPoint, failures: Sequence, dataset: str, device: s
     """One row per image that could not be decoded (``shards.DecodeFailure``: shard, key, error), with
     the point's identity columns, as in ``predictions``."""
     n = len(failures)
-    identity = dict(model=point.model, mode=point.mode, r=point.r, amp=point.amp, infer_batch_size=point.batch_size,
-                    weights=point.weights, device=device, dataset=dataset)
+    identity = dict(
+        model=point.model,
+        mode=point.mode,
+        r=point.r,
+        amp=point.amp,
+        infer_batch_size=point.batch_size,
+        weights=point.weights,
+        device=device,
+        dataset=dataset,
+    )
     columns = {
         "shard": [f.shard for f in failures],
         "key": [f.key for f in failures],

@@ -3,6 +3,7 @@ paired-bootstrap interval, the exact McNemar p-value and the classes that lose m
 
 Pure numpy / pandas: knows nothing of results directories, Markdown or plots.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,16 +60,22 @@ def paired_stats(
         samples: bootstrap resamples; seed: their random seed; level: the interval's coverage.
         top_classes: how many of the classes that lose most to list.
     """
-    joined = baseline[["key", "label", "correct"]].merge(candidate[["key", "correct"]], on="key", suffixes=("_a", "_b"))
+    joined = baseline[["key", "label", "correct"]].merge(
+        candidate[["key", "correct"]], on="key", suffixes=("_a", "_b")
+    )
     a = joined["correct_a"].to_numpy(bool)
     b = joined["correct_b"].to_numpy(bool)
     n, fixed, broken = len(joined), int((~a & b).sum()), int((a & ~b).sum())
     delta = 100.0 * (fixed - broken) / n if n else float("nan")
     low, high = bootstrap_delta_ci(fixed, broken, n, samples, seed, level)
-    return PairedStats(n, fixed, broken, delta, low, high, mcnemar_exact(fixed, broken), losing_classes(joined, top_classes))
+    return PairedStats(
+        n, fixed, broken, delta, low, high, mcnemar_exact(fixed, broken), losing_classes(joined, top_classes)
+    )
 
 
-def bootstrap_delta_ci(fixed: int, broken: int, n: int, samples: int = 10_000, seed: int = 0, level: float = 0.95) -> Tuple[float, float]:
+def bootstrap_delta_ci(
+    fixed: int, broken: int, n: int, samples: int = 10_000, seed: int = 0, level: float = 0.95
+) -> Tuple[float, float]:
     """Percentile paired-bootstrap interval of Δ top-1 (percentage points).
 
     Per image the paired difference is +1 (fixed), −1 (broken) or 0, so resampling n images with
@@ -77,7 +84,9 @@ def bootstrap_delta_ci(fixed: int, broken: int, n: int, samples: int = 10_000, s
     if n <= 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, [fixed / n, broken / n, (n - fixed - broken) / n], size=samples)  # [samples, 3]
+    counts = rng.multinomial(
+        n, [fixed / n, broken / n, (n - fixed - broken) / n], size=samples
+    )  # [samples, 3]
     deltas = 100.0 * (counts[:, 0] - counts[:, 1]) / n
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(deltas, [tail, 1.0 - tail])
@@ -92,7 +101,10 @@ def mcnemar_exact(fixed: int, broken: int) -> float:
     if n == 0:
         return 1.0
     k = min(fixed, broken)
-    log_terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2.0) for i in range(k + 1)]
+    log_terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2.0)
+        for i in range(k + 1)
+    ]
     top = max(log_terms)
     tail = math.exp(top) * sum(math.exp(t - top) for t in log_terms)
     return min(1.0, 2.0 * tail)
@@ -104,8 +116,17 @@ def losing_classes(joined: pd.DataFrame, top: int) -> Tuple[ClassLoss, ...]:
     ``joined``: one row per image with ``label``, ``correct_a`` (baseline) and ``correct_b`` (candidate)."""
     if joined.empty or top <= 0:
         return ()
-    per_class = pd.DataFrame(
-        {"label": joined["label"], "net": joined["correct_b"].astype(int) - joined["correct_a"].astype(int)}
-    ).groupby("label")["net"].agg(["sum", "size"])
+    per_class = (
+        pd.DataFrame(
+            {
+                "label": joined["label"],
+                "net": joined["correct_b"].astype(int) - joined["correct_a"].astype(int),
+            }
+        )
+        .groupby("label")["net"]
+        .agg(["sum", "size"])
+    )
     lost = per_class[per_class["sum"] < 0].reset_index().sort_values(["sum", "size", "label"]).head(top)
-    return tuple(ClassLoss(int(row.label), int(row.sum), int(row.size)) for row in lost.itertuples(index=False))
+    return tuple(
+        ClassLoss(int(row.label), int(row.sum), int(row.size)) for row in lost.itertuples(index=False)
+    )

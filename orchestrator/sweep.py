@@ -10,6 +10,7 @@ every (model, mode, r) of the pass still to do, outcomes accepted once per item 
 + predictions written (``points``, ``results``; before the next pass starts, so a later failure keeps
 them) -> a table per model and mode (``tables``), and how many images were decoded for how many points.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,14 @@ import torch
 from tqdm import tqdm
 
 import shards
-from shards.manifest import sha256_of_file
 import tomecis
+from shards.manifest import sha256_of_file
 from tomecis.models import find_checkpoint, max_r, short_name
 
 from . import tables
+from .cluster import connect
 from .evaluator import DecodePass, EvaluatorConfig, Task, Weights, transform_key
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_modes, parse_r_values
-from .cluster import connect
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
 from .pool import EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
@@ -74,7 +75,9 @@ class SweepSummary:
     written: List[str] = field(default_factory=list)
     skipped: List[GridPoint] = field(default_factory=list)
     failed: Dict[GridPoint, str] = field(default_factory=dict)
-    decode_failures: Dict[str, List[shards.DecodeFailure]] = field(default_factory=dict)  # model -> images not scored
+    decode_failures: Dict[str, List[shards.DecodeFailure]] = field(
+        default_factory=dict
+    )  # model -> images not scored
     actors_replaced: int = 0
     decoded_images: int = 0  # images (and failed samples) decoded, over every decode pass
     decode_passes: int = 0
@@ -85,7 +88,9 @@ class SweepSummary:
 # --------------------------------------------------------------------------- preparation (no Ray)
 
 
-def select_shards(shardset: shards.ShardSet, limit: Optional[int]) -> Tuple[Tuple[shards.ShardInfo, ...], int, str]:
+def select_shards(
+    shardset: shards.ShardSet, limit: Optional[int]
+) -> Tuple[Tuple[shards.ShardInfo, ...], int, str]:
     """The shards to evaluate (local paths made absolute), their image total and the dataset fingerprint.
 
     ``limit`` keeps the first whole shards holding at least ``limit`` images (whole
@@ -93,7 +98,9 @@ def select_shards(shardset: shards.ShardSet, limit: Optional[int]) -> Tuple[Tupl
     chosen = tuple(absolute_shard(s) for s in shardset.shards)
     if limit is not None:
         if any(s.n_samples is None for s in chosen):
-            raise ValueError("--limit needs shard counts from a manifest; point --data at a directory with manifest.json")
+            raise ValueError(
+                "--limit needs shard counts from a manifest; point --data at a directory with manifest.json"
+            )
         kept, total = [], 0
         for shard in chosen:
             if total >= limit:
@@ -134,7 +141,12 @@ def _ship_weights(weights: Dict[str, Weights]) -> Dict[str, Weights]:
     shipped = {}
     for model, w in weights.items():
         if w.source == "checkpoint":
-            w = Weights("checkpoint", name=w.name, data_ref=[ray.put(Path(w.data_ref[0]).read_bytes())], digest=w.digest)
+            w = Weights(
+                "checkpoint",
+                name=w.name,
+                data_ref=[ray.put(Path(w.data_ref[0]).read_bytes())],
+                digest=w.digest,
+            )
         shipped[model] = w
     return shipped
 
@@ -209,11 +221,20 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
         if cfg.device == "auto":  # the device kind is part of every point's key: ask the cluster first
             started_ray = connect(cfg.address)
             plan = make_plan(cfg)
-        grid = build_grid(cfg.models, cfg.r_values, cfg.modes, cfg.amp, cfg.batch_size,
-                          {m: w.tag for m, w in weights.items()}, plan.device if plan else cfg.device)
+        grid = build_grid(
+            cfg.models,
+            cfg.r_values,
+            cfg.modes,
+            cfg.amp,
+            cfg.batch_size,
+            {m: w.tag for m, w in weights.items()},
+            plan.device if plan else cfg.device,
+        )
         todo = []
         for point in grid:
-            (todo if cfg.force or not results.is_done(point, selection.fingerprint) else summary.skipped).append(point)
+            (
+                todo if cfg.force or not results.is_done(point, selection.fingerprint) else summary.skipped
+            ).append(point)
         if todo:
             if plan is None:
                 started_ray, plan = connect(cfg.address), make_plan(cfg)
@@ -223,11 +244,16 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
         if started_ray:
             ray.shutdown()
     done = results.read_points_of(grid, selection.fingerprint).to_pandas()
-    summary.table = tables.sweep_tables(done, [p.model for p in grid], selection.fingerprint, cfg.modes, cfg.amp, cfg.batch_size)
+    summary.table = tables.sweep_tables(
+        done, [p.model for p in grid], selection.fingerprint, cfg.modes, cfg.amp, cfg.batch_size
+    )
     if summary.failed:
         lines = "\n".join(f"  {p.short_name} {p.mode} r={p.r}: {why}" for p, why in summary.failed.items())
         left_out = describe_decode_failures(summary.decode_failures, cfg.out)
-        raise SweepError(f"{len(summary.failed)} grid point(s) not written:\n{lines}" + (f"\n{left_out}" if left_out else ""))
+        raise SweepError(
+            f"{len(summary.failed)} grid point(s) not written:\n{lines}"
+            + (f"\n{left_out}" if left_out else "")
+        )
     return summary
 
 
@@ -237,21 +263,32 @@ def _evaluate(run: SweepRun, plan: ActorPlan, passes: List[DecodePass], todo: Li
     cfg, chosen = run.cfg, run.selection.shards
     print(plan.describe() + _shortage_note(plan, len(chosen)), file=sys.stderr)
     n_total = sum(s.n_samples or 0 for s in chosen) * len(passes) or None
-    run.bar = tqdm(total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr)
+    run.bar = tqdm(
+        total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr
+    )
     evaluator_config = EvaluatorConfig(device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size)
-    pool = EvaluatorPool(evaluator_config, plan, max_retries=cfg.max_retries, start_timeout=cfg.actor_start_timeout,
-                         on_wait=_wait_reporter(run.bar, cfg.progress))
+    pool = EvaluatorPool(
+        evaluator_config,
+        plan,
+        max_retries=cfg.max_retries,
+        start_timeout=cfg.actor_start_timeout,
+        on_wait=_wait_reporter(run.bar, cfg.progress),
+    )
     groups = group_shards(chosen, shards_per_item(plan, len(chosen)))
     try:
         for decode_pass in passes:
-            _evaluate_pass(run, pool, decode_pass, groups, [p for p in todo if p.model in decode_pass.weights])
+            _evaluate_pass(
+                run, pool, decode_pass, groups, [p for p in todo if p.model in decode_pass.weights]
+            )
     finally:
         run.bar.close()
         run.summary.actors_replaced = pool.replaced
         pool.shutdown()
 
 
-def _evaluate_pass(run: SweepRun, pool: EvaluatorPool, decode_pass: DecodePass, groups, points: List[GridPoint]) -> None:
+def _evaluate_pass(
+    run: SweepRun, pool: EvaluatorPool, decode_pass: DecodePass, groups, points: List[GridPoint]
+) -> None:
     """One decode pass's points, written as soon as its shards are in and its models are profiled (a
     later failure, or Ctrl-C, keeps them; a rerun skips them)."""
     summary = run.summary
@@ -259,7 +296,11 @@ def _evaluate_pass(run: SweepRun, pool: EvaluatorPool, decode_pass: DecodePass, 
     try:
         outcomes = pool.evaluate(items, decode_pass, lambda o: run.bar.update(len(o.keys) + o.n_failed))
         healthy = _drop_broken_models(decode_pass, outcomes.values(), points, summary)
-        profiles = pool.profile(healthy, run.cfg.bench, run.cfg.bench_runs, run.cfg.bench_warmup) if healthy.tasks else {}
+        profiles = (
+            pool.profile(healthy, run.cfg.bench, run.cfg.bench_runs, run.cfg.bench_warmup)
+            if healthy.tasks
+            else {}
+        )
     except WorkFailed as err:
         for point in points:
             summary.failed.setdefault(point, str(err))
@@ -272,18 +313,28 @@ def _evaluate_pass(run: SweepRun, pool: EvaluatorPool, decode_pass: DecodePass, 
         if point in summary.failed:
             continue
         try:
-            row, predictions, failures = point_row(point, pass_outcomes, profiles[(point.model, point.mode)],
-                                                   run.selection.fingerprint, run.selection.total, run.cfg.allow_decode_failures)
+            row, predictions, failures = point_row(
+                point,
+                pass_outcomes,
+                profiles[(point.model, point.mode)],
+                run.selection.fingerprint,
+                run.selection.total,
+                run.cfg.allow_decode_failures,
+            )
         except SweepError as err:
             summary.failed[point] = str(err)
             continue
-        summary.written.append(run.results.write_point(point, run.selection.fingerprint, row, predictions, failures))
+        summary.written.append(
+            run.results.write_point(point, run.selection.fingerprint, row, predictions, failures)
+        )
         summary.points_evaluated += 1
         if len(failures):
             summary.decode_failures[point.model] = pass_failures
 
 
-def _drop_broken_models(decode_pass: DecodePass, outcomes, points: List[GridPoint], summary: SweepSummary) -> DecodePass:
+def _drop_broken_models(
+    decode_pass: DecodePass, outcomes, points: List[GridPoint], summary: SweepSummary
+) -> DecodePass:
     """Models an actor could not build (a bad checkpoint) fail their own points; the pass's other models
     go on. Returns the pass without them."""
     broken = {model: why for o in outcomes for model, why in o.model_errors.items()}
@@ -291,7 +342,9 @@ def _drop_broken_models(decode_pass: DecodePass, outcomes, points: List[GridPoin
         if point.model in broken:
             summary.failed[point] = broken[point.model]
     tasks = tuple(t for t in decode_pass.tasks if t.model not in broken)
-    return DecodePass(decode_pass.name, {m: w for m, w in decode_pass.weights.items() if m not in broken}, tasks)
+    return DecodePass(
+        decode_pass.name, {m: w for m, w in decode_pass.weights.items() if m not in broken}, tasks
+    )
 
 
 def _shortage_note(plan: ActorPlan, n_shards: int) -> str:
@@ -300,8 +353,10 @@ def _shortage_note(plan: ActorPlan, n_shards: int) -> str:
     workers = sum(max(1, s.loader_workers) for s in plan.slots)
     if n_shards >= workers:
         return ""
-    return (f"\nnote: {n_shards} shard(s) for {workers} loader worker(s): each shard is read by one worker, so "
-            f"{workers - n_shards} will idle; write smaller shards (python -m shards.write --shard-size N) to use them all")
+    return (
+        f"\nnote: {n_shards} shard(s) for {workers} loader worker(s): each shard is read by one worker, so "
+        f"{workers - n_shards} will idle; write smaller shards (python -m shards.write --shard-size N) to use them all"
+    )
 
 
 def _wait_reporter(bar: tqdm, progress: bool):
@@ -312,7 +367,11 @@ def _wait_reporter(bar: tqdm, progress: bool):
     def report_wait(started: int, waiting: int, seconds: float) -> None:
         if waiting and seconds < 5:  # actors take a few seconds to start: only a longer wait is news
             return
-        text = f"actors: {started} started, {waiting} waiting for resources for {seconds:.0f}s" if waiting else ""
+        text = (
+            f"actors: {started} started, {waiting} waiting for resources for {seconds:.0f}s"
+            if waiting
+            else ""
+        )
         if text == shown["text"]:
             return
         shown["text"] = text
@@ -342,26 +401,74 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", required=True, help="comma-separated: deit_tiny,deit_small or timm names")
     p.add_argument("--r", required=True, help="r values: 0,8-16 or 8-16:2 or 13")
-    p.add_argument("--data", help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.read.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)")
-    p.add_argument("--out", default="results", help="results directory or URI (s3://...) (default %(default)s)")
+    p.add_argument(
+        "--data",
+        help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.read.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)",
+    )
+    p.add_argument(
+        "--out", default="results", help="results directory or URI (s3://...) (default %(default)s)"
+    )
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto: GPU actors when the cluster has GPUs, else CPU actors")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cuda", "cpu"],
+        help="auto: GPU actors when the cluster has GPUs, else CPU actors",
+    )
     p.add_argument("--amp", default="none", choices=list(AMPS))
-    p.add_argument("--mode", default="tomecis", help="merge modes, comma-separated: tomecis, tome or tomecis,tome (default %(default)s)")
+    p.add_argument(
+        "--mode",
+        default="tomecis",
+        help="merge modes, comma-separated: tomecis, tome or tomecis,tome (default %(default)s)",
+    )
     weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint-dir", help="directory of <timm model name>.pth|.safetensors (offline clusters)")
-    weights.add_argument("--random-weights", action="store_true", help="random initialisation (smoke tests, timing only)")
+    weights.add_argument(
+        "--checkpoint-dir", help="directory of <timm model name>.pth|.safetensors (offline clusters)"
+    )
+    weights.add_argument(
+        "--random-weights", action="store_true", help="random initialisation (smoke tests, timing only)"
+    )
     p.add_argument("--limit", type=int, help="only the first whole shards holding at least N images")
-    p.add_argument("--address", default="auto", help="auto (join a running cluster, else start one here), local, or ADDR")
-    p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="time the model alone on random input")
+    p.add_argument(
+        "--address", default="auto", help="auto (join a running cluster, else start one here), local, or ADDR"
+    )
+    p.add_argument(
+        "--bench",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the model alone on random input",
+    )
     p.add_argument("--bench-runs", type=int, default=10)
     p.add_argument("--force", action="store_true", help="recompute points already in --out")
-    p.add_argument("--num-actors", type=int, help="actors to start (default: one per GPU of each node, else as many CPU actors as the nodes hold); with --device cuda, more than the GPUs that exist asks the autoscaler for GPU nodes")
-    p.add_argument("--cpus-per-actor", type=float, help="CPUs each actor reserves (default: a GPU actor takes its node's CPUs / GPUs, a CPU actor up to 4)")
-    p.add_argument("--loader-workers", type=int, help="DataLoader workers per actor (default: a GPU actor one per CPU it reserves, a CPU actor none)")
-    p.add_argument("--max-retries", type=int, default=3, help="retries of a work item whose actor died or failed")
-    p.add_argument("--actor-start-timeout", type=float, default=900.0, help="seconds to wait for actors to be placed (autoscaling) (default %(default)s)")
-    p.add_argument("--allow-decode-failures", action="store_true", help="score the decodable images when some fail (n_failed is recorded)")
+    p.add_argument(
+        "--num-actors",
+        type=int,
+        help="actors to start (default: one per GPU of each node, else as many CPU actors as the nodes hold); with --device cuda, more than the GPUs that exist asks the autoscaler for GPU nodes",
+    )
+    p.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        help="CPUs each actor reserves (default: a GPU actor takes its node's CPUs / GPUs, a CPU actor up to 4)",
+    )
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        help="DataLoader workers per actor (default: a GPU actor one per CPU it reserves, a CPU actor none)",
+    )
+    p.add_argument(
+        "--max-retries", type=int, default=3, help="retries of a work item whose actor died or failed"
+    )
+    p.add_argument(
+        "--actor-start-timeout",
+        type=float,
+        default=900.0,
+        help="seconds to wait for actors to be placed (autoscaling) (default %(default)s)",
+    )
+    p.add_argument(
+        "--allow-decode-failures",
+        action="store_true",
+        help="score the decodable images when some fail (n_failed is recorded)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -432,7 +539,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if left_out:
         print(f"\n{left_out}")
     decoding = describe_decoding(summary)
-    print(f"\n{len(summary.written)} point(s) written, {len(summary.skipped)} already done, to {cfg.out}" + (f"; {decoding}" if decoding else ""))
+    print(
+        f"\n{len(summary.written)} point(s) written, {len(summary.skipped)} already done, to {cfg.out}"
+        + (f"; {decoding}" if decoding else "")
+    )
     return 0
 
 
@@ -451,9 +561,13 @@ def validate_inputs(cfg: SweepConfig) -> Selection:
         limit = max_r(check_supported(model))  # one meta-device build for both checks
         too_big = [r for r in cfg.r_values if r > limit]
         if too_big:
-            raise ValueError(f"--r {too_big[0]} is impossible for {model}: a block can merge at most {limit} of its tokens")
+            raise ValueError(
+                f"--r {too_big[0]} is impossible for {model}: a block can merge at most {limit} of its tokens"
+            )
     selection = Selection(*select_shards(shards.resolve_data(cfg.data), cfg.limit))
-    if cfg.checkpoint_dir:  # only that each exists: run_sweep hashes them (weights_for), still before Ray starts
+    if (
+        cfg.checkpoint_dir
+    ):  # only that each exists: run_sweep hashes them (weights_for), still before Ray starts
         for model in cfg.models:
             find_checkpoint(cfg.checkpoint_dir, model)
     return selection

@@ -5,6 +5,7 @@ point): model, short_name, mode, r, top1, top5, n_images, n_failed, infer_sample
 eval_samples_per_sec, gflops, tokens_out, amp, infer_batch_size, device, dataset. Missing
 numbers are shown as "—", never invented.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -85,7 +86,9 @@ def sweep_tables(
     ``modes``: a list of modes or a single mode string."""
     if points.empty:
         return "(no results)"
-    chosen = points[(points["dataset"] == dataset) & (points["amp"] == amp) & (points["infer_batch_size"] == batch_size)]
+    chosen = points[
+        (points["dataset"] == dataset) & (points["amp"] == amp) & (points["infer_batch_size"] == batch_size)
+    ]
     blocks: List[str] = []
     for model in dict.fromkeys(models):
         for mode in [modes] if isinstance(modes, str) else modes:
@@ -116,7 +119,9 @@ def table_notes(rows: pd.DataFrame, expected_r: Sequence[int]) -> List[str]:
     notes = []
     missing = sorted(set(expected_r) - {int(r) for r in rows["r"]})
     if missing:
-        notes.append(f"missing: r = {', '.join(map(str, missing))} (not in the results; rerun the sweep with these r to fill them)")
+        notes.append(
+            f"missing: r = {', '.join(map(str, missing))} (not in the results; rerun the sweep with these r to fill them)"
+        )
     if not (rows["r"] == 0).any():
         notes.append("no r = 0 point: speed-up and Δ top-1 need it (add 0 to the sweep's --r)")
     if rows["infer_samples_per_sec"].isna().all():
@@ -165,7 +170,9 @@ def published_table(model: str) -> str:
     base_top1, base_speed = by_r[0]
     lines = ["| r | top-1 | img/s | speed-up | Δ top-1 |", "|--:|--:|--:|--:|--:|"]
     for r, (top1, speed) in sorted(by_r.items()):
-        lines.append(f"| {r} | {top1:.3f} | {speed:.1f} | {speed / base_speed:.2f}x | {top1 - base_top1:+.2f} |")
+        lines.append(
+            f"| {r} | {top1:.3f} | {speed:.1f} | {speed / base_speed:.2f}x | {top1 - base_top1:+.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -176,12 +183,17 @@ def versus_published_table(rows: pd.DataFrame, model: str) -> Optional[str]:
         return None
     _, by_r = paper.PUBLISHED[model]
     top0, speed0 = base["top1"].iloc[0], base["infer_samples_per_sec"].iloc[0]
-    lines = ["| r | Δ top-1 here | Δ top-1 published | speed-up here | speed-up published |", "|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| r | Δ top-1 here | Δ top-1 published | speed-up here | speed-up published |",
+        "|--:|--:|--:|--:|--:|",
+    ]
     for row in rows.sort_values("r").itertuples():
         if int(row.r) not in by_r:
             continue
         ptop, pspeed = by_r[int(row.r)]
-        ours_speed = row.infer_samples_per_sec / speed0 if _ok(row.infer_samples_per_sec) and _ok(speed0) else None
+        ours_speed = (
+            row.infer_samples_per_sec / speed0 if _ok(row.infer_samples_per_sec) and _ok(speed0) else None
+        )
         lines.append(
             f"| {row.r} | {row.top1 - top0:+.2f} | {ptop - by_r[0][0]:+.2f} | {_num(ours_speed, '{:.2f}x')} | {pspeed / by_r[0][1]:.2f}x |"
         )
@@ -194,7 +206,10 @@ def versus_published_table(rows: pd.DataFrame, model: str) -> Optional[str]:
 def paired_table(comparisons: Sequence[Comparison], short_names: Dict[str, str], level: float = 0.95) -> str:
     """Markdown: model | comparison | images | fixed | broken | Δ top-1 | CI | McNemar p | classes losing most."""
     pct = f"{100 * level:g}% CI"
-    lines = [f"| model | comparison | images | fixed | broken | Δ top-1 | {pct} | McNemar p | classes losing most |", "|---|---|--:|--:|--:|--:|--:|--:|---|"]
+    lines = [
+        f"| model | comparison | images | fixed | broken | Δ top-1 | {pct} | McNemar p | classes losing most |",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
     for c in comparisons:
         name = short_names.get(c.model, c.model)
         if c.stats is None:

@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         verify_checksums,
     )
     from .spec import TOMECIS_DATA_ENV, DataSpecError, ShardInfo, ShardSet, resolve_data
-    from .transforms import data_config, eval_transform
     from .synsets import imagenet_synsets, synset_index
+    from .transforms import data_config, eval_transform
     from .write import WriteConfig, WriteSummary, write_shards
 
 _EXPORTS = {

@@ -6,6 +6,7 @@ Prints, per DataLoader worker count, the images read, the seconds taken and img/
 ``--passes`` passes over the data: the first pass also pays for the page cache). Set it beside the
 sweep's ``infer_samples_per_sec`` to see whether the data path or the model limits an actor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,9 @@ def format_rows(rows: Sequence[ReadBenchRow], cfg: ReadBenchConfig) -> str:
         "| loader workers | images | failed | seconds | img/s |",
         "|--:|--:|--:|--:|--:|",
     ]
-    lines += [f"| {r.workers} | {r.images} | {r.failed} | {r.seconds:.2f} | {r.img_per_s:.1f} |" for r in rows]
+    lines += [
+        f"| {r.workers} | {r.images} | {r.failed} | {r.seconds:.2f} | {r.img_per_s:.1f} |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -82,8 +85,16 @@ def parse_workers(text: str) -> tuple[int, ...]:
 
 def config_from_args(argv: Sequence[str] | None = None) -> ReadBenchConfig:
     p = argparse.ArgumentParser(prog="python -m shards.bench", description=__doc__.splitlines()[0])
-    p.add_argument("data", nargs="?", help="shards: directory with manifest, brace pattern, list or URLs (default $TOMECIS_DATA)")
-    p.add_argument("--model", default="deit_tiny_patch16_224", help="timm name whose eval transform to apply (default %(default)s)")
+    p.add_argument(
+        "data",
+        nargs="?",
+        help="shards: directory with manifest, brace pattern, list or URLs (default $TOMECIS_DATA)",
+    )
+    p.add_argument(
+        "--model",
+        default="deit_tiny_patch16_224",
+        help="timm name whose eval transform to apply (default %(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", default="0,2", help="DataLoader worker counts to try (default %(default)s)")
     p.add_argument("--passes", type=int, default=2, help="passes per worker count; the fastest is reported")

@@ -40,7 +40,9 @@ HF_FILE_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d+-of-\d+\.parquet$", re.
 DEFAULT_SPLIT = "validation"
 MAX_KEYS_LISTED = 100
 ROW_KEY_PATTERN = "<parquet file stem>_row<row number in the file, from 0, 8 digits>"
-EXPECTED_COLUMNS = "columns image (struct of bytes and path) and label (class index), as in ILSVRC/imagenet-1k"
+EXPECTED_COLUMNS = (
+    "columns image (struct of bytes and path) and label (class index), as in ILSVRC/imagenet-1k"
+)
 
 
 @contextmanager
@@ -50,7 +52,9 @@ def open_source(
     """The labelled images of any source form; parquet images are spooled into `out` while the block runs."""
     if len(src_paths) == 1 and detect_form(src_paths[0]) is not SourceForm.PARQUET:
         if split is not None:
-            raise SourceError(f"`split={split}` chooses among parquet files; {src_paths[0]} holds none: drop it")
+            raise SourceError(
+                f"`split={split}` chooses among parquet files; {src_paths[0]} holds none: drop it"
+            )
         yield list_source_images(src_paths[0], labels)
         return
     if labels is not None:
@@ -78,7 +82,9 @@ def parquet_files(src_paths: Sequence[Path], split: str | None) -> tuple[list[Pa
                 "(data/validation-*.parquet), other forms come one at a time"
             )
     if split is not None:
-        raise SourceError(f"`split={split}` chooses among a folder's parquet files; name that split's files instead")
+        raise SourceError(
+            f"`split={split}` chooses among a folder's parquet files; name that split's files instead"
+        )
     return sorted(set(src_paths)), None
 
 
@@ -92,7 +98,9 @@ def _choose_split(files: list[Path], split: str | None, folder: Path) -> tuple[l
     if split is None:
         split = next(iter(by_split)) if len(by_split) == 1 else DEFAULT_SPLIT
     if split not in by_split:
-        raise SourceError(f"{folder} holds parquet files of the splits {names}, not {split!r}: choose with `split`")
+        raise SourceError(
+            f"{folder} holds parquet files of the splits {names}, not {split!r}: choose with `split`"
+        )
     return by_split[split], split or None
 
 
@@ -158,7 +166,9 @@ def _image_has_path(schema: Any, file: Path) -> bool:
     if pa.types.is_struct(image_type):
         fields = [image_type.field(index).name for index in range(image_type.num_fields)]
         if "bytes" not in fields:
-            raise SourceError(f"{file}: its image column has the fields {fields}, no bytes; expected {EXPECTED_COLUMNS}")
+            raise SourceError(
+                f"{file}: its image column has the fields {fields}, no bytes; expected {EXPECTED_COLUMNS}"
+            )
         return "path" in fields
     if pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type):
         return False
@@ -171,7 +181,9 @@ def _image_bytes(value: Any, file: Path, row: int) -> bytes:
     return value
 
 
-def _source_image(file: Path, row: int, path: str | None, label: Any, where: tuple[Path, int, int]) -> SourceImage:
+def _source_image(
+    file: Path, row: int, path: str | None, label: Any, where: tuple[Path, int, int]
+) -> SourceImage:
     """One row as a SourceImage whose bytes lie in the spool at (spool, offset, size)."""
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < N_IMAGENET_CLASSES:
         raise SourceError(

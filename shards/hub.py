@@ -27,7 +27,9 @@ DEFAULT_REVISION = "main"
 HUB_TIMEOUT_S = 120
 HTTP_NOT_FOUND = (404, 410)
 HTTP_REFUSED = (401, 403)
-HUB_URL_PATTERN = re.compile(r"^hf://datasets/(?P<owner>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<revision>[^/]+))?(?P<path>/.*)?$")
+HUB_URL_PATTERN = re.compile(
+    r"^hf://datasets/(?P<owner>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<revision>[^/]+))?(?P<path>/.*)?$"
+)
 
 
 class HubError(OSError):
@@ -92,7 +94,9 @@ def open_hub_url(url: str) -> IO[bytes]:
         raise HubError(_refusal(url, endpoint, error.code, token is not None), status=error.code) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise HubError(f"cannot reach {endpoint} for {url} ({reason}); check ${HF_ENDPOINT_ENV} and the network")
+        raise HubError(
+            f"cannot reach {endpoint} for {url} ({reason}); check ${HF_ENDPOINT_ENV} and the network"
+        )
 
 
 def fetch_hub_text(url: str, missing_ok: bool) -> str | None:
@@ -115,7 +119,9 @@ def _refusal(url: str, endpoint: str, status: int, with_token: bool) -> str:
             f"the Hub at {endpoint} refused {url} (HTTP {status}; {given}): the dataset is gated (ImageNet-1k is): "
             f"accept its terms on the Hub with your account and set ${HF_TOKEN_ENV} to a read token of that account"
         )
-    return f"the Hub at {endpoint} answered HTTP {status} for {url}; try again later or check ${HF_ENDPOINT_ENV}"
+    return (
+        f"the Hub at {endpoint} answered HTTP {status} for {url}; try again later or check ${HF_ENDPOINT_ENV}"
+    )
 
 
 class _SameHostKeepsToken(urllib.request.HTTPRedirectHandler):
@@ -124,7 +130,11 @@ class _SameHostKeepsToken(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
         redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
         authorization = req.unredirected_hdrs.get("Authorization")
-        if redirected is not None and authorization is not None and _same_origin(req.full_url, redirected.full_url):
+        if (
+            redirected is not None
+            and authorization is not None
+            and _same_origin(req.full_url, redirected.full_url)
+        ):
             redirected.add_unredirected_header("Authorization", authorization)
         return redirected
 

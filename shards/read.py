@@ -178,7 +178,9 @@ def iter_batches(
     for chunk in _chunk_stream(shards, transform, batch_size, num_workers, pin_memory):
         stats.merge(chunk.stats)
         if chunk.keys and with_shards:
-            yield ShardBatch(images=chunk.images, labels=chunk.labels, keys=chunk.keys, shards=chunk.key_shards)
+            yield ShardBatch(
+                images=chunk.images, labels=chunk.labels, keys=chunk.keys, shards=chunk.key_shards
+            )
         elif chunk.keys:
             yield Batch(images=chunk.images, labels=chunk.labels, keys=chunk.keys)
     if check_counts:
@@ -194,7 +196,9 @@ def check_complete(stats: ReadStats, shards: ShardSet | Sequence[ShardInfo]) -> 
     for shard in shard_tuple(shards):
         seen = stats.per_shard.get(shard.url)
         if seen is None:
-            raise ShardCountError(f"shard {shard.url} was never read; expected {shard.n_samples} samples from it")
+            raise ShardCountError(
+                f"shard {shard.url} was never read; expected {shard.n_samples} samples from it"
+            )
         if shard.n_samples is not None and seen != shard.n_samples:
             raise ShardCountError(_count_mismatch(shard, seen))
 
@@ -249,7 +253,9 @@ def _chunk_stream(
         yield from _chunks_of(shards, transform, batch_size)
         return
     dataset = _ShardChunks(shards, transform, batch_size)
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, pin_memory=pin_memory)
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, pin_memory=pin_memory
+    )
     batches = iter(loader)
     try:
         yield from batches
@@ -392,7 +398,9 @@ def samples_of_shard(shard: ShardInfo) -> Iterator[dict[str, Any]]:
         raise ShardReadError(f"cannot open shard {shard.url}: {error}") from error
     finished = False
     try:
-        files = ({**file, "__url__": shard.url} for file in tar_file_iterator(stream, handler=reraise_exception))
+        files = (
+            {**file, "__url__": shard.url} for file in tar_file_iterator(stream, handler=reraise_exception)
+        )
         yield from group_by_keys(files, handler=reraise_exception)
         _close_checked(stream, shard)
         finished = True

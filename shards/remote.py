@@ -71,14 +71,19 @@ def resolve_remote_item(item: str, beside: IndexCache, split: str | None) -> lis
     path = url_path(item)
     if path.endswith(".tar") or "{" in path:
         if split is not None:
-            raise DataSpecError(f"{item}#{split}: '#SPLIT' names a split of a folder's {INFO_NAME}, not of shards")
+            raise DataSpecError(
+                f"{item}#{split}: '#SPLIT' names a split of a folder's {INFO_NAME}, not of shards"
+            )
         return [_remote_shard(url, beside) for url in braceexpand(item)]
     if path.endswith(".json"):
         index = _remote_index(item, split, missing_ok=False)
     else:
         index = _folder_index(_with_path(item, path.rstrip("/") + "/"), split)
     beside.use(index)
-    return [index.shard(remote_url_to_readable(sibling_url(index.where, entry.name)), entry) for entry in index.listed]
+    return [
+        index.shard(remote_url_to_readable(sibling_url(index.where, entry.name)), entry)
+        for entry in index.listed
+    ]
 
 
 def _check_hub_url(item: str) -> None:
@@ -144,7 +149,9 @@ def _remote_index(index_url: str, split: str | None, missing_ok: bool) -> ShardI
     if url_path(index_url).endswith(INFO_NAME):
         return parse_info(text, index_url, split)
     if split is not None:
-        raise DataSpecError(f"{index_url}#{split}: '#SPLIT' names a split of an {INFO_NAME}, not of a manifest")
+        raise DataSpecError(
+            f"{index_url}#{split}: '#SPLIT' names a split of an {INFO_NAME}, not of a manifest"
+        )
     try:
         return index_of_manifest(parse_manifest(text, index_url), index_url)
     except ManifestError as error:
@@ -199,4 +206,6 @@ def _fetch_http_text(url: str, missing_ok: bool) -> str | None:
         kind = _IndexForbidden if error.code in HTTP_FORBIDDEN else DataSpecError
         raise kind(f"cannot fetch {what} {url} ({error}); check the URL, or pass the shard URLs") from error
     except OSError as error:
-        raise DataSpecError(f"cannot fetch {what} {url} ({error}); check the URL, or pass the shard URLs") from error
+        raise DataSpecError(
+            f"cannot fetch {what} {url} ({error}); check the URL, or pass the shard URLs"
+        ) from error

@@ -104,7 +104,9 @@ class ShardIndex:
 
     def shard(self, url: str, entry: IndexedShard) -> ShardInfo:
         """The ShardInfo of a shard this index counts, opened by `url`."""
-        return ShardInfo(url=url, name=entry.name, n_samples=entry.n_samples, sha256=entry.sha256, counted_by=self.kind)
+        return ShardInfo(
+            url=url, name=entry.name, n_samples=entry.n_samples, sha256=entry.sha256, counted_by=self.kind
+        )
 
     def entry_for(self, name: str, shard: str) -> IndexedShard:
         """This index's entry for the shard file `name` (at `shard`); one it does not list is an error."""

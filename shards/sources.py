@@ -37,7 +37,9 @@ class SourceForm(str, Enum):
     IMAGEFOLDER = "imagefolder"  # SRC/<synset>/*.JPEG
     FLAT = "flat"  # SRC/ILSVRC2012_val_*.JPEG + labels file
     VAL_TAR = "val-tar"  # ILSVRC2012_img_val.tar + labels file
-    PARQUET = "parquet"  # Hugging Face parquet files (ILSVRC/imagenet-1k data/validation-*.parquet): image + label
+    PARQUET = (
+        "parquet"  # Hugging Face parquet files (ILSVRC/imagenet-1k data/validation-*.parquet): image + label
+    )
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,9 @@ def list_source_images(src: Path, labels: Path | None) -> SourceListing:
         unused = len(synset_by_key) - len(images)
     ordered = tuple(sorted(images, key=lambda image: image.key))
     check_keys(ordered)
-    return SourceListing(form=form, images=ordered, ignored_files=tuple(sorted(ignored)), unused_labels=unused)
+    return SourceListing(
+        form=form, images=ordered, ignored_files=tuple(sorted(ignored)), unused_labels=unused
+    )
 
 
 def _imagefolder_images(root: Path) -> tuple[list[SourceImage], list[str]]:
@@ -267,7 +271,9 @@ def _tar_images(
             )
         )
     unused = len(set(synset_by_key) - {image_file.key for image_file in files})
-    _check_tar_ends(tar_path, members, f"{unused} of the {len(synset_by_key)} labels in {labels} have no image in it")
+    _check_tar_ends(
+        tar_path, members, f"{unused} of the {len(synset_by_key)} labels in {labels} have no image in it"
+    )
     return files, ignored
 
 
@@ -371,7 +377,9 @@ def _read_name_label_lines(path: Path, text: str) -> dict[str, str]:
             continue
         where = f"{path}:{line_number}"
         if len(fields) != 2:
-            raise SourceError(f"{where}: expected 'filename class-index' (or 'filename synset'), found {line!r}")
+            raise SourceError(
+                f"{where}: expected 'filename class-index' (or 'filename synset'), found {line!r}"
+            )
         name, label = fields
         if label.isdigit():
             synset = synset_at(int(label), where=where)
@@ -385,5 +393,7 @@ def _read_name_label_lines(path: Path, text: str) -> dict[str, str]:
 def _add_label(synset_by_key: dict[str, str], key: str, synset: str, where: str) -> None:
     known = synset_by_key.get(key)
     if known is not None and known != synset:
-        raise SourceError(f"{where}: {key} is labelled {synset} here but {known} earlier; fix the labels file")
+        raise SourceError(
+            f"{where}: {key} is labelled {synset} here but {known} earlier; fix the labels file"
+        )
     synset_by_key[key] = synset

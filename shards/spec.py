@@ -89,7 +89,9 @@ def _spec_items(spec: str | os.PathLike | Sequence[str] | None) -> tuple[list[st
     if spec is None:
         spec = os.environ.get(TOMECIS_DATA_ENV, "").strip()
         if not spec and hub_token() is None:
-            raise DataSpecError(f"no data given and ${TOMECIS_DATA_ENV} is not set; {SPEC_HELP}; {HUB_DEFAULT_HELP}")
+            raise DataSpecError(
+                f"no data given and ${TOMECIS_DATA_ENV} is not set; {SPEC_HELP}; {HUB_DEFAULT_HELP}"
+            )
         if not spec:
             spec, default_route = TIMM_IMAGENET_WDS, True
     if isinstance(spec, (str, os.PathLike)):
@@ -123,7 +125,8 @@ def _resolve_item(item: str, beside: IndexCache) -> list[ShardInfo]:
     """One spec item -> its shards, counted by the index beside them (or named by a folder/index item)."""
     if item.startswith("pipe:"):
         return [
-            ShardInfo(url=url, name=_name_in_url(url), n_samples=None, sha256=None) for url in braceexpand(item)
+            ShardInfo(url=url, name=_name_in_url(url), n_samples=None, sha256=None)
+            for url in braceexpand(item)
         ]
     item, split = split_of_spec(item)
     if item.startswith("file://"):
@@ -150,11 +153,15 @@ def _resolve_local_item(item: str, beside: IndexCache, split: str | None) -> lis
     if path.suffix == ".json":
         return _shards_of_local_index(_local_index(path, split, required=True), beside)
     if split is not None:
-        raise DataSpecError(f"{item}#{split}: '#SPLIT' names a split of a folder's {INFO_NAME}, not of shards")
+        raise DataSpecError(
+            f"{item}#{split}: '#SPLIT' names a split of a folder's {INFO_NAME}, not of shards"
+        )
     shard_paths = [Path(expanded).expanduser() for expanded in braceexpand(item)]
     missing = [path for path in shard_paths if not path.is_file()]
     if missing:
-        more = f" (and {len(missing) - 1} more of the {len(shard_paths)} it names)" if len(missing) > 1 else ""
+        more = (
+            f" (and {len(missing) - 1} more of the {len(shard_paths)} it names)" if len(missing) > 1 else ""
+        )
         raise DataSpecError(f"shard {missing[0]}{more}, from data spec {item!r}, does not exist; {SPEC_HELP}")
     return [_local_shard(path, beside) for path in shard_paths]
 
@@ -171,7 +178,9 @@ def _local_folder_index(folder: Path, split: str | None) -> ShardIndex:
 
 def _no_local_index(folder: Path, split: str | None) -> ShardIndex:
     if split is not None:
-        raise DataSpecError(f"{folder}#{split}: {folder} holds no {INFO_NAME}, whose split '#{split}' would name")
+        raise DataSpecError(
+            f"{folder}#{split}: {folder} holds no {INFO_NAME}, whose split '#{split}' would name"
+        )
     raise DataSpecError(
         f"{folder} holds no {MANIFEST_NAME} (nor timm's {INFO_NAME}); write the shards with python -m shards.write, "
         f"or name the shards with a brace pattern ({folder}/imagenet-val-{{000000..000009}}.tar) to read them "
@@ -202,8 +211,10 @@ def _shards_of_local_index(index: ShardIndex, beside: IndexCache) -> list[ShardI
     for entry in index.listed:
         shard_path = folder / entry.name
         if not shard_path.is_file():
-            fix = "rewrite the shards with python -m shards.write --force" if index.kind == MANIFEST_NAME else (
-                "the copy is incomplete: copy it again"
+            fix = (
+                "rewrite the shards with python -m shards.write --force"
+                if index.kind == MANIFEST_NAME
+                else ("the copy is incomplete: copy it again")
             )
             raise DataSpecError(
                 f"{'manifest' if index.kind == MANIFEST_NAME else index.kind} {index.where} lists {entry.name}, "
@@ -235,7 +246,9 @@ def _check_unique(shards: list[ShardInfo]) -> None:
     seen: set[str] = set()
     for shard in shards:
         if shard.url in seen:
-            raise DataSpecError(f"shard {shard.url} is named twice in the data spec; each shard must be read once")
+            raise DataSpecError(
+                f"shard {shard.url} is named twice in the data spec; each shard must be read once"
+            )
         seen.add(shard.url)
 
 
@@ -253,9 +266,15 @@ def _shard_set(shards: tuple[ShardInfo, ...], indexes: list[ShardIndex], spec_te
     )
 
 
-def _describe(shards: tuple[ShardInfo, ...], total: int | None, indexes: list[ShardIndex], spec_text: str) -> str:
+def _describe(
+    shards: tuple[ShardInfo, ...], total: int | None, indexes: list[ShardIndex], spec_text: str
+) -> str:
     """`50000 images in 64 shards from hf://datasets/timm/imagenet-1k-wds (_info.json split validation; Hub at …)`."""
-    amount = f"{total} images in {len(shards)} shards" if total is not None else f"{len(shards)} shards (uncounted)"
+    amount = (
+        f"{total} images in {len(shards)} shards"
+        if total is not None
+        else f"{len(shards)} shards (uncounted)"
+    )
     notes = sorted({index.about for index in indexes if index.about})
     origin = describe_origin(spec_text)
     notes += [origin] if origin else []

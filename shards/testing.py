@@ -179,7 +179,12 @@ def write_manifest_for(folder: Path, records: Sequence[ShardRecord]) -> Path:
 def images_of_imagefolder(root: Path) -> list[TinyImage]:
     """The JPEGs of an ImageFolder tree (root/<synset>/<key>.JPEG) with their labels, sorted by key."""
     images = [
-        TinyImage(key=path.stem, synset=path.parent.name, class_index=synset_index(path.parent.name), jpeg=path.read_bytes())
+        TinyImage(
+            key=path.stem,
+            synset=path.parent.name,
+            class_index=synset_index(path.parent.name),
+            jpeg=path.read_bytes(),
+        )
         for path in root.glob("*/*")
         if path.suffix.lower() in (".jpeg", ".jpg")
     ]
@@ -197,7 +202,10 @@ def make_hf_parquet(
     table = pa.table(
         {
             "image": pa.array(
-                [{"bytes": image.jpeg, "path": None if image.key in without_path else image.file_name} for image in images],
+                [
+                    {"bytes": image.jpeg, "path": None if image.key in without_path else image.file_name}
+                    for image in images
+                ],
                 type=image_type,
             ),
             "label": pa.array([image.class_index for image in images], type=pa.int64()),
@@ -230,8 +238,12 @@ def write_timm_wds(
             for image in chunk:
                 label = {"filename": image.file_name, "label": image.class_index, "class_name": image.synset}
                 writer.write(
-                    {"__key__": image.key, "jpg": image.jpeg, "cls": str(image.class_index).encode("ascii"),
-                     "json": json.dumps(label).encode("utf-8")}
+                    {
+                        "__key__": image.key,
+                        "jpg": image.jpeg,
+                        "cls": str(image.class_index).encode("ascii"),
+                        "json": json.dumps(label).encode("utf-8"),
+                    }
                 )
         filenames.append(name)
         lengths.append(len(chunk))
@@ -333,7 +345,9 @@ class _HubHandler(_RepoFileHandler):
         if file is None:
             return self.send_bytes(404, b"Entry not found")
         if self.cdn_base is not None and file.suffix == ".tar":
-            return self.send_bytes(302, b"", {"Location": f"{self.cdn_base}/cdn/{repo_id}/{path}?signature=x"})
+            return self.send_bytes(
+                302, b"", {"Location": f"{self.cdn_base}/cdn/{repo_id}/{path}?signature=x"}
+            )
         return self.send_bytes(200, file.read_bytes())
 
 

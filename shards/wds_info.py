@@ -67,10 +67,15 @@ def _split_entries(split: Any, where: str, name: str) -> tuple[IndexedShard, ...
     if len(filenames) != len(lengths):
         raise DataSpecError(f"{place}: {len(filenames)} filenames but {len(lengths)} shard_lengths")
     if sum(lengths) != num_samples:
-        raise DataSpecError(f"{place}: num_samples is {num_samples} but its shard_lengths add up to {sum(lengths)}")
+        raise DataSpecError(
+            f"{place}: num_samples is {num_samples} but its shard_lengths add up to {sum(lengths)}"
+        )
     if len(set(filenames)) != len(filenames):
         raise DataSpecError(f"{place} lists a shard twice")
-    return tuple(IndexedShard(name=filename, n_samples=length, sha256=None) for filename, length in zip(filenames, lengths))
+    return tuple(
+        IndexedShard(name=filename, n_samples=length, sha256=None)
+        for filename, length in zip(filenames, lengths)
+    )
 
 
 def _count(value: Any) -> int:
@@ -85,5 +90,7 @@ def split_of_spec(item: str) -> tuple[str, str | None]:
         return item, None
     base, split = item.rsplit("#", 1)
     if not SPLIT_NAME_PATTERN.match(split):
-        raise DataSpecError(f"{item!r}: {split!r} after '#' is not a split name (such as validation or train)")
+        raise DataSpecError(
+            f"{item!r}: {split!r} after '#' is not a split name (such as validation or train)"
+        )
     return base, split

@@ -29,8 +29,8 @@ import webdataset
 from tqdm import tqdm
 
 from .decode import DECODE_ERRORS, decode_rgb, describe_decode_error
-from .manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedImage, sha256_of_file
 from .hf_parquet import open_source
+from .manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedImage, sha256_of_file
 from .sources import SourceError, SourceImage, SourceListing
 from .synsets import N_IMAGENET_CLASSES, UnknownSynsetError
 
@@ -77,7 +77,9 @@ class WriteConfig:
         if self.workers < 1:
             raise ValueError(f"`workers` must be at least 1, got {self.workers}")
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", self.prefix):
-            raise ValueError(f"`prefix={self.prefix!r}` must be letters, digits, '_' or '-' (no dots or slashes)")
+            raise ValueError(
+                f"`prefix={self.prefix!r}` must be letters, digits, '_' or '-' (no dots or slashes)"
+            )
         if not self.src_paths:
             raise ValueError("no source given")
 
@@ -317,7 +319,9 @@ def _write_shard_in_pool(task: ShardTask) -> ShardResult:
 def _run_tasks_in_pool(tasks: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResult]:
     context = multiprocessing.get_context()
     counter = context.Value("q", 0)
-    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker, initargs=(counter,))
+    executor = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_pool_worker, initargs=(counter,)
+    )
     try:
         futures: list[Future[ShardResult]] = [executor.submit(_write_shard_in_pool, task) for task in tasks]
         pending = set(futures)
@@ -356,7 +360,11 @@ def build_manifest(results: list[ShardResult], listing: SourceListing, config: W
         "prefix": config.prefix,
         "shard_size": config.shard_size,
         "skip_bad": config.skip_bad,
-        "sample_fields": {"jpg": "original bytes", "cls": "class index (sorted synsets)", "json": "file, synset"},
+        "sample_fields": {
+            "jpg": "original bytes",
+            "cls": "class index (sorted synsets)",
+            "json": "file, synset",
+        },
         "webdataset": webdataset.__version__ if hasattr(webdataset, "__version__") else None,
         "n_ignored_files": len(listing.ignored_files),
         "ignored_files": list(listing.ignored_files[:MAX_IGNORED_LISTED]),
@@ -408,14 +416,23 @@ def parse_args(argv: Sequence[str] | None = None) -> WriteConfig:
         help="labels for a flat folder or tar: val.txt ('name index' lines) or LOC_val_solution.csv",
     )
     parser.add_argument(
-        "--split", help="the split of a folder of parquet files holding several (default: its only one, else validation)"
-    )
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"shard name prefix (default {DEFAULT_PREFIX})")
-    parser.add_argument(
-        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"images per shard (default {DEFAULT_SHARD_SIZE})"
+        "--split",
+        help="the split of a folder of parquet files holding several (default: its only one, else validation)",
     )
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="processes writing shards in parallel (default: CPUs)"
+        "--prefix", default=DEFAULT_PREFIX, help=f"shard name prefix (default {DEFAULT_PREFIX})"
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help=f"images per shard (default {DEFAULT_SHARD_SIZE})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes writing shards in parallel (default: CPUs)",
     )
     parser.add_argument(
         "--skip-bad", action="store_true", help="leave out undecodable images, listing them in the manifest"

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random-weight ViTs, and the real assets in ../shared when present."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,7 @@ def randomize(model: torch.nn.Module, seed: int = 0, gain: float = 1.5) -> torch
         for name, p in model.named_parameters():
             if p.dim() >= 2:
                 fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) * gain / fan_in ** 0.5)
+                p.copy_(torch.randn(p.shape, generator=g) * gain / fan_in**0.5)
             elif name.endswith("weight"):  # norms, LayerScale gammas
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             else:
@@ -47,7 +48,9 @@ def tiny_vit(**kwargs) -> VisionTransformer:
 MODEL_FACTORIES = {
     "deit_tiny": lambda: randomize(timm.create_model("deit_tiny_patch16_224", num_classes=100), 1),
     "deit_small": lambda: randomize(timm.create_model("deit_small_patch16_224", num_classes=100), 2),
-    "deit_tiny_distilled": lambda: randomize(timm.create_model("deit_tiny_distilled_patch16_224", num_classes=100), 3),
+    "deit_tiny_distilled": lambda: randomize(
+        timm.create_model("deit_tiny_distilled_patch16_224", num_classes=100), 3
+    ),
     "vit_layerscale_qknorm": lambda: tiny_vit(init_values=0.5, qk_norm=True),
 }
 
@@ -63,7 +66,9 @@ def data(tmp_path_factory):
     ckpt = root / "ckpt"
     ckpt.mkdir()
     torch.manual_seed(0)
-    torch.save({"model": timm.create_model("deit_tiny_patch16_224").state_dict()}, ckpt / "deit_tiny_patch16_224.pth")
+    torch.save(
+        {"model": timm.create_model("deit_tiny_patch16_224").state_dict()}, ckpt / "deit_tiny_patch16_224.pth"
+    )
     return root
 
 
@@ -74,7 +79,11 @@ def sample_photos():
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    synsets = [line.split()[0] for line in (SHARED_ASSETS / "synset_words.txt").read_text().splitlines() if line.strip()]
+    synsets = [
+        line.split()[0]
+        for line in (SHARED_ASSETS / "synset_words.txt").read_text().splitlines()
+        if line.strip()
+    ]
     index = {s: i for i, s in enumerate(synsets)}
     transform = create_transform(**resolve_data_config({}, model=timm.create_model("deit_tiny_patch16_224")))
     images, labels = [], []

@@ -7,20 +7,22 @@ on at least 99% of the images (a merge decision can flip on a near-tie between t
 then moves that image's logits further), with top-1 equal on at least 99% of them; r = 0 must equal
 unpatched timm exactly (same kernels, same order); SDPA and the explicit attention matrix agree to 1e-4.
 """
+
 from __future__ import annotations
 
 import copy
 
 import pandas as pd
 import pytest
-import torch
-
-import tomecis
 import timm
-
+import torch
 from conftest import DEIT_TINY_WEIGHTS, MODEL_FACTORIES, SHARED_ASSETS, randomize, tiny_vit
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none here)")
+import tomecis
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none here)"
+)
 
 R_VALUES = [0, 8, 13, 16]
 CUDA = torch.device("cuda")
@@ -54,7 +56,9 @@ def photos(request):
 
 def logits_on(model, images, device, batch=64):
     with torch.inference_mode():
-        return torch.cat([model(images[i : i + batch].to(device)).float().cpu() for i in range(0, len(images), batch)])
+        return torch.cat(
+            [model(images[i : i + batch].to(device)).float().cpu() for i in range(0, len(images), batch)]
+        )
 
 
 @pytest.mark.parametrize("r", R_VALUES)
@@ -119,20 +123,42 @@ def test_gpu_actor_sweep_equals_a_cpu_actor_sweep(tmp_path):
     write_tiny_shards(tmp_path, tiny_dataset(n_images=40, n_classes=4), shard_size=8)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    torch.save({"model": randomize(timm.create_model("deit_tiny_patch16_224"), 1).state_dict()}, ckpt / "deit_tiny_patch16_224.pth")
+    torch.save(
+        {"model": randomize(timm.create_model("deit_tiny_patch16_224"), 1).state_dict()},
+        ckpt / "deit_tiny_patch16_224.pth",
+    )
     frames = {}
     for device in ("cuda", "cpu"):
         ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
         try:
-            sweep.run_sweep(sweep.SweepConfig(
-                models=["deit_tiny_patch16_224"], r_values=[0, 8, 16], modes=["tomecis", "tome"], data=str(tmp_path / "shards"),
-                out=str(tmp_path / device), batch_size=16, checkpoint_dir=str(ckpt), device=device, num_actors=1,
-                cpus_per_actor=2 if device == "cpu" else 1, bench=False, progress=False,
-            ))
+            sweep.run_sweep(
+                sweep.SweepConfig(
+                    models=["deit_tiny_patch16_224"],
+                    r_values=[0, 8, 16],
+                    modes=["tomecis", "tome"],
+                    data=str(tmp_path / "shards"),
+                    out=str(tmp_path / device),
+                    batch_size=16,
+                    checkpoint_dir=str(ckpt),
+                    device=device,
+                    num_actors=1,
+                    cpus_per_actor=2 if device == "cpu" else 1,
+                    bench=False,
+                    progress=False,
+                )
+            )
         finally:
             ray.shutdown()
-        frames[device] = pd.read_parquet(tmp_path / device / "predictions").sort_values(["mode", "r", "key"]).reset_index(drop=True)
+        frames[device] = (
+            pd.read_parquet(tmp_path / device / "predictions")
+            .sort_values(["mode", "r", "key"])
+            .reset_index(drop=True)
+        )
     gpu, cpu = frames["cuda"], frames["cpu"]
-    assert len(gpu) == len(cpu) == 40 * 6 and (gpu["key"] == cpu["key"]).all() and (gpu["label"] == cpu["label"]).all()
+    assert (
+        len(gpu) == len(cpu) == 40 * 6
+        and (gpu["key"] == cpu["key"]).all()
+        and (gpu["label"] == cpu["label"]).all()
+    )
     assert (gpu["pred"] == cpu["pred"]).mean() >= 0.97
     assert set(gpu["device"]) != set(cpu["device"])

@@ -1,4 +1,5 @@
 """ToMeCIS: Token Merging with Class Importance Score for timm Vision Transformers."""
+
 from .merge import bipartite_soft_matching, class_attention, class_importance, merge_weighted
 from .models import check_supported, create_model, max_r, resolve_model_name
 from .patch import MergeState, patch

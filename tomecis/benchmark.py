@@ -10,6 +10,7 @@ kernel counted too (stock torch skips it).
 
     python -m tomecis.benchmark --model deit_small --r 0,8-16 --batch-size 128 --device cuda --amp fp16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,6 @@ from .device import AMP_DTYPES, autocast, device_name, resolve_device, synchroni
 from .models import create_model, resolve_model_name
 from .patch import MODES, patch
 from .schedule import parse_r_values
-
 
 # --------------------------------------------------------------------------- measuring
 
@@ -188,7 +188,9 @@ class BenchmarkRow:
 DRIFT_WARNING = 0.05  # unpatched timings further apart than this make the speed-ups doubtful
 
 
-def run_benchmark(cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progress: Callable[[str], None] = lambda s: None) -> List[BenchmarkRow]:
+def run_benchmark(
+    cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progress: Callable[[str], None] = lambda s: None
+) -> List[BenchmarkRow]:
     """Time the unpatched model and the patched one at every r of ``cfg`` (and the explicit
     formulation, if asked), all in turns (``time_in_turns``), so drift affects them alike.
 
@@ -207,10 +209,16 @@ def run_benchmark(cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progr
         settings += [with_r(explicit, r) for r in cfg.r_values]
 
     progress("warm-up")
-    time_in_turns(settings[:1], cfg.batch_size, device, cfg.amp, cfg.warmup, 1)  # allocator and kernel warm-up
+    time_in_turns(
+        settings[:1], cfg.batch_size, device, cfg.amp, cfg.warmup, 1
+    )  # allocator and kernel warm-up
     progress(f"timing {len(settings)} settings in turns")
     times = time_in_turns(settings, cfg.batch_size, device, cfg.amp, cfg.warmup, cfg.runs)
-    unpatched, fused, explicit_times = times[0], times[1 : 1 + len(cfg.r_values)], times[1 + len(cfg.r_values) :]
+    unpatched, fused, explicit_times = (
+        times[0],
+        times[1 : 1 + len(cfg.r_values)],
+        times[1 + len(cfg.r_values) :],
+    )
     half = max(1, len(unpatched) // 2)
     rows = []
     for i, r in enumerate(cfg.r_values):
@@ -251,13 +259,21 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
         "all settings timed in turns)",
     ]
     if first.drift > DRIFT_WARNING:
-        lines.append(f"warning: the unpatched model's early and late passes differ by {first.drift:.0%}: the machine drifted; compare settings of this table only, or rerun on a quiet machine")
+        lines.append(
+            f"warning: the unpatched model's early and late passes differ by {first.drift:.0%}: the machine drifted; compare settings of this table only, or rerun on a quiet machine"
+        )
     lines += [
         "| " + " | ".join(head) + " |",
         "|" + "|".join("--:" for _ in head) + "|",
     ]
     for row in rows:
-        cells = [str(row.r), f"{row.img_per_s:.1f}", f"{row.speedup:.2f}x", f"{row.gflops:.2f}", str(row.tokens_out)]
+        cells = [
+            str(row.r),
+            f"{row.img_per_s:.1f}",
+            f"{row.speedup:.2f}x",
+            f"{row.gflops:.2f}",
+            str(row.tokens_out),
+        ]
         if with_explicit:
             e = row.explicit_img_per_s
             cells += [f"{e:.1f}", f"{row.img_per_s / e:.2f}x"] if e else ["", ""]
@@ -270,7 +286,9 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tomecis.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="deit_small", help="short name (deit_tiny, deit_small, deit_base) or timm name")
+    p.add_argument(
+        "--model", default="deit_small", help="short name (deit_tiny, deit_small, deit_base) or timm name"
+    )
     p.add_argument("--r", default="0,8-16", help="r values: 0,8-16 or 8-16:2 (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -278,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="tomecis", choices=list(MODES))
     p.add_argument("--warmup", type=int, default=3, help="untimed passes per r")
     p.add_argument("--runs", type=int, default=10, help="timed passes per r (median reported)")
-    p.add_argument("--pretrained", action="store_true", help="timm's published weights (needs the Hugging Face Hub)")
+    p.add_argument(
+        "--pretrained", action="store_true", help="timm's published weights (needs the Hugging Face Hub)"
+    )
     p.add_argument("--checkpoint", help="local .pth / .safetensors weights")
     p.add_argument("--explicit", action="store_true", help="also time the full-attention-matrix formulation")
     return p

@@ -3,6 +3,7 @@
 ``AMP_DTYPES`` is the one list of autocast settings (``none``, ``fp16``, ``bf16``) that the
 benchmark, the sweep and the report accept.
 """
+
 from __future__ import annotations
 
 import contextlib

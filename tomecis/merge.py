@@ -10,6 +10,7 @@ token's attention to it times the norm of its value vector, both averaged over
 heads. The score and the weighted average are computed in float32 (in half
 precision the products underflow and the average turns NaN).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -116,7 +117,9 @@ def bipartite_soft_matching(
     return Matching(merge, r, src_idx, dst_idx, keep_idx)
 
 
-def _best_partners(metric: torch.Tensor, class_token: bool, distill_token: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _best_partners(
+    metric: torch.Tensor, class_token: bool, distill_token: bool
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """For each A token (even positions): its best B partner (odd positions) by cosine similarity.
 
     ``metric [B, N, C]`` -> ``(best similarity [B, |A|], partner index into B [B, |A|])``; a class

@@ -1,4 +1,5 @@
 """Model names and weights: short names for the DeiT family, local checkpoints, timm pretrained."""
+
 from __future__ import annotations
 
 import difflib
@@ -34,7 +35,9 @@ def resolve_model_name(name: str) -> str:
     candidates = list(SHORT_NAMES) + timm.list_models()
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}: not a short name ({', '.join(SHORT_NAMES)}) nor a timm model{hint}")
+    raise ValueError(
+        f"unknown model {name!r}: not a short name ({', '.join(SHORT_NAMES)}) nor a timm model{hint}"
+    )
 
 
 def short_name(timm_name: str) -> str:

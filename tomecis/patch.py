@@ -14,6 +14,7 @@ soft matching on the keys averaged over heads -> score-weighted merge
 gives the unpatched model's logits at its speed. Sizes (and traced sources)
 are reset at every forward.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -22,10 +23,9 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
 
 from . import merge as M
 from .schedule import RSpec, resolve_schedule
@@ -136,7 +136,9 @@ class ToMeCISBlock(Block):
             state.tokens.append(x.shape[1])
             return x
         if attn_mask is not None or is_causal:
-            raise ValueError("token merging does not support attention masks; call the model without attn_mask")
+            raise ValueError(
+                "token merging does not support attention masks; call the model without attn_mask"
+            )
 
         size = state.size if state.prop_attn else None
         need_score = state.mode == "tomecis"
@@ -251,7 +253,9 @@ def patch(
         distill_token=distill_token,
     )
     if not isinstance(model, ToMeCISVisionTransformer):
-        model.__class__ = type(f"ToMeCIS{model.__class__.__name__}", (ToMeCISVisionTransformer, model.__class__), {})
+        model.__class__ = type(
+            f"ToMeCIS{model.__class__.__name__}", (ToMeCISVisionTransformer, model.__class__), {}
+        )
     model._merge_state = state
     for index, block in enumerate(model.blocks):
         block.__class__ = ToMeCISBlock
@@ -272,17 +276,29 @@ def _check_supported(model: nn.Module) -> bool:
             "create one with timm.create_model('deit_small_patch16_224')"
         )
     if getattr(model, "cls_token", None) is None:
-        raise ValueError(f"{name} has no class token (class_token=False); ToMeCIS scores tokens by the class token's attention")
+        raise ValueError(
+            f"{name} has no class token (class_token=False); ToMeCIS scores tokens by the class token's attention"
+        )
     if getattr(model, "num_reg_tokens", 0):
-        raise ValueError(f"{name} has {model.num_reg_tokens} register tokens, which ToMeCIS does not protect from merging")
+        raise ValueError(
+            f"{name} has {model.num_reg_tokens} register tokens, which ToMeCIS does not protect from merging"
+        )
     if model.global_pool not in ("token", "") and not hasattr(model, "dist_token"):
-        raise ValueError(f"{name} pools with global_pool={model.global_pool!r}; ToMeCIS supports class-token pooling only")
+        raise ValueError(
+            f"{name} pools with global_pool={model.global_pool!r}; ToMeCIS supports class-token pooling only"
+        )
     distill_token = getattr(model, "dist_token", None) is not None
     if model.num_prefix_tokens != 1 + int(distill_token):
-        raise ValueError(f"{name} has {model.num_prefix_tokens} prefix tokens; expected a class (and distillation) token only")
+        raise ValueError(
+            f"{name} has {model.num_prefix_tokens} prefix tokens; expected a class (and distillation) token only"
+        )
     for i, block in enumerate(model.blocks):
         if type(block) not in (Block, ToMeCISBlock):
-            raise TypeError(f"{name}.blocks[{i}] is {type(block).__name__}; ToMeCIS patches timm's Block only")
+            raise TypeError(
+                f"{name}.blocks[{i}] is {type(block).__name__}; ToMeCIS patches timm's Block only"
+            )
         if type(block.attn) not in (Attention, ToMeCISAttention):
-            raise TypeError(f"{name}.blocks[{i}].attn is {type(block.attn).__name__}; ToMeCIS patches timm's Attention only")
+            raise TypeError(
+                f"{name}.blocks[{i}].attn is {type(block.attn).__name__}; ToMeCIS patches timm's Attention only"
+            )
     return distill_token

@@ -4,6 +4,7 @@
 into per-block values; ``parse_r_values`` reads command-line lists such as
 ``0,8-16`` or ``8-16:2`` into the r values of a sweep.
 """
+
 from __future__ import annotations
 
 import re
@@ -80,7 +81,9 @@ _R_ITEM = re.compile(r"^(\d+)(?:-(\d+))?(?::(\d+))?$")
 def _parse_r_item(item: str) -> List[int]:
     match = _R_ITEM.match(item)
     if match is None:
-        raise ValueError(f"cannot read r item {item!r}: use N, A-B or A-B:STEP with non-negative integers, e.g. 0,8-16")
+        raise ValueError(
+            f"cannot read r item {item!r}: use N, A-B or A-B:STEP with non-negative integers, e.g. 0,8-16"
+        )
     lo = int(match.group(1))
     hi = int(match.group(2)) if match.group(2) is not None else lo
     step = int(match.group(3)) if match.group(3) is not None else 1

@@ -8,6 +8,7 @@ patches and a border between groups. ``--blocks`` adds the groups after several 
 read from the source map with forward hooks, so ``tomecis.patch`` needs no change.
 Only torch, timm, PIL, numpy and matplotlib: no Ray, nothing of the orchestrator.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,7 +96,9 @@ def trace_groups(model: nn.Module, x: torch.Tensor, blocks: Sequence[int]) -> Li
     """
     state = getattr(model, "merge_state", None)
     if state is None or not state.trace_source:
-        raise ValueError("trace_groups needs a model patched with tomecis.patch(model, r=..., trace_source=True)")
+        raise ValueError(
+            "trace_groups needs a model patched with tomecis.patch(model, r=..., trace_source=True)"
+        )
     if x.shape[0] != 1:
         raise ValueError(f"trace_groups takes one image, got a batch of {x.shape[0]}")
     depth = len(model.blocks)
@@ -118,7 +121,10 @@ def trace_groups(model: nn.Module, x: torch.Tensor, blocks: Sequence[int]) -> Li
         for handle in handles:
             handle.remove()
     grid = tuple(model.patch_embed.grid_size)
-    return [GroupMap(b, captured[b][0], patch_groups(captured[b][1], model.num_prefix_tokens, grid)) for b in blocks]
+    return [
+        GroupMap(b, captured[b][0], patch_groups(captured[b][1], model.num_prefix_tokens, grid))
+        for b in blocks
+    ]
 
 
 def patch_groups(source: Optional[torch.Tensor], num_prefix: int, grid: Tuple[int, int]) -> np.ndarray:
@@ -160,7 +166,9 @@ def mean_colour_image(image: np.ndarray, groups: np.ndarray, patch_size: Tuple[i
     per_pixel = pixel_groups(groups, patch_size).ravel()
     pixels = image.reshape(-1, 3).astype(np.float64)
     counts = np.bincount(per_pixel)
-    means = np.stack([np.bincount(per_pixel, weights=pixels[:, c]) / counts for c in range(3)], axis=1)  # [G, 3]
+    means = np.stack(
+        [np.bincount(per_pixel, weights=pixels[:, c]) / counts for c in range(3)], axis=1
+    )  # [G, 3]
     return np.round(means[per_pixel]).astype(np.uint8).reshape(image.shape)
 
 
@@ -180,7 +188,9 @@ def draw_groups(image: np.ndarray, groups: np.ndarray, patch_size: Tuple[int, in
     return picture
 
 
-def render(image: np.ndarray, maps: Sequence[GroupMap], patch_size: Tuple[int, int], path: str, title: str = "") -> str:
+def render(
+    image: np.ndarray, maps: Sequence[GroupMap], patch_size: Tuple[int, int], path: str, title: str = ""
+) -> str:
     """Write a PNG of ``PANEL_PX * (1 + len(maps))`` x ``PANEL_PX + TITLE_PX`` pixels: the image, then one
     panel per group map."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -205,7 +215,13 @@ def render(image: np.ndarray, maps: Sequence[GroupMap], patch_size: Tuple[int, i
 
 
 def visualize(
-    model: nn.Module, image_path: str, r: int, out: str, blocks: Optional[Sequence[int]] = None, mode: str = "tomecis", title: str = ""
+    model: nn.Module,
+    image_path: str,
+    r: int,
+    out: str,
+    blocks: Optional[Sequence[int]] = None,
+    mode: str = "tomecis",
+    title: str = "",
 ) -> List[GroupMap]:
     """Patch ``model`` (in place, with source tracing), trace one image and write the picture to ``out``.
 
@@ -241,7 +257,9 @@ def parse_blocks(text: str) -> List[int]:
     try:
         blocks = [int(item) for item in text.split(",") if item.strip()]
     except ValueError as err:
-        raise ValueError(f"--blocks takes comma-separated block numbers such as 3,6,9,12, got {text!r}") from err
+        raise ValueError(
+            f"--blocks takes comma-separated block numbers such as 3,6,9,12, got {text!r}"
+        ) from err
     if not blocks or min(blocks) < 1:
         raise ValueError(f"--blocks takes block numbers from 1, got {text!r}")
     return blocks
@@ -250,15 +268,21 @@ def parse_blocks(text: str) -> List[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tomecis.visualize", description=__doc__.split("\n\n")[0])
     p.add_argument("image", help="an image file (JPEG, PNG)")
-    p.add_argument("--model", default="deit_small", help="short name (deit_small) or timm name (default %(default)s)")
+    p.add_argument(
+        "--model", default="deit_small", help="short name (deit_small) or timm name (default %(default)s)"
+    )
     p.add_argument("--r", type=int, default=13, help="tokens merged per block (default %(default)s)")
     p.add_argument("--mode", default="tomecis", choices=list(MODES))
     p.add_argument("--blocks", help="show the groups after these blocks, e.g. 3,6,9,12 (default: the last)")
     p.add_argument("--out", default="vis.png", help="PNG to write (default %(default)s)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", help="local .pth / .safetensors weights")
-    weights.add_argument("--pretrained", action="store_true", help="timm's published weights (needs the Hugging Face Hub)")
-    weights.add_argument("--random-weights", action="store_true", help="untrained model (smoke tests: the groups mean nothing)")
+    weights.add_argument(
+        "--pretrained", action="store_true", help="timm's published weights (needs the Hugging Face Hub)"
+    )
+    weights.add_argument(
+        "--random-weights", action="store_true", help="untrained model (smoke tests: the groups mean nothing)"
+    )
     return p
 
 
@@ -290,7 +314,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(argv)
     try:
         model = create_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
-        weights = Path(cfg.checkpoint).name if cfg.checkpoint else "timm pretrained" if cfg.pretrained else "random weights"
+        weights = (
+            Path(cfg.checkpoint).name
+            if cfg.checkpoint
+            else "timm pretrained"
+            if cfg.pretrained
+            else "random weights"
+        )
         title = f"{cfg.model}, {cfg.mode}, r = {cfg.r} ({weights}): {Path(cfg.image).name}"
         maps = visualize(model, cfg.image, cfg.r, cfg.out, cfg.blocks, cfg.mode, title)
     except (ValueError, FileNotFoundError, OSError) as err:

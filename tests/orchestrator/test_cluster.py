@@ -1,4 +1,5 @@
 """cluster.yaml against Ray's own schema, and sweeps over a multi-node Ray cluster simulated on this machine."""
+
 from __future__ import annotations
 
 import copy
@@ -11,11 +12,11 @@ import pytest
 import ray
 import torch
 import yaml
+from conftest import REPO
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.cluster_utils import Cluster
 
 import tomecis
-from conftest import REPO
 from orchestrator import sweep
 from shards.testing import tiny_dataset, write_tiny_shards
 
@@ -35,7 +36,9 @@ def test_cluster_yaml_passes_rays_validation():
     validate_config(prepare_config(copy.deepcopy(config)))
     assert config["provider"]["type"] == "aws"
     gpu_types = [t for t, spec in config["available_node_types"].items() if spec["resources"].get("GPU")]
-    assert gpu_types and config["available_node_types"][config["head_node_type"]]["resources"].get("GPU") is None
+    assert (
+        gpu_types and config["available_node_types"][config["head_node_type"]]["resources"].get("GPU") is None
+    )
     settings = yaml.safe_dump(config).lower()  # the settings, not the comments that explain credentials
     assert "access_key" not in settings and "secret" not in settings
 
@@ -68,7 +71,6 @@ def test_a_typo_in_cluster_yaml_is_caught(typo):
 # --------------------------------------------------------------------------- many nodes, one machine
 
 
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """40 tiny images in 8 shards and a random-weight DeiT-Tiny checkpoint."""
@@ -81,8 +83,18 @@ def data(tmp_path_factory):
 
 
 def sweep_config(data: Path, out: Path, address: str, **kw) -> sweep.SweepConfig:
-    base = dict(models=[MODEL], r_values=[0, 8], data=str(data / "shards"), out=str(out), batch_size=5,
-                checkpoint_dir=str(data / "ckpt"), address=address, bench=False, progress=False, cpus_per_actor=1)
+    base = dict(
+        models=[MODEL],
+        r_values=[0, 8],
+        data=str(data / "shards"),
+        out=str(out),
+        batch_size=5,
+        checkpoint_dir=str(data / "ckpt"),
+        address=address,
+        bench=False,
+        progress=False,
+        cpus_per_actor=1,
+    )
     base.update(kw)
     return sweep.SweepConfig(**base)
 
@@ -92,7 +104,10 @@ def cluster():
     """A head (no CPUs: the driver only) and two worker nodes with one fake GPU each."""
     c = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}},
+        head_node_args={
+            "num_cpus": 0,
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
+        },
     )
     workers = [c.add_node(num_cpus=1, num_gpus=1, resources={f"worker{i}": 1}) for i in range(2)]
     c.wait_for_nodes()
@@ -116,12 +131,16 @@ def test_sweep_spreads_over_nodes_and_equals_a_single_node_run(data, tmp_path, c
     points = pd.read_parquet(tmp_path / "multi" / "points")
     assert (points["n_images"] == 40).all()
     assert all(len(nodes) == 2 for nodes in points["nodes"])  # both GPU nodes evaluated every point
-    assert all("-cuda-" in p.name for p in (tmp_path / "multi" / "points").iterdir())  # GPU actors: keyed as a cuda run
+    assert all(
+        "-cuda-" in p.name for p in (tmp_path / "multi" / "points").iterdir()
+    )  # GPU actors: keyed as a cuda run
     c.shutdown()
 
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
-        sweep.run_sweep(sweep_config(data, tmp_path / "single", "local", device="cpu", num_actors=1, cpus_per_actor=2))
+        sweep.run_sweep(
+            sweep_config(data, tmp_path / "single", "local", device="cpu", num_actors=1, cpus_per_actor=2)
+        )
     finally:
         ray.shutdown()
     assert all("-cpu-" in p.name for p in (tmp_path / "single" / "points").iterdir())
@@ -143,6 +162,7 @@ def test_worker_node_removed_mid_sweep(data, tmp_path, cluster, monkeypatch):
             if not removed:  # first shard back: pull one GPU node out from under its busy actor
                 c.remove_node(workers[1])
                 removed.append(outcome.shards)
+
         return original(self, items, r_values, on_result_then_remove)
 
     monkeypatch.setattr(sweep.EvaluatorPool, "evaluate", evaluate_and_pull_a_node)
@@ -188,11 +208,15 @@ def make_cluster():
     [(1, [{"num_cpus": 1}], {1: 2}), (1, [{"num_cpus": 3}], {1: 1, 3: 1}), (0, [{"num_cpus": 2}], {2: 1})],
     ids=["two-1-cpu-nodes", "1-cpu-and-3-cpu", "head-without-cpus"],
 )
-def test_cpu_actors_fit_the_nodes_that_exist(data, tmp_path, make_cluster, capsys, head_cpus, workers, expected_actors):
+def test_cpu_actors_fit_the_nodes_that_exist(
+    data, tmp_path, make_cluster, capsys, head_cpus, workers, expected_actors
+):
     """The cluster's total CPUs are no actor's size: each node gets the actors it can hold, every image
     is counted once, and the points name every node that evaluated them."""
     c = make_cluster(head_cpus, *workers)
-    cfg = sweep_config(data, tmp_path / "out", c.address, device="cpu", cpus_per_actor=None, actor_start_timeout=60)
+    cfg = sweep_config(
+        data, tmp_path / "out", c.address, device="cpu", cpus_per_actor=None, actor_start_timeout=60
+    )
     sweep.run_sweep(cfg)
     err = capsys.readouterr().err
     counted = {}  # CPUs an actor -> actors of that size, from the printed plan
@@ -214,8 +238,24 @@ def test_cpu_actors_fit_the_nodes_that_exist(data, tmp_path, make_cluster, capsy
 @pytest.mark.slow
 def test_an_impossible_request_fails_in_seconds_naming_the_biggest_node(data, tmp_path, make_cluster, capsys):
     c = make_cluster(1, {"num_cpus": 2})
-    argv = ["--models", "deit_tiny", "--r", "0", "--data", str(data / "shards"), "--out", str(tmp_path), "--random-weights",
-            "--address", c.address, "--device", "cpu", "--cpus-per-actor", "8", "--no-progress"]
+    argv = [
+        "--models",
+        "deit_tiny",
+        "--r",
+        "0",
+        "--data",
+        str(data / "shards"),
+        "--out",
+        str(tmp_path),
+        "--random-weights",
+        "--address",
+        c.address,
+        "--device",
+        "cpu",
+        "--cpus-per-actor",
+        "8",
+        "--no-progress",
+    ]
     start = time.monotonic()
     assert sweep.main(argv) == 1
     elapsed = time.monotonic() - start
@@ -254,33 +294,66 @@ def test_waiting_actors_show_one_line_and_no_ray_noise(data, tmp_path, make_clus
     holder = Holder.remote()
     ray.get(holder.ping.remote())  # the worker node's only CPU is taken
     out = tmp_path / "out"
-    sweep.run_sweep(sweep_config(data, out, c.address, device="cpu", cpus_per_actor=None, actor_start_timeout=60,
-                                 r_values=[0, 4, 8, 12, 16], progress=False))  # long enough for a wait to be news
+    sweep.run_sweep(
+        sweep_config(
+            data,
+            out,
+            c.address,
+            device="cpu",
+            cpus_per_actor=None,
+            actor_start_timeout=60,
+            r_values=[0, 4, 8, 12, 16],
+            progress=False,
+        )
+    )  # long enough for a wait to be news
     ray.kill(holder)
     captured = capfd.readouterr()
     assert "plan: 2 CPU actor(s) on 2 node(s)" in captured.err
     assert "actors: 1 started, 1 waiting for resources for" in captured.err, captured.err
-    assert "SchedulingCancelled" not in captured.err + captured.out and "Failed to register actor" not in captured.err
+    assert (
+        "SchedulingCancelled" not in captured.err + captured.out
+        and "Failed to register actor" not in captured.err
+    )
     points = pd.read_parquet(out / "points")
     assert (points["n_images"] == 40).all() and all(len(nodes) == 1 for nodes in points["nodes"])
 
 
 @pytest.mark.slow
-def test_address_local_never_joins_another_cluster_and_auto_says_which_it_joined(data, tmp_path, make_cluster, capsys, monkeypatch):
+def test_address_local_never_joins_another_cluster_and_auto_says_which_it_joined(
+    data, tmp_path, make_cluster, capsys, monkeypatch
+):
     """Someone else's cluster runs on this machine (and RAY_ADDRESS points at it): --address local starts
     a fresh one here; --address auto joins it and says so on its first line."""
     other = make_cluster(1)
     monkeypatch.setenv("RAY_ADDRESS", other.address)
-    argv = ["--models", "deit_tiny", "--r", "0", "--data", str(data / "shards"), "--random-weights", "--device", "cpu",
-            "--no-bench", "--no-progress", "--limit", "5"]
+    argv = [
+        "--models",
+        "deit_tiny",
+        "--r",
+        "0",
+        "--data",
+        str(data / "shards"),
+        "--random-weights",
+        "--device",
+        "cpu",
+        "--no-bench",
+        "--no-progress",
+        "--limit",
+        "5",
+    ]
     # auto first: Ray cannot start actors on another cluster after this process shut down one it started itself
     assert sweep.main(argv + ["--out", str(tmp_path / "auto"), "--address", "auto"]) == 0
     auto_line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("ray: "))
-    assert f"cluster at {other.address}: 1 node(s), 1 CPU, 0 GPU; joined the cluster at RAY_ADDRESS={other.address}" in auto_line
+    assert (
+        f"cluster at {other.address}: 1 node(s), 1 CPU, 0 GPU; joined the cluster at RAY_ADDRESS={other.address}"
+        in auto_line
+    )
     print(auto_line)
     assert sweep.main(argv + ["--out", str(tmp_path / "local"), "--address", "local"]) == 0
     local_line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("ray: "))
-    assert "started a new local cluster here (--address local)" in local_line and other.address not in local_line
+    assert (
+        "started a new local cluster here (--address local)" in local_line and other.address not in local_line
+    )
     print(local_line)
     nodes_local = pd.read_parquet(tmp_path / "local" / "points")["nodes"].iloc[0]
     nodes_auto = pd.read_parquet(tmp_path / "auto" / "points")["nodes"].iloc[0]
@@ -292,6 +365,9 @@ def test_actors_that_die_before_starting_end_the_sweep_with_their_error(data, tm
     """--device cuda on nodes whose GPUs torch cannot see: every actor dies in its constructor. The sweep
     replaces a few, then stops with the actors' own error, instead of replacing them for ever."""
     c, _ = cluster
-    with pytest.raises(sweep.SweepError, match=r"died before starting 6 times in a row; last: ValueError: --device cuda asked for, but torch sees no CUDA device"):
+    with pytest.raises(
+        sweep.SweepError,
+        match=r"died before starting 6 times in a row; last: ValueError: --device cuda asked for, but torch sees no CUDA device",
+    ):
         sweep.run_sweep(sweep_config(data, tmp_path / "out", c.address, device="cuda", max_retries=3))
     assert capfd.readouterr().err.count("SchedulingCancelled") <= 5

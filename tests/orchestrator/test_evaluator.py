@@ -1,15 +1,25 @@
 """orchestrator.evaluator without Ray: one decode feeds every (model, mode, r); results equal direct calls."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import timm
 import torch
+from conftest import randomize
 
 import shards
 import tomecis
-from conftest import randomize
-from orchestrator.evaluator import DecodePass, Evaluator, EvaluatorConfig, ForwardClock, Task, Weights, evaluate_shards, transform_key
+from orchestrator.evaluator import (
+    DecodePass,
+    Evaluator,
+    EvaluatorConfig,
+    ForwardClock,
+    Task,
+    Weights,
+    evaluate_shards,
+    transform_key,
+)
 from shards.testing import tiny_dataset, write_tiny_shards
 
 TINY, DISTILLED = "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"
@@ -24,15 +34,24 @@ def tiny_shards(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models():
-    return {TINY: tomecis.patch(randomize(timm.create_model(TINY), 1)), DISTILLED: tomecis.patch(randomize(timm.create_model(DISTILLED), 2))}
+    return {
+        TINY: tomecis.patch(randomize(timm.create_model(TINY), 1)),
+        DISTILLED: tomecis.patch(randomize(timm.create_model(DISTILLED), 2)),
+    }
 
 
 def test_every_point_of_a_pass_equals_the_model_run_directly(tiny_shards, models):
     tasks = [Task(TINY, "tomecis", (0, 8)), Task(TINY, "tome", (8,)), Task(DISTILLED, "tome", (16,))]
     transform = shards.eval_transform(models[TINY])
-    outcome = evaluate_shards(models, tasks, tiny_shards.shards, transform, torch.device("cpu"), batch_size=4, pass_name="p")
+    outcome = evaluate_shards(
+        models, tasks, tiny_shards.shards, transform, torch.device("cpu"), batch_size=4, pass_name="p"
+    )
     assert outcome.keys == sorted(outcome.keys) and len(outcome.keys) == 9 and outcome.n_failed == 0
-    assert set(outcome.top5) == set(outcome.forward_seconds) == {(TINY, "tomecis", 0), (TINY, "tomecis", 8), (TINY, "tome", 8), (DISTILLED, "tome", 16)}
+    assert (
+        set(outcome.top5)
+        == set(outcome.forward_seconds)
+        == {(TINY, "tomecis", 0), (TINY, "tomecis", 8), (TINY, "tome", 8), (DISTILLED, "tome", 16)}
+    )
     assert all(s > 0 for s in outcome.forward_seconds.values()) and outcome.load_seconds > 0
     images = torch.stack([img for img, _, _ in _decoded(tiny_shards, transform)])
     with torch.inference_mode():
@@ -66,13 +85,17 @@ def test_a_model_that_cannot_be_built_is_reported_and_the_others_run(tiny_shards
     the broken one is named in ``model_errors``. With every model broken, the item raises."""
     good = randomize(timm.create_model(TINY), 1)
     torch.save({"model": good.state_dict()}, tmp_path / "good.pth")
-    weights = {TINY: Weights("checkpoint", "good.pth", [(tmp_path / "good.pth").read_bytes()], "a" * 64),
-               DISTILLED: Weights("checkpoint", "bad.pth", [b"not a checkpoint"], "b" * 64)}
+    weights = {
+        TINY: Weights("checkpoint", "good.pth", [(tmp_path / "good.pth").read_bytes()], "a" * 64),
+        DISTILLED: Weights("checkpoint", "bad.pth", [b"not a checkpoint"], "b" * 64),
+    }
     decode_pass = DecodePass("p", weights, (Task(TINY, "tomecis", (0,)), Task(DISTILLED, "tomecis", (0,))))
     actor = Evaluator(EvaluatorConfig(device="cpu", batch_size=4))
     outcome = actor.evaluate(decode_pass, tiny_shards.shards[:1])
     assert set(outcome.top5) == {(TINY, "tomecis", 0)} and len(outcome.keys) == 4
-    assert list(outcome.model_errors) == [DISTILLED] and "could not be built" in outcome.model_errors[DISTILLED]
+    assert (
+        list(outcome.model_errors) == [DISTILLED] and "could not be built" in outcome.model_errors[DISTILLED]
+    )
     all_bad = DecodePass("q", {DISTILLED: weights[DISTILLED]}, (Task(DISTILLED, "tomecis", (0,)),))
     with pytest.raises(RuntimeError, match=f"{DISTILLED} could not be built"):
         actor.evaluate(all_bad, tiny_shards.shards[:1])

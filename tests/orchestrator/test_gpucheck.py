@@ -1,4 +1,5 @@
 """orchestrator.gpucheck: one line and exit 2 without CUDA; on the CPU, a rehearsal of the whole report."""
+
 from __future__ import annotations
 
 import json
@@ -25,21 +26,40 @@ def test_cpu_rehearsal_writes_every_section_of_the_report(tmp_path):
     with eval against infer img/s, shards.bench, and a verdict per target."""
     write_tiny_shards(tmp_path, tiny_dataset(n_images=12, n_classes=3), shard_size=4)
     out = tmp_path / "report"
-    argv = ["--device", "cpu", "--out", str(out), "--data", str(tmp_path / "shards"), "--models", "deit_tiny", "--r", "0,8",
-            "--runs", "1", "--batch-size", "4", "--no-tests"]
+    argv = [
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--data",
+        str(tmp_path / "shards"),
+        "--models",
+        "deit_tiny",
+        "--r",
+        "0,8",
+        "--runs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-tests",
+    ]
     assert gpucheck.main(argv) in (0, 1)  # 1 when a CPU misses a GPU target; the report says which
     text = (out / "report.md").read_text()
     for heading in ("## Machine", "## Benchmark (none, batch 4", "## Sweep on", "## Data path", "## Targets"):
         assert heading in text, text
     figures = json.loads((out / "results.json").read_text())
     bench = {row["r"]: row for row in figures["benchmark"]}
-    assert set(bench) == {0, 8} and bench[0]["flop_ratio"] == pytest.approx(1.0) and bench[8]["flop_ratio"] > 1.2
+    assert (
+        set(bench) == {0, 8} and bench[0]["flop_ratio"] == pytest.approx(1.0) and bench[8]["flop_ratio"] > 1.2
+    )
     assert all(row["explicit_img_per_s"] > 0 and row["fused_vs_explicit"] > 0 for row in bench.values())
     sweep_points = figures["sweep"]
     assert sorted(p["r"] for p in sweep_points) == [0, 8] and all(p["n_images"] == 12 for p in sweep_points)
     assert all(p["eval_samples_per_sec"] > 0 and p["infer_samples_per_sec"] > 0 for p in sweep_points)
     assert 0 < figures["grid_efficiency"]
-    assert [row["workers"] for row in figures["read_bench"]] == [0, 1] and all(r["images"] == 12 for r in figures["read_bench"])
+    assert [row["workers"] for row in figures["read_bench"]] == [0, 1] and all(
+        r["images"] == 12 for r in figures["read_bench"]
+    )
     assert "| grid: summed infer time / eval wall time |" in text
     assert "no GPU: this run is on the CPU" in text
 
@@ -55,6 +75,12 @@ def test_default_shards_repeat_the_sample_photos(tmp_path):
     data = gpucheck.sample_shards(gpucheck.GpuCheckConfig(out=str(tmp_path), repeat=2))
     shardset = shards.resolve_data(data)
     assert [s.n_samples for s in shardset.shards] == [250, 250, 250, 250]
-    keys = [k for _, _, batch_keys in shards.iter_batches(shardset, lambda im: torch.zeros(1), 100) for k in batch_keys]
+    keys = [
+        k
+        for _, _, batch_keys in shards.iter_batches(shardset, lambda im: torch.zeros(1), 100)
+        for k in batch_keys
+    ]
     assert len(keys) == len(set(keys)) == 1000 and sum(k.endswith("_copy01") for k in keys) == 500
-    assert gpucheck.sample_shards(gpucheck.GpuCheckConfig(out=str(tmp_path), repeat=2)) == data  # written once
+    assert (
+        gpucheck.sample_shards(gpucheck.GpuCheckConfig(out=str(tmp_path), repeat=2)) == data
+    )  # written once

@@ -1,4 +1,5 @@
 """orchestrator.placement: actors sized from each node's own resources (pure, no Ray)."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,13 @@ def test_two_one_cpu_nodes_get_one_one_cpu_actor_each():
     """The cluster has 2 CPUs in total, but no node has 2: two 1-CPU actors, one per node."""
     plan = plan_actors([node("head", 1), node("worker", 1)], "cpu")
     assert plan.device == "cpu" and per_node(plan) == {"head": 1, "worker": 1}
-    assert all(s.num_cpus == 1 and s.num_gpus == 0 and s.threads == 1 and s.loader_workers == 0 for s in plan.slots)
-    assert {s.node_id for s in plan.slots} == {"id-head", "id-worker"}  # pinned to the node they were sized for
+    assert all(
+        s.num_cpus == 1 and s.num_gpus == 0 and s.threads == 1 and s.loader_workers == 0 for s in plan.slots
+    )
+    assert {s.node_id for s in plan.slots} == {
+        "id-head",
+        "id-worker",
+    }  # pinned to the node they were sized for
 
 
 def test_heterogeneous_cpu_nodes_each_get_what_they_hold():
@@ -42,12 +48,16 @@ def test_a_head_without_cpus_gets_no_actor():
 def test_num_actors_spreads_over_nodes_and_cannot_exceed_them():
     plan = plan_actors([node("a", 4), node("b", 4)], "cpu", num_actors=2, cpus_per_actor=1)
     assert per_node(plan) == {"a": 1, "b": 1}  # interleaved, not both on the first node
-    with pytest.raises(PlacementError, match=r"--num-actors 9: the nodes hold only 8 CPU actor\(s\) of 1 CPU each"):
+    with pytest.raises(
+        PlacementError, match=r"--num-actors 9: the nodes hold only 8 CPU actor\(s\) of 1 CPU each"
+    ):
         plan_actors([node("a", 4), node("b", 4)], "cpu", num_actors=9, cpus_per_actor=1)
 
 
 def test_an_impossible_cpu_request_names_the_biggest_node():
-    with pytest.raises(PlacementError, match=r"--cpus-per-actor 8: no node has 8 CPUs; the biggest has 2 \(node b\)"):
+    with pytest.raises(
+        PlacementError, match=r"--cpus-per-actor 8: no node has 8 CPUs; the biggest has 2 \(node b\)"
+    ):
         plan_actors([node("a", 1), node("b", 2)], "cpu", cpus_per_actor=8)
     with pytest.raises(PlacementError, match="no node of the Ray cluster has a CPU"):
         plan_actors([node("head", 0)], "cpu")
@@ -62,15 +72,23 @@ def test_gpu_actors_take_their_nodes_cpu_share_as_loader_workers():
     assert shapes == {("g5.12xlarge", 12, 1, 12, 12), ("g5.xlarge", 4, 1, 4, 4)}
     text = plan.describe()
     assert "plan: 5 CUDA actor(s) on 2 node(s)" in text
-    assert "node g5.12xlarge (id-g5.12): 4 actor(s) x (1 GPU, 12 CPU, 12 loader worker(s), 12 torch thread(s))" in text
-    assert "node g5.xlarge (id-g5.xl): 1 actor(s) x (1 GPU, 4 CPU, 4 loader worker(s), 4 torch thread(s))" in text
+    assert (
+        "node g5.12xlarge (id-g5.12): 4 actor(s) x (1 GPU, 12 CPU, 12 loader worker(s), 12 torch thread(s))"
+        in text
+    )
+    assert (
+        "node g5.xlarge (id-g5.xl): 1 actor(s) x (1 GPU, 4 CPU, 4 loader worker(s), 4 torch thread(s))"
+        in text
+    )
 
 
 def test_gpu_flags_override_the_share():
     nodes = [node("a", 16, 2)]
     plan = plan_actors(nodes, "cuda", cpus_per_actor=2, loader_workers=6)
     assert [(s.num_cpus, s.loader_workers) for s in plan.slots] == [(2, 6), (2, 6)]
-    with pytest.raises(PlacementError, match=r"--cpus-per-actor 32: no GPU node has 32 CPUs; the biggest has 16"):
+    with pytest.raises(
+        PlacementError, match=r"--cpus-per-actor 32: no GPU node has 32 CPUs; the biggest has 16"
+    ):
         plan_actors(nodes, "cuda", cpus_per_actor=32)
 
 

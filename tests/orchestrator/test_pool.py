@@ -1,4 +1,5 @@
 """orchestrator.pool helpers without Ray: items, disjointness, and the gist of a Ray error."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,13 @@ def test_groups_are_consecutive_disjoint_and_cover_every_shard():
 
 
 def test_why_finds_the_exception_a_creation_task_raised():
-    text = ("The actor died because of an error raised in its creation task, \x1b[36mray::Evaluator.__init__()\x1b[39m\n"
-            "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
-            "ValueError: --device cuda asked for, but torch sees no CUDA device; use --device cpu or auto\n")
-    assert _why(RuntimeError(text)) == "ValueError: --device cuda asked for, but torch sees no CUDA device; use --device cpu or auto"
+    text = (
+        "The actor died because of an error raised in its creation task, \x1b[36mray::Evaluator.__init__()\x1b[39m\n"
+        'Traceback (most recent call last):\n  File "x.py", line 1\n'
+        "ValueError: --device cuda asked for, but torch sees no CUDA device; use --device cpu or auto\n"
+    )
+    assert (
+        _why(RuntimeError(text))
+        == "ValueError: --device cuda asked for, but torch sees no CUDA device; use --device cpu or auto"
+    )
     assert _why(RuntimeError("The actor died unexpectedly.\nmore")) == "The actor died unexpectedly."

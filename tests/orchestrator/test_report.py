@@ -1,4 +1,5 @@
 """The report on generated results: cells, partial grids, empty directories, paired statistics, the plot."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,8 +11,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO
+
 from orchestrator import paper, report
 from orchestrator.grid import GridPoint
 from orchestrator.plot import PLOT_DPI, PLOT_SIZE_INCHES
@@ -41,18 +42,45 @@ def write_point(
     point = GridPoint(model, r, mode, amp, batch_size, weights)
     n = len(correct)
     labels = [i % N_CLASSES for i in range(n)]
-    top5 = [[lab if ok else (lab + 1) % N_CLASSES, lab if not ok else (lab + 2) % N_CLASSES, 7, 8, 9] for lab, ok in zip(labels, correct)]
+    top5 = [
+        [lab if ok else (lab + 1) % N_CLASSES, lab if not ok else (lab + 2) % N_CLASSES, 7, 8, 9]
+        for lab, ok in zip(labels, correct)
+    ]
     keys = [f"img{i:05d}" for i in range(n)]
     predictions = predictions_table(point, keys, labels, top5, ["shard-0"] * n, fingerprint, device)
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     row = dict(
-        model=model, short_name=point.short_name, mode=mode, r=r, schedule=[r] * 12,
-        top1=100.0 * sum(correct) / n, top5=100.0, n_images=n, n_failed=0,
-        infer_samples_per_sec=speed, infer_batch_size=batch_size, eval_samples_per_sec=50.0,
-        gflops=2.5 - 0.05 * r, tokens_out=197 - 12 * r, param_count=5.7, img_size=224, crop_pct=0.875,
-        interpolation="bicubic", amp=amp, weights=weights, device=device, dataset=fingerprint, n_shards=1,
-        started=now, finished=now, nodes=["node"], hostnames=["host"],
-        torch_version="x", timm_version="x", ray_version="x", tomecis_version="x",
+        model=model,
+        short_name=point.short_name,
+        mode=mode,
+        r=r,
+        schedule=[r] * 12,
+        top1=100.0 * sum(correct) / n,
+        top5=100.0,
+        n_images=n,
+        n_failed=0,
+        infer_samples_per_sec=speed,
+        infer_batch_size=batch_size,
+        eval_samples_per_sec=50.0,
+        gflops=2.5 - 0.05 * r,
+        tokens_out=197 - 12 * r,
+        param_count=5.7,
+        img_size=224,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        amp=amp,
+        weights=weights,
+        device=device,
+        dataset=fingerprint,
+        n_shards=1,
+        started=now,
+        finished=now,
+        nodes=["node"],
+        hostnames=["host"],
+        torch_version="x",
+        timm_version="x",
+        ray_version="x",
+        tomecis_version="x",
     )
     ResultsDir(str(out)).write_point(point, fingerprint, row, predictions)
 
@@ -67,7 +95,14 @@ def section(markdown: str, heading_start: str) -> str:
     lines = markdown.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("#") and heading_start in line)
     level = len(lines[start]) - len(lines[start].lstrip("#"))
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#") and len(lines[i]) - len(lines[i].lstrip("#")) <= level), len(lines))
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if lines[i].startswith("#") and len(lines[i]) - len(lines[i].lstrip("#")) <= level
+        ),
+        len(lines),
+    )
     return "\n".join(lines[start:end])
 
 
@@ -75,14 +110,21 @@ def table_rows(text: str) -> Dict[str, List[str]]:
     """Markdown table rows of ``text`` keyed by their first cell (header and rule skipped)."""
     rows = {}
     for line in text.splitlines():
-        if line.startswith("|") and not line.startswith("|--") and not line.startswith("| r |") and not line.startswith("| model |"):
+        if (
+            line.startswith("|")
+            and not line.startswith("|--")
+            and not line.startswith("| r |")
+            and not line.startswith("| model |")
+        ):
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows.setdefault(cells[0], cells)
     return rows
 
 
 def run_report(results: Path, out: Optional[Path], **kwargs) -> report.Report:
-    cfg = report.ReportConfig(results=str(results), out=str(out) if out else None, bootstrap_samples=2000, **kwargs)
+    cfg = report.ReportConfig(
+        results=str(results), out=str(out) if out else None, bootstrap_samples=2000, **kwargs
+    )
     return report.build_report(cfg)
 
 
@@ -91,7 +133,9 @@ def grid_results(tmp_path) -> Path:
     """deit_tiny at r = 0, 8, 16 (tomecis and tome at 8) and deit_small at r = 0, 16 (8 missing); 100 images."""
     out = tmp_path / "results"
     write_point(out, TINY, 0, correctness(100, range(80)), speed=100.0)
-    write_point(out, TINY, 8, correctness(100, list(range(3, 75)) + [95, 96, 97]), speed=150.0)  # 72 + 3 right
+    write_point(
+        out, TINY, 8, correctness(100, list(range(3, 75)) + [95, 96, 97]), speed=150.0
+    )  # 72 + 3 right
     write_point(out, TINY, 16, correctness(100, range(60)), speed=200.0)
     write_point(out, TINY, 8, correctness(100, range(70)), speed=160.0, mode="tome")
     write_point(out, SMALL, 0, correctness(100, range(90)), speed=40.0)
@@ -168,7 +212,10 @@ def test_rows_from_before_a_setting_column_existed_are_read_not_dropped(tmp_path
     new = next((out / "points").glob("*.parquet"))
     old = pq.read_table(new).drop(["weights"])
     old = old.set_column(old.schema.get_field_index("device"), "device", pa.array([None], pa.string()))
-    pq.write_table(old.set_column(old.schema.get_field_index("r"), "r", pa.array([8], pa.int32())), out / "points" / "old.parquet")
+    pq.write_table(
+        old.set_column(old.schema.get_field_index("r"), "r", pa.array([8], pa.int32())),
+        out / "points" / "old.parquet",
+    )
     md = run_report(out, None).markdown
     assert md.count("## Setting") == 2
     assert "80.00" in section(md, "unknown device, weights unknown weights")
@@ -221,7 +268,10 @@ def test_paired_cells_count_fixed_and_broken_images(grid_results, tmp_path):
     # r=0 right on 0..79; r=8 right on 3..74 and 95..97: broken 0,1,2 and 75..79 (8), fixed 95..97 (3)
     assert cells[2:6] == ["100", "3", "8", "-5.00"]
     assert "r=8 tomecis vs tome" in paired  # both modes at r = 8
-    vs_tome = [c.strip() for c in next(line for line in paired.splitlines() if "tomecis vs tome" in line).strip("|").split("|")]
+    vs_tome = [
+        c.strip()
+        for c in next(line for line in paired.splitlines() if "tomecis vs tome" in line).strip("|").split("|")
+    ]
     assert vs_tome[2:6] == ["100", "8", "3", "+5.00"]  # tome right on 0..69
 
 
@@ -237,7 +287,14 @@ def test_losing_classes_are_the_ones_that_lose_most():
 def test_identical_predictions_give_a_zero_interval():
     frame = pd.DataFrame({"key": range(50), "label": 0, "correct": [i % 2 == 0 for i in range(50)]})
     stats = paired_stats(frame, frame)
-    assert (stats.fixed, stats.broken, stats.delta, stats.ci_low, stats.ci_high, stats.p_value) == (0, 0, 0.0, 0.0, 0.0, 1.0)
+    assert (stats.fixed, stats.broken, stats.delta, stats.ci_low, stats.ci_high, stats.p_value) == (
+        0,
+        0,
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+    )
 
 
 def simulate_pair(n: int, rng: np.random.Generator, p_base=0.7, p_break=0.05, p_fix=0.10):
@@ -322,8 +379,16 @@ def test_paper_adds_published_figures_clearly_marked(grid_results, tmp_path):
     rep = run_report(grid_results, tmp_path / "rep", paper=True)
     published = section(rep.markdown, "Published reference")
     assert "another machine" in published and "RTX 3090" in published
-    assert table_rows(section(rep.markdown, "DeiT-Ti (deit_tiny_patch16_224), published"))["13"] == ["13", "70.594", "4672.4", "1.40x", "-1.54"]
-    versus = table_rows(section(rep.markdown, "deit_tiny (deit_tiny_patch16_224), tomecis").split("Against the published")[1])
+    assert table_rows(section(rep.markdown, "DeiT-Ti (deit_tiny_patch16_224), published"))["13"] == [
+        "13",
+        "70.594",
+        "4672.4",
+        "1.40x",
+        "-1.54",
+    ]
+    versus = table_rows(
+        section(rep.markdown, "deit_tiny (deit_tiny_patch16_224), tomecis").split("Against the published")[1]
+    )
     assert versus["8"] == ["8", "-5.00", "-0.52", "1.50x", "1.14x"]
     assert png_size(rep.files[-1]) == (1400, 600)
 
@@ -347,9 +412,13 @@ def test_noisy_timing_is_flagged(tmp_path):
     write_point(out, TINY, 0, correctness(20, range(10)), speed=100.0)
     write_point(out, TINY, 8, correctness(20, range(10)), speed=80.0)  # merging, yet slower
     write_point(out, TINY, 12, correctness(20, range(10)), speed=130.0)
-    write_point(out, TINY, 0, correctness(20, range(10)), speed=30.0, mode="tome")  # same network as tomecis r=0
+    write_point(
+        out, TINY, 0, correctness(20, range(10)), speed=30.0, mode="tome"
+    )  # same network as tomecis r=0
     md = run_report(out, None).markdown
-    assert "below 0.9x the r = 0 figure at r = 8:" in section(md, "deit_tiny (deit_tiny_patch16_224), tomecis")
+    assert "below 0.9x the r = 0 figure at r = 8:" in section(
+        md, "deit_tiny (deit_tiny_patch16_224), tomecis"
+    )
     assert "img/s differ 3.3x (tomecis 100.0, tome 30.0)" in md
 
 
@@ -373,14 +442,20 @@ def test_readme_queries_answer_on_results(tmp_path, monkeypatch, capsys):
     out = tmp_path / "results"
     write_point(out, TINY, 0, correctness(100, range(80)), speed=100.0)
     write_point(out, TINY, 8, correctness(100, range(79)), speed=150.0)  # -1.0 point: within budget
-    write_point(out, TINY, 13, correctness(100, list(range(2, 75)) + [90]), speed=200.0)  # 2 broken+5, 1 fixed
+    write_point(
+        out, TINY, 13, correctness(100, list(range(2, 75)) + [90]), speed=200.0
+    )  # 2 broken+5, 1 fixed
     write_point(out, SMALL, 0, correctness(100, range(90)), speed=40.0)
     write_point(out, SMALL, 13, correctness(100, range(89)), speed=70.0)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(readme_block("Queries people write"), "README.md", "exec"), scope)
     capsys.readouterr()
-    best = scope["ok"].loc[scope["ok"].groupby("short_name").infer_samples_per_sec.idxmax()].set_index("short_name")
+    best = (
+        scope["ok"]
+        .loc[scope["ok"].groupby("short_name").infer_samples_per_sec.idxmax()]
+        .set_index("short_name")
+    )
     assert best.loc["deit_tiny", "r"] == 8 and best.loc["deit_small", "r"] == 13
     assert best.loc["deit_small", "speedup"] == pytest.approx(70.0 / 40.0)
     assert sorted(scope["broken"].key) == ["img00000", "img00001"] + [f"img{i:05d}" for i in range(75, 80)]

@@ -1,4 +1,5 @@
 """orchestrator.results: the schema, atomic writes, what is done, and reading a directory back."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -11,8 +12,18 @@ from shards import DecodeFailure
 
 def row_for(point: GridPoint, top1: float) -> dict:
     row = {name: None for name in POINT_SCHEMA.names}
-    row.update(model=point.model, short_name=point.short_name, mode=point.mode, r=point.r, top1=top1, n_images=2,
-               amp=point.amp, weights=point.weights, device="cpu", dataset="fp")
+    row.update(
+        model=point.model,
+        short_name=point.short_name,
+        mode=point.mode,
+        r=point.r,
+        top1=top1,
+        n_images=2,
+        amp=point.amp,
+        weights=point.weights,
+        device="cpu",
+        dataset="fp",
+    )
     return row
 
 
@@ -20,12 +31,18 @@ def test_a_point_is_done_once_its_row_is_written_and_files_are_written_atomicall
     results = ResultsDir(str(tmp_path))
     point = GridPoint("deit_tiny_patch16_224", 8, mode="tome", weights="random")
     assert not results.is_done(point, "fp") and results.read_points().num_rows == 0
-    predictions = predictions_table(point, ["k1", "k2"], [3, 4], [[3, 1, 2, 0, 5], [1, 4, 2, 0, 5]], ["s.tar"] * 2, "fp", "cpu")
+    predictions = predictions_table(
+        point, ["k1", "k2"], [3, 4], [[3, 1, 2, 0, 5], [1, 4, 2, 0, 5]], ["s.tar"] * 2, "fp", "cpu"
+    )
     failures = failures_table(point, [DecodeFailure("s.tar", "k3", "truncated")], "fp", "cpu")
     path = results.write_point(point, "fp", row_for(point, 50.0), predictions, failures)
-    assert results.is_done(point, "fp") and path.endswith("deit_tiny-tome-r8-none-bs128-random-cpu-fp.parquet")
+    assert results.is_done(point, "fp") and path.endswith(
+        "deit_tiny-tome-r8-none-bs128-random-cpu-fp.parquet"
+    )
     assert not any(p.name.startswith(".") for p in tmp_path.rglob("*"))  # no temporary file left behind
-    assert results.read_points_of([point, GridPoint("deit_tiny_patch16_224", 0)], "fp").column("top1").to_pylist() == [50.0]
+    assert results.read_points_of([point, GridPoint("deit_tiny_patch16_224", 0)], "fp").column(
+        "top1"
+    ).to_pylist() == [50.0]
     rows = results.read_point_rows()
     assert rows["point_file"].tolist() == [point.file_stem("fp")]
     frame = results.read_predictions(rows["point_file"])  # tied to the row by the shared file name
@@ -38,7 +55,9 @@ def test_a_row_that_does_not_fit_the_schema_is_refused(tmp_path):
     row = row_for(point, 1.0)
     row["top_one"] = row.pop("top1")
     with pytest.raises(ValueError, match=r"missing \['top1'\], unknown \['top_one'\]"):
-        ResultsDir(str(tmp_path)).write_point(point, "fp", row, predictions_table(point, [], [], [], [], "fp", "cpu"))
+        ResultsDir(str(tmp_path)).write_point(
+            point, "fp", row, predictions_table(point, [], [], [], [], "fp", "cpu")
+        )
 
 
 def test_accuracy_in_percent():

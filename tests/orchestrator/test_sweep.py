@@ -1,7 +1,7 @@
 """orchestrator.sweep end to end on a local Ray (2 CPUs), tiny shards and a random-weight DeiT-Tiny."""
+
 from __future__ import annotations
 
-import copy
 import hashlib
 from pathlib import Path
 
@@ -15,7 +15,11 @@ import tomecis
 from orchestrator import sweep
 from orchestrator.placement import NodeResources
 from orchestrator.pool import SweepError
-from shards.testing import tiny_dataset, tiny_jpeg_bytes, write_manifest_for, write_raw_shard, write_tiny_shards
+from shards.testing import (
+    tiny_dataset,
+    write_manifest_for,
+    write_raw_shard,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +37,17 @@ def ray_local():
 
 def config(data: Path, out: Path, **kw) -> sweep.SweepConfig:
     base = dict(
-        models=[MODEL], r_values=R_VALUES, data=str(data / "shards"), out=str(out), batch_size=4,
-        checkpoint_dir=str(data / "ckpt"), num_actors=2, cpus_per_actor=1, bench_runs=1, bench_warmup=0, progress=False,
+        models=[MODEL],
+        r_values=R_VALUES,
+        data=str(data / "shards"),
+        out=str(out),
+        batch_size=4,
+        checkpoint_dir=str(data / "ckpt"),
+        num_actors=2,
+        cpus_per_actor=1,
+        bench_runs=1,
+        bench_warmup=0,
+        progress=False,
     )
     base.update(kw)
     return sweep.SweepConfig(**base)
@@ -46,7 +59,9 @@ def direct_predictions(data: Path) -> pd.DataFrame:
     shardset = shards.resolve_data(str(data / "shards"))
     rows = []
     with torch.inference_mode():
-        for images, labels, keys in shards.iter_batches(shardset.shards, shards.eval_transform(model), batch_size=7):
+        for images, labels, keys in shards.iter_batches(
+            shardset.shards, shards.eval_transform(model), batch_size=7
+        ):
             for r in R_VALUES:
                 model.r = r
                 top5 = model(images).topk(5, dim=-1).indices
@@ -62,7 +77,11 @@ def test_sweep_matches_a_plain_evaluation_for_every_r(ray_local, data, tmp_path)
     predictions = pd.read_parquet(tmp_path / "out" / "predictions")
     assert sorted(points["r"]) == R_VALUES
     assert (points["n_images"] == 22).all() and (points["n_failed"] == 0).all()
-    assert points["tokens_out"].tolist() == [197, 197 - 8 * 12, 11] or sorted(points["tokens_out"]) == [11, 101, 197]
+    assert points["tokens_out"].tolist() == [197, 197 - 8 * 12, 11] or sorted(points["tokens_out"]) == [
+        11,
+        101,
+        197,
+    ]
     expected = direct_predictions(data)
     for r in R_VALUES:
         mine = predictions[predictions["r"] == r].set_index("key").sort_index()
@@ -72,20 +91,47 @@ def test_sweep_matches_a_plain_evaluation_for_every_r(ray_local, data, tmp_path)
         assert [list(v) for v in mine["top5"]] == list(theirs["top5"])
         row = points[points["r"] == r].iloc[0]
         assert row["top1"] == pytest.approx(100 * (theirs["pred"] == theirs["label"]).mean())
-        assert row["top5"] == pytest.approx(100 * pd.Series([l in t for l, t in zip(theirs["label"], theirs["top5"])]).mean())
+        assert row["top5"] == pytest.approx(
+            100 * pd.Series([label in t for label, t in zip(theirs["label"], theirs["top5"])]).mean()
+        )
         assert row["top1"] == pytest.approx(100 * mine["correct"].mean())
-    assert set(points.columns) >= {"model", "top1", "top5", "param_count", "img_size", "crop_pct", "interpolation",
-                                   "infer_samples_per_sec", "infer_batch_size", "eval_samples_per_sec", "gflops",
-                                   "nodes", "hostnames", "dataset", "schedule"}
+    assert set(points.columns) >= {
+        "model",
+        "top1",
+        "top5",
+        "param_count",
+        "img_size",
+        "crop_pct",
+        "interpolation",
+        "infer_samples_per_sec",
+        "infer_batch_size",
+        "eval_samples_per_sec",
+        "gflops",
+        "nodes",
+        "hostnames",
+        "dataset",
+        "schedule",
+    }
     assert (points["infer_samples_per_sec"] > 0).all() and (points["eval_samples_per_sec"] > 0).all()
-    run = ["dataset", "mode", "amp", "infer_batch_size", "weights", "device"]  # predictions say which run they belong to
+    run = [
+        "dataset",
+        "mode",
+        "amp",
+        "infer_batch_size",
+        "weights",
+        "device",
+    ]  # predictions say which run they belong to
     assert predictions[run].drop_duplicates().values.tolist() == points[run].drop_duplicates().values.tolist()
     assert "| r | top-1 |" in summary.table
-    assert len(list((tmp_path / "out" / "failures").iterdir())) == len(R_VALUES)  # one per point, empty: none failed
+    assert len(list((tmp_path / "out" / "failures").iterdir())) == len(
+        R_VALUES
+    )  # one per point, empty: none failed
     assert len(pd.read_parquet(tmp_path / "out" / "failures")) == 0 and not summary.decode_failures
 
 
-def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, data, tmp_path, actor_dies_on_item):
+def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(
+    ray_local, data, tmp_path, actor_dies_on_item
+):
     clean = tmp_path / "clean"
     sweep.run_sweep(config(data, clean, bench=False))
     crashed = tmp_path / "crashed"
@@ -106,7 +152,9 @@ def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(ray_local, dat
     assert len(forced.written) == 1
     after = pd.read_parquet(crashed / "points").set_index("r")
     assert len(after) == len(R_VALUES)
-    assert after.loc[8, "started"] > before.loc[8, "finished"]  # r = 8 really evaluated again, and its file rewritten
+    assert (
+        after.loc[8, "started"] > before.loc[8, "finished"]
+    )  # r = 8 really evaluated again, and its file rewritten
     assert Path(forced.written[0]).stat().st_mtime_ns > mtimes[Path(forced.written[0])]
     assert (after.drop(8)[["started", "finished"]] == before.drop(8)[["started", "finished"]]).all().all()
 
@@ -131,7 +179,12 @@ def test_multi_shard_items_with_loader_workers_are_exact(ray_local, data, tmp_pa
     mine = predictions.set_index(["r", "key"]).sort_index()
     assert list(mine.index) == list(expected.index)
     assert (mine["pred"] == expected["pred"]).all()
-    true_shard = {key: shard.url for shard in shardset.shards for _, _, keys in shards.iter_batches([shard], lambda im: torch.zeros(1), 8) for key in keys}
+    true_shard = {
+        key: shard.url
+        for shard in shardset.shards
+        for _, _, keys in shards.iter_batches([shard], lambda im: torch.zeros(1), 8)
+        for key in keys
+    }
     assert (predictions["shard"] == predictions["key"].map(true_shard)).all()
 
 
@@ -161,7 +214,9 @@ def test_a_result_lost_in_transit_is_retried_and_counted_once(ray_local, data, t
     assert (predictions.set_index(["r", "key"]).sort_index()["pred"] == expected["pred"]).all()
 
     calls.clear()
-    with pytest.raises(SweepError, match="lost in transit"):  # a loss is a failed attempt: it counts toward retries
+    with pytest.raises(
+        SweepError, match="lost in transit"
+    ):  # a loss is a failed attempt: it counts toward retries
         sweep.run_sweep(config(data, tmp_path / "strict", bench=False, max_retries=0))
 
 
@@ -174,9 +229,28 @@ def test_finished_models_are_written_before_a_later_model_fails(ray_local, data,
     (ckpt / f"{MODEL}.pth").write_bytes((data / "ckpt" / f"{MODEL}.pth").read_bytes())
     (ckpt / f"{second}.pth").write_bytes(b"not a checkpoint")
     out = tmp_path / "out"
-    argv = ["--models", f"deit_tiny,{second}", "--r", "0,8", "--data", str(data / "shards"), "--out", str(out),
-            "--checkpoint-dir", str(ckpt), "--batch-size", "4", "--num-actors", "2", "--cpus-per-actor", "1",
-            "--max-retries", "0", "--no-bench", "--no-progress"]
+    argv = [
+        "--models",
+        f"deit_tiny,{second}",
+        "--r",
+        "0,8",
+        "--data",
+        str(data / "shards"),
+        "--out",
+        str(out),
+        "--checkpoint-dir",
+        str(ckpt),
+        "--batch-size",
+        "4",
+        "--num-actors",
+        "2",
+        "--cpus-per-actor",
+        "1",
+        "--max-retries",
+        "0",
+        "--no-bench",
+        "--no-progress",
+    ]
     assert sweep.main(argv) == 1
     err = capsys.readouterr().err
     assert "2 grid point(s) not written" in err and second in err
@@ -195,7 +269,9 @@ def test_finished_models_are_written_before_a_later_model_fails(ray_local, data,
 
 def test_weights_and_device_kind_are_part_of_the_resume_key(ray_local, data, tmp_path):
     """A --random-weights smoke run must not satisfy the real run that follows it in the same --out."""
-    smoke = sweep.run_sweep(config(data, tmp_path, r_values=[0], bench=False, checkpoint_dir=None, random_weights=True))
+    smoke = sweep.run_sweep(
+        config(data, tmp_path, r_values=[0], bench=False, checkpoint_dir=None, random_weights=True)
+    )
     real = sweep.run_sweep(config(data, tmp_path, r_values=[0], bench=False))
     assert len(smoke.written) == 1 and len(real.written) == 1 and not real.skipped
     digest = hashlib.sha256((data / "ckpt" / f"{MODEL}.pth").read_bytes()).hexdigest()[:12]
@@ -204,7 +280,9 @@ def test_weights_and_device_kind_are_part_of_the_resume_key(ray_local, data, tmp
     names = sorted(p.name for p in (tmp_path / "points").iterdir())
     assert [n.split("-")[5:7] for n in names] == [[f"ckpt_{digest}", "cpu"], ["random", "cpu"]]
     cuda = sweep.GridPoint(MODEL, 0, weights="random", device="cuda")
-    assert not sweep.ResultsDir(str(tmp_path)).is_done(cuda, points["dataset"].iloc[0])  # CPU img/s never stands in for a GPU run
+    assert not sweep.ResultsDir(str(tmp_path)).is_done(
+        cuda, points["dataset"].iloc[0]
+    )  # CPU img/s never stands in for a GPU run
 
 
 def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):
@@ -220,7 +298,9 @@ def test_eval_rate_of_a_single_r_on_one_actor_is_images_over_the_pass(ray_local,
     sweep.run_sweep(config(data, tmp_path / "one", r_values=[8], bench=False, num_actors=1))
     row = pd.read_parquet(tmp_path / "one" / "points").iloc[0]
     wall = (row["finished"] - row["started"]).total_seconds()
-    assert row["eval_samples_per_sec"] > 0 and row["eval_samples_per_sec"] == pytest.approx(22 / wall, rel=1e-4)
+    assert row["eval_samples_per_sec"] > 0 and row["eval_samples_per_sec"] == pytest.approx(
+        22 / wall, rel=1e-4
+    )
     sweep.run_sweep(config(data, tmp_path / "two", r_values=[0, 8], bench=False, num_actors=1))
     rows = pd.read_parquet(tmp_path / "two" / "points")
     wall = (rows["finished"] - rows["started"]).dt.total_seconds()
@@ -247,17 +327,46 @@ def test_undecodable_image_is_reported_not_dropped(ray_local, tmp_path, capsys):
     record = write_raw_shard(tmp_path / "bad" / "imagenet-val-000000.tar", samples)
     write_manifest_for(tmp_path / "bad", [record])
     record_url = str(tmp_path / "bad" / "imagenet-val-000000.tar")
-    cfg = dict(models=[MODEL], r_values=[0], data=str(tmp_path / "bad"), batch_size=4, random_weights=True,
-               num_actors=1, cpus_per_actor=1, bench=False, progress=False)
+    cfg = dict(
+        models=[MODEL],
+        r_values=[0],
+        data=str(tmp_path / "bad"),
+        batch_size=4,
+        random_weights=True,
+        num_actors=1,
+        cpus_per_actor=1,
+        bench=False,
+        progress=False,
+    )
     with pytest.raises(SweepError, match="broken_key"):
         sweep.run_sweep(sweep.SweepConfig(out=str(tmp_path / "strict"), **cfg))
     assert not (tmp_path / "strict" / "points").exists()
-    argv = ["--models", "deit_tiny", "--r", "0,8", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "lenient"),
-            "--batch-size", "4", "--random-weights", "--num-actors", "1", "--cpus-per-actor", "1", "--no-bench",
-            "--no-progress", "--allow-decode-failures"]
+    argv = [
+        "--models",
+        "deit_tiny",
+        "--r",
+        "0,8",
+        "--data",
+        str(tmp_path / "bad"),
+        "--out",
+        str(tmp_path / "lenient"),
+        "--batch-size",
+        "4",
+        "--random-weights",
+        "--num-actors",
+        "1",
+        "--cpus-per-actor",
+        "1",
+        "--no-bench",
+        "--no-progress",
+        "--allow-decode-failures",
+    ]
     assert sweep.main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"{MODEL}: 1 image(s) could not be decoded" in printed and f"shard {record_url}, key broken_key:" in printed
+    assert (
+        f"{MODEL}: 1 image(s) could not be decoded" in printed
+        and f"shard {record_url}, key broken_key:" in printed
+    )
     points = pd.read_parquet(tmp_path / "lenient" / "points")
     assert (points["n_images"] == 4).all() and (points["n_failed"] == 1).all()
     failures = pd.read_parquet(tmp_path / "lenient" / "failures")
@@ -267,11 +376,27 @@ def test_undecodable_image_is_reported_not_dropped(ray_local, tmp_path, capsys):
 
 def test_shard_shorter_than_its_manifest_fails_the_point(ray_local, tmp_path):
     images = tiny_dataset(n_images=3, n_classes=1)
-    record = write_raw_shard(tmp_path / "d" / "imagenet-val-000000.tar", [(im.key, im.jpeg, 0) for im in images])
-    write_manifest_for(tmp_path / "d", [record.__class__(name=record.name, n_samples=5, sha256=record.sha256)])
+    record = write_raw_shard(
+        tmp_path / "d" / "imagenet-val-000000.tar", [(im.key, im.jpeg, 0) for im in images]
+    )
+    write_manifest_for(
+        tmp_path / "d", [record.__class__(name=record.name, n_samples=5, sha256=record.sha256)]
+    )
     with pytest.raises(SweepError, match="manifest says 5"):
-        sweep.run_sweep(sweep.SweepConfig(models=[MODEL], r_values=[0], data=str(tmp_path / "d"), out=str(tmp_path / "o"),
-                                          random_weights=True, num_actors=1, cpus_per_actor=1, bench=False, progress=False, max_retries=0))
+        sweep.run_sweep(
+            sweep.SweepConfig(
+                models=[MODEL],
+                r_values=[0],
+                data=str(tmp_path / "d"),
+                out=str(tmp_path / "o"),
+                random_weights=True,
+                num_actors=1,
+                cpus_per_actor=1,
+                bench=False,
+                progress=False,
+                max_retries=0,
+            )
+        )
 
 
 @pytest.mark.assets
@@ -280,16 +405,36 @@ def test_real_weights_on_the_sample_photos(ray_local, tmp_path, sample_photos):
     from conftest import DEIT_TINY_WEIGHTS, SAMPLE_IMAGES, require_assets
 
     require_assets(DEIT_TINY_WEIGHTS)
-    shards.write_shards(shards.WriteConfig(src=SAMPLE_IMAGES, out=tmp_path / "shards", shard_size=100, workers=2, progress=False))
-    summary = sweep.run_sweep(sweep.SweepConfig(
-        models=[MODEL], r_values=[0, 8, 16], data=str(tmp_path / "shards"), out=str(tmp_path / "out"), batch_size=50,
-        checkpoint_dir=str(DEIT_TINY_WEIGHTS.parent), num_actors=1, cpus_per_actor=2, bench=False, progress=False,
-    ))
+    shards.write_shards(
+        shards.WriteConfig(
+            src=SAMPLE_IMAGES, out=tmp_path / "shards", shard_size=100, workers=2, progress=False
+        )
+    )
+    summary = sweep.run_sweep(
+        sweep.SweepConfig(
+            models=[MODEL],
+            r_values=[0, 8, 16],
+            data=str(tmp_path / "shards"),
+            out=str(tmp_path / "out"),
+            batch_size=50,
+            checkpoint_dir=str(DEIT_TINY_WEIGHTS.parent),
+            num_actors=1,
+            cpus_per_actor=2,
+            bench=False,
+            progress=False,
+        )
+    )
     points = pd.read_parquet(tmp_path / "out" / "points").set_index("r")
     images, labels = sample_photos
     model = tomecis.create_model(MODEL, checkpoint=DEIT_TINY_WEIGHTS)
     with torch.inference_mode():
-        direct = sum((model(images[i : i + 100]).argmax(-1) == labels[i : i + 100]).sum().item() for i in range(0, 500, 100)) / 5
+        direct = (
+            sum(
+                (model(images[i : i + 100]).argmax(-1) == labels[i : i + 100]).sum().item()
+                for i in range(0, 500, 100)
+            )
+            / 5
+        )
     assert points.loc[0, "n_images"] == 500
     assert points.loc[0, "top1"] == pytest.approx(direct)
     assert points.loc[0, "top1"] >= 75.0
@@ -297,7 +442,9 @@ def test_real_weights_on_the_sample_photos(ray_local, tmp_path, sample_photos):
     print(summary.table)
 
 
-def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(ray_local, data, tmp_path, actor_dies_on_item):
+def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(
+    ray_local, data, tmp_path, actor_dies_on_item
+):
     """deit_tiny and deit_tiny_distilled share an eval transform: one pass decodes the 22 images once and
     runs them at every (model, mode, r), an actor dying on the way. Each point's row and predictions are
     what a separate run of that model and mode writes; a rerun after losing two points redoes only them,
@@ -310,7 +457,9 @@ def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(ray_l
     torch.save({"model": tomecis.create_model(second).state_dict()}, ckpt / f"{second}.pth")
     grid = dict(checkpoint_dir=str(ckpt), r_values=[0, 8], bench=False)
     actor_dies_on_item(2)
-    together = sweep.run_sweep(config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"], **grid))
+    together = sweep.run_sweep(
+        config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"], **grid)
+    )
     assert together.actors_replaced == 1 and len(together.written) == 8
     assert (together.decoded_images, together.decode_passes, together.points_evaluated) == (22, 1, 8)
     assert sweep.describe_decoding(together) == "decoded 22 images once for 8 point(s)"
@@ -320,21 +469,38 @@ def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(ray_l
             assert alone.decoded_images == 22
     timing = ["eval_samples_per_sec", "started", "finished", "nodes", "hostnames", "n_shards"]
     point_key = ["model", "mode", "r"]
-    rows = {name: pd.read_parquet(tmp_path / name / "points").drop(columns=timing).sort_values(point_key).reset_index(drop=True)
-            for name in ("together", "alone")}
+    rows = {
+        name: pd.read_parquet(tmp_path / name / "points")
+        .drop(columns=timing)
+        .sort_values(point_key)
+        .reset_index(drop=True)
+        for name in ("together", "alone")
+    }
     assert len(rows["together"]) == 8 and set(rows["together"]["mode"]) == {"tomecis", "tome"}
     pd.testing.assert_frame_equal(rows["together"], rows["alone"])
-    preds = {name: pd.read_parquet(tmp_path / name / "predictions").sort_values([*point_key, "key"]).reset_index(drop=True)
-             for name in ("together", "alone")}
+    preds = {
+        name: pd.read_parquet(tmp_path / name / "predictions")
+        .sort_values([*point_key, "key"])
+        .reset_index(drop=True)
+        for name in ("together", "alone")
+    }
     pd.testing.assert_frame_equal(preds["together"], preds["alone"])  # point by point, image by image
     by_mode = preds["together"].set_index(["model", "r", "key", "mode"])["pred"].unstack("mode")
-    assert (by_mode.xs(0, level="r")["tome"] == by_mode.xs(0, level="r")["tomecis"]).all()  # r = 0: both are timm
+    assert (
+        by_mode.xs(0, level="r")["tome"] == by_mode.xs(0, level="r")["tomecis"]
+    ).all()  # r = 0: both are timm
 
     points_dir = tmp_path / "together" / "points"
-    lost = [p for p in sorted(points_dir.iterdir()) if p.name.startswith(("deit_tiny-tomecis-r0-", "deit_tiny_distilled-tome-r8-"))]
+    lost = [
+        p
+        for p in sorted(points_dir.iterdir())
+        if p.name.startswith(("deit_tiny-tomecis-r0-", "deit_tiny_distilled-tome-r8-"))
+    ]
     assert len(lost) == 2
     for path in lost:
         path.unlink()
-    again = sweep.run_sweep(config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"], **grid))
+    again = sweep.run_sweep(
+        config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"], **grid)
+    )
     assert sorted(Path(p).name for p in again.written) == sorted(p.name for p in lost)
     assert len(again.skipped) == 6 and (again.decoded_images, again.decode_passes) == (22, 1)

@@ -1,5 +1,6 @@
 """orchestrator.sweep's command line: argument errors before any Ray work, a whole run, and how a
 point's row is assembled from its work items' outcomes (no Ray)."""
+
 from __future__ import annotations
 
 import datetime
@@ -40,28 +41,63 @@ def test_missing_data_and_checkpoint_fail_before_ray(tmp_path, data, capsys, mon
     assert sweep.main(["--models", "deit_tiny", "--r", "0", "--data", str(tmp_path / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().err
     assert sweep.main(["--models", "deit_tiny", "--r", "0,8,99", "--data", str(data / "shards")]) == 1
-    assert "--r 99 is impossible for deit_tiny_patch16_224: a block can merge at most 98" in capsys.readouterr().err
+    assert (
+        "--r 99 is impossible for deit_tiny_patch16_224: a block can merge at most 98"
+        in capsys.readouterr().err
+    )
     empty = tmp_path / "ckpt"
     empty.mkdir()
-    assert sweep.main(["--models", "deit_small", "--r", "0", "--data", str(data / "shards"), "--checkpoint-dir", str(empty)]) == 1
+    assert (
+        sweep.main(
+            [
+                "--models",
+                "deit_small",
+                "--r",
+                "0",
+                "--data",
+                str(data / "shards"),
+                "--checkpoint-dir",
+                str(empty),
+            ]
+        )
+        == 1
+    )
     assert "no checkpoint for model deit_small_patch16_224" in capsys.readouterr().err
     assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize(
     "model, kind",
-    [("convnext_tiny", "ConvNeXt"), ("resnet50", "ResNet"), ("swin_tiny_patch4_window7_224", "SwinTransformer")],
+    [
+        ("convnext_tiny", "ConvNeXt"),
+        ("resnet50", "ResNet"),
+        ("swin_tiny_patch4_window7_224", "SwinTransformer"),
+    ],
 )
 def test_unsupported_models_fail_before_ray(model, kind, data, capsys):
-    assert sweep.main(["--models", model, "--r", "0", "--data", str(data / "shards"), "--random-weights"]) == 1
+    assert (
+        sweep.main(["--models", model, "--r", "0", "--data", str(data / "shards"), "--random-weights"]) == 1
+    )
     err = capsys.readouterr().err
     assert f"--models: {model} cannot be swept" in err and f"got {kind}" in err and "Traceback" not in err
     assert not ray.is_initialized()
 
 
 def test_unreachable_address_is_a_clear_error(data, tmp_path, capsys):
-    argv = ["--models", "deit_tiny", "--r", "0", "--data", str(data / "shards"), "--out", str(tmp_path), "--random-weights",
-            "--address", "127.0.0.1:1", "--no-progress"]
+    argv = [
+        "--models",
+        "deit_tiny",
+        "--r",
+        "0",
+        "--data",
+        str(data / "shards"),
+        "--out",
+        str(tmp_path),
+        "--random-weights",
+        "--address",
+        "127.0.0.1:1",
+        "--no-progress",
+    ]
     assert sweep.main(argv) == 1
     err = capsys.readouterr().err
     assert "--address 127.0.0.1:1: no Ray cluster answers there" in err and "--address local" in err
@@ -73,8 +109,25 @@ def test_unreachable_address_is_a_clear_error(data, tmp_path, capsys):
 def test_cli_runs_a_sweep_end_to_end(data, tmp_path, capsys):
     """The real command line, starting (and stopping) its own local Ray."""
     assert not ray.is_initialized()
-    argv = ["--models", "deit_tiny", "--r", "0,16", "--data", str(data / "shards"), "--out", str(tmp_path),
-            "--checkpoint-dir", str(data / "ckpt"), "--batch-size", "8", "--address", "local", "--bench-runs", "1", "--no-progress"]
+    argv = [
+        "--models",
+        "deit_tiny",
+        "--r",
+        "0,16",
+        "--data",
+        str(data / "shards"),
+        "--out",
+        str(tmp_path),
+        "--checkpoint-dir",
+        str(data / "ckpt"),
+        "--batch-size",
+        "8",
+        "--address",
+        "local",
+        "--bench-runs",
+        "1",
+        "--no-progress",
+    ]
     assert sweep.main(argv) == 0
     out = capsys.readouterr().out
     assert "deit_tiny (deit_tiny_patch16_224)" in out and "2 point(s) written" in out
@@ -101,11 +154,21 @@ def test_local_shard_paths_become_absolute_and_urls_stay(data, monkeypatch):
     monkeypatch.chdir(data)
     chosen, total, fingerprint = sweep.select_shards(shards.resolve_data("shards"), limit=None)
     assert [s.url for s in chosen] == [str(data / "shards" / f"imagenet-val-{i:06d}.tar") for i in range(5)]
-    assert total == 22 and fingerprint == shards.resolve_data(str(data / "shards")).fingerprint  # the manifest's
-    for url in ["s3://b/x.tar", "gs://b/x.tar", "https://h/d/x.tar?sig=a/b", "http://h/x.tar", "pipe:aws s3 cp s3://b/x.tar -"]:
+    assert (
+        total == 22 and fingerprint == shards.resolve_data(str(data / "shards")).fingerprint
+    )  # the manifest's
+    for url in [
+        "s3://b/x.tar",
+        "gs://b/x.tar",
+        "https://h/d/x.tar?sig=a/b",
+        "http://h/x.tar",
+        "pipe:aws s3 cp s3://b/x.tar -",
+    ]:
         shard = shards.ShardInfo(url=url, name="x.tar", n_samples=1, sha256=None)
         assert sweep.absolute_shard(shard) == shard
-    relative = shards.ShardInfo(url="shards/imagenet-val-000000.tar", name="imagenet-val-000000.tar", n_samples=5, sha256=None)
+    relative = shards.ShardInfo(
+        url="shards/imagenet-val-000000.tar", name="imagenet-val-000000.tar", n_samples=5, sha256=None
+    )
     assert sweep.absolute_shard(relative).url == str(data / "shards" / "imagenet-val-000000.tar")
 
 
@@ -118,18 +181,37 @@ def outcome(shard, keys, started, finished, load, forward, device="cpu (1 thread
     """A made-up ShardOutcome of a one-model pass: ``forward`` maps r -> forward seconds."""
     n = len(keys)
     return ShardOutcome(
-        pass_name="pass 1", shards=[shard], keys=list(keys), key_shards=[shard] * n,
-        labels=np.zeros(n, np.int32), top5={(MODEL, "tomecis", r): np.zeros((n, 5), np.int32) for r in forward},
-        n_failed=len(failures), failures=list(failures), load_seconds=load,
-        forward_seconds={(MODEL, "tomecis", r): s for r, s in forward.items()}, started=started, finished=finished,
-        node_id=f"node-{shard}", hostname="host", device=device,
+        pass_name="pass 1",
+        shards=[shard],
+        keys=list(keys),
+        key_shards=[shard] * n,
+        labels=np.zeros(n, np.int32),
+        top5={(MODEL, "tomecis", r): np.zeros((n, 5), np.int32) for r in forward},
+        n_failed=len(failures),
+        failures=list(failures),
+        load_seconds=load,
+        forward_seconds={(MODEL, "tomecis", r): s for r, s in forward.items()},
+        started=started,
+        finished=finished,
+        node_id=f"node-{shard}",
+        hostname="host",
+        device=device,
     )
 
 
 def profile(r_values, device="cpu (1 threads)"):
-    return ModelProfile(model=MODEL, param_count=5.7, img_size=224, crop_pct=0.875, interpolation="bicubic", device=device,
-                        schedule={r: [r] * 12 for r in r_values}, gflops={r: 1.0 for r in r_values},
-                        tokens_out={r: 197 for r in r_values}, infer_samples_per_sec={})
+    return ModelProfile(
+        model=MODEL,
+        param_count=5.7,
+        img_size=224,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        device=device,
+        schedule={r: [r] * 12 for r in r_values},
+        gflops={r: 1.0 for r in r_values},
+        tokens_out={r: 197 for r in r_values},
+        infer_samples_per_sec={},
+    )
 
 
 def row_of(outcomes, r, r_values, **kw):
@@ -142,14 +224,20 @@ def row_of(outcomes, r, r_values, **kw):
 def test_eval_samples_per_sec_is_images_over_the_wall_time_of_the_pass():
     """Two actors side by side, one r: 10 images over the 12 s from the first start to the last end
     (not over the 21 s the actors were busy in total, which would undercount by the number of actors)."""
-    outcomes = [outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 8.0}), outcome("b", "fghij", 101.0, 112.0, 3.0, {0: 8.0})]
+    outcomes = [
+        outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 8.0}),
+        outcome("b", "fghij", 101.0, 112.0, 3.0, {0: 8.0}),
+    ]
     row, _, _ = row_of(outcomes, 0, [0])
     assert row["eval_samples_per_sec"] == pytest.approx(10 / 12)
 
 
 def test_eval_samples_per_sec_charges_each_r_its_share_of_the_shared_decode():
     """One decode fed r = 0 and r = 8: each r is charged the loading plus its own forward time."""
-    outcomes = [outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 5.0, 8: 3.0}), outcome("b", "fghij", 101.0, 112.0, 3.0, {0: 3.0, 8: 1.0})]
+    outcomes = [
+        outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 5.0, 8: 3.0}),
+        outcome("b", "fghij", 101.0, 112.0, 3.0, {0: 3.0, 8: 1.0}),
+    ]
     load, f0, f8, wall = 5.0, 8.0, 4.0, 12.0
     rates = {r: row_of(outcomes, r, [0, 8])[0]["eval_samples_per_sec"] for r in (0, 8)}
     assert rates[0] == pytest.approx(10 / (wall * (load + f0) / (load + f0 + f8)))
@@ -159,8 +247,14 @@ def test_eval_samples_per_sec_charges_each_r_its_share_of_the_shared_decode():
 
 
 def test_a_repeated_key_is_an_error_naming_the_key_and_its_shards():
-    outcomes = [outcome("/d/a.tar", ["k1", "k2"], 0.0, 1.0, 0.1, {0: 0.1}), outcome("/d/b.tar", ["k3", "k2"], 0.0, 1.0, 0.1, {0: 0.1})]
-    with pytest.raises(sweep.SweepError, match=r"image key 'k2' occurs 2 times, in shard\(s\) /d/a.tar, /d/b.tar; every key must be unique"):
+    outcomes = [
+        outcome("/d/a.tar", ["k1", "k2"], 0.0, 1.0, 0.1, {0: 0.1}),
+        outcome("/d/b.tar", ["k3", "k2"], 0.0, 1.0, 0.1, {0: 0.1}),
+    ]
+    with pytest.raises(
+        sweep.SweepError,
+        match=r"image key 'k2' occurs 2 times, in shard\(s\) /d/a.tar, /d/b.tar; every key must be unique",
+    ):
         row_of(outcomes, 0, [0])
 
 
@@ -175,7 +269,9 @@ def test_decode_failures_are_recorded_with_the_point_and_described():
     assert row["n_failed"] == 7 and row["n_images"] == 2
     frame = table.to_pandas()
     assert frame["key"].tolist() == [f"bad{i}" for i in range(7)] and set(frame["shard"]) == {"/d/a.tar"}
-    assert set(frame["r"]) == {8} and set(frame["model"]) == {MODEL} and set(frame["device"]) == {row["device"]}
+    assert (
+        set(frame["r"]) == {8} and set(frame["model"]) == {MODEL} and set(frame["device"]) == {row["device"]}
+    )
     text = points.describe_decode_failures({MODEL: failures}, "s3://b/run/", first=3)
     assert f"{MODEL}: 7 image(s) could not be decoded" in text
     assert "shard /d/a.tar, key bad2: cannot identify image file" in text and "bad3" not in text
@@ -185,14 +281,18 @@ def test_decode_failures_are_recorded_with_the_point_and_described():
 
 def test_started_and_finished_span_the_points_items_and_every_device_is_named():
     """started: the first item's start, finished: the last item's end (any actor); two GPU types: both named."""
-    outcomes = [outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 8.0}, device="NVIDIA A10G"),
-                outcome("b", "fghij", 101.5, 112.25, 3.0, {0: 8.0}, device="NVIDIA L4")]
+    outcomes = [
+        outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 8.0}, device="NVIDIA A10G"),
+        outcome("b", "fghij", 101.5, 112.25, 3.0, {0: 8.0}, device="NVIDIA L4"),
+    ]
     row, predictions, _ = row_of(outcomes, 0, [0], profile=profile([0], device="NVIDIA L4"))
     utc = datetime.timezone.utc
     assert row["started"] == datetime.datetime.fromtimestamp(100.0, utc)
     assert row["finished"] == datetime.datetime.fromtimestamp(112.25, utc)
     assert row["device"] == "NVIDIA A10G + NVIDIA L4"
-    assert set(predictions.column("device").to_pylist()) == {"NVIDIA A10G + NVIDIA L4"}  # the run's columns agree
+    assert set(predictions.column("device").to_pylist()) == {
+        "NVIDIA A10G + NVIDIA L4"
+    }  # the run's columns agree
     same = [outcome("a", "abcde", 0.0, 1.0, 0.1, {0: 0.1}, device="NVIDIA A10G")]
     assert row_of(same, 0, [0], profile=profile([0], device="NVIDIA A10G"))[0]["device"] == "NVIDIA A10G"
 
@@ -203,19 +303,38 @@ def test_models_with_the_same_eval_transform_share_a_decode_pass():
     from orchestrator.grid import GridPoint
 
     big = "vit_tiny_patch16_384"
-    todo = [GridPoint(MODEL, 0), GridPoint(MODEL, 8), GridPoint(MODEL, 8, mode="tome"),
-            GridPoint(big, 0), GridPoint("deit_small_patch16_224", 16)]
+    todo = [
+        GridPoint(MODEL, 0),
+        GridPoint(MODEL, 8),
+        GridPoint(MODEL, 8, mode="tome"),
+        GridPoint(big, 0),
+        GridPoint("deit_small_patch16_224", 16),
+    ]
     weights = {m: Weights("random") for m in (MODEL, big, "deit_small_patch16_224")}
     first, second = sweep.plan_passes(todo, weights)
-    assert first.name == "pass 1 (deit_tiny+deit_small)" and set(first.weights) == {MODEL, "deit_small_patch16_224"}
+    assert first.name == "pass 1 (deit_tiny+deit_small)" and set(first.weights) == {
+        MODEL,
+        "deit_small_patch16_224",
+    }
     assert [(t.model, t.mode, t.r_values) for t in first.tasks] == [
-        (MODEL, "tomecis", (0, 8)), (MODEL, "tome", (8,)), ("deit_small_patch16_224", "tomecis", (16,))]
-    assert first.point_keys == [(MODEL, "tomecis", 0), (MODEL, "tomecis", 8), (MODEL, "tome", 8), ("deit_small_patch16_224", "tomecis", 16)]
+        (MODEL, "tomecis", (0, 8)),
+        (MODEL, "tome", (8,)),
+        ("deit_small_patch16_224", "tomecis", (16,)),
+    ]
+    assert first.point_keys == [
+        (MODEL, "tomecis", 0),
+        (MODEL, "tomecis", 8),
+        (MODEL, "tome", 8),
+        ("deit_small_patch16_224", "tomecis", 16),
+    ]
     assert second.name == "pass 2 (vit_tiny_patch16_384)" and [t.r_values for t in second.tasks] == [(0,)]
 
 
 def test_mode_list_is_parsed_and_checked(capsys):
-    assert sweep.config_from_args(["--models", "deit_tiny", "--r", "0", "--mode", "tomecis,tome"]).modes == ["tomecis", "tome"]
+    assert sweep.config_from_args(["--models", "deit_tiny", "--r", "0", "--mode", "tomecis,tome"]).modes == [
+        "tomecis",
+        "tome",
+    ]
     assert sweep.config_from_args(["--models", "deit_tiny", "--r", "0"]).modes == ["tomecis"]
     with pytest.raises(SystemExit):
         sweep.config_from_args(["--models", "deit_tiny", "--r", "0", "--mode", "tomecis,tomy"])

@@ -10,8 +10,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLE_IMAGES
+
 from shards.hf_parquet import SPOOL_NAME
 from shards.manifest import MANIFEST_NAME, read_manifest
 from shards.sources import SourceError
@@ -59,7 +59,11 @@ def split_into_parquet(folder: Path, images: list[TinyImage], n_files: int, **kw
     images = list(reversed(images))
     size = -(-len(images) // n_files)
     return [
-        make_hf_parquet(folder / f"validation-{i:05d}-of-{n_files:05d}.parquet", images[i * size : (i + 1) * size], **kwargs)
+        make_hf_parquet(
+            folder / f"validation-{i:05d}-of-{n_files:05d}.parquet",
+            images[i * size : (i + 1) * size],
+            **kwargs,
+        )
         for i in range(n_files)
     ]
 
@@ -81,7 +85,9 @@ def test_parquet_gives_the_same_shards_as_the_imagefolder_sample_by_sample(tmp_p
     assert parquet_manifest.fingerprint() == folder_manifest.fingerprint()
     made = parquet_manifest.made
     assert (made["source_form"], made["split"], made["rows_without_path"]) == ("parquet", "validation", 0)
-    assert [Path(name).name for name in made["parquet_files"]] == [f"validation-{i:05d}-of-00003.parquet" for i in range(3)]
+    assert [Path(name).name for name in made["parquet_files"]] == [
+        f"validation-{i:05d}-of-00003.parquet" for i in range(3)
+    ]
     assert not (tmp_path / "from-parquet" / SPOOL_NAME).exists()
 
 
@@ -93,7 +99,9 @@ def test_cli_takes_several_parquet_files_and_prints_the_summary(tmp_path, capsys
     assert main(argv) == 0
     assert "wrote 8 images" in capsys.readouterr().out
     assert samples_of(tmp_path / "out") == samples_of(tmp_path / "from-folder")
-    assert read_manifest(tmp_path / "out" / MANIFEST_NAME).made["source"] == [str(path) for path in reversed(files)]
+    assert read_manifest(tmp_path / "out" / MANIFEST_NAME).made["source"] == [
+        str(path) for path in reversed(files)
+    ]
 
 
 def test_rows_are_read_in_batches_never_the_whole_file(tmp_path, monkeypatch):
@@ -129,9 +137,13 @@ def test_rows_are_read_in_batches_never_the_whole_file(tmp_path, monkeypatch):
 
 def test_a_row_without_path_is_keyed_by_its_file_and_row_and_the_manifest_says_so(tmp_path, capsys):
     images = tiny_dataset(n_images=6)
-    make_hf_parquet(tmp_path / "data" / "validation-00000-of-00001.parquet", images, without_path=[images[4].key])
+    make_hf_parquet(
+        tmp_path / "data" / "validation-00000-of-00001.parquet", images, without_path=[images[4].key]
+    )
     assert main([str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    assert "1 parquet row has no image path, keyed <parquet file stem>_row<row number" in capsys.readouterr().out
+    assert (
+        "1 parquet row has no image path, keyed <parquet file stem>_row<row number" in capsys.readouterr().out
+    )
     keyed = "validation-00000-of-00001_row00000004"
     samples = dict(samples_of(tmp_path / "out"))
     assert sorted(samples) == sorted([image.key for image in images if image is not images[4]] + [keyed])
@@ -144,15 +156,21 @@ def test_a_row_without_path_is_keyed_by_its_file_and_row_and_the_manifest_says_s
 
 def test_a_folder_of_several_splits_reads_validation_unless_told(tmp_path):
     images = tiny_dataset(n_images=6)
-    make_hf_parquet(tmp_path / "data" / "train-00000-of-00001.parquet", tiny_dataset(n_images=3, first_class=7))
+    make_hf_parquet(
+        tmp_path / "data" / "train-00000-of-00001.parquet", tiny_dataset(n_images=3, first_class=7)
+    )
     make_hf_parquet(tmp_path / "data" / "validation-00000-of-00001.parquet", images)
-    test_rows = [TinyImage(f"ILSVRC2012_test_{i:08d}", "", -1, image.jpeg) for i, image in enumerate(images[:2], 1)]
+    test_rows = [
+        TinyImage(f"ILSVRC2012_test_{i:08d}", "", -1, image.jpeg) for i, image in enumerate(images[:2], 1)
+    ]
     test_file = make_hf_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", test_rows)
     write(tmp_path / "data", tmp_path / "val")
     assert [key for key, _ in samples_of(tmp_path / "val")] == [image.key for image in images]
     write(tmp_path / "data", tmp_path / "train", split="train")
     assert len(samples_of(tmp_path / "train")) == 3
-    with pytest.raises(SourceError, match=rf"{test_file} row 0: label -1 is not a class index 0..999 .*validation"):
+    with pytest.raises(
+        SourceError, match=rf"{test_file} row 0: label -1 is not a class index 0..999 .*validation"
+    ):
         write(tmp_path / "data", tmp_path / "test", split="test")
     assert not (tmp_path / "test").exists()  # nothing left behind, not even the spool
     with pytest.raises(SourceError, match=r"splits test, train, validation, not 'extra'"):
@@ -186,7 +204,9 @@ def test_parquet_mistakes_are_named(tmp_path):
 @pytest.mark.assets
 def test_the_500_sample_photos_through_parquet_equal_the_imagefolder_shards(tmp_path):
     if not SAMPLE_PHOTOS.is_dir():
-        pytest.skip(f"needs {SAMPLE_PHOTOS} (the real data in ../shared/assets), which is absent on this machine")
+        pytest.skip(
+            f"needs {SAMPLE_PHOTOS} (the real data in ../shared/assets), which is absent on this machine"
+        )
     photos = images_of_imagefolder(SAMPLE_PHOTOS)
     split_into_parquet(tmp_path / "data", photos, n_files=4, rows_per_group=64)
     write(tmp_path / "data", tmp_path / "from-parquet", shard_size=100, workers=2)

@@ -17,21 +17,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, SHARED_ASSETS
-import shards.read as shards_read
-import shards.remote as shards_remote
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+import shards.read as shards_read
+import shards.remote as shards_remote
 from shards.manifest import MANIFEST_NAME, read_manifest
 from shards.read import (
     Batch,
     DataSpecError,
     ReadStats,
+    ShardBatch,
     ShardCountError,
     ShardInfo,
-    ShardBatch,
     ShardReadError,
     ShardSet,
     check_complete,
@@ -68,7 +67,9 @@ def tiny_shards(tmp_path):
 
 def read_all(shards, num_workers=0, batch_size=4, **kwargs) -> tuple[list[Batch], ReadStats]:
     stats = ReadStats()
-    batches = list(iter_batches(shards, to_tensor, batch_size, num_workers=num_workers, stats=stats, **kwargs))
+    batches = list(
+        iter_batches(shards, to_tensor, batch_size, num_workers=num_workers, stats=stats, **kwargs)
+    )
     return batches, stats
 
 
@@ -161,14 +162,17 @@ def test_remote_urls_become_readable_urls(monkeypatch):
         "z.tar",
     ]
     assert shardset.total is None
-    assert asked == [  # each remote folder is asked once for the manifest beside its shards, then for _info.json
-        "s3://bucket/val/manifest.json",
-        "s3://bucket/val/_info.json",
-        "gs://b/v/manifest.json",
-        "gs://b/v/_info.json",
-        "https://h/d/manifest.json",
-        "https://h/d/_info.json",
-    ]
+    assert (
+        asked
+        == [  # each remote folder is asked once for the manifest beside its shards, then for _info.json
+            "s3://bucket/val/manifest.json",
+            "s3://bucket/val/_info.json",
+            "gs://b/v/manifest.json",
+            "gs://b/v/_info.json",
+            "https://h/d/manifest.json",
+            "https://h/d/_info.json",
+        ]
+    )
 
 
 def test_missing_spec_says_what_to_pass(monkeypatch):
@@ -215,7 +219,9 @@ def test_checksum_mismatch_is_found(tiny_shards):
 
 
 def fake_shards(counts: list[int | None]) -> ShardSet:
-    shards = tuple(ShardInfo(f"/d/s-{i:06d}.tar", f"s-{i:06d}.tar", count, None) for i, count in enumerate(counts))
+    shards = tuple(
+        ShardInfo(f"/d/s-{i:06d}.tar", f"s-{i:06d}.tar", count, None) for i, count in enumerate(counts)
+    )
     return ShardSet(shards=shards, total=None, n_classes=None, fingerprint=fingerprint_of(shards))
 
 
@@ -453,13 +459,19 @@ def http_server(tiny_shards):
     thread.join()
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset reads http(s) shards with curl, which is absent")
+@pytest.mark.skipif(
+    shutil.which("curl") is None, reason="webdataset reads http(s) shards with curl, which is absent"
+)
 def test_http_folder_resolves_through_its_manifest_and_reads(tiny_shards, http_server):
     folder, images = tiny_shards
     local = resolve_data(folder)
     remote = resolve_data(http_server + "/")
     assert remote.urls == [f"{http_server}/{shard.name}" for shard in local.shards]
-    assert (remote.total, remote.n_classes, remote.fingerprint) == (local.total, local.n_classes, local.fingerprint)
+    assert (remote.total, remote.n_classes, remote.fingerprint) == (
+        local.total,
+        local.n_classes,
+        local.fingerprint,
+    )
     assert resolve_data(f"{http_server}/{MANIFEST_NAME}") == remote
     batches, stats = read_all(remote.shards, num_workers=2)
     assert Counter(keys_of(batches)) == Counter(image.key for image in images)
@@ -476,7 +488,9 @@ def cut_before_sample(shard: Path, sample_index: int) -> None:
     shard.write_bytes(shard.read_bytes()[:start])
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset reads http(s) shards with curl, which is absent")
+@pytest.mark.skipif(
+    shutil.which("curl") is None, reason="webdataset reads http(s) shards with curl, which is absent"
+)
 def test_http_brace_pattern_uses_the_manifest_beside_it(tiny_shards, http_server):
     folder, _ = tiny_shards
     shardset = resolve_data(f"{http_server}/imagenet-val-{{000000..000002}}.tar")
@@ -493,7 +507,9 @@ def test_http_brace_pattern_uses_the_manifest_beside_it(tiny_shards, http_server
 def test_http_shard_not_in_the_manifest_beside_it_is_an_error(tiny_shards, http_server):
     folder, _ = tiny_shards
     shutil.copy(folder / "imagenet-val-000000.tar", folder / "imagenet-val-000009.tar")
-    with pytest.raises(DataSpecError, match=r"imagenet-val-000009.tar is not listed in http://.*/manifest.json"):
+    with pytest.raises(
+        DataSpecError, match=r"imagenet-val-000009.tar is not listed in http://.*/manifest.json"
+    ):
         resolve_data(f"{http_server}/imagenet-val-000009.tar")
 
 
@@ -510,11 +526,15 @@ def test_unreachable_manifest_beside_remote_shards_is_an_error(tiny_shards, http
         raise DataSpecError(f"cannot fetch manifest {url} (HTTP Error 500)")
 
     monkeypatch.setattr(shards_remote, "_fetch_http_text", server_error)
-    with pytest.raises(DataSpecError, match=r"cannot fetch manifest http://.*/manifest.json \(HTTP Error 500\)"):
+    with pytest.raises(
+        DataSpecError, match=r"cannot fetch manifest http://.*/manifest.json \(HTTP Error 500\)"
+    ):
         resolve_data(f"{http_server}/imagenet-val-000000.tar")
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset reads http(s) shards with curl, which is absent")
+@pytest.mark.skipif(
+    shutil.which("curl") is None, reason="webdataset reads http(s) shards with curl, which is absent"
+)
 def test_signed_http_shard_urls_are_shards_not_folders(tiny_shards, http_server):
     folder, images = tiny_shards
     signed = f"{http_server}/imagenet-val-000000.tar?sig=a%2Fb&expires=1"
@@ -576,7 +596,9 @@ def test_class_index_outside_0_to_999_or_not_an_integer_is_a_named_failure(tmp_p
     assert keys_of(batches) == [good[0].key, good[4].key]
     assert [batch.labels.tolist() for batch in batches] == [[good[0].class_index, 999]]
     url = shardset.shards[0].url
-    assert [(failure.shard, failure.key) for failure in stats.failures] == [(url, image.key) for image in good[1:4]]
+    assert [(failure.shard, failure.key) for failure in stats.failures] == [
+        (url, image.key) for image in good[1:4]
+    ]
     assert "class index 1000 is outside 0..999" in stats.failures[0].error
     assert "class index -1 is outside 0..999" in stats.failures[1].error
     assert "bad class index b'seven'" in stats.failures[2].error

@@ -12,13 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SAMPLE_IMAGES
+
 from shards.hub import HubPath, parse_hub_url
 from shards.read import ReadStats, ShardCountError, ShardReadError, iter_batches
 from shards.shardset import fingerprint_of
 from shards.spec import DataSpecError, resolve_data
-from shards.testing import TinyImage, images_of_imagefolder, serve_hub, tiny_dataset, write_timm_wds, write_tiny_shards
+from shards.testing import (
+    TinyImage,
+    images_of_imagefolder,
+    serve_hub,
+    tiny_dataset,
+    write_timm_wds,
+    write_tiny_shards,
+)
 
 SAMPLE_PHOTOS = SAMPLE_IMAGES
 REPO = "timm/imagenet-1k-wds"
@@ -114,7 +121,8 @@ def test_the_fingerprint_comes_from_the_info_not_the_place(wds, tmp_path, images
 def test_a_shard_missing_a_sample_is_an_error_naming_it(wds):
     cut_last_sample(wds / "imagenet1k-validation-01.tar")
     with pytest.raises(
-        ShardCountError, match=r"imagenet1k-validation-01.tar: its _info.json says 5 samples, the stream gave 4"
+        ShardCountError,
+        match=r"imagenet1k-validation-01.tar: its _info.json says 5 samples, the stream gave 4",
     ):
         read(resolve_data(wds))
 
@@ -123,7 +131,9 @@ def test_shards_by_pattern_take_their_counts_from_the_info_beside_them(wds):
     shardset = resolve_data(f"{wds}/imagenet1k-validation-{{01..02}}.tar")
     assert [shard.n_samples for shard in shardset.shards] == [5, 2] and shardset.total == 7
     (wds / "imagenet1k-validation-07.tar").write_bytes(b"")
-    with pytest.raises(DataSpecError, match=r"imagenet1k-validation-07.tar is not listed in .*_info.json beside it"):
+    with pytest.raises(
+        DataSpecError, match=r"imagenet1k-validation-07.tar is not listed in .*_info.json beside it"
+    ):
         resolve_data(wds / "imagenet1k-validation-07.tar")
 
 
@@ -145,7 +155,9 @@ def test_a_broken_info_is_named(wds):
     info = json.loads((wds / "_info.json").read_text())
     info["splits"]["validation"]["num_samples"] = 13
     (wds / "_info.json").write_text(json.dumps(info))
-    with pytest.raises(DataSpecError, match=r"_info.json, split 'validation': num_samples is 13 but .* add up to 12"):
+    with pytest.raises(
+        DataSpecError, match=r"_info.json, split 'validation': num_samples is 13 but .* add up to 12"
+    ):
         resolve_data(wds)
     (wds / "_info.json").write_text("{not json")
     with pytest.raises(DataSpecError, match=r"_info.json is not valid JSON"):
@@ -172,7 +184,9 @@ def test_hub_folder_is_read_in_place_with_the_token(wds, images, hub_env):
     shardset = resolve_data(f"hf://datasets/{REPO}")
     assert shardset.urls == [f"hf://datasets/{REPO}/imagenet1k-validation-{i:02d}.tar" for i in range(3)]
     assert [shard.n_samples for shard in shardset.shards] == [5, 5, 2]
-    assert shardset.fingerprint == resolve_data(wds).fingerprint  # same data, same fingerprint, wherever it lies
+    assert (
+        shardset.fingerprint == resolve_data(wds).fingerprint
+    )  # same data, same fingerprint, wherever it lies
     assert shardset.description.endswith(f"(_info.json split validation; Hub at {hub.endpoint})")
     labels, stats = read(shardset, num_workers=2)
     assert labels == {image.key: image.class_index for image in images} and stats.n_images == 12
@@ -195,14 +209,18 @@ def test_hub_revision_and_patterns(wds, hub_env):
 def test_a_hub_shard_missing_a_sample_is_caught(wds, hub_env):
     hub_env({REPO: wds}, cdn=True)
     cut_last_sample(wds / "imagenet1k-validation-02.tar")
-    with pytest.raises(ShardCountError, match=rf"hf://datasets/{REPO}/imagenet1k-validation-02.tar: its _info.json says 2"):
+    with pytest.raises(
+        ShardCountError, match=rf"hf://datasets/{REPO}/imagenet1k-validation-02.tar: its _info.json says 2"
+    ):
         read(resolve_data(f"hf://datasets/{REPO}"), num_workers=2)
 
 
 def test_the_hub_refuses_without_the_right_token_and_errors_never_show_it(wds, hub_env, monkeypatch):
     hub_env({REPO: wds}, token=TOKEN)
     monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(DataSpecError, match=r"refused .*HTTP 401; \$HF_TOKEN is not set\): the dataset is gated") as no_token:
+    with pytest.raises(
+        DataSpecError, match=r"refused .*HTTP 401; \$HF_TOKEN is not set\): the dataset is gated"
+    ) as no_token:
         resolve_data(f"hf://datasets/{REPO}")
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     with pytest.raises(DataSpecError, match=r"HTTP 401; \$HF_TOKEN is set but was refused") as wrong:
@@ -215,14 +233,18 @@ def test_the_hub_refuses_without_the_right_token_and_errors_never_show_it(wds, h
         read(shardset)
     assert "hf_wrong" not in str(refused.value)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with pytest.raises(DataSpecError, match=r"cannot fetch manifest: there is no hf://.*/nothing/manifest.json nor"):
+    with pytest.raises(
+        DataSpecError, match=r"cannot fetch manifest: there is no hf://.*/nothing/manifest.json nor"
+    ):
         resolve_data(f"hf://datasets/{REPO}/nothing")
 
 
 # ------------------------------------------------------------------------------------------------ default data
 
 
-def test_no_data_with_a_token_streams_timm_imagenet_from_the_hub_and_says_so(wds, hub_env, monkeypatch, capsys):
+def test_no_data_with_a_token_streams_timm_imagenet_from_the_hub_and_says_so(
+    wds, hub_env, monkeypatch, capsys
+):
     hub = hub_env({REPO: wds})
     monkeypatch.delenv("TOMECIS_DATA", raising=False)
     shardset = resolve_data()
@@ -243,7 +265,8 @@ def test_no_data_and_no_token_lists_the_hub_among_the_ways(monkeypatch):
     monkeypatch.delenv("TOMECIS_DATA", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(
-        DataSpecError, match=r"TOMECIS_DATA is not set.*manifest.json.*brace pattern.*set \$HF_TOKEN .*imagenet-1k-wds"
+        DataSpecError,
+        match=r"TOMECIS_DATA is not set.*manifest.json.*brace pattern.*set \$HF_TOKEN .*imagenet-1k-wds",
     ):
         resolve_data()
 
@@ -252,7 +275,9 @@ def test_no_data_and_no_token_lists_the_hub_among_the_ways(monkeypatch):
 @pytest.mark.assets
 def test_the_500_sample_photos_in_timm_layout_read_in_place_locally_and_over_the_hub(tmp_path, hub_env):
     if not SAMPLE_PHOTOS.is_dir():
-        pytest.skip(f"needs {SAMPLE_PHOTOS} (the real data in ../shared/assets), which is absent on this machine")
+        pytest.skip(
+            f"needs {SAMPLE_PHOTOS} (the real data in ../shared/assets), which is absent on this machine"
+        )
     photos = images_of_imagefolder(SAMPLE_PHOTOS)
     write_timm_wds(tmp_path / "wds", photos, shard_size=8)  # 63 shards: 62 of 8, one of 4
     local = resolve_data(tmp_path / "wds")

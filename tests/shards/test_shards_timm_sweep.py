@@ -38,8 +38,16 @@ def hub(tmp_path_factory):
 
 def config(out, **overrides) -> sweep.SweepConfig:
     base = dict(
-        models=[MODEL], r_values=[0, 8], data=None, out=str(out), batch_size=4, random_weights=True,
-        num_actors=2, cpus_per_actor=1, bench=False, progress=False,
+        models=[MODEL],
+        r_values=[0, 8],
+        data=None,
+        out=str(out),
+        batch_size=4,
+        random_weights=True,
+        num_actors=2,
+        cpus_per_actor=1,
+        bench=False,
+        progress=False,
     )
     base.update(overrides)
     return sweep.SweepConfig(**base)
@@ -53,11 +61,17 @@ def test_sweep_with_no_data_streams_timm_layout_from_the_hub_with_exact_counts(h
     assert points["n_images"].tolist() == [N_IMAGES] * 2 and (points["n_failed"] == 0).all()
     assert set(points["dataset"]) == {resolve_data(folder).fingerprint}  # the _info.json's, wherever it lies
     predictions = pd.read_parquet(tmp_path / "out" / "predictions")
-    assert sorted(predictions[predictions["r"] == 0]["key"]) == [f"ILSVRC2012_val_{i:08d}" for i in range(1, N_IMAGES + 1)]
+    assert sorted(predictions[predictions["r"] == 0]["key"]) == [
+        f"ILSVRC2012_val_{i:08d}" for i in range(1, N_IMAGES + 1)
+    ]
     first_line = capsys.readouterr().err.splitlines()[0]
-    assert first_line.startswith(f"data: no --data and no $TOMECIS_DATA, $HF_TOKEN is set: streaming {N_IMAGES} images")
+    assert first_line.startswith(
+        f"data: no --data and no $TOMECIS_DATA, $HF_TOKEN is set: streaming {N_IMAGES} images"
+    )
     shard_requests = [request for request in stand_in.requests if request.path.endswith(".tar")]
-    assert len(shard_requests) >= 3 and {request.authorization for request in shard_requests} == {f"Bearer {TOKEN}"}
+    assert len(shard_requests) >= 3 and {request.authorization for request in shard_requests} == {
+        f"Bearer {TOKEN}"
+    }
 
 
 def test_sweep_on_a_local_timm_folder_counts_exactly_also_with_limit(hub, tmp_path):

@@ -102,7 +102,9 @@ def test_rerun_is_byte_identical_whatever_the_worker_count(tmp_path):
 @pytest.mark.parametrize("form", ["flat", "tar"])
 def test_every_source_form_gives_the_same_shards(tmp_path, form, labels_format):
     images = tiny_dataset(n_images=11, n_classes=4)
-    from_imagefolder = write_shards(config(make_imagefolder(tmp_path / "val", images), tmp_path / "from-imagefolder"))
+    from_imagefolder = write_shards(
+        config(make_imagefolder(tmp_path / "val", images), tmp_path / "from-imagefolder")
+    )
     if form == "flat":
         src = make_flat_folder(tmp_path / "flat", images)
     else:
@@ -170,8 +172,14 @@ def test_class_index_outside_the_1000_is_named(tmp_path):
 @pytest.mark.parametrize("form", ["flat", "tar"])
 def test_labels_file_missing_an_image_names_the_image(tmp_path, form):
     images = tiny_dataset(n_images=5)
-    src = make_flat_folder(tmp_path / "flat", images) if form == "flat" else make_val_tar(tmp_path / "val.tar", images)
-    labels = write_val_txt(tmp_path / "val.txt", [image for image in images if image.key != "ILSVRC2012_val_00000004"])
+    src = (
+        make_flat_folder(tmp_path / "flat", images)
+        if form == "flat"
+        else make_val_tar(tmp_path / "val.tar", images)
+    )
+    labels = write_val_txt(
+        tmp_path / "val.txt", [image for image in images if image.key != "ILSVRC2012_val_00000004"]
+    )
     with pytest.raises(SourceError, match=r"val.txt has no label for .*ILSVRC2012_val_00000004\.JPEG"):
         write_shards(config(src, tmp_path / "out", labels=labels))
 
@@ -188,7 +196,11 @@ def test_conflicting_labels_are_an_error(tmp_path):
 @pytest.mark.parametrize("form", ["flat", "tar"])
 def test_missing_labels_says_pass_labels(tmp_path, form):
     images = tiny_dataset(n_images=2)
-    src = make_flat_folder(tmp_path / "flat", images) if form == "flat" else make_val_tar(tmp_path / "val.tar", images)
+    src = (
+        make_flat_folder(tmp_path / "flat", images)
+        if form == "flat"
+        else make_val_tar(tmp_path / "val.tar", images)
+    )
     with pytest.raises(SourceError, match="pass `labels=FILE`"):
         write_shards(config(src, tmp_path / "out"))
 
@@ -260,7 +272,9 @@ def test_val_tar_without_its_end_marker_is_an_error_naming_it(tmp_path, cut):
     end = third_member_offset(tar_path) + (0 if cut == "at a member boundary" else 100)
     tar_path.write_bytes(tar_path.read_bytes()[:end])
     labels = write_val_txt(tmp_path / "val.txt", images)
-    expected = rf"{re.escape(str(tar_path))}: the file ends .*looks truncated.*2 of the 4 labels in .*val\.txt"
+    expected = (
+        rf"{re.escape(str(tar_path))}: the file ends .*looks truncated.*2 of the 4 labels in .*val\.txt"
+    )
     with pytest.raises(SourceError, match=expected):
         write_shards(config(tar_path, tmp_path / "out", labels=labels))
     assert not (tmp_path / "out").exists()
@@ -274,7 +288,9 @@ def test_val_tar_followed_by_garbage_is_an_error(tmp_path):
     data[start : start + 512] = b"\x01" * 512  # not a valid header: tarfile would stop here without a word
     tar_path.write_bytes(bytes(data))
     labels = write_val_txt(tmp_path / "val.txt", images)
-    with pytest.raises(SourceError, match=r"ILSVRC2012_img_val\.tar: the block after .* neither a member header"):
+    with pytest.raises(
+        SourceError, match=r"ILSVRC2012_img_val\.tar: the block after .* neither a member header"
+    ):
         write_shards(config(tar_path, tmp_path / "out", labels=labels))
 
 
@@ -288,7 +304,9 @@ def test_complete_val_tar_ending_in_zero_blocks_reads(tmp_path, zero_blocks):
         with tarfile.open(tar_path) as tar:
             last = tar.getmembers()[-1]
         tar_path.write_bytes(tar_path.read_bytes()[: last.offset_data + -(-last.size // 512) * 512 + 512])
-    summary = write_shards(config(tar_path, tmp_path / "out", labels=write_val_txt(tmp_path / "val.txt", images)))
+    summary = write_shards(
+        config(tar_path, tmp_path / "out", labels=write_val_txt(tmp_path / "val.txt", images))
+    )
     assert summary.manifest.total == 3
 
 
@@ -297,7 +315,9 @@ def test_skip_bad_with_no_decodable_image_is_an_error_naming_the_source(tmp_path
     src = make_imagefolder(tmp_path / "val", images)
     for image in images:
         (src / image.synset / image.file_name).write_bytes(b"not a JPEG")
-    with pytest.raises(BadImageError, match=rf"{re.escape(str(src))}: none of its 3 images decodes.*ILSVRC2012_val_"):
+    with pytest.raises(
+        BadImageError, match=rf"{re.escape(str(src))}: none of its 3 images decodes.*ILSVRC2012_val_"
+    ):
         write_shards(config(src, tmp_path / "out", skip_bad=True, workers=2, shard_size=2))
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -318,7 +338,9 @@ def test_force_replaces_shards_and_removes_stale_ones(tmp_path):
     summary = write_shards(config(tmp_path / "src", out, shard_size=5, force=True))
     assert [path.name for path in shard_files(out)] == [record.name for record in summary.manifest.shards]
     assert len(shard_files(out)) == 3
-    assert sorted(path.name for path in out.iterdir()) == sorted([MANIFEST_NAME] + [p.name for p in shard_files(out)])
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        [MANIFEST_NAME] + [p.name for p in shard_files(out)]
+    )
 
 
 def test_long_and_non_ascii_file_names_round_trip(tmp_path):

@@ -4,6 +4,7 @@ It shares no code with ``tomecis``: full N x N attention matrices, per-sample
 Python loops for the matching and the merge, float64 throughout. The library
 must agree with it (logits, source maps, sizes).
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,7 +24,9 @@ class ReferenceOutput:
     tokens: List[int] = field(default_factory=list)  # token count after each block
 
 
-def reference_forward(model, images: torch.Tensor, schedule: Sequence[int], mode: str = "tomecis") -> ReferenceOutput:
+def reference_forward(
+    model, images: torch.Tensor, schedule: Sequence[int], mode: str = "tomecis"
+) -> ReferenceOutput:
     """Run ``model`` (a timm VisionTransformer, unpatched) the SPEC way in float64."""
     m = copy.deepcopy(model).double().eval()
     distill = getattr(m, "dist_token", None) is not None
@@ -55,7 +58,7 @@ def _block(block, x, size, source, r_l, merged_once, distill, mode):
     qkv = F.linear(y, attn.qkv.weight, attn.qkv.bias).reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     q, k = attn.q_norm(q), attn.k_norm(k)
-    logits = (q @ k.transpose(-1, -2)) * (D ** -0.5)  # [B, H, N, N]
+    logits = (q @ k.transpose(-1, -2)) * (D**-0.5)  # [B, H, N, N]
     if merged_once:
         logits = logits + size.log()[:, None, None, :]
     P = logits.softmax(dim=-1)

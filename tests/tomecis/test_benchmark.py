@@ -1,11 +1,12 @@
 """tomecis.benchmark: FLOP counting, token counts, the table and the CLI."""
+
 import pytest
 import timm
 import torch
+from conftest import tiny_vit
 
 import tomecis
 from tomecis import benchmark as bm
-from conftest import tiny_vit
 
 CPU = torch.device("cpu")
 
@@ -36,22 +37,40 @@ def test_throughput_is_positive_and_amp_is_accepted():
 
 
 def test_run_benchmark_rows_and_table():
-    cfg = bm.BenchmarkConfig(model="deit_tiny", r_values=[0, 8], batch_size=2, device="cpu", warmup=1, runs=2, explicit=True)
-    rows = bm.run_benchmark(cfg, model=tiny_vit(img_size=224, patch_size=16, depth=12, num_heads=3, embed_dim=48))
+    cfg = bm.BenchmarkConfig(
+        model="deit_tiny", r_values=[0, 8], batch_size=2, device="cpu", warmup=1, runs=2, explicit=True
+    )
+    rows = bm.run_benchmark(
+        cfg, model=tiny_vit(img_size=224, patch_size=16, depth=12, num_heads=3, embed_dim=48)
+    )
     assert [row.r for row in rows] == [0, 8]
     assert rows[0].tokens_out == 197 and rows[1].tokens_out == 197 - 8 * 12
     assert all(row.img_per_s > 0 and row.explicit_img_per_s > 0 for row in rows)
     table = bm.format_table(rows)
     assert "| r | img/s | speed-up | GFLOPs | tokens left |" in table
-    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "img/s" not in line] == ["0", "8"]
+    assert [
+        line.split("|")[1].strip()
+        for line in table.splitlines()
+        if line.startswith("| ") and "img/s" not in line
+    ] == ["0", "8"]
     assert all(row.unpatched_early > 0 and row.unpatched_late > 0 for row in rows)
     assert rows[1].speedup == pytest.approx(rows[1].img_per_s / rows[1].unpatched_img_per_s)
 
 
 def row(early: float, late: float, speed: float = 120.0) -> bm.BenchmarkRow:
     return bm.BenchmarkRow(
-        model="m", r=8, mode="tomecis", img_per_s=speed, unpatched_img_per_s=(early + late) / 2,
-        unpatched_early=early, unpatched_late=late, gflops=1.0, tokens_out=101, batch_size=32, amp="none", device="cpu",
+        model="m",
+        r=8,
+        mode="tomecis",
+        img_per_s=speed,
+        unpatched_img_per_s=(early + late) / 2,
+        unpatched_early=early,
+        unpatched_late=late,
+        gflops=1.0,
+        tokens_out=101,
+        batch_size=32,
+        amp="none",
+        device="cpu",
     )
 
 
@@ -78,14 +97,36 @@ def test_settings_are_timed_in_turns():
 
 
 def test_cli_prints_the_table(capsys):
-    assert bm.main(["--model", "deit_tiny", "--r", "0,16", "--batch-size", "2", "--device", "cpu", "--runs", "1", "--warmup", "0"]) == 0
+    assert (
+        bm.main(
+            [
+                "--model",
+                "deit_tiny",
+                "--r",
+                "0,16",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "deit_tiny_patch16_224 (tomecis)" in out
     assert "| 16 |" in out and "| 11 |" in out
 
 
 def test_cli_rejects_bad_arguments(capsys):
-    for argv, message in ((["--r", "8-"], "--r: cannot read r item"), (["--r", ","], "--r: r values are empty"), (["--model", "deit_tinny"], "did you mean")):
+    for argv, message in (
+        (["--r", "8-"], "--r: cannot read r item"),
+        (["--r", ","], "--r: r values are empty"),
+        (["--model", "deit_tinny"], "did you mean"),
+    ):
         with pytest.raises(SystemExit):
             bm.main(argv)
         assert message in capsys.readouterr().err

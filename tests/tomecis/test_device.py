@@ -1,4 +1,5 @@
 """tomecis.device: device choice, autocast by name, device names (CPU here; the CUDA side in test_cuda)."""
+
 import contextlib
 
 import pytest

@@ -1,4 +1,5 @@
 """Unit tests of the pure tensor functions in tomecis.merge, on hand-made inputs."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """tomecis.models: names and local checkpoints (made here, no network)."""
+
 import pytest
 import torch
 from safetensors.torch import save_file

@@ -1,14 +1,15 @@
 """The patched model against the float64 explicit-attention reading of SPEC.md (tests/reference.py)."""
+
 import copy
 
 import pytest
 import timm
 import torch
+from conftest import MODEL_FACTORIES, tiny_vit
+from reference import reference_forward
 from timm.models.vision_transformer import VisionTransformer
 
 import tomecis
-from conftest import MODEL_FACTORIES, tiny_vit
-from reference import reference_forward
 
 R_SPECS = [1, 8, 13, 16, (8, -1), [20, 0, 4, 12, 9]]
 
@@ -103,12 +104,19 @@ def test_intermediates_reset_sizes_and_need_nlc_when_merging():
     x = images_for(model)
     final = model.forward_features(x)
     layers = model.forward_intermediates(x, indices=[0, 1], output_fmt="NLC", intermediates_only=True)
-    assert [y.shape[1] for y in layers] == [n - 1 for n in model.merge_state.tokens[:2]]  # class token split off
-    torch.testing.assert_close(model.forward_intermediates(x, output_fmt="NLC")[0], final)  # sizes reset each call
+    assert [y.shape[1] for y in layers] == [
+        n - 1 for n in model.merge_state.tokens[:2]
+    ]  # class token split off
+    torch.testing.assert_close(
+        model.forward_intermediates(x, output_fmt="NLC")[0], final
+    )  # sizes reset each call
     with pytest.raises(ValueError, match="output_fmt='NLC'"):
         model.get_intermediate_layers(x, reshape=True)
     model.r = 0
-    for mine, timms in zip(model.get_intermediate_layers(x, n=2, reshape=True), plain.get_intermediate_layers(x, n=2, reshape=True)):
+    for mine, timms in zip(
+        model.get_intermediate_layers(x, n=2, reshape=True),
+        plain.get_intermediate_layers(x, n=2, reshape=True),
+    ):
         torch.testing.assert_close(mine, timms)
 
 
@@ -149,7 +157,14 @@ def test_schedule_forms():
 
 @pytest.mark.parametrize(
     "r, message",
-    [(-1, ">= 0"), ((8, 2.0), "inflection"), ((1, 2, 3), "tuple"), ([1] * 13, "12 blocks"), ([1, -2], "r\\[1\\]"), ("8", "not")],
+    [
+        (-1, ">= 0"),
+        ((8, 2.0), "inflection"),
+        ((1, 2, 3), "tuple"),
+        ([1] * 13, "12 blocks"),
+        ([1, -2], "r\\[1\\]"),
+        ("8", "not"),
+    ],
 )
 def test_bad_r_is_rejected_with_the_culprit_named(r, message):
     model = tomecis.patch(timm.create_model("deit_tiny_patch16_224"), r=0)
@@ -169,7 +184,17 @@ def test_unknown_mode():
         (lambda: tiny_vit(class_token=False, global_pool="avg"), "class token"),
         (lambda: tiny_vit(reg_tokens=4), "register tokens"),
         (lambda: tiny_vit(global_pool="avg"), "global_pool"),
-        (lambda: VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, block_fn=timm.models.vision_transformer.ResPostBlock), "ResPostBlock"),
+        (
+            lambda: VisionTransformer(
+                img_size=32,
+                patch_size=8,
+                embed_dim=32,
+                depth=2,
+                num_heads=2,
+                block_fn=timm.models.vision_transformer.ResPostBlock,
+            ),
+            "ResPostBlock",
+        ),
     ],
     ids=["resnet", "no-cls", "registers", "avg-pool", "respost"],
 )
@@ -191,6 +216,8 @@ def test_explicit_attention_formulation_agrees_with_fused(mode):
     x = images_for(base)
     with torch.no_grad():
         fused = tomecis.patch(copy.deepcopy(base), r=13, mode=mode, trace_source=True)
-        explicit = tomecis.patch(copy.deepcopy(base), r=13, mode=mode, trace_source=True, attention="explicit")
+        explicit = tomecis.patch(
+            copy.deepcopy(base), r=13, mode=mode, trace_source=True, attention="explicit"
+        )
         torch.testing.assert_close(fused(x), explicit(x), rtol=1e-4, atol=1e-5)
     assert torch.equal(fused.merge_state.source, explicit.merge_state.source)

@@ -1,9 +1,10 @@
 """Real DeiT-Tiny weights on the 500 real ImageNet photos of ../shared/assets (skipped when absent)."""
+
 import pytest
 import torch
+from conftest import DEIT_TINY_WEIGHTS, require_assets
 
 import tomecis
-from conftest import DEIT_TINY_WEIGHTS, require_assets
 
 pytestmark = [pytest.mark.assets, pytest.mark.slow]
 

@@ -1,4 +1,5 @@
 """Merge pictures: groups partition the patch grid, colours and borders, the PNG and the CLI."""
+
 from __future__ import annotations
 
 import struct
@@ -7,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_vit
 from PIL import Image
 
 import tomecis
-from conftest import tiny_vit
 from tomecis import visualize as V
 
 GRID = (8, 8)  # tiny_vit: 64x64 input, 8x8 patches
@@ -80,7 +81,9 @@ def test_r_zero_leaves_every_patch_its_own_group(photo):
 
 def test_distilled_models_drop_both_prefix_tokens(photo):
     model = tomecis.patch(
-        tomecis.create_model("deit_tiny_distilled", num_classes=10, img_size=64, patch_size=8, depth=2), r=5, trace_source=True
+        tomecis.create_model("deit_tiny_distilled", num_classes=10, img_size=64, patch_size=8, depth=2),
+        r=5,
+        trace_source=True,
     )
     _, x = V.load_image(str(photo), model)
     (m,) = V.trace_groups(model, x, [2])
@@ -114,7 +117,9 @@ def test_display_image_is_the_crop_the_model_sees(photo):
     image, x = V.load_image(str(photo), model)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and x.shape == (1, 3, 64, 64)
     cfg = V.data_config(model)
-    renormalised = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None]
+    renormalised = (
+        torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(cfg["mean"])[:, None, None]
+    ) / torch.tensor(cfg["std"])[:, None, None]
     assert torch.allclose(renormalised, x[0], atol=0.01)
 
 
@@ -127,15 +132,57 @@ def test_picture_is_a_png_with_a_panel_per_depth(photo, tmp_path):
 
 def test_cli_on_deit_tiny_random_weights(photo, tmp_path, capsys):
     out = tmp_path / "cli.png"
-    assert V.main([str(photo), "--model", "deit_tiny", "--r", "13", "--random-weights", "--blocks", "3,12", "--out", str(out)]) == 0
+    assert (
+        V.main(
+            [
+                str(photo),
+                "--model",
+                "deit_tiny",
+                "--r",
+                "13",
+                "--random-weights",
+                "--blocks",
+                "3,12",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "block 12: 40 groups" in capsys.readouterr().out  # 196 patches - 12 * 13 merged
     assert png_size(out) == (1200, 440)
 
 
 def test_cli_errors_name_the_culprit(photo, tmp_path, capsys):
-    assert V.main([str(tmp_path / "missing.jpg"), "--model", "deit_tiny", "--random-weights", "--out", str(tmp_path / "x.png")]) == 1
+    assert (
+        V.main(
+            [
+                str(tmp_path / "missing.jpg"),
+                "--model",
+                "deit_tiny",
+                "--random-weights",
+                "--out",
+                str(tmp_path / "x.png"),
+            ]
+        )
+        == 1
+    )
     assert "missing.jpg does not exist" in capsys.readouterr().err
-    assert V.main([str(photo), "--model", "deit_tiny", "--random-weights", "--blocks", "13", "--out", str(tmp_path / "x.png")]) == 1
+    assert (
+        V.main(
+            [
+                str(photo),
+                "--model",
+                "deit_tiny",
+                "--random-weights",
+                "--blocks",
+                "13",
+                "--out",
+                str(tmp_path / "x.png"),
+            ]
+        )
+        == 1
+    )
     assert "blocks 1..12" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         V.config_from_args([str(photo), "--model", "deit_tiny"])  # no weights chosen
