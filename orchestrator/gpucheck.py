@@ -28,6 +28,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from tomecis.cli import parsed_or_exit
+from tomecis.schedule import parse_r_values
+
+from .grid import parse_models
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO.parent / "shared" / "assets" / "imagenet-sample"
 
@@ -46,7 +51,7 @@ class GpuCheckConfig:
     data: Optional[str] = None  # shards; default: written from ../shared/assets/imagenet-sample
     checkpoint_dir: Optional[str] = None  # default: random weights (timing and agreement, not accuracy)
     device: str = "cuda"
-    models: List[str] = field(default_factory=lambda: ["deit_tiny", "deit_small"])
+    models: List[str] = field(default_factory=lambda: ["deit_tiny_patch16_224", "deit_small_patch16_224"])
     r_values: List[int] = field(default_factory=lambda: [0, 8, 13, 16])
     amp: str = "fp16"
     bench_batch_size: int = 256
@@ -223,7 +228,7 @@ def run_sweep_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
 
     out = Path(cfg.out) / "results"
     sweep_cfg = SweepConfig(
-        models=[_timm_name(m) for m in cfg.models],
+        models=list(cfg.models),
         r_values=cfg.r_values,
         data=data,
         out=str(out),
@@ -383,12 +388,6 @@ def _check_benchmark(report: Report, rows: Sequence[dict]) -> None:
                 )
 
 
-def _timm_name(model: str) -> str:
-    from tomecis.models import resolve_model_name
-
-    return resolve_model_name(model)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.gpucheck", description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -398,8 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="shards for the sweep and shards.bench (default: written from ../shared/assets)"
     )
     p.add_argument("--checkpoint-dir", help="weights for the sweep (default: random weights)")
-    p.add_argument("--models", default="deit_tiny,deit_small")
-    p.add_argument("--r", default="0,8,13,16")
+    p.add_argument(
+        "--models", default="deit_tiny,deit_small", help="short or timm names (default %(default)s)"
+    )
+    p.add_argument("--r", dest="r_values", default="0,8,13,16", help="r values (default %(default)s)")
     p.add_argument("--runs", type=int, default=20, help="timed passes per setting")
     p.add_argument(
         "--device",
@@ -407,42 +408,37 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["cuda", "cpu"],
         help="cpu: a rehearsal of the report without a GPU",
     )
-    p.add_argument("--batch-size", type=int, default=256, help="benchmark batch (the sweep uses 128)")
+    p.add_argument(
+        "--batch-size",
+        dest="bench_batch_size",
+        type=int,
+        default=256,
+        help="benchmark batch (the sweep uses 128)",
+    )
     p.add_argument(
         "--repeat",
         type=int,
         default=20,
         help="copies of the 500 sample photos in the default shards (default %(default)s)",
     )
-    p.add_argument("--no-tests", action="store_true", help="skip tests/test_cuda.py")
+    p.add_argument("--no-tests", dest="run_tests", action="store_false", help="skip tests/test_cuda.py")
     return p
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> GpuCheckConfig:
-    from tomecis.schedule import parse_r_values
-
-    args = build_parser().parse_args(argv)
-    cfg = GpuCheckConfig(
-        out=args.out,
-        data=args.data,
-        checkpoint_dir=args.checkpoint_dir,
-        device=args.device,
-        models=[m.strip() for m in args.models.split(",")],
-        r_values=parse_r_values(args.r),
-        runs=args.runs,
-        bench_batch_size=args.batch_size,
-        run_tests=not args.no_tests,
-        repeat=args.repeat,
+    """Parse the arguments (``tomecis.cli``'s pattern: each ``dest`` is a GpuCheckConfig field)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    parsed = dict(
+        models=parsed_or_exit(parser, "--models", parse_models, args.models),
+        r_values=parsed_or_exit(parser, "--r", parse_r_values, args.r_values),
     )
-    if (
-        cfg.device == "cpu"
-    ):  # a rehearsal: small and in fp32 (CPU fp16 autocast is slow and not what is measured)
-        cfg.amp, cfg.warmup, cfg.sweep_batch_size, cfg.read_workers = (
-            "none",
-            1,
-            min(cfg.sweep_batch_size, cfg.bench_batch_size),
-            [0, 1],
-        )
+    if args.runs < 1 or args.bench_batch_size < 1 or args.repeat < 1:
+        parser.error("--runs, --batch-size and --repeat must be >= 1")
+    cfg = GpuCheckConfig(**{**vars(args), **parsed})
+    if cfg.device == "cpu":  # a rehearsal: small, in fp32 (CPU autocast is slow and not what is measured)
+        cfg.amp, cfg.warmup, cfg.read_workers = "none", 1, [0, 1]
+        cfg.sweep_batch_size = min(cfg.sweep_batch_size, cfg.bench_batch_size)
     return cfg
 
 

@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 import pyarrow.fs as pafs
 
+from tomecis.cli import run_or_report
+
 from . import paper
 from .grid import AMPS, MODES
 from .plot import plot_accuracy_throughput
@@ -350,47 +352,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="only these models, comma-separated short or timm names")
     p.add_argument("--mode", choices=list(MODES), help="only this merge mode")
     p.add_argument(
-        "--bootstrap", type=int, default=10_000, help="bootstrap resamples for the CI (default %(default)s)"
+        "--bootstrap",
+        dest="bootstrap_samples",
+        type=int,
+        default=10_000,
+        help="bootstrap resamples for the CI (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
     p.add_argument(
-        "--classes", type=int, default=3, help="classes that lose most, per comparison (default %(default)s)"
+        "--classes",
+        dest="top_classes",
+        type=int,
+        default=3,
+        help="classes that lose most, per comparison (default %(default)s)",
     )
     return p
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> ReportConfig:
+    """Parse and check the arguments (``tomecis.cli``'s pattern: each ``dest`` is a ReportConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.bootstrap < 100:
-        parser.error(f"--bootstrap must be >= 100 for a usable interval, got {args.bootstrap}")
+    if args.bootstrap_samples < 100:
+        parser.error(f"--bootstrap must be >= 100 for a usable interval, got {args.bootstrap_samples}")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.classes < 0:
-        parser.error(f"--classes must be >= 0, got {args.classes}")
+    if args.top_classes < 0:
+        parser.error(f"--classes must be >= 0, got {args.top_classes}")
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    return ReportConfig(
-        results=args.results,
-        out=args.out,
-        paper=args.paper,
-        dataset=args.dataset,
-        amp=args.amp,
-        batch_size=args.batch_size,
-        models=models,
-        mode=args.mode,
-        bootstrap_samples=args.bootstrap,
-        seed=args.seed,
-        top_classes=args.classes,
-    )
+    return ReportConfig(**{**vars(args), "models": models})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(argv)
-    try:
-        report = build_report(cfg)
-    except NoResultsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_or_report(lambda: _build_and_print(cfg), (NoResultsError,))
+
+
+def _build_and_print(cfg: ReportConfig) -> int:
+    report = build_report(cfg)
     print(report.markdown)
     if report.files:
         print("wrote " + ", ".join(report.files), file=sys.stderr)

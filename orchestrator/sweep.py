@@ -29,6 +29,7 @@ from tqdm import tqdm
 import shards
 import tomecis
 from shards.manifest import sha256_of_file
+from tomecis.cli import parsed_or_exit, run_or_report
 from tomecis.models import find_checkpoint, max_r, short_name
 
 from . import tables
@@ -400,7 +401,7 @@ def describe_decoding(summary: SweepSummary) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", required=True, help="comma-separated: deit_tiny,deit_small or timm names")
-    p.add_argument("--r", required=True, help="r values: 0,8-16 or 8-16:2 or 13")
+    p.add_argument("--r", dest="r_values", required=True, help="r values: 0,8-16 or 8-16:2 or 13")
     p.add_argument(
         "--data",
         help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.read.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)",
@@ -418,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="none", choices=list(AMPS))
     p.add_argument(
         "--mode",
+        dest="modes",
         default="tomecis",
         help="merge modes, comma-separated: tomecis, tome or tomecis,tome (default %(default)s)",
     )
@@ -469,26 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score the decodable images when some fail (n_failed is recorded)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
-    """Parse and validate everything before any Ray work; errors name the argument."""
+    """Parse and validate everything before any Ray work; errors name the argument (``tomecis.cli``'s pattern)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        models = parse_models(args.models)
-    except ValueError as err:
-        parser.error(f"--models: {err}")
-    try:
-        r_values = parse_r_values(args.r)
-    except ValueError as err:
-        parser.error(f"--r: {err}")
-    try:
-        modes = parse_modes(args.mode)
-    except ValueError as err:
-        parser.error(f"--mode: {err}")
+    parsed = dict(
+        models=parsed_or_exit(parser, "--models", parse_models, args.models),
+        r_values=parsed_or_exit(parser, "--r", parse_r_values, args.r_values),
+        modes=parsed_or_exit(parser, "--mode", parse_modes, args.modes),
+    )
     for name in ("batch_size", "bench_runs", "limit", "num_actors"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -501,48 +496,24 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
         parser.error(f"--cpus-per-actor must be > 0, got {args.cpus_per_actor:g}")
     if args.checkpoint_dir and not Path(args.checkpoint_dir).is_dir():
         parser.error(f"--checkpoint-dir {args.checkpoint_dir} is not a directory")
-    return SweepConfig(
-        models=models,
-        r_values=r_values,
-        data=args.data,
-        out=args.out,
-        batch_size=args.batch_size,
-        device=args.device,
-        amp=args.amp,
-        modes=modes,
-        checkpoint_dir=args.checkpoint_dir,
-        random_weights=args.random_weights,
-        limit=args.limit,
-        address=args.address,
-        bench=args.bench,
-        bench_runs=args.bench_runs,
-        force=args.force,
-        num_actors=args.num_actors,
-        cpus_per_actor=args.cpus_per_actor,
-        loader_workers=args.loader_workers,
-        max_retries=args.max_retries,
-        actor_start_timeout=args.actor_start_timeout,
-        allow_decode_failures=args.allow_decode_failures,
-        progress=not args.no_progress,
-    )
+    return SweepConfig(**{**vars(args), **parsed})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(argv)
-    try:
-        summary = run_sweep(cfg, validate_inputs(cfg))
-    except (SweepError, ValueError, FileNotFoundError, shards.ShardReadError, shards.ShardCountError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    errors = (SweepError, ValueError, FileNotFoundError, shards.ShardReadError, shards.ShardCountError)
+    return run_or_report(lambda: _run_and_print(cfg), errors)
+
+
+def _run_and_print(cfg: SweepConfig) -> int:
+    summary = run_sweep(cfg, validate_inputs(cfg))
     print(summary.table)
     left_out = describe_decode_failures(summary.decode_failures, cfg.out)
     if left_out:
         print(f"\n{left_out}")
     decoding = describe_decoding(summary)
-    print(
-        f"\n{len(summary.written)} point(s) written, {len(summary.skipped)} already done, to {cfg.out}"
-        + (f"; {decoding}" if decoding else "")
-    )
+    done = f"{len(summary.written)} point(s) written, {len(summary.skipped)} already done, to {cfg.out}"
+    print(f"\n{done}" + (f"; {decoding}" if decoding else ""))
     return 0
 
 

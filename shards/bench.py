@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .cli import parsed_or_exit, run_or_report
 from .read import ReadStats, iter_batches
 from .spec import DataSpecError, resolve_data
 from .transforms import eval_transform
@@ -77,9 +78,9 @@ def parse_workers(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(item) for item in text.split(","))
     except ValueError:
-        raise ValueError(f"--workers takes comma-separated counts like 0,2,4, got {text!r}") from None
+        raise ValueError(f"expected comma-separated worker counts like 0,2,4, got {text!r}") from None
     if not values or min(values) < 0:
-        raise ValueError(f"--workers counts must be >= 0, got {text!r}")
+        raise ValueError(f"worker counts must be >= 0, got {text!r}")
     return values
 
 
@@ -101,21 +102,18 @@ def config_from_args(argv: Sequence[str] | None = None) -> ReadBenchConfig:
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.passes < 1:
         p.error("--batch-size and --passes must be >= 1")
-    try:
-        workers = parse_workers(args.workers)
-    except ValueError as err:
-        p.error(str(err))
-    return ReadBenchConfig(args.data, args.model, args.batch_size, workers, args.passes)
+    return ReadBenchConfig(
+        **{**vars(args), "workers": parsed_or_exit(p, "--workers", parse_workers, args.workers)}
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(argv)
-    try:
-        rows = run_read_bench(cfg)
-    except (DataSpecError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(format_rows(rows, cfg))
+    return run_or_report(lambda: _run_and_print(cfg), (DataSpecError, ValueError))
+
+
+def _run_and_print(cfg: ReadBenchConfig) -> int:
+    print(format_rows(run_read_bench(cfg), cfg))
     return 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import webdataset
 from tqdm import tqdm
 
+from .cli import run_or_report
 from .decode import DECODE_ERRORS, decode_rgb, describe_decode_error
 from .hf_parquet import open_source
 from .manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedImage, sha256_of_file
@@ -438,33 +439,23 @@ def parse_args(argv: Sequence[str] | None = None) -> WriteConfig:
         "--skip-bad", action="store_true", help="leave out undecodable images, listing them in the manifest"
     )
     parser.add_argument("--force", action="store_true", help="replace shards and manifest already in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args(argv)
+    src = args.src[0] if len(args.src) == 1 else tuple(args.src)
     try:
-        return WriteConfig(
-            src=args.src[0] if len(args.src) == 1 else tuple(args.src),
-            out=args.out,
-            labels=args.labels,
-            split=args.split,
-            prefix=args.prefix,
-            shard_size=args.shard_size,
-            workers=args.workers,
-            skip_bad=args.skip_bad,
-            force=args.force,
-            progress=not args.no_progress,
-        )
+        return WriteConfig(**{**vars(args), "src": src})
     except ValueError as error:
         parser.error(cli_wording(str(error)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
-        summary = write_shards(config)
-    except (SourceError, UnknownSynsetError, BadImageError, OutputExistsError) as error:
-        print(f"shards.write: error: {cli_wording(str(error))}", file=sys.stderr)
-        return 1
-    print(summary.describe())
+    errors = (SourceError, UnknownSynsetError, BadImageError, OutputExistsError)
+    return run_or_report(lambda: _write_and_print(config), errors, "shards.write: error", cli_wording)
+
+
+def _write_and_print(config: WriteConfig) -> int:
+    print(write_shards(config).describe())
     return 0
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
+from .cli import parsed_or_exit, run_or_report
 from .device import AMP_DTYPES, autocast, device_name, resolve_device, synchronize  # noqa: F401 - re-exported for now
 from .models import create_model, resolve_model_name
 from .patch import MODES, patch
@@ -289,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default="deit_small", help="short name (deit_tiny, deit_small, deit_base) or timm name"
     )
-    p.add_argument("--r", default="0,8-16", help="r values: 0,8-16 or 8-16:2 (default %(default)s)")
+    p.add_argument(
+        "--r", dest="r_values", default="0,8-16", help="r values: 0,8-16 or 8-16:2 (default %(default)s)"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
@@ -305,35 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> BenchmarkConfig:
+    """Parse and check the arguments (``tomecis.cli``'s pattern: each ``dest`` is a BenchmarkConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        r_values = parse_r_values(args.r)
-    except ValueError as err:
-        parser.error(f"--r: {err}")
-    try:
-        resolve_model_name(args.model)
-    except ValueError as err:
-        parser.error(str(err))
+    r_values = parsed_or_exit(parser, "--r", parse_r_values, args.r_values)
+    parsed_or_exit(parser, "--model", resolve_model_name, args.model)
     if args.batch_size < 1 or args.runs < 1 or args.warmup < 0:
         parser.error("--batch-size and --runs must be >= 1, --warmup >= 0")
-    return BenchmarkConfig(
-        model=args.model,
-        r_values=r_values,
-        batch_size=args.batch_size,
-        device=args.device,
-        amp=args.amp,
-        mode=args.mode,
-        warmup=args.warmup,
-        runs=args.runs,
-        pretrained=args.pretrained,
-        checkpoint=args.checkpoint,
-        explicit=args.explicit,
-    )
+    return BenchmarkConfig(**{**vars(args), "r_values": r_values})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(argv)
+    return run_or_report(lambda: _run_and_print(cfg), (ValueError, FileNotFoundError))
+
+
+def _run_and_print(cfg: BenchmarkConfig) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=len(cfg.r_values) + 2, desc=f"benchmark {cfg.model}", file=sys.stderr)
@@ -342,9 +332,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bar.set_postfix_str(what)
         bar.update(0 if what == "warm-up" else 1)
 
-    rows = run_benchmark(cfg, progress=progress)
-    bar.update(1)
-    bar.close()
+    try:
+        rows = run_benchmark(cfg, progress=progress)
+    finally:
+        bar.close()
     print(format_table(rows))
     return 0
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cli import parsed_or_exit, run_or_report
 from .models import create_model
 from .patch import MODES, patch
 
@@ -257,11 +258,9 @@ def parse_blocks(text: str) -> List[int]:
     try:
         blocks = [int(item) for item in text.split(",") if item.strip()]
     except ValueError as err:
-        raise ValueError(
-            f"--blocks takes comma-separated block numbers such as 3,6,9,12, got {text!r}"
-        ) from err
+        raise ValueError(f"expected comma-separated block numbers such as 3,6,9,12, got {text!r}") from err
     if not blocks or min(blocks) < 1:
-        raise ValueError(f"--blocks takes block numbers from 1, got {text!r}")
+        raise ValueError(f"block numbers start at 1, got {text!r}")
     return blocks
 
 
@@ -287,45 +286,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> VisualizeConfig:
+    """Parse and check the arguments (``tomecis.cli``'s pattern: each ``dest`` is a VisualizeConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.r < 0:
         parser.error(f"--r must be >= 0, got {args.r}")
     if not (args.checkpoint or args.pretrained or args.random_weights):
         parser.error("pick the weights: --checkpoint PATH, --pretrained, or --random-weights (a smoke test)")
-    try:
-        blocks = parse_blocks(args.blocks) if args.blocks else None
-    except ValueError as err:
-        parser.error(str(err))
-    return VisualizeConfig(
-        image=args.image,
-        model=args.model,
-        r=args.r,
-        out=args.out,
-        blocks=blocks,
-        mode=args.mode,
-        checkpoint=args.checkpoint,
-        pretrained=args.pretrained,
-        random_weights=args.random_weights,
-    )
+    blocks = parsed_or_exit(parser, "--blocks", parse_blocks, args.blocks) if args.blocks else None
+    return VisualizeConfig(**{**vars(args), "blocks": blocks})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(argv)
-    try:
-        model = create_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
-        weights = (
-            Path(cfg.checkpoint).name
-            if cfg.checkpoint
-            else "timm pretrained"
-            if cfg.pretrained
-            else "random weights"
-        )
-        title = f"{cfg.model}, {cfg.mode}, r = {cfg.r} ({weights}): {Path(cfg.image).name}"
-        maps = visualize(model, cfg.image, cfg.r, cfg.out, cfg.blocks, cfg.mode, title)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_or_report(lambda: _draw_and_print(cfg), (ValueError, FileNotFoundError, OSError))
+
+
+def _draw_and_print(cfg: VisualizeConfig) -> int:
+    model = create_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
+    weights = (
+        Path(cfg.checkpoint).name
+        if cfg.checkpoint
+        else "timm pretrained"
+        if cfg.pretrained
+        else "random weights"
+    )
+    title = f"{cfg.model}, {cfg.mode}, r = {cfg.r} ({weights}): {Path(cfg.image).name}"
+    maps = visualize(model, cfg.image, cfg.r, cfg.out, cfg.blocks, cfg.mode, title)
     summary = ", ".join(f"block {m.block}: {m.num_groups} groups" for m in maps)
     print(f"wrote {cfg.out} ({summary})")
     return 0

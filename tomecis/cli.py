@@ -1,0 +1,33 @@
+"""The one pattern every command line of this project follows (``tomecis.benchmark``, ``tomecis.visualize``
+and the ``orchestrator`` CLIs use this module; ``shards`` keeps its own copy, since it never imports tomecis).
+
+1. ``build_parser()``: each argument's ``dest`` is the name of the config dataclass field it fills;
+2. ``config_from_args(argv)``: ``Config(**{**vars(args), **parsed})``, where ``parsed`` holds the few values
+   a parser turns into something else (``parsed_or_exit`` names the flag when it cannot);
+3. ``main(argv)``: run; a known error is printed as ``error: ...`` and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Tuple, Type, TypeVar
+
+T = TypeVar("T")
+
+
+def parsed_or_exit(parser: argparse.ArgumentParser, flag: str, parse: Callable[[str], T], text: str) -> T:
+    """``parse(text)``, or argparse's exit 2 with ``FLAG: <the library's message>``."""
+    try:
+        return parse(text)
+    except ValueError as err:
+        parser.error(f"{flag}: {err}")
+
+
+def run_or_report(run: Callable[[], int], errors: Tuple[Type[BaseException], ...]) -> int:
+    """``run()``'s exit status; one of ``errors`` becomes ``error: <message>`` on stderr and status 1."""
+    try:
+        return run()
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
