@@ -239,6 +239,41 @@ def queue_batch(
 # --------------------------------------------------------------------------- plain functions
 
 
+class _Results:
+    """What the batches of one work item gave so far, in key order: keys, their shards, labels, and per
+    point the top-5 rows and the forward seconds."""
+
+    def __init__(self, points: List[PointKey]):
+        self.keys: List[str] = []
+        self.key_shards: List[str] = []
+        self.labels: List[np.ndarray] = []
+        self.top5: Dict[PointKey, List[np.ndarray]] = {p: [] for p in points}
+        self.forward_seconds = {p: 0.0 for p in points}
+
+    def absorb(self, batch: _QueuedBatch, clock: ForwardClock) -> None:
+        """Wait for this batch's results alone and add them."""
+        batch_top5, seconds = batch.collect(clock)
+        for point in self.top5:
+            self.top5[point].append(batch_top5[point])
+            self.forward_seconds[point] += seconds[point]
+        self.keys.extend(batch.keys)
+        self.key_shards.extend(batch.key_shards)
+        self.labels.append(batch.labels)
+
+    def outcome(self, items: Sequence[shards.ShardInfo], stats: shards.ReadStats, **timing) -> ShardOutcome:
+        return ShardOutcome(
+            shards=[s.url for s in items],
+            keys=self.keys,
+            key_shards=self.key_shards,
+            labels=np.concatenate(self.labels) if self.labels else np.zeros(0, np.int32),
+            top5={p: np.concatenate(v) if v else np.zeros((0, 5), np.int32) for p, v in self.top5.items()},
+            n_failed=stats.n_failed,
+            failures=stats.failures,
+            forward_seconds=self.forward_seconds,
+            **timing,
+        )
+
+
 def evaluate_shards(
     models: Dict[str, nn.Module],
     tasks: Sequence[Task],
@@ -256,67 +291,33 @@ def evaluate_shards(
     shard is read by exactly one worker. Each shard's count is checked against its manifest, and a shard
     never read is an error (``ShardCountError``); decode failures are returned, not dropped. One batch is
     queued on the device while the previous one's results are collected."""
-    clock = ForwardClock(device)
-    keys: List[str] = []
-    key_shards: List[str] = []
-    labels: List[np.ndarray] = []
-    points = [key for task in tasks for key in task.point_keys()]
-    top5: Dict[PointKey, List[np.ndarray]] = {p: [] for p in points}
-    forward_seconds = {p: 0.0 for p in points}
-    stats = shards.ReadStats()
-
-    def absorb(batch: _QueuedBatch) -> None:
-        batch_top5, seconds = batch.collect(clock)
-        for point in points:
-            top5[point].append(batch_top5[point])
-            forward_seconds[point] += seconds[point]
-        keys.extend(batch.keys)
-        key_shards.extend(batch.key_shards)
-        labels.append(batch.labels)
-
+    clock, stats = ForwardClock(device), shards.ReadStats()
+    results = _Results([key for task in tasks for key in task.point_keys()])
     load_seconds, started, queued = 0.0, time.time(), None
     tick = time.perf_counter()
     with torch.inference_mode():
+        pin = device.type == "cuda"
         batches = shards.iter_batches(
-            items,
-            transform,
-            batch_size,
-            loader_workers,
-            stats,
-            pin_memory=device.type == "cuda",
-            with_shards=True,
+            items, transform, batch_size, loader_workers, stats, pin_memory=pin, with_shards=True
         )
-        for images, batch_labels, batch_keys, batch_shards in batches:
+        for images, labels, keys, key_shards in batches:
             load_seconds += time.perf_counter() - tick
-            images = images.to(device, non_blocking=True)
-            host, widths, spans, copied = queue_batch(models, tasks, images, amp, clock)
-            current = _QueuedBatch(
-                list(batch_keys),
-                list(batch_shards),
-                batch_labels.numpy().astype(np.int32),
-                host,
-                widths,
-                spans,
-                copied,
-            )
+            queued_now = queue_batch(models, tasks, images.to(device, non_blocking=True), amp, clock)
+            current = _QueuedBatch(list(keys), list(key_shards), labels.numpy().astype(np.int32), *queued_now)
             if queued is not None:
-                absorb(queued)  # waits for the previous batch only; this one keeps the device busy meanwhile
+                results.absorb(
+                    queued, clock
+                )  # waits for the previous batch only: this one keeps the device busy
             queued = current
             tick = time.perf_counter()
         load_seconds += time.perf_counter() - tick  # the last wait, which ends the stream and checks counts
         if queued is not None:
-            absorb(queued)
-    return ShardOutcome(
+            results.absorb(queued, clock)
+    return results.outcome(
+        items,
+        stats,
         pass_name=pass_name,
-        shards=[s.url for s in items],
-        keys=keys,
-        key_shards=key_shards,
-        labels=np.concatenate(labels) if labels else np.zeros(0, np.int32),
-        top5={p: np.concatenate(v) if v else np.zeros((0, 5), np.int32) for p, v in top5.items()},
-        n_failed=stats.n_failed,
-        failures=stats.failures,
         load_seconds=load_seconds,
-        forward_seconds=forward_seconds,
         started=started,
         finished=time.time(),
         device=dev.device_name(device),

@@ -400,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models", default="deit_tiny,deit_small", help="short or timm names (default %(default)s)"
     )
-    p.add_argument("--r", dest="r_values", default="0,8,13,16", help="r values (default %(default)s)")
+    p.add_argument(
+        "--r", dest="r_values", metavar="R", default="0,8,13,16", help="r values (default %(default)s)"
+    )
     p.add_argument("--runs", type=int, default=20, help="timed passes per setting")
     p.add_argument(
         "--device",

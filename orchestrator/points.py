@@ -40,22 +40,9 @@ def point_row(
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
     top5 = np.concatenate([o.top5[point.key] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
     shard_of = [url for o in outcomes for url in o.key_shards]
-    n_images, n_failed = len(keys), sum(o.n_failed for o in outcomes)
     _check_unique_keys(point, keys, shard_of)
-    if expected_total is not None and n_images + n_failed != expected_total:
-        raise SweepError(
-            f"{point.short_name} r={point.r}: {n_images} images + {n_failed} failed != manifest total {expected_total}"
-        )
-    if n_failed and not allow_decode_failures:
-        first = next(f for o in outcomes for f in o.failures)
-        raise SweepError(
-            f"{point.short_name} r={point.r}: {n_failed} images could not be decoded (first: shard {first.shard}, "
-            f"key {first.key}: {first.error}); fix the shards or pass --allow-decode-failures to score the rest"
-        )
+    _check_counts(point, outcomes, len(keys), expected_total, allow_decode_failures)
     device = device_names(outcomes, profile)
-    started, finished = evaluation_span(
-        outcomes
-    )  # the evaluation pass's wall time, also for eval_samples_per_sec
     predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, dataset, device)
     failures = failures_table(point, [f for o in outcomes for f in o.failures], dataset, device)
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
@@ -64,35 +51,66 @@ def point_row(
         short_name=point.short_name,
         mode=point.mode,
         r=point.r,
-        schedule=profile.schedule[point.r],
         top1=top1,
         top5=top5_acc,
-        n_images=n_images,
-        n_failed=n_failed,
-        infer_samples_per_sec=profile.infer_samples_per_sec.get(point.r),
+        n_images=len(keys),
+        n_failed=sum(o.n_failed for o in outcomes),
         infer_batch_size=point.batch_size,
-        eval_samples_per_sec=eval_samples_per_sec(outcomes, point.key, n_images, finished - started),
-        gflops=profile.gflops[point.r],
-        tokens_out=profile.tokens_out[point.r],
-        param_count=round(profile.param_count, 3),
-        img_size=profile.img_size,
-        crop_pct=profile.crop_pct,
-        interpolation=profile.interpolation,
         amp=point.amp,
         weights=point.weights,
         device=device,
         dataset=dataset,
-        n_shards=sum(len(o.shards) for o in outcomes),
-        started=_utc(started),
-        finished=_utc(finished),
-        nodes=sorted({o.node_id for o in outcomes}),
-        hostnames=sorted({o.hostname for o in outcomes}),
+        **_profile_columns(profile, point.r),
+        **_pass_columns(outcomes, point.key, len(keys)),
         torch_version=torch.__version__,
         timm_version=timm.__version__,
         ray_version=ray.__version__,
         tomecis_version=tomecis.__version__,
     )
     return row, predictions, failures
+
+
+def _check_counts(
+    point: GridPoint, outcomes, n_images: int, expected_total: Optional[int], allow_failures: bool
+) -> None:
+    """Every image of the manifest counted (scored or failed); failures only with ``allow_failures``."""
+    n_failed = sum(o.n_failed for o in outcomes)
+    where = f"{point.short_name} {point.mode} r={point.r}"
+    if expected_total is not None and n_images + n_failed != expected_total:
+        raise SweepError(f"{where}: {n_images} images + {n_failed} failed != manifest total {expected_total}")
+    if n_failed and not allow_failures:
+        first = next(f for o in outcomes for f in o.failures)
+        raise SweepError(
+            f"{where}: {n_failed} images could not be decoded (first: shard {first.shard}, key {first.key}: "
+            f"{first.error}); fix the shards or pass --allow-decode-failures to score the rest"
+        )
+
+
+def _profile_columns(profile: ModelProfile, r: int) -> dict:
+    """What the model, timed and counted alone, gives the row at ``r``."""
+    return dict(
+        schedule=profile.schedule[r],
+        infer_samples_per_sec=profile.infer_samples_per_sec.get(r),
+        gflops=profile.gflops[r],
+        tokens_out=profile.tokens_out[r],
+        param_count=round(profile.param_count, 3),
+        img_size=profile.img_size,
+        crop_pct=profile.crop_pct,
+        interpolation=profile.interpolation,
+    )
+
+
+def _pass_columns(outcomes: List[ShardOutcome], key: PointKey, n_images: int) -> dict:
+    """Where and when the decode pass ran, and its wall time charged to this point."""
+    started, finished = evaluation_span(outcomes)
+    return dict(
+        eval_samples_per_sec=eval_samples_per_sec(outcomes, key, n_images, finished - started),
+        n_shards=sum(len(o.shards) for o in outcomes),
+        started=_utc(started),
+        finished=_utc(finished),
+        nodes=sorted({o.node_id for o in outcomes}),
+        hostnames=sorted({o.hostname for o in outcomes}),
+    )
 
 
 def device_names(outcomes: List[ShardOutcome], profile: ModelProfile) -> str:
@@ -126,7 +144,7 @@ def _check_unique_keys(point: GridPoint, keys: List[str], shard_of: List[str]) -
     key, where = next(iter(repeated.items()))
     more = f" ({len(repeated) - 1} more key(s) repeat too)" if len(repeated) > 1 else ""
     raise SweepError(
-        f"{point.short_name} r={point.r}: image key {key!r} occurs {len(where)} times, in shard(s) "
+        f"{point.short_name} {point.mode} r={point.r}: image key {key!r} occurs {len(where)} times, in shard(s) "
         f"{', '.join(sorted(set(where)))}{more}; every key must be unique: rewrite the shards from sources "
         "without repeated images (python -m shards.write), or drop the repeating shard from --data"
     )

@@ -14,31 +14,28 @@ them) -> a table per model and mode (``tables``), and how many images were decod
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import ray
-import timm
 import torch
 from tqdm import tqdm
 
 import shards
 import tomecis
-from shards.manifest import sha256_of_file
 from tomecis.cli import parsed_or_exit, run_or_report
-from tomecis.models import find_checkpoint, max_r, short_name
+from tomecis.models import find_checkpoint, max_r
 
 from . import tables
 from .cluster import connect
-from .evaluator import DecodePass, EvaluatorConfig, Task, Weights, transform_key
+from .evaluator import DecodePass, EvaluatorConfig
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_modes, parse_r_values
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
 from .pool import EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
+from .prepare import Selection, plan_passes, select_shards, shards_per_item, ship_weights, weights_for
 from .results import ResultsDir
 
 
@@ -86,72 +83,6 @@ class SweepSummary:
     table: str = ""
 
 
-# --------------------------------------------------------------------------- preparation (no Ray)
-
-
-def select_shards(
-    shardset: shards.ShardSet, limit: Optional[int]
-) -> Tuple[Tuple[shards.ShardInfo, ...], int, str]:
-    """The shards to evaluate (local paths made absolute), their image total and the dataset fingerprint.
-
-    ``limit`` keeps the first whole shards holding at least ``limit`` images (whole
-    shards, so every count can still be checked against the manifest)."""
-    chosen = tuple(absolute_shard(s) for s in shardset.shards)
-    if limit is not None:
-        if any(s.n_samples is None for s in chosen):
-            raise ValueError(
-                "--limit needs shard counts from a manifest; point --data at a directory with manifest.json"
-            )
-        kept, total = [], 0
-        for shard in chosen:
-            if total >= limit:
-                break
-            kept.append(shard)
-            total += shard.n_samples
-        chosen = tuple(kept)
-    total = sum(s.n_samples for s in chosen) if all(s.n_samples is not None for s in chosen) else None
-    return chosen, total, shards.read.fingerprint_of(chosen)  # the manifest's own when chosen is all of it
-
-
-_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def absolute_shard(shard: shards.ShardInfo) -> shards.ShardInfo:
-    """A local shard path made absolute on the driver: actors run in their own working directory, so a
-    relative path would be resolved there (or on another node). URLs (``s3://``, ``gs://``, ``http(s)://``)
-    and ``pipe:`` commands are left as they are."""
-    if shard.url.startswith("pipe:") or _URL_SCHEME.match(shard.url):
-        return shard
-    return replace(shard, url=os.path.abspath(shard.url))
-
-
-def weights_for(models: Sequence[str], cfg: SweepConfig) -> Dict[str, Weights]:
-    """Checkpoint files found before any Ray work (a missing one is an error), else pretrained or random."""
-    found = {}
-    for model in models:
-        if cfg.checkpoint_dir:
-            path = find_checkpoint(cfg.checkpoint_dir, model)
-            found[model] = Weights("checkpoint", name=path.name, data_ref=[path], digest=sha256_of_file(path))
-        else:
-            found[model] = Weights("random" if cfg.random_weights else "pretrained")
-    return found
-
-
-def _ship_weights(weights: Dict[str, Weights]) -> Dict[str, Weights]:
-    """Put checkpoint bytes in Ray's object store once, so actors on any node can load them."""
-    shipped = {}
-    for model, w in weights.items():
-        if w.source == "checkpoint":
-            w = Weights(
-                "checkpoint",
-                name=w.name,
-                data_ref=[ray.put(Path(w.data_ref[0]).read_bytes())],
-                digest=w.digest,
-            )
-        shipped[model] = w
-    return shipped
-
-
 # --------------------------------------------------------------------------- Ray
 
 
@@ -160,41 +91,7 @@ def make_plan(cfg: SweepConfig) -> ActorPlan:
     return plan_actors(alive_nodes(), cfg.device, cfg.num_actors, cfg.cpus_per_actor, cfg.loader_workers)
 
 
-def shards_per_item(plan: ActorPlan, n_shards: int) -> int:
-    """Shards per work item: one per DataLoader worker of a typical actor (CPU actors decode themselves:
-    one shard), but small enough that every actor gets about two items in flight."""
-    workers = sorted(s.loader_workers for s in plan.slots)[len(plan.slots) // 2]
-    return max(1, min(workers, n_shards // (2 * plan.num_actors)))
-
-
-def plan_passes(todo: Sequence[GridPoint], weights: Dict[str, Weights]) -> List[DecodePass]:
-    """One decode pass per eval transform: models whose transforms are equal (DeiT-Ti/S/B) share one,
-    with a task per (model, mode) holding the r values still to do."""
-    groups: Dict[tuple, List[str]] = {}
-    for model in dict.fromkeys(p.model for p in todo):
-        groups.setdefault(transform_key(timm.create_model(model, device="meta")), []).append(model)
-    passes = []
-    for index, models in enumerate(groups.values(), 1):
-        tasks = [
-            Task(model, mode, tuple(p.r for p in todo if (p.model, p.mode) == (model, mode)))
-            for model in models
-            for mode in dict.fromkeys(p.mode for p in todo if p.model == model)
-        ]
-        name = f"pass {index} ({'+'.join(short_name(m) for m in models)})"
-        passes.append(DecodePass(name, {m: weights[m] for m in models}, tuple(tasks)))
-    return passes
-
-
 # --------------------------------------------------------------------------- the sweep
-
-
-@dataclass
-class Selection:
-    """The shards a sweep evaluates, their image total (None without counts) and the dataset fingerprint."""
-
-    shards: Tuple[shards.ShardInfo, ...]
-    total: Optional[int]
-    fingerprint: str
 
 
 @dataclass
@@ -214,7 +111,7 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
     Ray starts only when there is work, or with ``--device auto`` (the device kind, part of the
     results' key, then depends on the cluster's GPUs)."""
     selection = selection or Selection(*select_shards(shards.resolve_data(cfg.data), cfg.limit))
-    weights = weights_for(cfg.models, cfg)
+    weights = weights_for(cfg.models, cfg.checkpoint_dir, cfg.random_weights)
     results = ResultsDir(cfg.out)
     summary = SweepSummary()
     started_ray, plan = False, None
@@ -239,7 +136,7 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
         if todo:
             if plan is None:
                 started_ray, plan = connect(cfg.address), make_plan(cfg)
-            passes = plan_passes(todo, _ship_weights(weights))
+            passes = plan_passes(todo, ship_weights(weights))
             _evaluate(SweepRun(cfg, selection, results, summary, None), plan, passes, todo)
     finally:
         if started_ray:
@@ -400,8 +297,17 @@ def describe_decoding(summary: SweepSummary) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0])
+    _add_grid_arguments(p)
+    _add_run_arguments(p)
+    return p
+
+
+def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    """What to evaluate: models, r, modes, data, weights, and where the results go."""
     p.add_argument("--models", required=True, help="comma-separated: deit_tiny,deit_small or timm names")
-    p.add_argument("--r", dest="r_values", required=True, help="r values: 0,8-16 or 8-16:2 or 13")
+    p.add_argument(
+        "--r", dest="r_values", metavar="R", required=True, help="r values: 0,8-16 or 8-16:2 or 13"
+    )
     p.add_argument(
         "--data",
         help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.read.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)",
@@ -420,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         dest="modes",
+        metavar="MODE[,MODE]",
         default="tomecis",
         help="merge modes, comma-separated: tomecis, tome or tomecis,tome (default %(default)s)",
     )
@@ -431,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-weights", action="store_true", help="random initialisation (smoke tests, timing only)"
     )
     p.add_argument("--limit", type=int, help="only the first whole shards holding at least N images")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """How to run it: cluster, devices, placement, timing, retries, progress."""
     p.add_argument(
         "--address", default="auto", help="auto (join a running cluster, else start one here), local, or ADDR"
     )
@@ -472,7 +383,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the decodable images when some fail (n_failed is recorded)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    return p
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:

@@ -12,7 +12,7 @@ import torch
 
 import shards
 import tomecis
-from orchestrator import sweep
+from orchestrator import prepare, sweep
 from orchestrator.placement import NodeResources
 from orchestrator.pool import SweepError
 from shards.testing import (
@@ -168,7 +168,7 @@ def test_multi_shard_items_with_loader_workers_are_exact(ray_local, data, tmp_pa
     cfg = config(data, tmp_path, bench=False, num_actors=1, loader_workers=2)
     actor_dies_on_item(2)
     plan = sweep.plan_actors([NodeResources("n1", "127.0.0.1", 2, 0)], "cpu", 1, 1, 2)
-    assert sweep.shards_per_item(plan, len(shardset)) == 2
+    assert prepare.shards_per_item(plan, len(shardset)) == 2
     assert [len(g) for g in group_shards(shardset.shards, 2)] == [2, 2, 1]
     summary = sweep.run_sweep(cfg)
     assert summary.actors_replaced == 1

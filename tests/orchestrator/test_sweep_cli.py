@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import ray
 
-from orchestrator import points, sweep
+from orchestrator import points, prepare, sweep
 from orchestrator.evaluator import ModelProfile, ShardOutcome
 
 # --------------------------------------------------------------------------- CLI errors, before any Ray work
@@ -140,19 +140,19 @@ def test_limit_keeps_whole_shards_and_changes_the_fingerprint(data):
     import shards
 
     shardset = shards.resolve_data(str(data / "shards"))  # 22 images: 5 + 5 + 5 + 5 + 2
-    chosen, total, fingerprint = sweep.select_shards(shardset, limit=7)
+    chosen, total, fingerprint = prepare.select_shards(shardset, limit=7)
     assert [s.n_samples for s in chosen] == [5, 5] and total == 10
     assert fingerprint != shardset.fingerprint
-    everything = sweep.select_shards(shardset, limit=None)
+    everything = prepare.select_shards(shardset, limit=None)
     assert everything == (shardset.shards, 22, shardset.fingerprint)
-    assert sweep.select_shards(shardset, limit=1000)[2] == shardset.fingerprint
+    assert prepare.select_shards(shardset, limit=1000)[2] == shardset.fingerprint
 
 
 def test_local_shard_paths_become_absolute_and_urls_stay(data, monkeypatch):
     import shards
 
     monkeypatch.chdir(data)
-    chosen, total, fingerprint = sweep.select_shards(shards.resolve_data("shards"), limit=None)
+    chosen, total, fingerprint = prepare.select_shards(shards.resolve_data("shards"), limit=None)
     assert [s.url for s in chosen] == [str(data / "shards" / f"imagenet-val-{i:06d}.tar") for i in range(5)]
     assert (
         total == 22 and fingerprint == shards.resolve_data(str(data / "shards")).fingerprint
@@ -165,11 +165,11 @@ def test_local_shard_paths_become_absolute_and_urls_stay(data, monkeypatch):
         "pipe:aws s3 cp s3://b/x.tar -",
     ]:
         shard = shards.ShardInfo(url=url, name="x.tar", n_samples=1, sha256=None)
-        assert sweep.absolute_shard(shard) == shard
+        assert prepare.absolute_shard(shard) == shard
     relative = shards.ShardInfo(
         url="shards/imagenet-val-000000.tar", name="imagenet-val-000000.tar", n_samples=5, sha256=None
     )
-    assert sweep.absolute_shard(relative).url == str(data / "shards" / "imagenet-val-000000.tar")
+    assert prepare.absolute_shard(relative).url == str(data / "shards" / "imagenet-val-000000.tar")
 
 
 # --------------------------------------------------------------------------- assembling a point from outcomes (no Ray)
@@ -311,7 +311,7 @@ def test_models_with_the_same_eval_transform_share_a_decode_pass():
         GridPoint("deit_small_patch16_224", 16),
     ]
     weights = {m: Weights("random") for m in (MODEL, big, "deit_small_patch16_224")}
-    first, second = sweep.plan_passes(todo, weights)
+    first, second = prepare.plan_passes(todo, weights)
     assert first.name == "pass 1 (deit_tiny+deit_small)" and set(first.weights) == {
         MODEL,
         "deit_small_patch16_224",
