@@ -1,4 +1,4 @@
-"""Parse ``--models`` and ``--r`` into grid points. No I/O."""
+"""Parse ``--models``, ``--mode`` and ``--r`` into (model, mode, r) grid points. No I/O."""
 
 from __future__ import annotations
 
