@@ -227,6 +227,7 @@ def test_cpu_actors_fit_the_nodes_that_exist(
             counted[cpus] = counted.get(cpus, 0) + count
     assert counted == expected_actors, err
     print(err)
+    print("nodes column:", [list(n) for n in pd.read_parquet(tmp_path / "out" / "points")["nodes"]])
     points = pd.read_parquet(tmp_path / "out" / "points")
     assert (points["n_images"] == 40).all()
     nodes_with_cpus = 1 + len(workers) - (head_cpus == 0)
