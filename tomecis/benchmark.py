@@ -291,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="deit_small", help="short name (deit_tiny, deit_small, deit_base) or timm name"
     )
     p.add_argument(
-        "--r", dest="r_values", default="0,8-16", help="r values: 0,8-16 or 8-16:2 (default %(default)s)"
+        "--r",
+        dest="r_values",
+        metavar="R",
+        default="0,8-16",
+        help="r values: 0,8-16 or 8-16:2 (default %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
