@@ -216,11 +216,12 @@ class _QueuedBatch:
 
 
 def queue_batch(
-    models: Dict[str, nn.Module], tasks: Sequence[Task], images: torch.Tensor, amp: str, clock: ForwardClock
+    models: Dict[str, nn.Module], tasks: Sequence[Task], images: torch.Tensor, clock: ForwardClock
 ) -> Tuple[torch.Tensor, List[int], List[Tuple[PointKey, object, object]], object]:
     """Run ``images`` ``[B, 3, H, W]`` (on the device) through every task at every r, top-5 kept on the
     device, then one non-blocking copy of all of them to the host. Returns ``(top5 [B, sum k] int32 on the
-    host, k of each point, (point, start, end) marks, mark after the copy)``."""
+    host, k of each point, (point, start, end) marks, mark after the copy)``. The caller holds the autocast
+    context (one for the whole stream: entering it per forward would redo its weight casts every time)."""
     outputs, spans = [], []
     for task in tasks:
         model = models[task.model]
@@ -228,8 +229,7 @@ def queue_batch(
         for r in task.r_values:
             model.r = r
             start = clock.mark()
-            with dev.autocast(images.device, amp):
-                logits = model(images)
+            logits = model(images)
             outputs.append(logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices.to(torch.int32))
             spans.append(((task.model, task.mode, r), start, clock.mark()))
     host = torch.cat(outputs, dim=1).to("cpu", non_blocking=True)
@@ -274,6 +274,21 @@ class _Results:
         )
 
 
+def warm_up(
+    models: Dict[str, nn.Module], tasks: Sequence[Task], device: torch.device, amp: str, batch_size: int
+) -> None:
+    """One untimed batch of random input through every point on a GPU, so that lazy kernel loading and
+    cuBLAS set-up happen before the pass's clock starts (nothing to do on a CPU)."""
+    if device.type != "cuda" or not tasks:
+        return
+    shape = bm.input_shape(models[tasks[0].model])
+    with torch.inference_mode(), dev.autocast(device, amp):
+        _, _, _, copied = queue_batch(
+            models, tasks, torch.randn(batch_size, *shape, device=device), ForwardClock(device)
+        )
+    copied.synchronize()
+
+
 def evaluate_shards(
     models: Dict[str, nn.Module],
     tasks: Sequence[Task],
@@ -295,14 +310,14 @@ def evaluate_shards(
     results = _Results([key for task in tasks for key in task.point_keys()])
     load_seconds, started, queued = 0.0, time.time(), None
     tick = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), dev.autocast(device, amp):
         pin = device.type == "cuda"
         batches = shards.iter_batches(
             items, transform, batch_size, loader_workers, stats, pin_memory=pin, with_shards=True
         )
         for images, labels, keys, key_shards in batches:
             load_seconds += time.perf_counter() - tick
-            queued_now = queue_batch(models, tasks, images.to(device, non_blocking=True), amp, clock)
+            queued_now = queue_batch(models, tasks, images.to(device, non_blocking=True), clock)
             current = _QueuedBatch(list(keys), list(key_shards), labels.numpy().astype(np.int32), *queued_now)
             if queued is not None:
                 results.absorb(
@@ -408,8 +423,11 @@ class Evaluator:
 
     def evaluate(self, decode_pass: DecodePass, items: Sequence[shards.ShardInfo]) -> ShardOutcome:
         self.items_started += 1
+        fresh = self.pass_name != decode_pass.name
         models = self._ensure(decode_pass)
         tasks = [t for t in decode_pass.tasks if t.model in models]
+        if fresh:
+            warm_up(models, tasks, self.device, self.config.amp, self.config.batch_size)
         outcome = evaluate_shards(
             models,
             tasks,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +35,11 @@ from tomecis.schedule import parse_r_values
 from .grid import parse_models
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_IMAGES = REPO.parent / "shared" / "assets" / "imagenet-sample"
+# the 500 sample photos: beside the checkout (../shared), or inside it (shared/, as a device copy carries it)
+SAMPLE_PLACES = (
+    REPO.parent / "shared" / "assets" / "imagenet-sample",
+    REPO / "shared" / "assets" / "imagenet-sample",
+)
 
 TARGETS = {
     "speedup_vs_flops": 0.9,  # r = 13 speed-up over unpatched timm >= 0.9 x the FLOP ratio
@@ -58,7 +63,7 @@ class GpuCheckConfig:
     sweep_batch_size: int = 128
     runs: int = 20
     warmup: int = 5
-    read_workers: List[int] = field(default_factory=lambda: sorted({0, 1, 2, 4, 8, os.cpu_count() or 1}))
+    read_workers: List[int] = field(default_factory=lambda: sorted({2, 4, 8, os.cpu_count() or 1}))
     run_tests: bool = True
     repeat: int = 20  # copies of the 500 sample photos in the default shards (10,000 images)
 
@@ -124,6 +129,8 @@ def machine_section(cfg: GpuCheckConfig) -> str:
         )
     else:
         lines.append("- no GPU: this run is on the CPU (a rehearsal of the report, not a GPU proof)")
+    if Path("/dev/shm").exists():  # DataLoader workers hand their batches over through it
+        lines.append(f"- /dev/shm: {shutil.disk_usage('/dev/shm').free / 2**30:.1f} GiB free")
     return "\n".join(lines)
 
 
@@ -197,7 +204,8 @@ def sample_shards(cfg: GpuCheckConfig) -> Optional[str]:
     runs long enough to be timed against a GPU; 250 images a shard, so that every loader worker has one."""
     if cfg.data:
         return cfg.data
-    if not SAMPLE_IMAGES.exists():
+    sample_images = next((place for place in SAMPLE_PLACES if place.exists()), None)
+    if sample_images is None:
         return None
     from shards.synsets import synset_index
     from shards.testing import write_manifest_for, write_raw_shard
@@ -207,7 +215,7 @@ def sample_shards(cfg: GpuCheckConfig) -> Optional[str]:
         return str(target)
     photos = [
         (p.stem, p.read_bytes(), synset_index(p.parent.name, where=str(p)))
-        for p in sorted(SAMPLE_IMAGES.glob("*/*.JPEG"))
+        for p in sorted(sample_images.glob("*/*.JPEG"))
     ]
     samples = sorted(
         (f"{stem}_copy{k:02d}", data, label) for k in range(cfg.repeat) for stem, data, label in photos
@@ -243,9 +251,8 @@ def run_sweep_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
         force=True,
         progress=False,
     )
-    run_sweep(sweep_cfg)
-    points = pd.read_parquet(out / "points")
-    points = points[points["model"].isin(sweep_cfg.models)]
+    summary = run_sweep(sweep_cfg)
+    points = pd.concat([pd.read_parquet(path) for path in summary.written])  # this run's points only
     return points[
         [
             "short_name",
@@ -287,7 +294,7 @@ def read_bench(cfg: GpuCheckConfig, data: str) -> List[dict]:
     from shards.bench import ReadBenchConfig, run_read_bench
 
     rows = run_read_bench(
-        ReadBenchConfig(data=data, batch_size=cfg.sweep_batch_size, workers=tuple(cfg.read_workers), passes=2)
+        ReadBenchConfig(data=data, batch_size=cfg.sweep_batch_size, workers=tuple(cfg.read_workers), passes=1)
     )
     return [dict(workers=r.workers, images=r.images, seconds=r.seconds, img_per_s=r.img_per_s) for r in rows]
 
@@ -332,10 +339,8 @@ def run_check(cfg: GpuCheckConfig, say: Callable[[str], None] = print) -> Report
         _check_benchmark(report, bench_rows)
     data = sample_shards(cfg)
     if data is None:
-        report.add(
-            "Sweep and data path",
-            "skipped: no --data and no ../shared/assets/imagenet-sample to write shards from",
-        )
+        places = " or ".join(str(p) for p in SAMPLE_PLACES)
+        report.add("sweep: FAILED", f"no --data, and no sample photos at {places} to write shards from")
         return report
     say(f"gpucheck: sweep on {data}")
     points = _step(report, "sweep", lambda: run_sweep_step(cfg, data))
@@ -439,7 +444,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> GpuCheckConfig:
         parser.error("--runs, --batch-size and --repeat must be >= 1")
     cfg = GpuCheckConfig(**{**vars(args), **parsed})
     if cfg.device == "cpu":  # a rehearsal: small, in fp32 (CPU autocast is slow and not what is measured)
-        cfg.amp, cfg.warmup, cfg.read_workers = "none", 1, [0, 1]
+        cfg.amp, cfg.warmup, cfg.read_workers = "none", 1, [0, 1]  # tiny data: 0 and 1 worker suffice
         cfg.sweep_batch_size = min(cfg.sweep_batch_size, cfg.bench_batch_size)
     return cfg
 

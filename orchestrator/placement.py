@@ -4,7 +4,8 @@
 rule here is tested without a cluster:
 
 - GPU actors: one per GPU of each node, each reserving its share of that node's CPUs
-  (node CPUs / node GPUs) and running that many DataLoader workers, unless ``cpus_per_actor`` /
+  (node CPUs / node GPUs) and running one DataLoader worker per CPU but one (which feeds the GPU:
+  collating, copying, launching kernels), unless ``cpus_per_actor`` /
   ``loader_workers`` say otherwise. An explicit ``num_actors`` above the GPUs that exist asks for the
   rest without a node: their pending demand is what makes Ray's autoscaler start GPU nodes.
 - CPU actors: up to 4 CPUs each, never more than a node has, as many per node as fit.
@@ -133,7 +134,9 @@ def _gpu_slots(nodes, num_actors, cpus_per_actor, loader_workers) -> List[ActorS
             continue
         cpus = cpus_per_actor if cpus_per_actor is not None else max(1.0, float(int(node.cpus // gpus)))
         fits = gpus if cpus <= 0 else min(gpus, int(node.cpus // cpus))
-        workers = loader_workers if loader_workers is not None else max(1, int(cpus))
+        workers = (
+            loader_workers if loader_workers is not None else max(1, int(cpus) - 1)
+        )  # a core launches kernels
         per_node.append([ActorSlot(node.node_id, node.address, cpus, 1, max(1, int(cpus)), workers)] * fits)
     slots = _interleave(per_node)
     if num_actors is None:

@@ -366,7 +366,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--loader-workers",
         type=int,
-        help="DataLoader workers per actor (default: a GPU actor one per CPU it reserves, a CPU actor none)",
+        help="DataLoader workers per actor (default: a GPU actor one per CPU it reserves but one, a CPU actor none)",
     )
     p.add_argument(
         "--max-retries", type=int, default=3, help="retries of a work item whose actor died or failed"

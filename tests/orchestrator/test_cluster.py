@@ -276,7 +276,7 @@ def test_plan_for_two_gpu_nodes_with_different_cpu_counts(make_cluster, capsys):
     text = plan.describe()
     print(text)
     assert plan.device == "cuda" and plan.num_actors == 3
-    assert sorted((s.num_cpus, s.loader_workers) for s in plan.slots) == [(3, 3), (3, 3), (4, 4)]
+    assert sorted((s.num_cpus, s.loader_workers) for s in plan.slots) == [(3, 2), (3, 2), (4, 3)]
     assert "plan: 3 CUDA actor(s) on 2 node(s)" in text
 
 

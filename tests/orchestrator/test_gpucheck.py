@@ -84,3 +84,26 @@ def test_default_shards_repeat_the_sample_photos(tmp_path):
     assert (
         gpucheck.sample_shards(gpucheck.GpuCheckConfig(out=str(tmp_path), repeat=2)) == data
     )  # written once
+
+
+def test_a_missing_sample_is_a_failed_step_not_a_silent_skip(tmp_path, monkeypatch, capsys):
+    """No --data and no sample photos where gpucheck looks: the sweep step is reported FAILED, exit 1."""
+    monkeypatch.setattr(gpucheck, "SAMPLE_PLACES", (tmp_path / "nowhere",))
+    argv = [
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "report"),
+        "--models",
+        "deit_tiny",
+        "--r",
+        "0",
+        "--runs",
+        "1",
+        "--batch-size",
+        "2",
+        "--no-tests",
+    ]
+    assert gpucheck.main(argv) == 1
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## sweep: FAILED" in text and str(tmp_path / "nowhere") in text

@@ -64,20 +64,21 @@ def test_an_impossible_cpu_request_names_the_biggest_node():
 
 
 def test_gpu_actors_take_their_nodes_cpu_share_as_loader_workers():
-    """Two GPU nodes with different CPU counts: one actor per GPU, each with CPUs / GPUs of its own node."""
+    """Two GPU nodes with different CPU counts: one actor per GPU, each with CPUs / GPUs of its own node,
+    and a loader worker per CPU but the one that feeds the GPU."""
     nodes = [node("head", 8), node("g5.12xlarge", 48, 4), node("g5.xlarge", 4, 1)]
     plan = plan_actors(nodes, "auto")
     assert plan.device == "cuda" and per_node(plan) == {"g5.12xlarge": 4, "g5.xlarge": 1}
     shapes = {(s.address, s.num_cpus, s.num_gpus, s.loader_workers, s.threads) for s in plan.slots}
-    assert shapes == {("g5.12xlarge", 12, 1, 12, 12), ("g5.xlarge", 4, 1, 4, 4)}
+    assert shapes == {("g5.12xlarge", 12, 1, 11, 12), ("g5.xlarge", 4, 1, 3, 4)}
     text = plan.describe()
     assert "plan: 5 CUDA actor(s) on 2 node(s)" in text
     assert (
-        "node g5.12xlarge (id-g5.12): 4 actor(s) x (1 GPU, 12 CPU, 12 loader worker(s), 12 torch thread(s))"
+        "node g5.12xlarge (id-g5.12): 4 actor(s) x (1 GPU, 12 CPU, 11 loader worker(s), 12 torch thread(s))"
         in text
     )
     assert (
-        "node g5.xlarge (id-g5.xl): 1 actor(s) x (1 GPU, 4 CPU, 4 loader worker(s), 4 torch thread(s))"
+        "node g5.xlarge (id-g5.xl): 1 actor(s) x (1 GPU, 4 CPU, 3 loader worker(s), 4 torch thread(s))"
         in text
     )
 
