@@ -115,6 +115,8 @@ class ShardOutcome:
     model_errors: Dict[str, str] = field(
         default_factory=dict
     )  # model -> why it could not be built (no points for it)
+    cuda_graphs: Dict[PointKey, bool] = field(default_factory=dict)  # point -> its forwards were graph replays
+    graph_errors: Dict[PointKey, str] = field(default_factory=dict)  # point -> why its capture failed (ran eagerly)
 
 
 @dataclass
