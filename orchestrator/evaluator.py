@@ -142,10 +142,10 @@ class ModelProfile:
 def build_model(model_name: str, weights: Weights, device: torch.device) -> nn.Module:
     """The patched model (r = 0, mode tomecis: both are set per forward pass) on ``device`` in eval mode."""
     if weights.source == "checkpoint":
-        import ray
-
         data = weights.data_ref[0]
-        if not isinstance(data, bytes):
+        if not isinstance(data, bytes):  # an ObjectRef (bytes in-process, without Ray)
+            import ray
+
             data = ray.get(data)
         model = create_model(model_name)
         load_state_dict(model, state_dict_from_bytes(data, weights.name), weights.name)
@@ -457,7 +457,9 @@ class Evaluator:
 
 
 def _node_id() -> str:
-    """The Ray node id, or "local" outside Ray."""
-    import ray
-
+    """The Ray node id, or "local" outside Ray (also where Ray is not installed)."""
+    try:
+        import ray
+    except ImportError:
+        return "local"
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"

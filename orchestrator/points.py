@@ -13,7 +13,6 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
-import ray
 import timm
 import torch
 
@@ -22,7 +21,7 @@ import tomecis
 
 from .evaluator import ModelProfile, PointKey, ShardOutcome
 from .grid import GridPoint
-from .pool import SweepError
+from .errors import SweepError
 from .results import FAILURES_DIR, accuracy, failures_table, predictions_table
 
 
@@ -64,10 +63,19 @@ def point_row(
         **_pass_columns(outcomes, point.key, len(keys)),
         torch_version=torch.__version__,
         timm_version=timm.__version__,
-        ray_version=ray.__version__,
+        ray_version=_ray_version(),
         tomecis_version=tomecis.__version__,
     )
     return row, predictions, failures
+
+
+def _ray_version() -> Optional[str]:
+    """Ray's version, or None where the point was evaluated without Ray (gpucheck's in-process evaluator)."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray.__version__
 
 
 def _check_counts(

@@ -21,16 +21,9 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from .errors import SweepError, WorkFailed  # noqa: F401 - defined without Ray; re-exported from here
 from .evaluator import ActorShape, DecodePass, Evaluator, EvaluatorConfig, ModelProfile, ShardOutcome
 from .placement import ActorPlan, ActorSlot, alive_nodes
-
-
-class SweepError(RuntimeError):
-    """The sweep could not finish; the message says which item or point and why."""
-
-
-class WorkFailed(SweepError):
-    """One model's work (an item or its profile) failed after its retries; other models can still run."""
 
 
 @dataclass

@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import ray
 import timm
 
 import shards
@@ -82,6 +81,8 @@ def weights_for(
 
 def ship_weights(weights: Dict[str, Weights]) -> Dict[str, Weights]:
     """Put checkpoint bytes in Ray's object store once, so actors on any node can load them."""
+    import ray  # here alone: planning passes (gpucheck's in-process evaluator) needs no Ray
+
     shipped = {}
     for model, w in weights.items():
         if w.source == "checkpoint":
