@@ -39,9 +39,19 @@ class Matching(NamedTuple):
     keep_idx: torch.Tensor
 
 
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half types, else the dtype itself (float64 stays float64)."""
-    return torch.promote_types(dtype, torch.float32)
+    """float32 for half types, else the dtype itself (float64 stays float64).
+
+    Plain Python on purpose: ``torch.promote_types`` is an operator call of its own."""
+    return torch.float32 if dtype in _HALF_TYPES else dtype
+
+
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, with no operator call when it already is (every call costs host time)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
@@ -100,16 +110,19 @@ def bipartite_soft_matching(
         keep_idx = order[:, r:].sort(dim=-1).values  # [B, |A| - r] ascending original order
         dst_idx = node_idx.gather(dim=-1, index=src_idx)  # [B, r] their B partners
 
+        batch = torch.arange(B, device=device)[:, None]  # [B, 1] row of each index below
         out_idx = _output_index(keep_idx, N, distill_token)  # [B, N - r]
         src_pos = 2 * src_idx  # [B, r] positions in x
         dst_row = keep_idx.shape[1] + dst_idx  # [B, r] rows of the output
 
     def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-        """``[B, N, C] -> [B, N - r, C]``: reduce sources into destinations with ``mode``."""
-        C = x.shape[-1]
-        out = x.gather(dim=1, index=out_idx[..., None].expand(-1, -1, C))
-        moved = x.gather(dim=1, index=src_pos[..., None].expand(-1, -1, C))
-        rows = dst_row[..., None].expand(-1, -1, C)
+        """``[B, N, C] -> [B, N - r, C]``: reduce sources into destinations with ``mode``.
+
+        Rows are picked by advanced indexing (one operator each, no ``[B, n, C]`` index to build);
+        the reduction is one ``scatter_add_`` / ``scatter_reduce_`` into the picked rows."""
+        out = x[batch, out_idx]  # [B, N - r, C]
+        moved = x[batch, src_pos]  # [B, r, C]
+        rows = dst_row[..., None].expand(-1, -1, x.shape[-1])  # [B, r, C]
         if mode == "sum":
             return out.scatter_add_(1, rows, moved)
         return out.scatter_reduce_(1, rows, moved, reduce=mode)
@@ -124,14 +137,14 @@ def _best_partners(
 
     ``metric [B, N, C]`` -> ``(best similarity [B, |A|], partner index into B [B, |A|])``; a class
     token's row and a distillation token's column are ``-inf``, so neither is ever merged."""
-    m = metric.to(accumulation_dtype(metric.dtype))
+    m = as_dtype(metric, accumulation_dtype(metric.dtype))
     m = m / m.norm(dim=-1, keepdim=True)
     a, b = m[:, ::2], m[:, 1::2]  # [B, |A|, C], [B, |B|, C]
     scores = a @ b.transpose(-1, -2)  # [B, |A|, |B|]
     if class_token:
-        scores[:, 0, :] = -math.inf
+        scores.select(1, 0).fill_(-math.inf)  # the class token's row
     if distill_token:
-        scores[:, :, 0] = -math.inf
+        scores.select(2, 0).fill_(-math.inf)  # the distillation token's column
     return scores.max(dim=-1)
 
 
@@ -170,11 +183,22 @@ def class_attention(
     Returns:
         ``[B, H, N]``: ``softmax(q_0 k^T * scale + log s)`` per head, at least float32.
     """
+    B, _, N, _ = k.shape
+    bias = None if log_size is None else log_size.reshape(B, 1, 1, N)
+    return class_row(q_cls, k, scale, bias).squeeze(2)
+
+
+def class_row(
+    q_cls: torch.Tensor, k: torch.Tensor, scale: float, bias: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``softmax(q_0 k^T * scale + bias)`` ``[B, H, 1, N]``, at least float32 (autocast off).
+
+    ``q_cls [B, H, 1, D]``, ``k [B, H, N, D]``, ``bias [B, 1, 1, N]`` (``log s``) or None."""
     dtype = accumulation_dtype(k.dtype)
     with autocast_off(k.device):  # autocast would run the product (and so the softmax) in half precision
-        logits = (q_cls.to(dtype) @ k.to(dtype).transpose(-1, -2)).squeeze(2) * scale  # [B, H, N]
-        if log_size is not None:
-            logits = logits + log_size.to(dtype)[:, None, :, 0]
+        logits = (as_dtype(q_cls, dtype) @ as_dtype(k, dtype).transpose(-1, -2)) * scale  # [B, H, 1, N]
+        if bias is not None:
+            logits = logits + as_dtype(bias, dtype)
         return logits.softmax(dim=-1)
 
 
@@ -188,10 +212,17 @@ def class_importance(cls_attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B, N, 1]`` scores in float32 (float64 for float64 inputs) (every token, class token included).
     """
+    return class_importance_of_row(cls_attn.unsqueeze(2), v)
+
+
+def class_importance_of_row(cls_row: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """:func:`class_importance` from the class row as :func:`class_row` gives it.
+
+    ``cls_row [B, H, 1, N]`` (after softmax), ``v [B, H, N, D]`` -> ``[B, N, 1]`` at least float32."""
     dtype = accumulation_dtype(v.dtype)
-    attn = cls_attn.to(dtype).mean(dim=1)  # [B, N]
-    v_norm = v.to(dtype).mean(dim=1).norm(dim=-1)  # [B, N]
-    return (attn * v_norm)[..., None]
+    attn = as_dtype(cls_row, dtype).mean(dim=1).transpose(1, 2)  # [B, N, 1]
+    v_norm = as_dtype(v, dtype).mean(dim=1).norm(dim=-1, keepdim=True)  # [B, N, 1]
+    return attn * v_norm
 
 
 def merge_weighted(
@@ -215,11 +246,40 @@ def merge_weighted(
     """
     if matching.r == 0:
         return x
+    return merge_tokens(matching, x, weight)[0]
+
+
+def merge_tokens(
+    matching: Matching,
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    size: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One block's merge in one reduction: the weighted average of ``x`` and the summed sizes.
+
+    ``x [B, N, C]``; ``weight [B, N, 1]`` (the class importance score; clamped as in
+    :func:`merge_weighted`), or None to weight by ``size`` itself (ToMe: sizes are at
+    least 1, so no clamp is needed); ``size [B, N, 1]`` or None.
+    ``[x * w, w, size]`` are reduced together, so the result equals separate merges exactly.
+
+    Returns:
+        ``(x [B, N - r, C] in x's dtype, size [B, N - r, 1] float32 or None)``.
+    """
     dtype = accumulation_dtype(x.dtype)
-    w = weight.to(dtype).clamp_min(torch.finfo(torch.float32).tiny)
-    num = matching.merge(x.to(dtype) * w, mode="sum")
-    den = matching.merge(w, mode="sum")
-    return (num / den).to(x.dtype)
+    C = x.shape[-1]
+    if weight is None:
+        w = as_dtype(size, dtype)  # [B, N, 1]
+        columns = [as_dtype(x, dtype) * w, w]
+    else:
+        w = as_dtype(weight, dtype).clamp_min(torch.finfo(torch.float32).tiny)
+        columns = [as_dtype(x, dtype) * w, w] + ([as_dtype(size, dtype)] if size is not None else [])
+    merged = matching.merge(torch.cat(columns, dim=-1), mode="sum")  # [B, N - r, C + 1 (+ 1)]
+    den = merged[..., C : C + 1]  # [B, N - r, 1]
+    x_out = as_dtype(merged[..., :C] / den, x.dtype)
+    if size is None:
+        return x_out, None
+    size_out = den if weight is None else merged[..., C + 1 :]
+    return x_out, as_dtype(size_out, size.dtype)
 
 
 def merge_size(matching: Matching, size: torch.Tensor) -> torch.Tensor:

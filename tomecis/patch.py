@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
@@ -91,26 +91,28 @@ class ToMeCISAttention(Attention):
         q, k, v = qkv.unbind(0)  # [B, H, N, D] each
         q, k = self.q_norm(q), self.k_norm(k)
 
-        log_size = size.log() if size is not None else None  # [B, N, 1] float32
-        bias = None if log_size is None else log_size[:, None, None, :, 0].to(q.dtype)  # [B, 1, 1, N]
+        log_size = None if size is None else size.log().reshape(B, 1, 1, N)  # [B, 1, 1, N] float32: log s
+        bias = None if log_size is None else M.as_dtype(log_size, q.dtype)
         if self._merge_state.attention == "explicit":
-            out, cls_attn = self._explicit_attention(q, k, v, bias)
+            out, cls_row = self._explicit_attention(q, k, v, bias)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
             )  # [B, H, N, D]
-            cls_attn = None
+            cls_row = None
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         out = self.norm(out)
         if gate is not None:
             out = out * gate
-        out = self.proj_drop(self.proj(out))
+        out = self.proj(out)
+        if self.training:  # an eval-mode dropout is the identity, but still an operator call
+            out = self.proj_drop(out)
 
         score = None
         if need_score:
-            if cls_attn is None:  # only row 0 of the attention matrix: [B, H, N]
-                cls_attn = M.class_attention(q[:, :, :1], k, self.scale, log_size)
-            score = M.class_importance(cls_attn, v)  # [B, N, 1]
+            if cls_row is None:  # only row 0 of the attention matrix: [B, H, 1, N]
+                cls_row = M.class_row(q[:, :, :1], k, self.scale, log_size)
+            score = M.class_importance_of_row(cls_row, v)  # [B, N, 1]
         return out, k.mean(dim=1), score
 
     def _explicit_attention(self, q, k, v, bias):
@@ -119,7 +121,7 @@ class ToMeCISAttention(Attention):
         if bias is not None:
             attn = attn + bias
         attn = self.attn_drop(attn.softmax(dim=-1))
-        return attn @ v, attn[:, :, 0]
+        return attn @ v, attn[:, :, :1]
 
 
 class ToMeCISBlock(Block):
@@ -147,7 +149,7 @@ class ToMeCISBlock(Block):
 
         matching = M.bipartite_soft_matching(metric, r, state.class_token, state.distill_token)
         x = self._merge(matching, x, score)
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path2(self.ls2(self._mlp(self.norm2(x))))
         state.tokens.append(x.shape[1])
         return x
 
@@ -156,12 +158,19 @@ class ToMeCISBlock(Block):
         state = self._merge_state
         if state.size is None:
             state.size, state.source = M.initial_state(x, state.trace_source)
-        weight = score if state.mode == "tomecis" else state.size
-        x = M.merge_weighted(matching, x, weight)
-        state.size = M.merge_size(matching, state.size)
+        weight = score if state.mode == "tomecis" else None  # None: weighted by size (ToMe)
+        x, state.size = M.merge_tokens(matching, x, weight, state.size)
         if state.source is not None:
             state.source = M.merge_source(matching, state.source)
         return x
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N, C] -> [B, N, C]``: timm's ``Mlp``, without its two eval-mode dropouts (identities that
+        still cost an operator call each); other MLP types and training run the module itself."""
+        mlp = self.mlp
+        if self.training or type(mlp) is not Mlp:
+            return mlp(x)
+        return mlp.fc2(mlp.norm(mlp.act(mlp.fc1(x))))
 
 
 class ToMeCISVisionTransformer:
