@@ -1,24 +1,35 @@
 """One command that proves the GPU path and measures it: ``python -m orchestrator.gpucheck --out gpu-report/``.
 
-On a machine with CUDA, in a few minutes on one GPU, it runs and writes into ``gpu-report/report.md``
-(rewritten after every step, so an interrupted run still leaves what it measured) and ``results.json``:
+On a machine with CUDA, in a few minutes on one GPU (under 8 on an H100/H200), it runs and writes into
+``gpu-report/report.md`` (rewritten after every step, so an interrupted run still leaves what it measured) and
+``results.json``, printing the seconds each step took:
 
-1. ``tests/test_cuda.py``: CUDA against CPU logits, autocast finiteness, r = 0 against timm, SDPA against
-   the explicit attention matrix, a GPU-actor sweep against a CPU-actor sweep;
-2. ``tomecis.benchmark`` for each model at each r (fp16, batch 256, with ``--explicit``): speed-up over
-   unpatched timm next to the FLOP ratio, and fused / explicit;
-3. a sweep with GPU actors on shards of ``../shared/assets`` (or ``--data``): eval img/s (data path
-   included) against infer img/s (model alone) per point;
-4. ``shards.bench`` at several loader-worker counts, so that the data path's share is visible;
+1. ``tomecis.benchmark`` for each model at each r (fp16, batch 256, with ``--explicit``): speed-up over
+   unpatched timm next to the FLOP ratio, and fused / explicit (the first figures, within a minute or two);
+2. the decode pass on shards written from a folder of photos (``--photos``, default ../shared/assets), or
+   ``--data``: eval img/s (data path included) against infer img/s (model alone) per point, and the grid
+   efficiency. Without Ray it runs the evaluator in-process (the actor's own code: ``Evaluator`` and
+   ``evaluate_shards``, with the loader workers a GPU actor would get on this machine); with Ray, a sweep
+   on GPU actors (``--evaluator`` chooses; ``both`` shows the two side by side);
+3. ``shards.bench`` at several loader-worker counts, so that the data path's share is visible;
+4. ``tests/test_cuda.py``: CUDA against CPU logits, autocast finiteness, r = 0 against timm, SDPA against
+   the explicit attention matrix, a GPU-actor sweep against a CPU-actor sweep (skipped without Ray);
 
 and checks the figures against the targets below. Without CUDA it says so in one line and exits 2.
+Nothing is fetched: ``--wheels DIR`` installs the pure-Python wheels a stock PyTorch image lacks
+(webdataset, braceexpand) from DIR, offline, into the report folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
+import importlib.metadata
 import json
+import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -40,6 +51,13 @@ SAMPLE_PLACES = (
     REPO.parent / "shared" / "assets" / "imagenet-sample",
     REPO / "shared" / "assets" / "imagenet-sample",
 )
+PHOTO_SUFFIXES = (".jpeg", ".jpg")
+PHOTOS_LIMIT = (
+    250  # photos read from the folder (about 27 MB of ImageNet JPEGs): enough to time the data path
+)
+GPU_IMAGES = 10_000  # on a GPU the photos are repeated up to this many images, so that the pass lasts seconds
+SHARD_SIZE = 250  # images a shard: 40 shards of 10,000, more than a GPU actor's loader workers
+EVALUATORS = ("auto", "in-process", "ray", "both")
 
 TARGETS = {
     "speedup_vs_flops": 0.9,  # r = 13 speed-up over unpatched timm >= 0.9 x the FLOP ratio
@@ -53,7 +71,10 @@ class GpuCheckConfig:
     """What to run; parsed once from the command line."""
 
     out: str = "gpu-report"
-    data: Optional[str] = None  # shards; default: written from ../shared/assets/imagenet-sample
+    data: Optional[str] = None  # shards; default: written from the photos
+    photos: Optional[str] = None  # <synset>/<name>.JPEG folder; default: ../shared/assets/imagenet-sample
+    photos_limit: int = PHOTOS_LIMIT  # the first N photos (sorted by path)
+    repeat: Optional[int] = None  # copies of each photo in the shards; default: GPU_IMAGES (CPU: 1)
     checkpoint_dir: Optional[str] = None  # default: random weights (timing and agreement, not accuracy)
     device: str = "cuda"
     models: List[str] = field(default_factory=lambda: ["deit_tiny_patch16_224", "deit_small_patch16_224"])
@@ -64,18 +85,21 @@ class GpuCheckConfig:
     runs: int = 20
     warmup: int = 5
     read_workers: List[int] = field(default_factory=lambda: sorted({2, 4, 8, os.cpu_count() or 1}))
+    evaluator: str = "auto"  # auto: Ray's GPU actors where Ray is installed, else in-process
     run_tests: bool = True
-    repeat: int = 20  # copies of the 500 sample photos in the default shards (10,000 images)
+    tests_timeout: float = 240.0
+    wheels: Optional[str] = None  # folder of wheels to install offline before anything needs them
 
 
 @dataclass
 class Report:
-    """The report as it grows: Markdown sections, the figures, and each target's verdict."""
+    """The report as it grows: Markdown sections, the figures, each target's verdict and each step's time."""
 
     out: Path
     sections: List[str] = field(default_factory=list)
     figures: Dict[str, object] = field(default_factory=dict)
     verdicts: List[str] = field(default_factory=list)
+    steps: List[str] = field(default_factory=list)
 
     def add(self, title: str, body: str, **figures) -> None:
         self.sections.append(f"## {title}\n\n{body.strip()}\n")
@@ -85,6 +109,11 @@ class Report:
     def check(self, what: str, measured: float, target: float) -> None:
         verdict = "PASS" if measured >= target else "FAIL"
         self.verdicts.append(f"| {what} | {measured:.2f} | >= {target:.2f} | {verdict} |")
+        self.write()
+
+    def timed(self, name: str, seconds: float, outcome: str) -> None:
+        self.figures.setdefault("seconds", {})[name] = round(seconds, 1)
+        self.steps.append(f"| {name} | {seconds:.1f} | {outcome} |")
         self.write()
 
     @property
@@ -99,29 +128,53 @@ class Report:
 
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        targets = [
-            "## Targets",
-            "",
-            "| check | measured | target | verdict |",
-            "|---|--:|--:|---|",
-            *self.verdicts,
-            "",
-        ]
-        text = (
-            "# GPU check\n\n"
-            + "\n".join(self.sections)
-            + ("\n" + "\n".join(targets) if self.verdicts else "")
-        )
-        (self.out / "report.md").write_text(text)
+        parts = ["# GPU check\n", *self.sections]
+        if self.verdicts:
+            parts.append(
+                "## Targets\n\n| check | measured | target | verdict |\n|---|--:|--:|---|\n"
+                + "\n".join(self.verdicts)
+                + "\n"
+            )
+        if self.steps:
+            total = sum(self.figures.get("seconds", {}).values())
+            parts.append(
+                "## Steps\n\n| step | seconds | outcome |\n|---|--:|---|\n"
+                + "\n".join(self.steps)
+                + f"\n\n{total:.0f} s in the steps so far\n"
+            )
+        (self.out / "report.md").write_text("\n".join(parts))
         (self.out / "results.json").write_text(json.dumps(self.figures, indent=2, default=str))
 
 
-# --------------------------------------------------------------------------- the steps
+# --------------------------------------------------------------------------- what this machine has
 
 
-def machine_section(cfg: GpuCheckConfig) -> str:
+def ray_version() -> Optional[str]:
+    """Ray's version, or None where it cannot be imported (a stock PyTorch image has none)."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray.__version__
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_section(cfg: GpuCheckConfig, wheels: Sequence[str] = ()) -> str:
     device = torch.device(cfg.device)
-    lines = [f"- torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPU cores"]
+    ray = ray_version()
+    lines = [
+        f"- Python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"timm {_version('timm')}, webdataset {_version('webdataset')}, {os.cpu_count()} CPU cores",
+        f"- Ray {ray}" if ray else "- Ray: not installed (the decode pass runs the evaluator in-process)",
+    ]
+    if wheels:
+        lines.append(f"- installed offline from --wheels {cfg.wheels}: {', '.join(wheels)}")
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         lines.append(
@@ -134,7 +187,43 @@ def machine_section(cfg: GpuCheckConfig) -> str:
     return "\n".join(lines)
 
 
-def run_cuda_tests(timeout: float = 420.0) -> tuple:
+def install_wheels(folder: Path, target: Path) -> List[str]:
+    """The wheels in ``folder`` whose distribution this Python lacks, installed offline (``pip install
+    --no-index --no-deps --target``) into ``target``, which goes first on ``sys.path`` and ``PYTHONPATH`` so
+    that loader workers and the tests' subprocess see it too. Returns the wheels installed (none when
+    everything is there already, e.g. from an earlier run into the same folder)."""
+    wheels = sorted(Path(folder).glob("*.whl"))
+    if not wheels:
+        raise FileNotFoundError(f"no .whl file in {folder}")
+    _put_first_on_path(target)
+    missing = [w for w in wheels if _version(w.name.split("-")[0]) == "not installed"]
+    if missing:
+        command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile"]
+        command += ["--disable-pip-version-check", "--quiet", "--upgrade", "--target", str(target)]
+        done = subprocess.run(command + [str(w) for w in missing], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"pip could not install {', '.join(w.name for w in missing)}: {done.stderr[-2000:]}"
+            )
+        _put_first_on_path(target)
+    return [w.name for w in missing]
+
+
+def _put_first_on_path(target: Path) -> None:
+    if not target.is_dir():
+        return
+    where = str(target.resolve())
+    if where not in sys.path:
+        sys.path.insert(0, where)
+    others = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != where]
+    os.environ["PYTHONPATH"] = os.pathsep.join([where, *others])
+    importlib.invalidate_caches()
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def run_cuda_tests(timeout: float = 240.0) -> tuple:
     """``pytest tests/test_cuda.py`` in a subprocess; returns (passed?, its summary lines)."""
     test_file = REPO / "tests" / "test_cuda.py"
     if not test_file.exists():
@@ -198,38 +287,144 @@ def benchmark_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def sample_shards(cfg: GpuCheckConfig) -> Optional[str]:
-    """``--data``, else shards written once into the report folder from ../shared/assets/imagenet-sample:
-    the 500 real photos ``cfg.repeat`` times over (keys ``<file stem>_copyNN``), so that the data path
-    runs long enough to be timed against a GPU; 250 images a shard, so that every loader worker has one."""
+def photo_folder(cfg: GpuCheckConfig) -> Path:
+    """``--photos``, else the first of ``SAMPLE_PLACES`` that exists; neither is an error naming them."""
+    if cfg.photos:
+        if not Path(cfg.photos).is_dir():
+            raise FileNotFoundError(f"--photos {cfg.photos}: no such folder")
+        return Path(cfg.photos)
+    found = next((place for place in SAMPLE_PLACES if place.exists()), None)
+    if found is None:
+        places = " or ".join(str(p) for p in SAMPLE_PLACES)
+        raise FileNotFoundError(
+            f"no --data, no --photos, and no sample photos at {places} to write shards from"
+        )
+    return found
+
+
+def list_photos(folder: Path, limit: Optional[int]) -> List[Path]:
+    """The ``<synset>/<name>.JPEG`` files of an ImageFolder tree, sorted by path, the first ``limit``."""
+    photos = sorted(p for p in folder.glob("*/*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
+    if not photos:
+        raise FileNotFoundError(
+            f"no photos in {folder}: it must hold <synset>/<name>.JPEG files (ImageFolder)"
+        )
+    return photos[:limit] if limit else photos
+
+
+def sample_shards(cfg: GpuCheckConfig) -> str:
+    """``--data``, else shards written once into the report folder from the photos (the first
+    ``photos_limit`` of them, ``repeat`` times over, keys ``<file stem>_copyNN``), so that the data path runs
+    long enough to be timed against a GPU; 250 images a shard, so that every loader worker has one."""
     if cfg.data:
         return cfg.data
-    sample_images = next((place for place in SAMPLE_PLACES if place.exists()), None)
-    if sample_images is None:
-        return None
     from shards.synsets import synset_index
     from shards.testing import write_manifest_for, write_raw_shard
 
-    target = Path(cfg.out) / f"shards-x{cfg.repeat}"
+    files = list_photos(photo_folder(cfg), cfg.photos_limit)
+    repeat = cfg.repeat or max(1, math.ceil(GPU_IMAGES / len(files)))
+    which = hashlib.sha256("\n".join(f"{p.parent.name}/{p.name}" for p in files).encode()).hexdigest()[:8]
+    target = Path(cfg.out) / f"shards-{len(files)}x{repeat}-{which}"
     if (target / "manifest.json").exists():
         return str(target)
-    photos = [
-        (p.stem, p.read_bytes(), synset_index(p.parent.name, where=str(p)))
-        for p in sorted(sample_images.glob("*/*.JPEG"))
-    ]
+    photos = [(p.stem, p.read_bytes(), synset_index(p.parent.name, where=str(p))) for p in files]
+    width = max(2, len(str(repeat - 1)))
     samples = sorted(
-        (f"{stem}_copy{k:02d}", data, label) for k in range(cfg.repeat) for stem, data, label in photos
+        (f"{stem}_copy{k:0{width}d}", data, label) for k in range(repeat) for stem, data, label in photos
     )
     records = [
-        write_raw_shard(target / f"sample-x{cfg.repeat}-{i // 250:06d}.tar", samples[i : i + 250])
-        for i in range(0, len(samples), 250)
+        write_raw_shard(target / f"sample-{i // SHARD_SIZE:06d}.tar", samples[i : i + SHARD_SIZE])
+        for i in range(0, len(samples), SHARD_SIZE)
     ]
     write_manifest_for(target, records)
     return str(target)
 
 
+POINT_FIELDS = [
+    "short_name",
+    "mode",
+    "r",
+    "top1",
+    "n_images",
+    "infer_samples_per_sec",
+    "eval_samples_per_sec",
+    "started",
+    "finished",
+    "device",
+    "cuda_graphs",  # where the point rows carry it (the CUDA-graph runner)
+]
+
+
+def _point_fields(rows) -> List[dict]:
+    return [{k: row[k] for k in POINT_FIELDS if k in row} for row in rows]
+
+
+def evaluators_to_run(choice: str, has_ray: bool) -> List[str]:
+    """``auto``: Ray's GPU actors where Ray is installed, else the in-process evaluator."""
+    if choice == "auto":
+        return ["ray"] if has_ray else ["in-process"]
+    return ["in-process", "ray"] if choice == "both" else [choice]
+
+
+def local_actor_shape(device: str):
+    """What ``placement`` would give one actor on this machine: torch threads and loader workers (a GPU
+    actor: one worker per CPU but one, which feeds the GPU; a CPU actor: up to 4 threads, no workers)."""
+    from .evaluator import ActorShape
+    from .placement import NodeResources, plan_actors
+
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    node = NodeResources("local", "localhost", float(os.cpu_count() or 1), float(gpus))
+    slot = plan_actors([node], device).slots[0]
+    return ActorShape(threads=slot.threads, loader_workers=slot.loader_workers)
+
+
+def run_inprocess_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
+    """The decode pass without Ray: the actor's body (``Evaluator``: its models, warm-up, ``evaluate_shards``
+    with loader workers, pinned memory and CUDA events; its model-alone timing) called in this process over
+    every shard, and each point's row assembled as the sweep does (``points.point_row``)."""
+    import shards
+
+    from .evaluator import Evaluator, EvaluatorConfig, Weights
+    from .grid import build_grid
+    from .points import point_row
+    from .prepare import plan_passes, select_shards, weights_for
+
+    chosen, total, fingerprint = select_shards(shards.resolve_data(data), None)
+    weights = {
+        model: Weights("checkpoint", w.name, [Path(w.data_ref[0]).read_bytes()], w.digest)
+        if w.source == "checkpoint"
+        else w
+        for model, w in weights_for(cfg.models, cfg.checkpoint_dir, cfg.checkpoint_dir is None).items()
+    }
+    tags = {model: w.tag for model, w in weights.items()}
+    grid = build_grid(cfg.models, cfg.r_values, "tomecis", cfg.amp, cfg.sweep_batch_size, tags, cfg.device)
+    threads = torch.get_num_threads()  # the evaluator sets its own, as an actor does; given back after
+    try:
+        evaluator = Evaluator(
+            EvaluatorConfig(device=cfg.device, amp=cfg.amp, batch_size=cfg.sweep_batch_size),
+            local_actor_shape(cfg.device),
+        )
+        rows = []
+        for decode_pass in plan_passes(grid, weights):
+            outcome = evaluator.evaluate(decode_pass, chosen)
+            if outcome.model_errors:
+                raise RuntimeError("; ".join(outcome.model_errors.values()))
+            for task in decode_pass.tasks:
+                profile = evaluator.profile(decode_pass, task, True, cfg.runs, cfg.warmup)
+                for point in grid:
+                    if (point.model, point.mode) == (task.model, task.mode):
+                        rows.append(point_row(point, [outcome], profile, fingerprint, total, False)[0])
+    finally:
+        torch.set_num_threads(threads)
+    return _point_fields(rows)
+
+
 def run_sweep_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
     """A sweep of the models at every r on GPU actors (a local Ray started for it); one dict per point."""
+    if ray_version() is None:
+        raise RuntimeError(
+            "Ray is not installed here; --evaluator in-process runs the same decode pass without it"
+        )
     import pandas as pd
 
     from .sweep import SweepConfig, run_sweep
@@ -253,20 +448,7 @@ def run_sweep_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
     )
     summary = run_sweep(sweep_cfg)
     points = pd.concat([pd.read_parquet(path) for path in summary.written])  # this run's points only
-    return points[
-        [
-            "short_name",
-            "mode",
-            "r",
-            "top1",
-            "n_images",
-            "infer_samples_per_sec",
-            "eval_samples_per_sec",
-            "started",
-            "finished",
-            "device",
-        ]
-    ].to_dict("records")
+    return _point_fields(points.to_dict("records"))
 
 
 def grid_efficiency(points: Sequence[dict]) -> float:
@@ -277,14 +459,17 @@ def grid_efficiency(points: Sequence[dict]) -> float:
 
 
 def sweep_table(points: Sequence[dict]) -> str:
+    graphs = any("cuda_graphs" in p for p in points)
     lines = [
-        "| model | mode | r | top-1 | images | infer img/s | eval img/s | eval / infer |",
-        "|---|---|--:|--:|--:|--:|--:|--:|",
+        "| model | mode | r | top-1 | images | infer img/s | eval img/s | eval / infer |"
+        + (" CUDA graphs |" if graphs else ""),
+        "|---|---|--:|--:|--:|--:|--:|--:|" + ("---|" if graphs else ""),
     ]
     for p in points:
         lines.append(
             f"| {p['short_name']} | {p['mode']} | {p['r']} | {p['top1']:.2f} | {p['n_images']} | {p['infer_samples_per_sec']:.0f} | "
             f"{p['eval_samples_per_sec']:.0f} | {p['eval_samples_per_sec'] / p['infer_samples_per_sec']:.2f} |"
+            + (f" {p.get('cuda_graphs')} |" if graphs else "")
         )
     return "\n".join(lines)
 
@@ -314,22 +499,14 @@ def read_table(rows: Sequence[dict], model_rates: Dict[str, float]) -> str:
 # --------------------------------------------------------------------------- the command
 
 
-def run_check(cfg: GpuCheckConfig, say: Callable[[str], None] = print) -> Report:
-    """Every step in turn; a step that fails is reported as failed and the next one still runs."""
+def run_check(cfg: GpuCheckConfig, say: Callable[[str], None] = print, wheels: Sequence[str] = ()) -> Report:
+    """Every step in turn, the quick benchmark first; a step that fails is reported as failed and the next
+    one still runs. Each step's seconds are printed and kept in the report."""
     report = Report(Path(cfg.out))
-    report.add("Machine", machine_section(cfg))
-    if cfg.run_tests:
-        say("gpucheck: tests/test_cuda.py")
-        passed, summary = run_cuda_tests()
-        report.add(
-            "tests/test_cuda.py",
-            f"{'passed' if passed else 'FAILED'}\n\n```\n{summary}\n```",
-            tests_passed=passed,
-        )
+    report.add("Machine", machine_section(cfg, wheels))
     bench_rows: List[dict] = []
     for model in cfg.models:
-        say(f"gpucheck: benchmark {model}")
-        bench_rows += _step(report, f"benchmark {model}", lambda: benchmark_model(cfg, model)) or []
+        bench_rows += _step(report, f"benchmark {model}", lambda: benchmark_model(cfg, model), say) or []
     if bench_rows:
         report.add(
             f"Benchmark ({cfg.amp}, batch {cfg.bench_batch_size}, random input on the device)",
@@ -337,43 +514,72 @@ def run_check(cfg: GpuCheckConfig, say: Callable[[str], None] = print) -> Report
             benchmark=bench_rows,
         )
         _check_benchmark(report, bench_rows)
-    data = sample_shards(cfg)
-    if data is None:
-        places = " or ".join(str(p) for p in SAMPLE_PLACES)
-        report.add("sweep: FAILED", f"no --data, and no sample photos at {places} to write shards from")
-        return report
-    say(f"gpucheck: sweep on {data}")
-    points = _step(report, "sweep", lambda: run_sweep_step(cfg, data))
-    if points:
-        efficiency = grid_efficiency(points)
-        report.add(
-            f"Sweep on {data} ({cfg.device} actors)",
-            sweep_table(points) + f"\n\ngrid efficiency (summed model-alone time / pass wall time): "
-            f"{efficiency:.2f}",
-            sweep=points,
-            grid_efficiency=efficiency,
-        )
-        report.check("grid: summed infer time / eval wall time", efficiency, TARGETS["grid_efficiency"])
-    say("gpucheck: shards.bench")
-    reads = _step(report, "shards.bench", lambda: read_bench(cfg, data))
-    if reads:
-        rates = {r["model"]: r["unpatched_img_per_s"] for r in bench_rows if r["r"] == 0}
-        report.add(
-            "Data path (shards.bench: decode + eval transform, no model)",
-            read_table(reads, rates),
-            read_bench=reads,
-        )
+    data = _step(report, "shards", lambda: sample_shards(cfg), say)
+    if data is not None:
+        for evaluator in evaluators_to_run(cfg.evaluator, ray_version() is not None):
+            _decode_pass(report, cfg, data, evaluator, say)
+        reads = _step(report, "shards.bench", lambda: read_bench(cfg, data), say)
+        if reads:
+            rates = {r["model"]: r["unpatched_img_per_s"] for r in bench_rows if r["r"] == 0}
+            report.add(
+                "Data path (shards.bench: decode + eval transform, no model)",
+                read_table(reads, rates),
+                read_bench=reads,
+            )
+    if cfg.run_tests:
+        result = _step(report, "tests/test_cuda.py", lambda: run_cuda_tests(cfg.tests_timeout), say)
+        if result is not None:
+            passed, summary = result
+            report.add(
+                "tests/test_cuda.py",
+                f"{'passed' if passed else 'FAILED'}\n\n```\n{summary}\n```",
+                tests_passed=passed,
+            )
     return report
 
 
-def _step(report: Report, name: str, step: Callable[[], object]):
+def _decode_pass(report: Report, cfg: GpuCheckConfig, data: str, evaluator: str, say) -> None:
+    """One decode pass over the shards, by the in-process evaluator or by Ray's actors, with its table,
+    grid efficiency and target."""
+    if evaluator == "in-process":
+        shape = local_actor_shape(cfg.device)
+        how = (
+            f"in-process evaluator (no Ray: the actor's code in this process, {shape.loader_workers} loader "
+            f"workers, {shape.threads} torch threads"
+            + (", pinned memory, CUDA events)" if cfg.device == "cuda" else ")")
+        )
+        points = _step(report, "decode pass, in-process", lambda: run_inprocess_step(cfg, data), say)
+    else:
+        how = f"sweep on {cfg.device} actors (Ray {ray_version()})"
+        points = _step(report, "decode pass, Ray actors", lambda: run_sweep_step(cfg, data), say)
+    if not points:
+        return
+    efficiency = grid_efficiency(points)
+    report.figures.setdefault("decode_pass", {})[evaluator] = dict(points=points, grid_efficiency=efficiency)
+    report.add(
+        f"Decode pass: {how}, on {data}",
+        sweep_table(points) + "\n\ngrid efficiency (summed model-alone time / pass wall time): "
+        f"{efficiency:.2f}",
+    )
+    report.check(
+        f"grid ({evaluator}): summed infer time / eval wall time", efficiency, TARGETS["grid_efficiency"]
+    )
+
+
+def _step(report: Report, name: str, step: Callable[[], object], say: Callable[[str], None] = print):
+    say(f"gpucheck: {name} ...")
     start = time.monotonic()
     try:
         result = step()
     except Exception as err:  # noqa: BLE001 - the report says what failed and the other steps still run
+        seconds = time.monotonic() - start
+        say(f"gpucheck: {name}: FAILED after {seconds:.1f}s: {type(err).__name__}: {err}")
         report.add(f"{name}: FAILED", f"```\n{type(err).__name__}: {err}\n```")
+        report.timed(name, seconds, "FAILED")
         return None
-    report.figures.setdefault("seconds", {})[name] = round(time.monotonic() - start, 1)
+    seconds = time.monotonic() - start
+    say(f"gpucheck: {name}: {seconds:.1f}s")
+    report.timed(name, seconds, "done")
     return result
 
 
@@ -399,9 +605,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="gpu-report", help="folder for report.md and results.json (default %(default)s)"
     )
     p.add_argument(
-        "--data", help="shards for the sweep and shards.bench (default: written from ../shared/assets)"
+        "--data", help="shards for the decode pass and shards.bench (default: written from --photos)"
     )
-    p.add_argument("--checkpoint-dir", help="weights for the sweep (default: random weights)")
+    p.add_argument(
+        "--photos",
+        metavar="DIR",
+        help="an ImageFolder tree (<synset>/<name>.JPEG) to write the shards from "
+        "(default: ../shared/assets/imagenet-sample, or shared/assets/imagenet-sample in the checkout)",
+    )
+    p.add_argument(
+        "--photos-limit",
+        metavar="N",
+        type=int,
+        default=PHOTOS_LIMIT,
+        help="use the first N photos, sorted by path (default %(default)s)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help=f"copies of each photo in the shards (default: enough for {GPU_IMAGES} images; 1 with --device cpu)",
+    )
+    p.add_argument(
+        "--wheels",
+        metavar="DIR",
+        help="install the .whl files of DIR that this Python lacks, offline, into OUT/site-packages first",
+    )
+    p.add_argument(
+        "--evaluator",
+        choices=EVALUATORS,
+        default="auto",
+        help="the decode pass: in-process, on Ray's actors, or both (default auto: Ray's where installed)",
+    )
+    p.add_argument("--checkpoint-dir", help="weights for the decode pass (default: random weights)")
     p.add_argument(
         "--models", default="deit_tiny,deit_small", help="short or timm names (default %(default)s)"
     )
@@ -420,15 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bench_batch_size",
         type=int,
         default=256,
-        help="benchmark batch (the sweep uses 128)",
-    )
-    p.add_argument(
-        "--repeat",
-        type=int,
-        default=20,
-        help="copies of the 500 sample photos in the default shards (default %(default)s)",
+        help="benchmark batch (the decode pass uses 128)",
     )
     p.add_argument("--no-tests", dest="run_tests", action="store_false", help="skip tests/test_cuda.py")
+    p.add_argument(
+        "--tests-timeout",
+        type=float,
+        default=240.0,
+        help="seconds for tests/test_cuda.py (default %(default)s)",
+    )
     return p
 
 
@@ -440,12 +675,13 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> GpuCheckConfig:
         models=parsed_or_exit(parser, "--models", parse_models, args.models),
         r_values=parsed_or_exit(parser, "--r", parse_r_values, args.r_values),
     )
-    if args.runs < 1 or args.bench_batch_size < 1 or args.repeat < 1:
-        parser.error("--runs, --batch-size and --repeat must be >= 1")
+    if min(args.runs, args.bench_batch_size, args.photos_limit, args.repeat or 1) < 1:
+        parser.error("--runs, --batch-size, --photos-limit and --repeat must be >= 1")
     cfg = GpuCheckConfig(**{**vars(args), **parsed})
     if cfg.device == "cpu":  # a rehearsal: small, in fp32 (CPU autocast is slow and not what is measured)
         cfg.amp, cfg.warmup, cfg.read_workers = "none", 1, [0, 1]  # tiny data: 0 and 1 worker suffice
         cfg.sweep_batch_size = min(cfg.sweep_batch_size, cfg.bench_batch_size)
+        cfg.repeat = cfg.repeat or 1
     return cfg
 
 
@@ -458,10 +694,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         return 2
     start = time.monotonic()
-    report = run_check(cfg, say=lambda s: print(s, file=sys.stderr))
+    installed: List[str] = []
+    if cfg.wheels:
+        try:
+            installed = install_wheels(Path(cfg.wheels), Path(cfg.out) / "site-packages")
+        except (OSError, RuntimeError) as err:
+            print(f"gpucheck: --wheels {cfg.wheels}: {err}", file=sys.stderr)
+            return 1
+    report = run_check(cfg, say=lambda s: print(s, file=sys.stderr), wheels=installed)
     report.figures["total_seconds"] = round(time.monotonic() - start, 1)
     report.write()
     print((Path(cfg.out) / "report.md").read_text())
+    print(f"gpucheck: {report.figures['total_seconds']:.0f}s in all", file=sys.stderr)
     return 0 if report.all_passed else 1
 
 
