@@ -45,6 +45,32 @@ def tiny_vit(**kwargs) -> VisionTransformer:
     return randomize(VisionTransformer(**cfg), seed=kwargs.get("depth", 6))
 
 
+def _cpu_autocast_supports(dtype: torch.dtype) -> bool:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.autocast("cpu", dtype=dtype):
+                return True
+    except RuntimeError:  # torch 2.1: "AutocastCPU only support Bfloat16"
+        return False
+
+
+# autocast dtypes for CPU tests; fp16 is skipped, saying why, where torch's CPU autocast lacks it (torch 2.1)
+CPU_AUTOCAST_DTYPES = [
+    pytest.param(
+        dtype,
+        id=str(dtype),
+        marks=pytest.mark.skipif(
+            not _cpu_autocast_supports(dtype),
+            reason=f"torch {torch.__version__}'s CPU autocast does not support {dtype} (bfloat16 only)",
+        ),
+    )
+    for dtype in (torch.float16, torch.bfloat16)
+]
+
+
 MODEL_FACTORIES = {
     "deit_tiny": lambda: randomize(timm.create_model("deit_tiny_patch16_224", num_classes=100), 1),
     "deit_small": lambda: randomize(timm.create_model("deit_small_patch16_224", num_classes=100), 2),

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import CPU_AUTOCAST_DTYPES
 
 from tomecis import merge as M
 
@@ -68,7 +69,7 @@ def test_class_attention_equals_row_zero_of_full_softmax_with_size_bias():
     torch.testing.assert_close(row, full[:, :, 0], rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", CPU_AUTOCAST_DTYPES)
 def test_class_attention_is_float32_under_autocast(dtype):
     """SPEC: the score is computed in float32; autocast must not turn the q·k product into half precision."""
     g = torch.Generator().manual_seed(4)

@@ -5,7 +5,7 @@ import copy
 import pytest
 import timm
 import torch
-from conftest import MODEL_FACTORIES, tiny_vit
+from conftest import CPU_AUTOCAST_DTYPES, MODEL_FACTORIES, tiny_vit
 from reference import reference_forward
 from timm.models.vision_transformer import VisionTransformer
 
@@ -120,7 +120,7 @@ def test_intermediates_reset_sizes_and_need_nlc_when_merging():
         torch.testing.assert_close(mine, timms)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", CPU_AUTOCAST_DTYPES)
 def test_autocast_gives_finite_logits(dtype):
     model = tomecis.patch(MODEL_FACTORIES["deit_small"](), r=16)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
@@ -129,7 +129,7 @@ def test_autocast_gives_finite_logits(dtype):
     assert model.merge_state.tokens[-1] == 197 - 16 * 11 - 10  # the last block is clamped to (21 - 1) // 2
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", CPU_AUTOCAST_DTYPES)
 def test_tiny_value_norms_give_no_nan(dtype):
     """Values ~1e-30 underflow to 0 in half precision: every score is 0, the merge must not divide by 0."""
     model = tomecis.patch(tiny_vit(), r=8)
