@@ -27,6 +27,7 @@ import shards
 import tomecis
 from tomecis import benchmark as bm
 from tomecis import device as dev
+from tomecis.graphs import GraphSet, cuda_graphs_available, try_capture
 from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
 
 PointKey = Tuple[str, str, int]  # (timm model name, mode, r): what one grid point is run under
@@ -39,6 +40,7 @@ class EvaluatorConfig:
     device: str = "auto"
     amp: str = "none"
     batch_size: int = 128
+    cuda_graphs: bool = True  # on CUDA: capture each point once, replay it per batch (False: eager)
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,12 @@ class ShardOutcome:
     model_errors: Dict[str, str] = field(
         default_factory=dict
     )  # model -> why it could not be built (no points for it)
-    cuda_graphs: Dict[PointKey, bool] = field(default_factory=dict)  # point -> its forwards were graph replays
-    graph_errors: Dict[PointKey, str] = field(default_factory=dict)  # point -> why its capture failed (ran eagerly)
+    cuda_graphs: Dict[PointKey, bool] = field(
+        default_factory=dict
+    )  # point -> its forwards were graph replays
+    graph_errors: Dict[PointKey, str] = field(
+        default_factory=dict
+    )  # point -> why its capture failed (ran eagerly)
 
 
 @dataclass
@@ -134,6 +140,8 @@ class ModelProfile:
     gflops: Dict[int, float] = field(default_factory=dict)
     tokens_out: Dict[int, int] = field(default_factory=dict)
     infer_samples_per_sec: Dict[int, float] = field(default_factory=dict)
+    cuda_graphs: Dict[int, bool] = field(default_factory=dict)  # r -> img/s timed as graph replays
+    graph_errors: Dict[int, str] = field(default_factory=dict)  # r -> why its capture failed (timed eagerly)
 
 
 # --------------------------------------------------------------------------- building models
@@ -217,25 +225,100 @@ class _QueuedBatch:
         return top5, seconds
 
 
-def queue_batch(
-    models: Dict[str, nn.Module], tasks: Sequence[Task], images: torch.Tensor, clock: ForwardClock
-) -> Tuple[torch.Tensor, List[int], List[Tuple[PointKey, object, object]], object]:
-    """Run ``images`` ``[B, 3, H, W]`` (on the device) through every task at every r, top-5 kept on the
-    device, then one non-blocking copy of all of them to the host. Returns ``(top5 [B, sum k] int32 on the
-    host, k of each point, (point, start, end) marks, mark after the copy)``. The caller holds the autocast
-    context (one for the whole stream: entering it per forward would redo its weight casts every time)."""
-    outputs, spans = [], []
-    for task in tasks:
-        model = models[task.model]
-        model.mode = task.mode
-        for r in task.r_values:
-            model.r = r
-            start = clock.mark()
-            logits = model(images)
-            outputs.append(logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices.to(torch.int32))
-            spans.append(((task.model, task.mode, r), start, clock.mark()))
-    host = torch.cat(outputs, dim=1).to("cpu", non_blocking=True)
-    return host, [o.shape[1] for o in outputs], spans, clock.mark()
+def top5_indices(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, classes]`` -> ``[B, min(5, classes)]`` int32 class indices, best first, on the same device."""
+    return logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices.to(torch.int32)
+
+
+class PointRunner:
+    """Runs a batch through every (model, mode, r) of a pass: CUDA-graph replays where captured, eager
+    forwards elsewhere (a CPU, ``cuda_graphs=False``, or a point whose capture failed).
+
+    On CUDA with graphs, each point is captured once at ``batch_size`` (``tomecis.graphs.GraphSet``: one
+    static input, one memory pool for all points), in task order, which is also the replay order. A
+    shorter batch (a work item's last) is padded with zeros and its padded rows dropped. A point whose
+    capture fails is named in ``graph_errors`` and a warning, and runs eagerly."""
+
+    def __init__(
+        self,
+        models: Dict[str, nn.Module],
+        tasks: Sequence[Task],
+        device: torch.device,
+        amp: str = "none",
+        batch_size: int = 128,
+        cuda_graphs: bool = True,
+        warn=print,
+    ):
+        self.models, self.tasks, self.device = models, list(tasks), device
+        self.graphs: Optional[GraphSet] = None
+        self.graph_errors: Dict[PointKey, str] = {}
+        if not self.tasks or device.type != "cuda":
+            return
+        example = torch.randn(batch_size, *bm.input_shape(models[self.tasks[0].model]), device=device)
+        if cuda_graphs and cuda_graphs_available(device):
+            self._capture_all(example, amp, warn)
+        self._warm_up(example, amp)
+
+    def _warm_up(self, example: torch.Tensor, amp: str) -> None:
+        """One untimed batch through every point on a GPU, so that lazy kernel loading and cuBLAS set-up
+        happen before the pass's clock starts."""
+        with torch.inference_mode(), dev.autocast(self.device, amp):
+            _, _, _, copied = self.queue(example, ForwardClock(self.device))
+        copied.synchronize()
+
+    @property
+    def point_keys(self) -> List[PointKey]:
+        return [key for task in self.tasks for key in task.point_keys()]
+
+    def graphed(self, key: PointKey) -> bool:
+        return self.graphs is not None and key in self.graphs
+
+    def _capture_all(self, example: torch.Tensor, amp: str, warn) -> None:
+        self.graphs = GraphSet(example, amp)
+        self.graphs.load(example)
+        with torch.inference_mode():
+            for task in self.tasks:
+                model = self.models[task.model]
+                model.mode = task.mode
+                for key in task.point_keys():
+                    model.r = key[2]
+                    error = try_capture(self.graphs, key, lambda x, m=model: top5_indices(m(x)))
+                    model.merge_state.reset()  # the capture's sizes live in the graph pool
+                    if error is not None:
+                        self.graph_errors[key] = error
+                        warn(
+                            f"warning: {key[0]} {key[1]} r={key[2]}: CUDA-graph capture failed, evaluated eagerly: {error}"
+                        )
+
+    def queue(
+        self, images: torch.Tensor, clock: ForwardClock
+    ) -> Tuple[torch.Tensor, List[int], List[Tuple[PointKey, object, object]], object]:
+        """Run ``images [n, 3, H, W]`` (pinned host memory or the device) at every point, top-5 kept on the device, then one
+        non-blocking copy of all of them to the host. Returns ``(top5 [n, sum k] int32 on the host, k of
+        each point, (point, start, end) marks, mark after the copy)``. Each point's top-5 is copied out
+        of its graph's output before the next replay. The caller holds the autocast context for the eager
+        points (one for the whole stream: entering it per forward would redo its weight casts)."""
+        n = images.shape[0]
+        if self.graphs is not None:
+            self.graphs.load(images)  # straight from pinned host memory into the static input
+            images = self.graphs.static_input[:n]  # for points that run eagerly
+        else:
+            images = images.to(self.device, non_blocking=True)
+        outputs, spans = [], []
+        for task in self.tasks:
+            model = self.models[task.model]
+            model.mode = task.mode
+            for key in task.point_keys():
+                start = clock.mark()
+                if self.graphed(key):
+                    top5 = self.graphs.replay(key)[:n].clone()
+                else:
+                    model.r = key[2]
+                    top5 = top5_indices(model(images))
+                outputs.append(top5)
+                spans.append((key, start, clock.mark()))
+        host = torch.cat(outputs, dim=1).to("cpu", non_blocking=True)
+        return host, [o.shape[1] for o in outputs], spans, clock.mark()
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -276,21 +359,6 @@ class _Results:
         )
 
 
-def warm_up(
-    models: Dict[str, nn.Module], tasks: Sequence[Task], device: torch.device, amp: str, batch_size: int
-) -> None:
-    """One untimed batch of random input through every point on a GPU, so that lazy kernel loading and
-    cuBLAS set-up happen before the pass's clock starts (nothing to do on a CPU)."""
-    if device.type != "cuda" or not tasks:
-        return
-    shape = bm.input_shape(models[tasks[0].model])
-    with torch.inference_mode(), dev.autocast(device, amp):
-        _, _, _, copied = queue_batch(
-            models, tasks, torch.randn(batch_size, *shape, device=device), ForwardClock(device)
-        )
-    copied.synchronize()
-
-
 def evaluate_shards(
     models: Dict[str, nn.Module],
     tasks: Sequence[Task],
@@ -301,15 +369,22 @@ def evaluate_shards(
     batch_size: int = 128,
     loader_workers: int = 0,
     pass_name: str = "",
+    runner: Optional[PointRunner] = None,
+    cuda_graphs: bool = True,
 ) -> ShardOutcome:
     """Decode ``items`` once with ``shards.iter_batches`` and run every batch through every task.
+
+    ``runner`` runs the points (an actor keeps one per pass, so graphs are captured once); without one,
+    a ``PointRunner`` is made here (on CUDA with ``cuda_graphs``: every point captured at ``batch_size``).
 
     ``min(loader_workers, len(items))`` DataLoader workers (0: here) split the shards between them, so each
     shard is read by exactly one worker. Each shard's count is checked against its manifest, and a shard
     never read is an error (``ShardCountError``); decode failures are returned, not dropped. One batch is
     queued on the device while the previous one's results are collected."""
+    if runner is None:
+        runner = PointRunner(models, tasks, device, amp, batch_size, cuda_graphs)
     clock, stats = ForwardClock(device), shards.ReadStats()
-    results = _Results([key for task in tasks for key in task.point_keys()])
+    results = _Results(runner.point_keys)
     load_seconds, started, queued = 0.0, time.time(), None
     tick = time.perf_counter()
     with torch.inference_mode(), dev.autocast(device, amp):
@@ -319,7 +394,7 @@ def evaluate_shards(
         )
         for images, labels, keys, key_shards in batches:
             load_seconds += time.perf_counter() - tick
-            queued_now = queue_batch(models, tasks, images.to(device, non_blocking=True), clock)
+            queued_now = runner.queue(images, clock)
             current = _QueuedBatch(list(keys), list(key_shards), labels.numpy().astype(np.int32), *queued_now)
             if queued is not None:
                 results.absorb(
@@ -338,6 +413,8 @@ def evaluate_shards(
         started=started,
         finished=time.time(),
         device=dev.device_name(device),
+        cuda_graphs={key: runner.graphed(key) for key in runner.point_keys},
+        graph_errors=dict(runner.graph_errors),
     )
 
 
@@ -349,9 +426,11 @@ def profile_model(
     bench_batch_size: Optional[int] = None,
     runs: int = 10,
     warmup: int = 3,
+    cuda_graphs: bool = True,
 ) -> ModelProfile:
     """GFLOPs, tokens left and schedule at each r, in the model's current mode; img/s too when
-    ``bench_batch_size`` is given."""
+    ``bench_batch_size`` is given (on CUDA with ``cuda_graphs``: CUDA-graph replays, unpatched and
+    patched alike, as ``tomecis.benchmark`` times them)."""
     cfg = shards.data_config(model)
     profile = ModelProfile(
         model=model.pretrained_cfg.get("architecture", ""),
@@ -370,10 +449,12 @@ def profile_model(
     if bench_batch_size:
         bm.measure_throughput(model, bench_batch_size, device, amp, warmup, 1)  # device warm-up, untimed
         settings = [bm.with_r(model, r) for r in r_values]  # every r timed in turns: drift hits them alike
-        times = bm.time_in_turns(settings, bench_batch_size, device, amp, warmup, runs)
-        profile.infer_samples_per_sec = {
-            r: bm.img_per_s(bench_batch_size, t) for r, t in zip(r_values, times)
-        }
+        timings = bm.time_in_turns(settings, bench_batch_size, device, amp, warmup, runs, cuda_graphs)
+        for i, r in enumerate(r_values):
+            profile.infer_samples_per_sec[r] = bm.img_per_s(bench_batch_size, timings.seconds[i])
+            profile.cuda_graphs[r] = timings.cuda_graphs[i]
+            if timings.graph_errors[i]:
+                profile.graph_errors[r] = timings.graph_errors[i]
     return profile
 
 
@@ -392,6 +473,7 @@ class Evaluator:
         self.models: Dict[str, nn.Module] = {}
         self.broken: Dict[str, str] = {}  # model -> why it could not be built
         self.transform = None
+        self.runner: Optional[PointRunner] = None  # the pass's points, captured once (CUDA graphs)
         self.items_started = 0
 
     def ready(self) -> Dict[str, str]:
@@ -425,11 +507,12 @@ class Evaluator:
 
     def evaluate(self, decode_pass: DecodePass, items: Sequence[shards.ShardInfo]) -> ShardOutcome:
         self.items_started += 1
-        fresh = self.pass_name != decode_pass.name
         models = self._ensure(decode_pass)
         tasks = [t for t in decode_pass.tasks if t.model in models]
-        if fresh:
-            warm_up(models, tasks, self.device, self.config.amp, self.config.batch_size)
+        if self.runner is None or self.runner.models is not models or self.runner.tasks != tasks:
+            self.runner = None  # the previous pass's graphs go before this pass's are captured
+            cfg = self.config
+            self.runner = PointRunner(models, tasks, self.device, cfg.amp, cfg.batch_size, cfg.cuda_graphs)
         outcome = evaluate_shards(
             models,
             tasks,
@@ -440,6 +523,7 @@ class Evaluator:
             self.config.batch_size,
             self.shape.loader_workers,
             decode_pass.name,
+            self.runner,
         )
         outcome.node_id, outcome.hostname = _node_id(), socket.gethostname()
         outcome.model_errors = dict(self.broken)
@@ -451,7 +535,10 @@ class Evaluator:
         model = self._ensure(decode_pass)[task.model]
         model.mode = task.mode
         batch = self.config.batch_size if bench else None
-        profile = profile_model(model, task.r_values, self.device, self.config.amp, batch, runs, warmup)
+        cfg = self.config
+        profile = profile_model(
+            model, task.r_values, self.device, cfg.amp, batch, runs, warmup, cfg.cuda_graphs
+        )
         profile.model = task.model
         return profile
 

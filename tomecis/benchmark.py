@@ -24,9 +24,11 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from torch import nn
 from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .cli import parsed_or_exit, run_or_report
 from .device import AMP_DTYPES, autocast, device_name, resolve_device, synchronize  # noqa: F401 - re-exported for now
+from .graphs import GraphSet, cuda_graphs_available, try_capture
 from .models import create_model, resolve_model_name
 from .patch import MODES, patch
 from .schedule import parse_r_values
@@ -50,12 +52,24 @@ def measure_throughput(
     amp: str = "none",
     warmup: int = 3,
     runs: int = 10,
+    cuda_graphs: bool = False,
 ) -> float:
     """Median images/s of ``runs`` timed forward passes on random input already on ``device``."""
-    return img_per_s(batch_size, time_in_turns([lambda: model], batch_size, device, amp, warmup, runs)[0])
+    timings = time_in_turns([lambda: model], batch_size, device, amp, warmup, runs, cuda_graphs)
+    return img_per_s(batch_size, timings.seconds[0])
 
 
 Setting = Callable[[], nn.Module]  # puts a model in the state to time (e.g. sets its r) and returns it
+
+
+@dataclass
+class Timings:
+    """What ``time_in_turns`` measured: seconds ``[setting][run]``, and per setting whether its passes
+    were CUDA-graph replays and, if a capture failed, why (that setting was then timed eagerly)."""
+
+    seconds: List[List[float]]
+    cuda_graphs: List[bool]
+    graph_errors: List[Optional[str]]
 
 
 def time_in_turns(
@@ -65,29 +79,59 @@ def time_in_turns(
     amp: str = "none",
     warmup: int = 3,
     runs: int = 10,
-) -> List[List[float]]:
+    cuda_graphs: bool = False,
+) -> Timings:
     """Seconds of each timed forward pass of each setting, on random input already on ``device``.
 
     Every setting gets ``warmup`` untimed passes, then the timed passes go in turns: pass i of every
     setting before pass i + 1 of any. A machine whose speed drifts during the measurement (clocks,
     neighbours on a shared host) then slows every setting alike instead of favouring whichever
-    happened to run in a fast spell. Returns ``[len(settings)][runs]`` seconds."""
+    happened to run in a fast spell. With ``cuda_graphs`` on a CUDA device each setting is captured
+    once (``tomecis.graphs``) and its timed passes are replays; a setting whose capture fails is timed
+    eagerly and says why in ``graph_errors``."""
     x = torch.randn(batch_size, *input_shape(settings[0]()), device=device)
-    times: List[List[float]] = [[] for _ in settings]
-    with torch.inference_mode(), autocast(device, amp):
-        for setting in settings:
-            model = setting()
-            for _ in range(warmup):
-                model(x)
-        synchronize(device)
-        for _ in range(runs):
+    graphs = GraphSet(x, amp, warmup) if cuda_graphs and cuda_graphs_available(device) else None
+    if graphs is not None:
+        graphs.load(x)
+    seconds: List[List[float]] = [[] for _ in settings]
+    with torch.inference_mode():
+        errors = [_capture_setting(graphs, i, setting) for i, setting in enumerate(settings)]
+        passes = [_timed_pass(graphs, i, setting, x) for i, setting in enumerate(settings)]
+        with autocast(device, amp):
             for i, setting in enumerate(settings):
-                model = setting()
-                start = time.perf_counter()
-                model(x)
-                synchronize(device)
-                times[i].append(time.perf_counter() - start)
-    return times
+                if graphs is None or i not in graphs:
+                    for _ in range(warmup):
+                        setting()(x)
+            synchronize(device)
+            for _ in range(runs):
+                for i, run_pass in enumerate(passes):
+                    start = time.perf_counter()
+                    run_pass()
+                    synchronize(device)
+                    seconds[i].append(time.perf_counter() - start)
+    graphed = [graphs is not None and i in graphs for i in range(len(settings))]
+    return Timings(seconds, graphed, errors)
+
+
+def _capture_setting(graphs: Optional[GraphSet], index: int, setting: Setting) -> Optional[str]:
+    """Capture one setting's forward (None: captured, or no graphs asked for; else the error)."""
+    if graphs is None:
+        return None
+    model = setting()
+    error = try_capture(graphs, index, lambda inp: model(inp))
+    state = getattr(model, "merge_state", None)
+    if state is not None:
+        state.reset()  # the capture's sizes live in the graph pool: hold no reference to them
+    return error
+
+
+def _timed_pass(
+    graphs: Optional[GraphSet], index: int, setting: Setting, x: torch.Tensor
+) -> Callable[[], None]:
+    """One forward of a setting: a graph replay where captured, else the model itself on ``x``."""
+    if graphs is not None and index in graphs:
+        return lambda: graphs.replay(index)
+    return lambda: setting()(x)
 
 
 def img_per_s(batch_size: int, seconds: Sequence[float]) -> float:
@@ -139,6 +183,28 @@ def tokens_left(model: nn.Module, device: torch.device) -> int:
     return model.patch_embed.num_patches + model.num_prefix_tokens
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts every ATen operator call that reaches the dispatcher (views and no-op casts included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_aten_ops(model: nn.Module, device: torch.device, batch_size: int = 2) -> int:
+    """ATen operators one eager forward of ``model`` dispatches on a small batch ``[batch_size, 3, H, W]``:
+    the host's share of the work, each a Python-to-C++ call and most a kernel launch on a GPU."""
+    x = torch.randn(batch_size, *input_shape(model), device=device)
+    counter = _OpCounter()
+    with torch.inference_mode(), counter:
+        model(x)
+    return counter.count
+
+
 # --------------------------------------------------------------------------- one model, many r
 
 
@@ -157,6 +223,7 @@ class BenchmarkConfig:
     pretrained: bool = False
     checkpoint: Optional[str] = None
     explicit: bool = False  # also time the full-attention-matrix formulation at every r > 0
+    cuda_graphs: bool = True  # on CUDA, time CUDA-graph replays (False: eager forwards)
 
 
 @dataclass
@@ -174,6 +241,10 @@ class BenchmarkRow:
     amp: str
     device: str
     explicit_img_per_s: Optional[float] = None
+    aten_ops: int = 0  # ATen operators one eager forward dispatches (batch 2)
+    cuda_graphs: bool = False  # this r was timed as CUDA-graph replays
+    unpatched_cuda_graphs: bool = False  # the unpatched model too
+    graph_error: Optional[str] = None  # why this r's capture failed (then timed eagerly)
 
     @property
     def speedup(self) -> float:
@@ -214,12 +285,9 @@ def run_benchmark(
         settings[:1], cfg.batch_size, device, cfg.amp, cfg.warmup, 1
     )  # allocator and kernel warm-up
     progress(f"timing {len(settings)} settings in turns")
-    times = time_in_turns(settings, cfg.batch_size, device, cfg.amp, cfg.warmup, cfg.runs)
-    unpatched, fused, explicit_times = (
-        times[0],
-        times[1 : 1 + len(cfg.r_values)],
-        times[1 + len(cfg.r_values) :],
-    )
+    timings = time_in_turns(settings, cfg.batch_size, device, cfg.amp, cfg.warmup, cfg.runs, cfg.cuda_graphs)
+    times, n_r = timings.seconds, len(cfg.r_values)
+    unpatched, fused, explicit_times = times[0], times[1 : 1 + n_r], times[1 + n_r :]
     half = max(1, len(unpatched) // 2)
     rows = []
     for i, r in enumerate(cfg.r_values):
@@ -240,6 +308,10 @@ def run_benchmark(
                 amp=cfg.amp,
                 device=device_name(device),
                 explicit_img_per_s=img_per_s(cfg.batch_size, explicit_times[i]) if explicit_times else None,
+                aten_ops=count_aten_ops(patched, device),
+                cuda_graphs=timings.cuda_graphs[1 + i],
+                unpatched_cuda_graphs=timings.cuda_graphs[0],
+                graph_error=timings.graph_errors[1 + i],
             )
         )
     return rows
@@ -250,14 +322,19 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
     if not rows:
         return "(no rows)"
     with_explicit = any(row.explicit_img_per_s is not None for row in rows)
-    head = ["r", "img/s", "speed-up", "GFLOPs", "tokens left"]
+    head = ["r", "img/s", "speed-up", "GFLOPs", "tokens left", "aten ops", "CUDA graphs"]
     if with_explicit:
         head += ["explicit img/s", "fused / explicit"]
     first = rows[0]
     lines = [
         f"{first.model} ({first.mode}), batch {first.batch_size}, amp {first.amp}, {first.device}",
         f"unpatched timm: {first.unpatched_img_per_s:.1f} img/s (early passes: {first.unpatched_early:.1f}, late passes: {first.unpatched_late:.1f}; "
-        "all settings timed in turns)",
+        f"all settings timed in turns; {'CUDA-graph replays' if first.unpatched_cuda_graphs else 'eager'})",
+    ]
+    lines += [
+        f"warning: r = {row.r} ran eagerly: capture failed: {row.graph_error}"
+        for row in rows
+        if row.graph_error
     ]
     if first.drift > DRIFT_WARNING:
         lines.append(
@@ -274,6 +351,8 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
             f"{row.speedup:.2f}x",
             f"{row.gflops:.2f}",
             str(row.tokens_out),
+            str(row.aten_ops),
+            "yes" if row.cuda_graphs else "no",
         ]
         if with_explicit:
             e = row.explicit_img_per_s
@@ -308,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", help="local .pth / .safetensors weights")
     p.add_argument("--explicit", action="store_true", help="also time the full-attention-matrix formulation")
+    p.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="on CUDA, time eager forwards instead of CUDA-graph replays (eager img/s on a fast GPU measures the host)",
+    )
     return p
 
 

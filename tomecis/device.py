@@ -23,13 +23,16 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def autocast(device: torch.device, amp: str):
-    """Autocast context for ``amp`` in {none, fp16, bf16}."""
+def autocast(device: torch.device, amp: str, cache: bool = True):
+    """Autocast context for ``amp`` in {none, fp16, bf16}. ``cache=False`` recasts the weights at every
+    use instead of keeping the casts for the context's life (what a CUDA-graph capture needs)."""
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
     dtype = AMP_DTYPES[amp]
     if dtype is None:
         return contextlib.nullcontext()
+    if not cache:
+        return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

@@ -47,7 +47,9 @@ def test_run_benchmark_rows_and_table():
     assert rows[0].tokens_out == 197 and rows[1].tokens_out == 197 - 8 * 12
     assert all(row.img_per_s > 0 and row.explicit_img_per_s > 0 for row in rows)
     table = bm.format_table(rows)
-    assert "| r | img/s | speed-up | GFLOPs | tokens left |" in table
+    assert "| r | img/s | speed-up | GFLOPs | tokens left | aten ops | CUDA graphs |" in table
+    assert all(row.aten_ops > 0 and not row.cuda_graphs for row in rows)
+    assert rows[1].aten_ops > rows[0].aten_ops  # merging blocks dispatch more than timm's blocks
     assert [
         line.split("|")[1].strip()
         for line in table.splitlines()
@@ -91,9 +93,11 @@ def test_settings_are_timed_in_turns():
         model.register_forward_hook(lambda *_: calls.append(name))
         return lambda: model
 
-    times = bm.time_in_turns([setting("a"), setting("b")], 2, CPU, warmup=2, runs=3)
+    timings = bm.time_in_turns([setting("a"), setting("b")], 2, CPU, warmup=2, runs=3, cuda_graphs=True)
+    times = timings.seconds
     assert [len(t) for t in times] == [3, 3] and all(s > 0 for t in times for s in t)
     assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert timings.cuda_graphs == [False, False] and timings.graph_errors == [None, None]  # no CUDA here
 
 
 def test_cli_prints_the_table(capsys):
@@ -130,3 +134,24 @@ def test_cli_rejects_bad_arguments(capsys):
         with pytest.raises(SystemExit):
             bm.main(argv)
         assert message in capsys.readouterr().err
+
+
+# ToMe's counts (DeiT-S, 2 images, fp32, r = 13) before the lean merge were 1,227 (tomecis) and 979 (tome);
+# issue #19's ceilings. A regression in what a merging block dispatches fails here, not on a GPU.
+OP_CEILINGS = {"tomecis": 800, "tome": 700}
+
+
+@pytest.mark.parametrize("mode", sorted(OP_CEILINGS))
+def test_a_merging_forward_dispatches_few_operators(mode):
+    model = timm.create_model("deit_small_patch16_224").eval()
+    unpatched = bm.count_aten_ops(model, CPU)
+    patched = tomecis.patch(model, r=13, mode=mode)
+    count = bm.count_aten_ops(patched, CPU)
+    assert count <= OP_CEILINGS[mode], f"{mode}: {count} ATen ops per forward (ceiling {OP_CEILINGS[mode]})"
+    patched.r = 0
+    assert bm.count_aten_ops(patched, CPU) == unpatched  # r = 0 is timm's own code
+
+
+def test_cli_no_cuda_graphs_flag_reaches_the_config():
+    assert bm.config_from_args([]).cuda_graphs is True
+    assert bm.config_from_args(["--no-cuda-graphs"]).cuda_graphs is False
