@@ -164,3 +164,87 @@ def test_gpu_actor_sweep_equals_a_cpu_actor_sweep(tmp_path):
     )
     assert (gpu["pred"] == cpu["pred"]).mean() >= 0.97
     assert set(gpu["device"]) != set(cpu["device"])
+
+
+# --------------------------------------------------------------------------- CUDA-graph replay (issue #19)
+#
+# Tolerances: a replay runs the kernels the capture recorded, which are the eager forward's kernels, so
+# logits agree to 1e-4 (fp32, TF32 off) or 1e-2 (fp16 autocast) on at least 99% of the images and top-1
+# on at least 99% (scatter_add's atomics sum in any order, which can flip a merge decision on a near-tie).
+
+GRAPH_MODELS = ["deit_tiny", "deit_small"]
+
+
+def graphed_and_eager(model, x, amp):
+    from tomecis.device import autocast
+    from tomecis.graphs import GraphSet
+
+    graphs = GraphSet(x, amp)
+    graphs.load(x)
+    with torch.inference_mode():
+        graphs.capture("forward", lambda inp: model(inp).float())
+        model.merge_state.reset()
+        replayed = graphs.replay("forward").clone()
+        with autocast(CUDA, amp):
+            eager = model(x).float()
+    return replayed, eager
+
+
+@pytest.mark.parametrize("amp", ["none", "fp16"])
+@pytest.mark.parametrize("mode", ["tomecis", "tome"])
+@pytest.mark.parametrize("name", GRAPH_MODELS)
+def test_graph_replay_equals_eager_on_the_headline_grid(strict_fp32, name, mode, amp):
+    base = MODEL_FACTORIES[name]().to(CUDA)
+    x = torch.randn(32, 3, 224, 224, device=CUDA)
+    atol = 1e-4 if amp == "none" else 1e-2
+    for r in R_VALUES:
+        model = tomecis.patch(copy.deepcopy(base), r=r, mode=mode)
+        replayed, eager = graphed_and_eager(model, x, amp)
+        close = ((replayed - eager).abs().amax(dim=-1) <= atol).float().mean().item()
+        same = (replayed.argmax(-1) == eager.argmax(-1)).float().mean().item()
+        assert close >= 0.99 and same >= 0.99, (
+            f"{name} {mode} r={r} {amp}: {close:.1%} close, {same:.1%} top-1"
+        )
+
+
+@pytest.mark.parametrize("amp", ["none", "fp16"])
+def test_a_short_last_batch_is_padded_and_equals_eager(strict_fp32, amp):
+    """The PointRunner captured at 64 images runs a batch of 37: padded with zeros, rows dropped."""
+    from orchestrator.evaluator import ForwardClock, PointRunner, Task
+    from tomecis.device import autocast
+
+    base = MODEL_FACTORIES["deit_tiny"]()
+    models = {"deit_tiny_patch16_224": tomecis.patch(base, r=0).to(CUDA)}
+    tasks = [Task("deit_tiny_patch16_224", mode, (0, 13)) for mode in ("tomecis", "tome")]
+    graphed = PointRunner(models, tasks, CUDA, amp, batch_size=64, cuda_graphs=True)
+    eager = PointRunner(models, tasks, CUDA, amp, batch_size=64, cuda_graphs=False)
+    assert all(graphed.graphed(k) for k in graphed.point_keys) and not graphed.graph_errors
+    images = torch.randn(37, 3, 224, 224).pin_memory()
+    clock = ForwardClock(CUDA)
+    with torch.inference_mode(), autocast(CUDA, amp):
+        top5_graphed, widths, _, done_graphed = graphed.queue(images, clock)
+        top5_eager, _, _, done_eager = eager.queue(images, clock)
+    done_graphed.synchronize(), done_eager.synchronize()
+    assert top5_graphed.shape == (37, sum(widths)) == top5_eager.shape
+    assert (top5_graphed[:, ::5] == top5_eager[:, ::5]).float().mean().item() >= 0.99  # top-1 per point
+
+
+def test_forty_points_capture_within_memory(capsys):
+    """The paper grid of one actor: DeiT-Ti and DeiT-S x two modes x ten r, batch 256, fp16, one pool."""
+    from orchestrator.evaluator import PointRunner, Task
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(CUDA)
+    r_values = (0, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+    models = {
+        "deit_tiny_patch16_224": tomecis.patch(MODEL_FACTORIES["deit_tiny"](), r=0).to(CUDA),
+        "deit_small_patch16_224": tomecis.patch(MODEL_FACTORIES["deit_small"](), r=0).to(CUDA),
+    }
+    tasks = [Task(name, mode, r_values) for name in models for mode in ("tomecis", "tome")]
+    runner = PointRunner(models, tasks, CUDA, "fp16", batch_size=256, cuda_graphs=True)
+    peak = torch.cuda.max_memory_allocated(CUDA) / 2**30
+    total = torch.cuda.get_device_properties(CUDA).total_memory / 2**30
+    with capsys.disabled():
+        print(f"\n40 points captured at batch 256, fp16: peak {peak:.2f} GiB allocated of {total:.0f} GiB")
+    assert len(runner.point_keys) == 40 and all(runner.graphed(k) for k in runner.point_keys)
+    assert peak < 0.5 * total
