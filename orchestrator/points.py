@@ -19,9 +19,9 @@ import torch
 import shards
 import tomecis
 
+from .errors import SweepError
 from .evaluator import ModelProfile, PointKey, ShardOutcome
 from .grid import GridPoint
-from .errors import SweepError
 from .results import FAILURES_DIR, accuracy, failures_table, predictions_table
 
 
@@ -32,9 +32,13 @@ def point_row(
     dataset: str,
     expected_total: Optional[int],
     allow_decode_failures: bool,
+    retries: int = 0,
+    resumed: bool = False,
 ) -> Tuple[dict, pa.Table, pa.Table]:
     """The points row, predictions and decode failures of one grid point, after checking that nothing
-    is missing or counted twice."""
+    is missing or counted twice. ``retries``: work items of the pass that were retried; ``resumed``:
+    the outcomes come from more than one run of the driver (a pass resumed from its spool), whose wall
+    time from first start to last end would count the pause, so ``eval_samples_per_sec`` is None."""
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
     top5 = np.concatenate([o.top5[point.key] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
@@ -60,7 +64,8 @@ def point_row(
         device=device,
         dataset=dataset,
         **_profile_columns(profile, point.r),
-        **_pass_columns(outcomes, point.key, len(keys)),
+        **_pass_columns(outcomes, point.key, len(keys), resumed),
+        retries=retries,
         torch_version=torch.__version__,
         timm_version=timm.__version__,
         ray_version=_ray_version(),
@@ -108,11 +113,12 @@ def _profile_columns(profile: ModelProfile, r: int) -> dict:
     )
 
 
-def _pass_columns(outcomes: List[ShardOutcome], key: PointKey, n_images: int) -> dict:
-    """Where and when the decode pass ran, and its wall time charged to this point."""
+def _pass_columns(outcomes: List[ShardOutcome], key: PointKey, n_images: int, resumed: bool) -> dict:
+    """Where and when the decode pass ran, and its wall time charged to this point (None when resumed)."""
     started, finished = evaluation_span(outcomes)
+    rate = None if resumed else eval_samples_per_sec(outcomes, key, n_images, finished - started)
     return dict(
-        eval_samples_per_sec=eval_samples_per_sec(outcomes, key, n_images, finished - started),
+        eval_samples_per_sec=rate,
         n_shards=sum(len(o.shards) for o in outcomes),
         started=_utc(started),
         finished=_utc(finished),

@@ -58,6 +58,7 @@ def fetch(ref):
 
 
 WaitReport = Callable[[int, int, float], None]  # (actors started, actors waiting, seconds waited)
+Say = Callable[[str], None]  # one line for the user: an actor died, an item goes back to the queue
 
 
 class EvaluatorPool:
@@ -71,6 +72,7 @@ class EvaluatorPool:
         in_flight: int = 2,
         start_timeout: float = 600.0,
         on_wait: Optional[WaitReport] = None,
+        on_retry: Optional[Say] = None,
     ):
         self.config = config
         self.plan = plan
@@ -78,10 +80,13 @@ class EvaluatorPool:
         self.in_flight = in_flight
         self.start_timeout = start_timeout
         self.on_wait = on_wait
+        self.on_retry = on_retry or (lambda line: None)
         self._remote = ray.remote(Evaluator)
         self.actors: List[_Actor] = []
         self._next_index = 0
         self.replaced = 0
+        self.retries = 0  # times a work item went back to the queue, over the pool's life
+        self.attempts: Dict[Tuple[str, Tuple[str, ...]], int] = {}  # this pass: item -> its retries so far
         self._reported_wait = False
         self._failed_starts = 0  # actors that died before becoming ready, since the last one that did
         for slot in plan.slots:
@@ -140,6 +145,7 @@ class EvaluatorPool:
             raise SweepError(
                 f"evaluator actors died before starting {self._failed_starts} times in a row; last: {_why(err)}"
             )
+        self.on_retry(f"{describe_actor(actor)} died before starting ({_why(err)}); starting another")
         self._replace(actor)
 
     def shutdown(self) -> None:
@@ -166,7 +172,7 @@ class EvaluatorPool:
     ) -> Dict[Tuple[str, Tuple[str, ...]], ShardOutcome]:
         _check_disjoint(items)
         queue = deque(items)
-        attempts: Dict[Tuple[str, Tuple[str, ...]], int] = {}
+        attempts = self.attempts = {}
         accepted: Dict[Tuple[str, Tuple[str, ...]], ShardOutcome] = {}
         idle_since = time.monotonic()
         while len(accepted) < len(items):
@@ -205,33 +211,43 @@ class EvaluatorPool:
         key = item_key(item)
         try:
             outcome = fetch(ref)
-        except RayActorError:  # the process or its node died: every queued item of it goes back
+        except RayActorError as err:  # the process or its node died: every queued item of it goes back
             lost = [item] + list(actor.in_flight.values())
             actor.in_flight.clear()
             for item in lost:
-                self._retry(item, queue, attempts, "its actor died")
+                self._retry(item, queue, attempts, f"died ({_death_reason(err)})", actor)
             self._replace(actor)
             return
         except RayTaskError as err:  # the task raised (unreadable shard, count mismatch, ...)
-            self._retry(item, queue, attempts, str(err.cause) if err.cause else str(err))
+            self._retry(item, queue, attempts, f"raised {err.cause if err.cause else err}", actor)
             return
         except (
             ObjectLostError
         ) as err:  # the result was made but lost before the driver fetched it (node gone)
-            self._retry(item, queue, attempts, f"its result was lost in transit ({type(err).__name__})")
+            why = f"made a result that was lost in transit ({type(err).__name__})"
+            self._retry(item, queue, attempts, why, actor)
             return
         if key not in accepted:  # exactly once, however often the item ran
             accepted[key] = outcome
             on_result(outcome)
 
-    def _retry(self, item: Item, queue, attempts, why: str) -> None:
+    def _retry(self, item: Item, queue, attempts, what: str, actor: _Actor) -> None:
+        """Put ``item`` back at the head of the queue, with a line saying which item, which actor and
+        ``what`` it did (``died (Ray's reason)``, ``raised ...``); ``WorkFailed`` once the item has failed
+        more than ``max_retries`` times."""
         key = item_key(item)
         name, urls = key
         attempts[key] = attempts.get(key, 0) + 1
+        why = f"{describe_actor(actor)} {what}"
         if attempts[key] > self.max_retries:
             raise WorkFailed(
                 f"{name} on shard(s) {', '.join(urls)} failed {attempts[key]} times; last: {why}"
             )
+        self.retries += 1
+        self.on_retry(
+            f"retry: {name}, shard(s) {', '.join(_base(u) for u in urls)}: {why}; "
+            f"back in the queue (attempt {attempts[key] + 1} of {self.max_retries + 1})"
+        )
         queue.appendleft(item)
 
     # ------------------------------------------------------------------ profiling
@@ -264,6 +280,15 @@ class EvaluatorPool:
                         raise WorkFailed(
                             f"profiling {task.model} ({task.mode}) failed {attempts} times; last: {err}"
                         ) from err
+                    what = (
+                        f"died ({_death_reason(err)})"
+                        if isinstance(err, RayActorError)
+                        else f"raised {_why(err)}"
+                    )
+                    self.on_retry(
+                        f"retry: profiling {task.model} ({task.mode}): {describe_actor(actor)} {what}; "
+                        f"again (attempt {attempts + 1} of {self.max_retries + 1})"
+                    )
                     if isinstance(err, RayActorError) and actor in self.actors:
                         self._replace(actor)
         return profiles
@@ -280,6 +305,33 @@ class EvaluatorPool:
                 ray.get([a.ready_ref for a in self.actors], timeout=1.0)
             except (GetTimeoutError, RayActorError):
                 pass  # checked again at the top of the loop
+
+
+def describe_actor(actor: _Actor) -> str:
+    """``actor 3 (node 10.0.1.17 4f2a9c01, cpu (1 threads), pid 812)``: which actor, where, on what device."""
+    info = actor.info or {}
+    node = info.get("node_id") or actor.slot.node_id or ""
+    where = " ".join(x for x in (actor.slot.address, node[:8]) if x) or "not placed yet"
+    device = info.get("device") or ("GPU" if actor.slot.num_gpus else "CPU")
+    pid = f", pid {info['pid']}" if info.get("pid") else ""
+    return f"actor {actor.index} (node {where}, {device}{pid})"
+
+
+def _death_reason(err: Exception) -> str:
+    """Ray's reason for an actor's death, in one line: the exception its task raised, else the sentence
+    saying why the actor is dead (without the list of possible root causes), else the first line."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    dead = [line for line in lines if "is dead because" in line or "exit detail" in line.lower()]
+    line = (raised or dead or lines or [type(err).__name__])[-1 if raised else 0]
+    for tail in (" There are some potential root causes", " Some common causes include"):
+        line = line.split(tail)[0]
+    return line[:300]
+
+
+def _base(url: str) -> str:
+    """A shard URL's last part (``imagenet-val-000003.tar``), for lines a person reads."""
+    return url.rstrip("/").rsplit("/", 1)[-1] or url
 
 
 def _why(err: Exception) -> str:

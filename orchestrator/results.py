@@ -6,6 +6,7 @@ Layout of ``--out`` (a local path or any URI pyarrow's filesystem layer opens, e
     predictions/<point>.parquet   one row per image of that point (key, label, pred, top5, correct, the point's identity)
     failures/<point>.parquet      one row per image that could not be decoded (shard, key, error, the point's identity);
                                   written for every point, empty when nothing failed
+    spool/<pass>/<item>.npz       finished work items of a pass whose points are not written yet (``spool``)
 
 A point's failures and predictions are written before its ``points`` row, so a
 ``points`` file exists only for a finished point: that file is what a rerun skips.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import pandas as pd
 import pyarrow as pa
@@ -53,6 +54,7 @@ POINT_SCHEMA = pa.schema(
         ("device", pa.string()),
         ("dataset", pa.string()),
         ("n_shards", pa.int32()),
+        ("retries", pa.int32()),
         ("started", pa.timestamp("us", tz="UTC")),
         ("finished", pa.timestamp("us", tz="UTC")),
         ("nodes", pa.list_(pa.string())),
@@ -134,16 +136,33 @@ class ResultsDir:
         return path
 
     def _write_atomic(self, table: pa.Table, path: str) -> None:
-        """Local disks: write a temporary file beside ``path``, then rename over it.
-        Object stores: one PUT, which is atomic there (readers see all or nothing)."""
+        """``table`` as Parquet at ``path``, atomically (``_atomically``)."""
+        self._atomically(path, lambda target: pq.write_table(table, target, filesystem=self.fs))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """``data`` at ``path``, atomically (``_atomically``): readers see the whole file or none."""
+
+        def put(target: str) -> None:
+            with self.fs.open_output_stream(target) as stream:
+                stream.write(data)
+
+        self._atomically(path, put)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as stream:
+            return stream.read()
+
+    def _atomically(self, path: str, write: Callable[[str], None]) -> None:
+        """Local disks: ``write`` a temporary file beside ``path``, then rename over it.
+        Object stores: ``write`` ``path`` itself, one PUT, which is atomic there (readers see all or nothing)."""
         parent = path.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         if isinstance(self.fs, pafs.LocalFileSystem):
             tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-            pq.write_table(table, tmp, filesystem=self.fs)
+            write(tmp)
             os.replace(tmp, path)
         else:
-            pq.write_table(table, path, filesystem=self.fs)
+            write(path)
 
     def read_points_of(self, points: Iterable[GridPoint], fingerprint: str) -> pa.Table:
         """The rows of these grid points that exist (an empty table with the schema when none)."""
@@ -190,7 +209,7 @@ class ResultsDir:
         """The rows of these points files cast to POINT_SCHEMA, in order (an empty table with the schema when none)."""
         if not files:
             return POINT_SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(f, filesystem=self.fs).cast(POINT_SCHEMA) for f in files])
+        return pa.concat_tables([_cast_points(pq.read_table(f, filesystem=self.fs)) for f in files])
 
     def _tables(
         self, name: str, stems: Optional[Set[str]] = None, columns: Optional[List[str]] = None
@@ -212,6 +231,15 @@ def _with_point_file(tables: Iterable[Tuple[str, pa.Table]], columns: Optional[L
     if not frames:
         return pd.DataFrame() if columns is None else pd.DataFrame(columns=columns + ["point_file"])
     return pd.concat(frames, ignore_index=True)
+
+
+def _cast_points(table: pa.Table) -> pa.Table:
+    """A points file's rows cast to POINT_SCHEMA; a column the file predates (``retries``, say) is null."""
+    columns = [
+        table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in POINT_SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, names=POINT_SCHEMA.names).cast(POINT_SCHEMA)
 
 
 def _filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:

@@ -9,12 +9,18 @@ every (model, mode, r) of the pass still to do, outcomes accepted once per item 
 (model, mode) timed alone on random input -> per point, counts checked against the manifest and the row
 + predictions written (``points``, ``results``; before the next pass starts, so a later failure keeps
 them) -> a table per model and mode (``tables``), and how many images were decoded for how many points.
+
+Each accepted item is written to its pass's spool (``spool``) before it counts, so a rerun after the
+driver died evaluates only the items still missing; Ctrl-C stops the actors, keeps the spool and prints
+the command that resumes. Every retried item gets a line (which actor, Ray's reason, which item).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -34,9 +40,10 @@ from .evaluator import DecodePass, EvaluatorConfig
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_modes, parse_r_values
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
-from .pool import EvaluatorPool, SweepError, WorkFailed, group_shards, item_key
+from .pool import EvaluatorPool, SweepError, WorkFailed, group_shards
 from .prepare import Selection, plan_passes, select_shards, shards_per_item, ship_weights, weights_for
 from .results import ResultsDir
+from .spool import Spool, SpoolRecord, disjoint_in_order, pass_key
 
 
 @dataclass
@@ -77,10 +84,18 @@ class SweepSummary:
         default_factory=dict
     )  # model -> images not scored
     actors_replaced: int = 0
-    decoded_images: int = 0  # images (and failed samples) decoded, over every decode pass
+    retries: int = 0  # times a work item went back to the queue (its actor died, its task raised, ...)
+    decoded_images: int = 0  # images (and failed samples) decoded by this run, over every decode pass
+    resumed_images: int = 0  # images (and failed samples) of items an earlier run left in a spool
     decode_passes: int = 0
     points_evaluated: int = 0
+    paused: str = ""  # what Ctrl-C kept (the pass, its shards done, its spool)
     table: str = ""
+
+
+class SweepPaused(Exception):
+    """Ctrl-C: the actors are stopped, every finished work item is in its pass's spool; the message
+    says what was kept."""
 
 
 # --------------------------------------------------------------------------- Ray
@@ -103,6 +118,7 @@ class SweepRun:
     results: ResultsDir
     summary: SweepSummary
     bar: tqdm
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)  # marks the spool records of this run
 
 
 def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepSummary:
@@ -138,6 +154,8 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
                 started_ray, plan = connect(cfg.address), make_plan(cfg)
             passes = plan_passes(todo, ship_weights(weights))
             _evaluate(SweepRun(cfg, selection, results, summary, None), plan, passes, todo)
+    except KeyboardInterrupt:
+        raise SweepPaused(summary.paused or "no work item had finished") from None
     finally:
         if started_ray:
             ray.shutdown()
@@ -171,29 +189,52 @@ def _evaluate(run: SweepRun, plan: ActorPlan, passes: List[DecodePass], todo: Li
         max_retries=cfg.max_retries,
         start_timeout=cfg.actor_start_timeout,
         on_wait=_wait_reporter(run.bar, cfg.progress),
+        on_retry=_say,
     )
-    groups = group_shards(chosen, shards_per_item(plan, len(chosen)))
+    size = shards_per_item(plan, len(chosen))
     try:
         for decode_pass in passes:
-            _evaluate_pass(
-                run, pool, decode_pass, groups, [p for p in todo if p.model in decode_pass.weights]
-            )
+            _evaluate_pass(run, pool, decode_pass, size, [p for p in todo if p.model in decode_pass.weights])
     finally:
         run.bar.close()
         run.summary.actors_replaced = pool.replaced
+        run.summary.retries = pool.retries
         pool.shutdown()
 
 
+def _say(line: str) -> None:
+    """One line on stderr above the progress bar (an actor died, an item retried, a spool resumed)."""
+    tqdm.write(line, file=sys.stderr)
+
+
 def _evaluate_pass(
-    run: SweepRun, pool: EvaluatorPool, decode_pass: DecodePass, groups, points: List[GridPoint]
+    run: SweepRun, pool: EvaluatorPool, decode_pass: DecodePass, size: int, points: List[GridPoint]
 ) -> None:
     """One decode pass's points, written as soon as its shards are in and its models are profiled (a
-    later failure, or Ctrl-C, keeps them; a rerun skips them)."""
-    summary = run.summary
-    items = [(decode_pass.name, group) for group in groups]
+    later failure, or Ctrl-C, keeps them; a rerun skips them). Items an earlier run left in the pass's
+    spool are taken from there; the others, in groups of ``size`` shards, are evaluated and spooled."""
+    spool = Spool(
+        run.results,
+        "+".join(dict.fromkeys(p.short_name for p in points)),
+        pass_key(points, run.selection.fingerprint),
+        run.session,
+    )
+    records = _resume(run, spool, decode_pass)
+    covered = {url for record in records for url in record.urls}
+    remaining = [s for s in run.selection.shards if s.url not in covered]
+    items = [(decode_pass.name, group) for group in group_shards(remaining, size)]
+
+    def accept(outcome) -> None:  # on disk before it counts
+        urls = tuple(outcome.shards)
+        record = SpoolRecord(urls, outcome, run.session, pool.attempts.get((decode_pass.name, urls), 0))
+        spool.put(urls, outcome, record.retries)
+        records.append(record)
+        run.bar.update(len(outcome.keys) + outcome.n_failed)
+
     try:
-        outcomes = pool.evaluate(items, decode_pass, lambda o: run.bar.update(len(o.keys) + o.n_failed))
-        healthy = _drop_broken_models(decode_pass, outcomes.values(), points, summary)
+        pool.evaluate(items, decode_pass, accept)
+        records = disjoint_in_order(records, [s.url for s in run.selection.shards])
+        healthy = _drop_broken_models(decode_pass, [r.outcome for r in records], points, run.summary)
         profiles = (
             pool.profile(healthy, run.cfg.bench, run.cfg.bench_runs, run.cfg.bench_warmup)
             if healthy.tasks
@@ -201,23 +242,65 @@ def _evaluate_pass(
         )
     except WorkFailed as err:
         for point in points:
-            summary.failed.setdefault(point, str(err))
+            run.summary.failed.setdefault(point, str(err))
         return
-    pass_outcomes = [outcomes[item_key(item)] for item in items]  # the same for every point of the pass
-    pass_failures = [f for o in pass_outcomes for f in o.failures]
-    summary.decoded_images += sum(len(o.keys) + o.n_failed for o in pass_outcomes)
+    except KeyboardInterrupt:
+        done = sum(len(r.urls) for r in records)
+        run.summary.paused = f"{decode_pass.name}: {done} of {len(run.selection.shards)} shard(s) evaluated, kept in {spool.uri}"
+        raise
+    _count_decoding(run.summary, records, run.session)
+    if _write_points(run, points, records, profiles):
+        spool.delete()  # its points are written: a rerun has other points to do, hence another spool
+
+
+def _resume(run: SweepRun, spool: Spool, decode_pass: DecodePass) -> List[SpoolRecord]:
+    """The records an earlier run of these points left in ``spool`` (disjoint, of this selection's
+    shards), with a line saying how much was resumed and where from."""
+    urls = [s.url for s in run.selection.shards]
+    records = disjoint_in_order(spool.load(decode_pass.point_keys, _say), urls)
+    if records:
+        n_shards = sum(len(r.urls) for r in records)
+        n_images = sum(len(r.outcome.keys) + r.outcome.n_failed for r in records)
+        _say(
+            f"resume: {decode_pass.name}: {n_shards} of {len(urls)} shard(s) ({n_images:,} images) were "
+            f"evaluated by an earlier run, kept in {spool.uri}; evaluating the other {len(urls) - n_shards}"
+        )
+        run.bar.update(n_images)
+    return records
+
+
+def _count_decoding(summary: SweepSummary, records: List[SpoolRecord], session: str) -> None:
+    """Images this run decoded for the pass, and those its spool gave (decoded by an earlier run)."""
+    for record in records:
+        n = len(record.outcome.keys) + record.outcome.n_failed
+        if record.session == session:
+            summary.decoded_images += n
+        else:
+            summary.resumed_images += n
     summary.decode_passes += 1
+
+
+def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRecord], profiles) -> bool:
+    """Each point's row, predictions and failures from the pass's records (in shard order); a point
+    that does not add up goes to ``summary.failed``. True when any point was written."""
+    summary = run.summary
+    outcomes = [r.outcome for r in records]  # the same for every point of the pass
+    retries = sum(1 for r in records if r.retries)  # items of the pass that were retried
+    resumed = len({r.session for r in records}) > 1  # the pass ran in more than one driver
+    written = False
     for point in points:
         if point in summary.failed:
             continue
         try:
             row, predictions, failures = point_row(
                 point,
-                pass_outcomes,
+                outcomes,
                 profiles[(point.model, point.mode)],
                 run.selection.fingerprint,
                 run.selection.total,
                 run.cfg.allow_decode_failures,
+                retries=retries,
+                resumed=resumed,
             )
         except SweepError as err:
             summary.failed[point] = str(err)
@@ -226,8 +309,10 @@ def _evaluate_pass(
             run.results.write_point(point, run.selection.fingerprint, row, predictions, failures)
         )
         summary.points_evaluated += 1
+        written = True
         if len(failures):
-            summary.decode_failures[point.model] = pass_failures
+            summary.decode_failures[point.model] = [f for o in outcomes for f in o.failures]
+    return written
 
 
 def _drop_broken_models(
@@ -287,9 +372,33 @@ def describe_decoding(summary: SweepSummary) -> str:
     if not summary.decode_passes:
         return ""
     points = summary.points_evaluated
+    resumed = (
+        f" ({summary.resumed_images:,} more came from the spool of an earlier run)"
+        if summary.resumed_images
+        else ""
+    )
     if summary.decode_passes == 1:
-        return f"decoded {summary.decoded_images:,} images once for {points} point(s)"
-    return f"decoded {summary.decoded_images:,} images in {summary.decode_passes} passes (one per eval transform) for {points} point(s)"
+        return f"decoded {summary.decoded_images:,} images once for {points} point(s){resumed}"
+    return (
+        f"decoded {summary.decoded_images:,} images in {summary.decode_passes} passes (one per eval "
+        f"transform) for {points} point(s){resumed}"
+    )
+
+
+def describe_retries(summary: SweepSummary) -> str:
+    """``retries: none``, or how many work items went back to the queue and actors were replaced (the
+    ``retry:`` lines above say which and why)."""
+    if not summary.retries and not summary.actors_replaced:
+        return "retries: none"
+    return (
+        f"retries: {summary.retries} work item(s) went back to the queue, {summary.actors_replaced} "
+        "actor(s) replaced (the retry: lines above say which and why)"
+    )
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that resumes this sweep (the same one: finished items come from the spool)."""
+    return shlex.join(["python", "-m", "orchestrator.sweep", *argv])
 
 
 # --------------------------------------------------------------------------- CLI
@@ -410,13 +519,22 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg = config_from_args(argv)
     errors = (SweepError, ValueError, FileNotFoundError, shards.ShardReadError, shards.ShardCountError)
-    return run_or_report(lambda: _run_and_print(cfg), errors)
+    return run_or_report(lambda: _run_and_print(cfg, argv), errors)
 
 
-def _run_and_print(cfg: SweepConfig) -> int:
-    summary = run_sweep(cfg, validate_inputs(cfg))
+def _run_and_print(cfg: SweepConfig, argv: Sequence[str]) -> int:
+    """Run the sweep and print its tables and counts; Ctrl-C: say what was kept and how to resume (130)."""
+    try:
+        summary = run_sweep(cfg, validate_inputs(cfg))
+    except SweepPaused as paused:
+        print(
+            f"paused (Ctrl-C): the actors are stopped; {paused}\nresume with: {resume_command(argv)}",
+            file=sys.stderr,
+        )
+        return 130
     print(summary.table)
     left_out = describe_decode_failures(summary.decode_failures, cfg.out)
     if left_out:
@@ -424,6 +542,7 @@ def _run_and_print(cfg: SweepConfig) -> int:
     decoding = describe_decoding(summary)
     done = f"{len(summary.written)} point(s) written, {len(summary.skipped)} already done, to {cfg.out}"
     print(f"\n{done}" + (f"; {decoding}" if decoding else ""))
+    print(describe_retries(summary))
     return 0
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 import shards
-from orchestrator.pool import _check_disjoint, _why, group_shards, item_key
+from orchestrator.placement import ActorSlot
+from orchestrator.pool import (
+    _Actor,
+    _check_disjoint,
+    _death_reason,
+    _why,
+    describe_actor,
+    group_shards,
+    item_key,
+)
 
 
 def shard(name: str) -> shards.ShardInfo:
@@ -33,3 +42,29 @@ def test_why_finds_the_exception_a_creation_task_raised():
         == "ValueError: --device cuda asked for, but torch sees no CUDA device; use --device cpu or auto"
     )
     assert _why(RuntimeError("The actor died unexpectedly.\nmore")) == "The actor died unexpectedly."
+
+
+RAY_DEATH = (
+    "The actor died unexpectedly before finishing this task.\n\tclass_name: Evaluator\n\tactor_id: 0a1b\n"
+    "\tpid: 5635\n\tip: 192.0.2.2\nThe actor is dead because its worker process has died. Worker exit type: "
+    "SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with a connection error code 2. End of file. "
+    "Some common causes include: (1) the process was killed by the OOM killer due to high memory usage"
+)
+
+
+def test_the_reason_for_a_death_is_rays_sentence_without_its_list_of_causes():
+    assert _death_reason(RuntimeError(RAY_DEATH)) == (
+        "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit "
+        "detail: Worker unexpectedly exits with a connection error code 2. End of file."
+    )
+    assert _death_reason(RuntimeError("The actor died unexpectedly.\nmore")) == "The actor died unexpectedly."
+
+
+def test_an_actor_is_described_by_its_node_device_and_pid():
+    slot = ActorSlot("5e2bce49cefeed77", "192.0.2.2", 1.0, 0.0, 1, 0)
+    actor = _Actor(handle=None, ready_ref=None, index=3, slot=slot)
+    assert describe_actor(actor) == "actor 3 (node 192.0.2.2 5e2bce49, CPU)"  # not started yet
+    actor.info = {"node_id": "5e2bce49cefeed77", "device": "NVIDIA A10G", "pid": "812"}
+    assert describe_actor(actor) == "actor 3 (node 192.0.2.2 5e2bce49, NVIDIA A10G, pid 812)"
+    waiting = _Actor(None, None, 4, ActorSlot(None, "", 1.0, 1.0, 1, 3))  # for a node the autoscaler starts
+    assert describe_actor(waiting) == "actor 4 (node not placed yet, GPU)"

@@ -64,3 +64,17 @@ def test_accuracy_in_percent():
     assert accuracy([1, 2], [[1, 0, 0, 0, 0], [0, 2, 0, 0, 0]]) == (50.0, 100.0)
     assert all(v != v for v in accuracy([], []))  # nan without images
     assert isinstance(POINT_SCHEMA, pa.Schema)
+
+
+def test_a_points_file_written_before_the_retries_column_reads_with_it_null(tmp_path):
+    import pyarrow.parquet as pq
+
+    results = ResultsDir(str(tmp_path))
+    point = GridPoint("deit_tiny_patch16_224", 0)
+    old = pa.Table.from_pylist([row_for(point, 70.0)], schema=POINT_SCHEMA).drop_columns(["retries"])
+    (tmp_path / "points").mkdir()
+    pq.write_table(old, results.point_path(point, "fp"))
+    table = results.read_points_of([point], "fp")
+    assert table.schema == POINT_SCHEMA and table.column("retries").to_pylist() == [None]
+    assert table.column("top1").to_pylist() == [70.0]
+    assert "retries" not in results.read_point_rows().columns  # as the file holds it

@@ -467,8 +467,10 @@ def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(
         for mode in ("tomecis", "tome"):
             alone = sweep.run_sweep(config(data, tmp_path / "alone", models=[model], modes=[mode], **grid))
             assert alone.decoded_images == 22
-    timing = ["eval_samples_per_sec", "started", "finished", "nodes", "hostnames", "n_shards"]
+    timing = ["eval_samples_per_sec", "started", "finished", "nodes", "hostnames", "n_shards", "retries"]
     point_key = ["model", "mode", "r"]
+    assert (pd.read_parquet(tmp_path / "together" / "points")["retries"] >= 1).all()  # the death shows
+    assert (pd.read_parquet(tmp_path / "alone" / "points")["retries"] == 0).all()
     rows = {
         name: pd.read_parquet(tmp_path / name / "points")
         .drop(columns=timing)

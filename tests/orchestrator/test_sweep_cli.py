@@ -339,3 +339,28 @@ def test_mode_list_is_parsed_and_checked(capsys):
     with pytest.raises(SystemExit):
         sweep.config_from_args(["--models", "deit_tiny", "--r", "0", "--mode", "tomecis,tomy"])
     assert "--mode: unknown mode 'tomy'" in capsys.readouterr().err
+
+
+def test_retries_are_counted_and_a_resumed_pass_has_no_eval_rate():
+    """``retries`` is what the sweep counted; a pass resumed across two driver runs has started and
+    finished spanning both, and no eval_samples_per_sec (its wall time would count the pause)."""
+    outcomes = [
+        outcome("a", "abcde", 100.0, 110.0, 2.0, {0: 8.0}),
+        outcome("b", "fghij", 5000.0, 5012.0, 3.0, {0: 8.0}),  # evaluated by a later run
+    ]
+    row, _, _ = row_of(outcomes, 0, [0], retries=2, resumed=True)
+    assert row["retries"] == 2 and row["eval_samples_per_sec"] is None and row["n_images"] == 10
+    utc = datetime.timezone.utc
+    assert (row["started"], row["finished"]) == tuple(
+        datetime.datetime.fromtimestamp(t, utc) for t in (100.0, 5012.0)
+    )
+    row, _, _ = row_of(outcomes[:1], 0, [0])
+    assert row["retries"] == 0 and row["eval_samples_per_sec"] == pytest.approx(5 / 10)
+
+
+def test_the_resume_command_is_the_same_command_quoted_for_a_shell():
+    argv = ["--models", "deit_tiny", "--r", "0,8-16", "--out", "my results/"]
+    assert (
+        sweep.resume_command(argv)
+        == "python -m orchestrator.sweep --models deit_tiny --r 0,8-16 --out 'my results/'"
+    )
