@@ -73,6 +73,7 @@ def write_point(
         device=device,
         dataset=fingerprint,
         n_shards=1,
+        retries=0,
         started=now,
         finished=now,
         nodes=["node"],
