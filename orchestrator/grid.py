@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
-from tomecis.device import AMP_DTYPES
-from tomecis.models import resolve_model_name, short_name
-from tomecis.patch import MODES
+from tomecis.names import AMP_NAMES, MODES, merge_mode, short_name
 from tomecis.schedule import parse_r_values
 
-AMPS = tuple(AMP_DTYPES)  # "none", "fp16", "bf16": one list, in tomecis.device
+AMPS = AMP_NAMES  # "none", "fp16", "bf16": one list, in tomecis.names
 DEVICE_KINDS = ("cpu", "cuda")
 
 
@@ -46,6 +44,8 @@ class GridPoint:
 
 def parse_models(text: str) -> List[str]:
     """``"deit_tiny,deit_small"`` -> timm names, in order, without duplicates; unknown names raise."""
+    from tomecis.models import resolve_model_name  # timm's registry: imported only to parse names
+
     names: List[str] = []
     for item in str(text).split(","):
         if not item.strip():
@@ -61,10 +61,10 @@ def parse_modes(text: str) -> List[str]:
     modes: List[str] = []
     for item in str(text).split(","):
         mode = item.strip()
-        if mode not in MODES:
-            raise ValueError(
-                f"unknown mode {mode!r} in {text!r}; choose from {', '.join(MODES)} (comma-separated)"
-            )
+        try:
+            merge_mode(mode)
+        except ValueError as err:
+            raise ValueError(f"{err} (comma-separated, in {text!r})") from None
         if mode not in modes:
             modes.append(mode)
     return modes
@@ -83,8 +83,7 @@ def build_grid(
     (default pretrained)."""
     modes = [modes] if isinstance(modes, str) else list(modes)
     for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+        merge_mode(mode)  # an unknown name raises, listing the modes
     if amp not in AMPS:
         raise ValueError(f"--amp must be one of {AMPS}, got {amp!r}")
     if batch_size < 1:

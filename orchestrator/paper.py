@@ -13,6 +13,7 @@ from typing import Dict, List, Tuple
 import pandas as pd
 
 CITATION = 'Seol, Roh, Chung, "Token Merging with Class Importance Score", IECON 2023'
+MODE = "tomecis"  # the merge mode whose figures the paper publishes
 SETTING = "ImageNet-1k val (50,000 images), one NVIDIA RTX 3090, batch 128, timm pretrained weights"
 
 # timm name -> (label, {r: (top-1 %, img/s)})
@@ -68,4 +69,4 @@ def published_points() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "label", "r", "top1", "img_per_sec"])
 
 
-__all__ = ["CITATION", "PUBLISHED", "PUBLISHED_COMPARISON_DEIT_S", "SETTING", "published_points"]
+__all__ = ["CITATION", "MODE", "PUBLISHED", "PUBLISHED_COMPARISON_DEIT_S", "SETTING", "published_points"]

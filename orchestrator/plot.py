@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import pandas as pd
 
+from tomecis.names import MODES
+
 from . import paper
 from .tables import lines_of
+
+MODE_MARKERS = ("o", "s", "^", "D", "v", "P")  # merge modes take these in the order of their table
 
 PLOT_SIZE_INCHES = (14.0, 6.0)
 PLOT_DPI = 100  # the PNG is PLOT_SIZE_INCHES * PLOT_DPI pixels: 1400 x 600
@@ -33,13 +38,14 @@ def plot_accuracy_throughput(
     fig = Figure(figsize=PLOT_SIZE_INCHES, dpi=PLOT_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    colours = iter(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
+    colours = itertools.cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
+    markers = {mode: m for mode, m in zip(MODES, itertools.cycle(MODE_MARKERS))}  # one marker per merge mode
     speeds: List[float] = []
     for model, mode, line in lines_of(timed):
         base = line[line["r"] == 0]
         reference = (base.iloc[0]["infer_samples_per_sec"], base.iloc[0]["top1"]) if not base.empty else None
         label = f"{line['short_name'].iloc[0]} {mode}"
-        marker = "o" if mode == "tomecis" else "s"
+        marker = markers.get(mode, "x")
         _draw_pair(
             axes,
             line["infer_samples_per_sec"],

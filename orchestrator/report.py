@@ -9,7 +9,8 @@ settings are never compared with one another) the report has:
   Δ top-1, GFLOPs, tokens left), with the r values other lines of the setting have but this one
   lacks shown as missing;
 - paired statistics from the per-image predictions: each r against r = 0 of the same model and
-  mode, and ``tomecis`` against ``tome`` at the same r: images fixed / broken, Δ top-1 with a 95%
+  mode, and every merge mode against the baseline mode (``tome``, ``tomecis.names.BASELINE_MODE``) at the
+  same r: images fixed / broken, Δ top-1 with a 95%
   paired-bootstrap confidence interval, the exact McNemar p-value and the classes that lose most;
 - a PNG: top-1 against img/s (one line per model and mode, points labelled with r) beside
   Δ top-1 against speed-up over r = 0.
@@ -34,9 +35,10 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from tomecis.cli import run_or_report
+from tomecis.names import BASELINE_MODE, MODES, modes_help
 
 from . import paper
-from .grid import AMPS, MODES
+from .grid import AMPS
 from .plot import plot_accuracy_throughput
 from .results import PREDICTIONS_DIR, ResultsDir
 from .stats import Comparison, paired_stats
@@ -194,7 +196,8 @@ def _with_setting_defaults(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def setting_comparisons(rows: pd.DataFrame, predictions: pd.DataFrame, cfg: ReportConfig) -> List[Comparison]:
-    """Each r against r = 0 of its line, then tomecis against tome at every r both have (r > 0).
+    """Each r against r = 0 of its line, then every other mode against the baseline mode
+    (``BASELINE_MODE``, ToMe) at every r both have (r > 0).
 
     ``rows``: the points rows of one setting; ``predictions``: ``ResultsDir.read_predictions`` (key, label,
     pred, correct, point_file), matched to the rows through ``point_file``."""
@@ -217,12 +220,14 @@ def setting_comparisons(rows: pd.DataFrame, predictions: pd.DataFrame, cfg: Repo
                 comparisons.append(Comparison(model, f"{mode} r={row['r']} vs r=0", None, "no r = 0 point"))
             else:
                 compare(model, f"{mode} r={row['r']} vs r=0", base.iloc[0], row)
-    for model in dict.fromkeys(rows["model"]):
-        tome = line_rows(rows, model, "tome").set_index("r")
-        tomecis = line_rows(rows, model, "tomecis").set_index("r")
-        for r in sorted(set(tome.index) & set(tomecis.index)):
+    for model, mode, line in lines_of(rows):
+        if mode == BASELINE_MODE:
+            continue
+        baseline = line_rows(rows, model, BASELINE_MODE).set_index("r")
+        candidate = line.set_index("r")
+        for r in sorted(set(baseline.index) & set(candidate.index)):
             if r != 0:
-                compare(model, f"r={r} tomecis vs tome", tome.loc[r], tomecis.loc[r])
+                compare(model, f"r={r} {mode} vs {BASELINE_MODE}", baseline.loc[r], candidate.loc[r])
     return comparisons
 
 
@@ -301,7 +306,7 @@ def _line_block(model: str, mode: str, line: pd.DataFrame, expected_r: Sequence[
     notes = table_notes(line, expected_r)
     if notes:
         block += "\n\n" + "\n".join(f"- {n}" for n in notes)
-    if published and mode == "tomecis" and model in paper.PUBLISHED:
+    if published and mode == paper.MODE and model in paper.PUBLISHED:
         versus = versus_published_table(line, model)
         if versus:
             block += f"\n\nAgainst the published {paper.PUBLISHED[model][0]} figures (another machine, 50,000 images):\n\n{versus}"
@@ -350,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=list(AMPS), help="only this autocast setting")
     p.add_argument("--batch-size", type=int, help="only this benchmark batch size")
     p.add_argument("--models", help="only these models, comma-separated short or timm names")
-    p.add_argument("--mode", choices=list(MODES), help="only this merge mode")
+    p.add_argument("--mode", choices=list(MODES), help=f"only this merge mode: {modes_help()}")
     p.add_argument(
         "--bootstrap",
         dest="bootstrap_samples",

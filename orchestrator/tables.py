@@ -12,6 +12,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from tomecis.names import MODES
+
 from . import paper
 from .stats import ClassLoss, Comparison
 
@@ -37,7 +39,8 @@ def lines_of(rows: pd.DataFrame) -> List[Tuple[str, str, pd.DataFrame]]:
 
 
 def _mode_order(mode: str) -> Tuple[int, str]:
-    return (0 if mode == "tomecis" else 1, mode)
+    """Modes in the order of their table (``tomecis.names.MODES``); unknown ones after, by name."""
+    return (MODES.index(mode) if mode in MODES else len(MODES), mode)
 
 
 # --------------------------------------------------------------------------- measured tables

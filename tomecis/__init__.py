@@ -1,23 +1,55 @@
-"""ToMeCIS: Token Merging with Class Importance Score for timm Vision Transformers."""
+"""ToMeCIS: Token Merging with Class Importance Score for timm Vision Transformers.
 
-from .merge import bipartite_soft_matching, class_attention, class_importance, merge_weighted
-from .models import check_supported, create_model, max_r, resolve_model_name
-from .patch import MergeState, patch
-from .schedule import parse_r_values, resolve_schedule
+The public names below are loaded on first use, so that ``tomecis.names`` and ``tomecis.cli`` (what a
+results reader needs) import without torch or timm. ``tomecis.patch`` is the function, as always, even
+after the submodule of the same name has been imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "bipartite_soft_matching",
-    "check_supported",
-    "class_attention",
-    "class_importance",
-    "create_model",
-    "max_r",
-    "merge_weighted",
-    "MergeState",
-    "parse_r_values",
-    "patch",
-    "resolve_model_name",
-    "resolve_schedule",
-]
+_EXPORTS = {  # public name -> submodule that defines it
+    "bipartite_soft_matching": "merge",
+    "class_attention": "merge",
+    "class_importance": "merge",
+    "merge_weighted": "merge",
+    "check_supported": "models",
+    "create_model": "models",
+    "max_r": "models",
+    "resolve_model_name": "models",
+    "MergeState": "patch",
+    "patch": "patch",
+    "parse_r_values": "schedule",
+    "resolve_schedule": "schedule",
+    "BASELINE_MODE": "names",
+    "MODES": "names",
+    "merge_mode": "names",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tomecis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """Keeps ``tomecis.patch`` the function: importing ``tomecis.patch`` (the submodule) would otherwise
+    replace the package attribute with the module (``sys.modules["tomecis.patch"]`` still holds it)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

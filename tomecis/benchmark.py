@@ -30,7 +30,8 @@ from .cli import parsed_or_exit, run_or_report
 from .device import AMP_DTYPES, autocast, device_name, resolve_device, synchronize  # noqa: F401 - re-exported for now
 from .graphs import GraphSet, cuda_graphs_available, try_capture
 from .models import create_model, resolve_model_name
-from .patch import MODES, patch
+from .names import MODES, merge_mode, modes_help
+from .patch import patch
 from .schedule import parse_r_values
 
 # --------------------------------------------------------------------------- measuring
@@ -269,8 +270,7 @@ def run_benchmark(
     The unpatched model's median over the first and over the second half of its passes are kept
     (``unpatched_early`` / ``unpatched_late``): a gap between them shows the machine drifted."""
     device = resolve_device(cfg.device)
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    merge_mode(cfg.mode)  # an unknown name raises, listing the modes
     if model is None:
         model = create_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
     model = model.to(device).eval()
@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
-    p.add_argument("--mode", default="tomecis", choices=list(MODES))
+    p.add_argument("--mode", default="tomecis", choices=list(MODES), help=modes_help())
     p.add_argument("--warmup", type=int, default=3, help="untimed passes per r")
     p.add_argument("--runs", type=int, default=10, help="timed passes per r (median reported)")
     p.add_argument(

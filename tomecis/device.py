@@ -1,7 +1,7 @@
 """Devices and autocast: which device to run on, its name, autocast by name, synchronisation.
 
-``AMP_DTYPES`` is the one list of autocast settings (``none``, ``fp16``, ``bf16``) that the
-benchmark, the sweep and the report accept.
+``AMP_DTYPES`` maps the autocast settings of ``tomecis.names.AMP_NAMES`` (``none``, ``fp16``, ``bf16``),
+the one list the benchmark, the sweep and the report accept, to their dtypes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import contextlib
 
 import torch
 
-AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from .names import AMP_NAMES
+
+AMP_DTYPES = dict(zip(AMP_NAMES, (None, torch.float16, torch.bfloat16)))  # name -> autocast dtype
 
 
 def resolve_device(device: str) -> torch.device:

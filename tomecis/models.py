@@ -11,16 +11,8 @@ import timm
 import torch
 from torch import nn
 
+from .names import SHORT_NAMES, short_name  # noqa: F401 - short_name: the models' other name
 from .patch import patch
-
-SHORT_NAMES: Dict[str, str] = {
-    "deit_tiny": "deit_tiny_patch16_224",
-    "deit_small": "deit_small_patch16_224",
-    "deit_base": "deit_base_patch16_224",
-    "deit_tiny_distilled": "deit_tiny_distilled_patch16_224",
-    "deit_small_distilled": "deit_small_distilled_patch16_224",
-    "deit_base_distilled": "deit_base_distilled_patch16_224",
-}
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -38,14 +30,6 @@ def resolve_model_name(name: str) -> str:
     raise ValueError(
         f"unknown model {name!r}: not a short name ({', '.join(SHORT_NAMES)}) nor a timm model{hint}"
     )
-
-
-def short_name(timm_name: str) -> str:
-    """The short name of a timm DeiT name, or the timm name itself."""
-    for short, full in SHORT_NAMES.items():
-        if full == timm_name:
-            return short
-    return timm_name
 
 
 def state_dict_from_bytes(data: bytes, name: str) -> Dict[str, torch.Tensor]:

@@ -28,9 +28,9 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from . import merge as M
+from .names import MergeMode, merge_mode
 from .schedule import RSpec, resolve_schedule
 
-MODES = ("tomecis", "tome")
 ATTENTIONS = ("fused", "explicit")
 
 
@@ -143,22 +143,24 @@ class ToMeCISBlock(Block):
             )
 
         size = state.size if state.prop_attn else None
-        need_score = state.mode == "tomecis"
-        out, metric, score = self.attn.forward_merge(self.norm1(x), size, need_score)
+        mode = merge_mode(state.mode)
+        out, metric, score = self.attn.forward_merge(self.norm1(x), size, mode.needs_score)
         x = x + self.drop_path1(self.ls1(out))
 
         matching = M.bipartite_soft_matching(metric, r, state.class_token, state.distill_token)
-        x = self._merge(matching, x, score)
+        x = self._merge(matching, x, score, mode)
         x = x + self.drop_path2(self.ls2(self._mlp(self.norm2(x))))
         state.tokens.append(x.shape[1])
         return x
 
-    def _merge(self, matching: M.Matching, x: torch.Tensor, score: Optional[torch.Tensor]) -> torch.Tensor:
-        """Merge tokens ``[B, N, C] -> [B, N - r, C]`` and update sizes and sources."""
+    def _merge(
+        self, matching: M.Matching, x: torch.Tensor, score: Optional[torch.Tensor], mode: MergeMode
+    ) -> torch.Tensor:
+        """Merge tokens ``[B, N, C] -> [B, N - r, C]`` weighted as ``mode`` says; update sizes and sources."""
         state = self._merge_state
         if state.size is None:
             state.size, state.source = M.initial_state(x, state.trace_source)
-        weight = score if state.mode == "tomecis" else None  # None: weighted by size (ToMe)
+        weight = mode.weight(score, state.size)  # [B, N, 1], or None: weighted by size
         x, state.size = M.merge_tokens(matching, x, weight, state.size)
         if state.source is not None:
             state.source = M.merge_source(matching, state.source)
@@ -189,14 +191,13 @@ class ToMeCISVisionTransformer:
 
     @property
     def mode(self) -> str:
-        """``"tomecis"`` or ``"tome"``: how merged tokens are averaged; may change between forward passes."""
+        """A name of ``tomecis.names.MERGE_MODES``: how merged tokens are averaged; may change between
+        forward passes."""
         return self._merge_state.mode
 
     @mode.setter
     def mode(self, value: str) -> None:
-        if value not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {value!r}")
-        self._merge_state.mode = value
+        self._merge_state.mode = merge_mode(value).name
 
     @property
     def merge_state(self) -> MergeState:
@@ -239,7 +240,8 @@ def patch(
         model: a timm ``VisionTransformer`` (DeiT, distilled DeiT, ViT with
             LayerScale / qk_norm) whose blocks are timm ``Block`` with ``Attention``.
         r: tokens removed per block (int), ``(r, inflection)``, or a per-block list.
-        mode: ``"tomecis"`` (class-importance-weighted merge) or ``"tome"`` (size-weighted).
+        mode: a merge mode of ``tomecis.names.MERGE_MODES``: ``"tomecis"`` (class-importance-weighted
+            merge) or ``"tome"`` (size-weighted).
         trace_source: keep ``model.merge_state.source`` ``[B, N, N0]`` for visualisation.
         prop_attn: add ``log s`` to the attention logits once tokens have merged.
         attention: ``"fused"`` (SDPA + the class row alone) or ``"explicit"`` (the full
@@ -247,8 +249,7 @@ def patch(
 
     Patching twice only updates the settings.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    merge_mode(mode)  # an unknown name raises, listing the modes
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     distill_token = _check_supported(model)

@@ -23,7 +23,8 @@ from torch import nn
 
 from .cli import parsed_or_exit, run_or_report
 from .models import create_model
-from .patch import MODES, patch
+from .names import MODES, modes_help
+from .patch import patch
 
 PANEL_PX = 400  # each panel is PANEL_PX square, under a TITLE_PX band for the titles
 TITLE_PX = 40
@@ -271,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="deit_small", help="short name (deit_small) or timm name (default %(default)s)"
     )
     p.add_argument("--r", type=int, default=13, help="tokens merged per block (default %(default)s)")
-    p.add_argument("--mode", default="tomecis", choices=list(MODES))
+    p.add_argument("--mode", default="tomecis", choices=list(MODES), help=modes_help())
     p.add_argument("--blocks", help="show the groups after these blocks, e.g. 3,6,9,12 (default: the last)")
     p.add_argument("--out", default="vis.png", help="PNG to write (default %(default)s)")
     weights = p.add_mutually_exclusive_group()

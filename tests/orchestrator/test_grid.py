@@ -44,5 +44,5 @@ def test_modes_and_models_are_parsed_in_order_without_duplicates():
     ]
     with pytest.raises(ValueError, match="unknown mode 'evit'"):
         parse_modes("tomecis,evit")
-    with pytest.raises(ValueError, match="must be one of"):
+    with pytest.raises(ValueError, match="unknown mode 'evit'; choose from tomecis, tome"):
         build_grid(["a_model"], [0], ["tomecis", "evit"])
