@@ -65,6 +65,7 @@ def point_row(
         dataset=dataset,
         **_profile_columns(profile, point.r),
         **_pass_columns(outcomes, point.key, len(keys), resumed),
+        **graph_columns(outcomes, profile, point.key),
         retries=retries,
         torch_version=torch.__version__,
         timm_version=timm.__version__,
@@ -125,6 +126,22 @@ def _pass_columns(outcomes: List[ShardOutcome], key: PointKey, n_images: int, re
         nodes=sorted({o.node_id for o in outcomes}),
         hostnames=sorted({o.hostname for o in outcomes}),
     )
+
+
+def graph_columns(outcomes: List[ShardOutcome], profile: ModelProfile, key: PointKey) -> dict:
+    """``cuda_graphs``: every forward of the point, in the pass and in its timing, was a CUDA-graph replay;
+    false as soon as one part ran eagerly (never a mix called graphed), and ``graph_error`` says why."""
+    r = key[2]
+    parts = [o.cuda_graphs.get(key, False) for o in outcomes]
+    if profile.infer_samples_per_sec.get(r) is not None:
+        parts.append(profile.cuda_graphs.get(r, False))
+    errors = [f"evaluation on {o.device}: {o.graph_errors[key]}" for o in outcomes if key in o.graph_errors]
+    if r in profile.graph_errors:
+        errors.append(f"timing: {profile.graph_errors[r]}")
+    graphed = bool(parts) and all(parts)
+    if not errors and any(parts) and not graphed:
+        errors.append("some work items or the timing ran eagerly (an actor started with CUDA graphs off)")
+    return dict(cuda_graphs=graphed, graph_error="; ".join(dict.fromkeys(errors)) or None)
 
 
 def device_names(outcomes: List[ShardOutcome], profile: ModelProfile) -> str:

@@ -55,6 +55,8 @@ POINT_SCHEMA = pa.schema(
         ("dataset", pa.string()),
         ("n_shards", pa.int32()),
         ("retries", pa.int32()),
+        ("cuda_graphs", pa.bool_()),
+        ("graph_error", pa.string()),
         ("started", pa.timestamp("us", tz="UTC")),
         ("finished", pa.timestamp("us", tz="UTC")),
         ("nodes", pa.list_(pa.string())),

@@ -63,6 +63,7 @@ class SweepConfig:
     limit: Optional[int] = None
     address: str = "auto"
     bench: bool = True
+    cuda_graphs: bool = True  # on CUDA, evaluate and time CUDA-graph replays (False: eager forwards)
     bench_runs: int = 10
     bench_warmup: int = 3
     force: bool = False
@@ -182,7 +183,9 @@ def _evaluate(run: SweepRun, plan: ActorPlan, passes: List[DecodePass], todo: Li
     run.bar = tqdm(
         total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr
     )
-    evaluator_config = EvaluatorConfig(device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size)
+    evaluator_config = EvaluatorConfig(
+        device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size, cuda_graphs=cfg.cuda_graphs
+    )
     pool = EvaluatorPool(
         evaluator_config,
         plan,
@@ -305,6 +308,8 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
         except SweepError as err:
             summary.failed[point] = str(err)
             continue
+        if row["graph_error"]:
+            print(f"warning: {point.short_name} {point.mode} r={point.r} ran eagerly: {row['graph_error']}")
         summary.written.append(
             run.results.write_point(point, run.selection.fingerprint, row, predictions, failures)
         )
@@ -461,6 +466,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="time the model alone on random input",
     )
     p.add_argument("--bench-runs", type=int, default=10)
+    p.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="on CUDA, evaluate and time eager forwards instead of CUDA-graph replays (eager img/s on a fast GPU measures the host's kernel launches)",
+    )
     p.add_argument("--force", action="store_true", help="recompute points already in --out")
     p.add_argument(
         "--num-actors",

@@ -99,19 +99,38 @@ def sweep_tables(
             if rows.empty:
                 continue
             first = rows.iloc[0]
-            head = f"{first['short_name']} ({model}), {mode}, amp {amp}, batch {batch_size}, {first['device']}, {int(first['n_images'])} images"
+            head = f"{first['short_name']} ({model}), {mode}, amp {amp}, batch {batch_size}, {first['device']}, {int(first['n_images'])} images{graphs_note(rows)}"
             blocks.append(head + "\n" + model_table(rows))
     return "\n\n".join(blocks) if blocks else "(no results for these settings)"
 
 
 def line_heading(rows: pd.DataFrame, mode: str) -> str:
-    """``deit_tiny (deit_tiny_patch16_224), tomecis: 500 images`` (+ decode failures when any)."""
+    """``deit_tiny (deit_tiny_patch16_224), tomecis: 500 images, CUDA graphs`` (+ decode failures when any)."""
     first = rows.iloc[0]
     counts = sorted({int(n) for n in rows["n_images"]})
     images = "/".join(str(n) for n in counts)
     failed = int(rows["n_failed"].fillna(0).max())
     extra = f", up to {failed} undecodable images left out" if failed else ""
-    return f"{first['short_name']} ({first['model']}), {mode}: {images} images{extra}"
+    return f"{first['short_name']} ({first['model']}), {mode}: {images} images{extra}{graphs_note(rows)}"
+
+
+def graphs_note(rows: pd.DataFrame) -> str:
+    """How the line's forwards ran on the GPU: ``, CUDA graphs``, ``, eager`` or which r ran eagerly;
+    nothing for CPU rows or files that predate the column."""
+    if (
+        "cuda_graphs" not in rows
+        or not rows["device"].astype(str).str.contains("cuda|NVIDIA|GPU", case=False).any()
+    ):
+        return ""
+    flags = rows["cuda_graphs"]
+    if flags.isna().all():
+        return ""
+    if flags.fillna(False).astype(bool).all():
+        return ", CUDA graphs"
+    eager = sorted(int(r) for r, f in zip(rows["r"], flags) if not (isinstance(f, bool) and f))
+    if len(eager) == len(rows):
+        return ", eager (no CUDA graphs)"
+    return f", CUDA graphs except r = {', '.join(map(str, eager))} (eager; see graph_error)"
 
 
 # --------------------------------------------------------------------------- notes under the tables

@@ -106,11 +106,11 @@ def bipartite_soft_matching(
     with torch.no_grad():
         node_max, node_idx = _best_partners(metric, class_token, distill_token)  # [B, |A|]: best(a), b*(a)
         order = torch.sort(node_max, dim=-1, descending=True, stable=True).indices  # [B, |A|]
-        src_idx = order[:, :r]  # [B, r] A positions that merge away
-        keep_idx = order[:, r:].sort(dim=-1).values  # [B, |A| - r] ascending original order
+        src_idx = order.narrow(1, 0, r)  # [B, r] A positions that merge away
+        keep_idx = order.narrow(1, r, order.shape[1] - r).sort(dim=-1).values  # [B, |A| - r] ascending
         dst_idx = node_idx.gather(dim=-1, index=src_idx)  # [B, r] their B partners
 
-        batch = torch.arange(B, device=device)[:, None]  # [B, 1] row of each index below
+        batch = torch.arange(B, device=device).unsqueeze(1)  # [B, 1] row of each index below
         out_idx = _output_index(keep_idx, N, distill_token)  # [B, N - r]
         src_pos = 2 * src_idx  # [B, r] positions in x
         dst_row = keep_idx.shape[1] + dst_idx  # [B, r] rows of the output
@@ -122,7 +122,7 @@ def bipartite_soft_matching(
         the reduction is one ``scatter_add_`` / ``scatter_reduce_`` into the picked rows."""
         out = x[batch, out_idx]  # [B, N - r, C]
         moved = x[batch, src_pos]  # [B, r, C]
-        rows = dst_row[..., None].expand(-1, -1, x.shape[-1])  # [B, r, C]
+        rows = dst_row.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [B, r, C]
         if mode == "sum":
             return out.scatter_add_(1, rows, moved)
         return out.scatter_reduce_(1, rows, moved, reduce=mode)
@@ -274,11 +274,11 @@ def merge_tokens(
         w = as_dtype(weight, dtype).clamp_min(torch.finfo(torch.float32).tiny)
         columns = [as_dtype(x, dtype) * w, w] + ([as_dtype(size, dtype)] if size is not None else [])
     merged = matching.merge(torch.cat(columns, dim=-1), mode="sum")  # [B, N - r, C + 1 (+ 1)]
-    den = merged[..., C : C + 1]  # [B, N - r, 1]
-    x_out = as_dtype(merged[..., :C] / den, x.dtype)
+    den = merged.narrow(-1, C, 1)  # [B, N - r, 1]
+    x_out = as_dtype(merged.narrow(-1, 0, C) / den, x.dtype)
     if size is None:
         return x_out, None
-    size_out = den if weight is None else merged[..., C + 1 :]
+    size_out = den if weight is None else merged.narrow(-1, C + 1, 1)
     return x_out, as_dtype(size_out, size.dtype)
 
 

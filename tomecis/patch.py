@@ -111,7 +111,7 @@ class ToMeCISAttention(Attention):
         score = None
         if need_score:
             if cls_row is None:  # only row 0 of the attention matrix: [B, H, 1, N]
-                cls_row = M.class_row(q[:, :, :1], k, self.scale, log_size)
+                cls_row = M.class_row(q.narrow(2, 0, 1), k, self.scale, log_size)
             score = M.class_importance_of_row(cls_row, v)  # [B, N, 1]
         return out, k.mean(dim=1), score
 
@@ -121,7 +121,7 @@ class ToMeCISAttention(Attention):
         if bias is not None:
             attn = attn + bias
         attn = self.attn_drop(attn.softmax(dim=-1))
-        return attn @ v, attn[:, :, :1]
+        return attn @ v, attn.narrow(2, 0, 1)
 
 
 class ToMeCISBlock(Block):

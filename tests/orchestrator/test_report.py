@@ -37,6 +37,7 @@ def write_point(
     fingerprint: str = FINGERPRINT,
     device: str = "cpu (2 threads)",
     weights: str = "pretrained",
+    graphs: Optional[bool] = False,
 ) -> None:
     """One grid point whose image i (key ``img{i:05d}``, class i % 10) is right exactly when correct[i]."""
     point = GridPoint(model, r, mode, amp, batch_size, weights)
@@ -74,6 +75,8 @@ def write_point(
         dataset=fingerprint,
         n_shards=1,
         retries=0,
+        cuda_graphs=graphs,
+        graph_error=None if graphs or graphs is None else "eager by choice",
         started=now,
         finished=now,
         nodes=["node"],
@@ -480,3 +483,18 @@ def test_readme_layout_query_keeps_runs_apart(tmp_path, monkeypatch, capsys):
     assert len(scope["preds"]) == 10 and accuracy.loc[0] == pytest.approx(chosen["top1"].iloc[0])
     mixed = pd.read_parquet(out / "predictions").groupby("r")["correct"].mean() * 100
     assert mixed.loc[0] != pytest.approx(chosen["top1"].iloc[0])  # what the old query would have said
+
+
+def test_report_says_which_points_were_cuda_graph_replays(tmp_path):
+    """On a GPU the heading says whether img/s came from CUDA-graph replays; a point that ran eagerly
+    (its capture failed) is named, never folded into a 'graphed' line."""
+    out = tmp_path / "results"
+    gpu = "NVIDIA H200"
+    write_point(out, TINY, 0, correctness(20, range(15)), device=gpu, graphs=True)
+    write_point(out, TINY, 8, correctness(20, range(14)), device=gpu, graphs=False)
+    write_point(out, TINY, 16, correctness(20, range(12)), device=gpu, graphs=True)
+    md = report.build_report(report.ReportConfig(results=str(out), out=None)).markdown
+    assert "CUDA graphs except r = 8 (eager; see graph_error)" in md
+    write_point(out, TINY, 8, correctness(20, range(14)), device=gpu, graphs=True)
+    md = report.build_report(report.ReportConfig(results=str(out), out=None)).markdown
+    assert ", CUDA graphs" in md and "except" not in md
