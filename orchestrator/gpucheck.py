@@ -4,8 +4,9 @@ On a machine with CUDA, in a few minutes on one GPU (under 8 on an H100/H200), i
 ``gpu-report/report.md`` (rewritten after every step, so an interrupted run still leaves what it measured) and
 ``results.json``, printing the seconds each step took:
 
-1. ``tomecis.benchmark`` for each model at each r (fp16, batch 256, with ``--explicit``): speed-up over
-   unpatched timm next to the FLOP ratio, and fused / explicit (the first figures, within a minute or two);
+1. ``tomecis.benchmark`` for each model at each r (fp16, batch 256, with ``--explicit``), as CUDA-graph
+   replays and eagerly, side by side: speed-up over unpatched timm next to the FLOP ratio, fused /
+   explicit, ATen ops per forward (the first figures, within a minute or two; targets on the graphed ones);
 2. the decode pass on shards written from a folder of photos (``--photos``, default ../shared/assets), or
    ``--data``: eval img/s (data path included) against infer img/s (model alone) per point, and the grid
    efficiency. Without Ray it runs the evaluator in-process (the actor's own code: ``Evaluator`` and
@@ -242,22 +243,28 @@ def run_cuda_tests(timeout: float = 240.0) -> tuple:
 
 
 def benchmark_model(cfg: GpuCheckConfig, model: str) -> List[dict]:
-    """``tomecis.benchmark`` of one model at every r, with the explicit formulation: one dict per r."""
+    """``tomecis.benchmark`` of one model at every r, twice: CUDA-graph replays (with the explicit
+    formulation beside them) and eager forwards, unpatched timm timed the same way in each. One dict per
+    r; the targets read the graphed figures, the eager ones show what the host's launches cost."""
     from tomecis.benchmark import BenchmarkConfig, run_benchmark
 
-    rows = run_benchmark(
-        BenchmarkConfig(
-            model=model,
-            r_values=cfg.r_values,
-            batch_size=cfg.bench_batch_size,
-            device=cfg.device,
-            amp=cfg.amp,
-            warmup=cfg.warmup,
-            runs=cfg.runs,
-            explicit=True,
+    def bench(cuda_graphs: bool, explicit: bool):
+        return run_benchmark(
+            BenchmarkConfig(
+                model=model,
+                r_values=cfg.r_values,
+                batch_size=cfg.bench_batch_size,
+                device=cfg.device,
+                amp=cfg.amp,
+                warmup=cfg.warmup,
+                runs=cfg.runs,
+                explicit=explicit,
+                cuda_graphs=cuda_graphs,
+            )
         )
-    )
-    gflops0 = next(r.gflops for r in rows if r.r == 0) if any(r.r == 0 for r in rows) else rows[0].gflops
+
+    graphed, eager = bench(True, True), bench(False, False)
+    gflops0 = next((r.gflops for r in graphed if r.r == 0), graphed[0].gflops)
     return [
         dict(
             model=row.model,
@@ -265,26 +272,43 @@ def benchmark_model(cfg: GpuCheckConfig, model: str) -> List[dict]:
             img_per_s=row.img_per_s,
             unpatched_img_per_s=row.unpatched_img_per_s,
             speedup=row.speedup,
+            cuda_graphs=row.cuda_graphs and row.unpatched_cuda_graphs,
+            graph_error=row.graph_error,
+            eager_img_per_s=slow.img_per_s,
+            eager_speedup=slow.speedup,
+            aten_ops=row.aten_ops,
             flop_ratio=gflops0 / row.gflops,
             gflops=row.gflops,
             tokens_out=row.tokens_out,
             explicit_img_per_s=row.explicit_img_per_s,
             fused_vs_explicit=row.img_per_s / row.explicit_img_per_s,
         )
-        for row in rows
+        for row, slow in zip(graphed, eager)
     ]
 
 
 def benchmark_table(rows: Sequence[dict]) -> str:
-    head = "| model | r | img/s | speed-up | FLOP ratio | speed-up / FLOP ratio | GFLOPs | tokens | explicit img/s | fused / explicit |"
-    lines = [head, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    """Graphed and eager img/s side by side per r; speed-ups over unpatched timm timed the same way."""
+    head = (
+        "| model | r | graphed img/s | eager img/s | graphed / eager | speed-up graphed | speed-up eager "
+        "| FLOP ratio | graphed speed-up / FLOP ratio | GFLOPs | tokens | aten ops | explicit img/s "
+        "| fused / explicit |"
+    )
+    lines = [head, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
+        graphed = f"{r['img_per_s']:.0f}" + ("" if r["cuda_graphs"] else " (eager: no graphs)")
         lines.append(
-            f"| {r['model']} | {r['r']} | {r['img_per_s']:.0f} | {r['speedup']:.2f}x | {r['flop_ratio']:.2f}x | "
-            f"{r['speedup'] / r['flop_ratio']:.2f} | {r['gflops']:.2f} | {r['tokens_out']} | {r['explicit_img_per_s']:.0f} | "
-            f"{r['fused_vs_explicit']:.2f}x |"
+            f"| {r['model']} | {r['r']} | {graphed} | {r['eager_img_per_s']:.0f} | "
+            f"{r['img_per_s'] / r['eager_img_per_s']:.2f}x | {r['speedup']:.2f}x | {r['eager_speedup']:.2f}x | "
+            f"{r['flop_ratio']:.2f}x | {r['speedup'] / r['flop_ratio']:.2f} | {r['gflops']:.2f} | {r['tokens_out']} | "
+            f"{r['aten_ops']} | {r['explicit_img_per_s']:.0f} | {r['fused_vs_explicit']:.2f}x |"
         )
-    return "\n".join(lines)
+    errors = [
+        f"- {r['model']} r={r['r']}: capture failed, timed eagerly: {r['graph_error']}"
+        for r in rows
+        if r["graph_error"]
+    ]
+    return "\n".join(lines + ([""] + errors if errors else []))
 
 
 def photo_folder(cfg: GpuCheckConfig) -> Path:

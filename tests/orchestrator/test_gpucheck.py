@@ -66,6 +66,10 @@ def check_rehearsal_report(out: Path, evaluator: str, n_images: int) -> tuple:
         set(bench) == {0, 8} and bench[0]["flop_ratio"] == pytest.approx(1.0) and bench[8]["flop_ratio"] > 1.2
     )
     assert all(row["explicit_img_per_s"] > 0 and row["fused_vs_explicit"] > 0 for row in bench.values())
+    assert all(row["eager_img_per_s"] > 0 and row["aten_ops"] > 0 for row in bench.values())
+    assert all(not row["cuda_graphs"] for row in bench.values())  # a CPU rehearsal: nothing is graphed
+    assert "| graphed img/s | eager img/s | graphed / eager |" in text and "(eager: no graphs)" in text
+    assert bench[8]["aten_ops"] > bench[0]["aten_ops"]
     assert list(figures["decode_pass"]) == [evaluator]
     decode = figures["decode_pass"][evaluator]
     assert sorted(p["r"] for p in decode["points"]) == [0, 8]
