@@ -33,6 +33,7 @@ import shards
 import tomecis
 from tomecis.cli import parsed_or_exit, run_or_report
 from tomecis.models import find_checkpoint, max_r
+from tomecis.names import modes_help
 
 from . import tables
 from .cluster import connect
@@ -442,7 +443,7 @@ def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
         dest="modes",
         metavar="MODE[,MODE]",
         default="tomecis",
-        help="merge modes, comma-separated: tomecis, tome or tomecis,tome (default %(default)s)",
+        help=f"merge modes, comma-separated, from: {modes_help()} (default %(default)s)",
     )
     weights = p.add_mutually_exclusive_group()
     weights.add_argument(
