@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from tomecis.cli import parsed_or_exit
+from clipattern import parsed_or_exit
 from tomecis.schedule import parse_r_values
 
 from .grid import parse_models
@@ -692,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> GpuCheckConfig:
-    """Parse the arguments (``tomecis.cli``'s pattern: each ``dest`` is a GpuCheckConfig field)."""
+    """Parse the arguments (``clipattern``'s pattern: each ``dest`` is a GpuCheckConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     parsed = dict(

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 import pyarrow.fs as pafs
 
-from tomecis.cli import run_or_report
+from clipattern import run_or_report
 from tomecis.names import BASELINE_MODE, MODES, modes_help
 
 from . import paper
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> ReportConfig:
-    """Parse and check the arguments (``tomecis.cli``'s pattern: each ``dest`` is a ReportConfig field)."""
+    """Parse and check the arguments (``clipattern``'s pattern: each ``dest`` is a ReportConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.bootstrap_samples < 100:

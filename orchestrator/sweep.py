@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import shards
 import tomecis
-from tomecis.cli import parsed_or_exit, run_or_report
+from clipattern import parsed_or_exit, run_or_report
 from tomecis.models import find_checkpoint, max_r
 from tomecis.names import modes_help
 
@@ -507,7 +507,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
-    """Parse and validate everything before any Ray work; errors name the argument (``tomecis.cli``'s pattern)."""
+    """Parse and validate everything before any Ray work; errors name the argument (``clipattern``'s pattern)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     parsed = dict(

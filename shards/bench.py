@@ -15,7 +15,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .cli import parsed_or_exit, run_or_report
+from clipattern import parsed_or_exit, run_or_report
+
 from .read import ReadStats, iter_batches
 from .spec import DataSpecError, resolve_data
 from .transforms import eval_transform

@@ -28,7 +28,8 @@ from pathlib import Path
 import webdataset
 from tqdm import tqdm
 
-from .cli import run_or_report
+from clipattern import run_or_report
+
 from .decode import DECODE_ERRORS, decode_rgb, describe_decode_error
 from .hf_parquet import open_source
 from .manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedImage, sha256_of_file

@@ -1,8 +1,8 @@
 """ToMeCIS: Token Merging with Class Importance Score for timm Vision Transformers.
 
-The public names below are loaded on first use, so that ``tomecis.names`` and ``tomecis.cli`` (what a
-results reader needs) import without torch or timm. ``tomecis.patch`` is the function, as always, even
-after the submodule of the same name has been imported.
+The public names below are loaded on first use, so that ``tomecis.names`` (what a results reader needs)
+imports without torch or timm. ``tomecis.patch`` is the function, as always, even after the submodule of the
+same name has been imported.
 """
 
 from __future__ import annotations

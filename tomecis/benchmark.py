@@ -26,7 +26,8 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .cli import parsed_or_exit, run_or_report
+from clipattern import parsed_or_exit, run_or_report
+
 from .device import AMP_DTYPES, autocast, device_name, resolve_device, synchronize  # noqa: F401 - re-exported for now
 from .graphs import GraphSet, cuda_graphs_available, try_capture
 from .models import create_model, resolve_model_name
@@ -397,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> BenchmarkConfig:
-    """Parse and check the arguments (``tomecis.cli``'s pattern: each ``dest`` is a BenchmarkConfig field)."""
+    """Parse and check the arguments (``clipattern``'s pattern: each ``dest`` is a BenchmarkConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     r_values = parsed_or_exit(parser, "--r", parse_r_values, args.r_values)

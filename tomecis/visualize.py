@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cli import parsed_or_exit, run_or_report
+from clipattern import parsed_or_exit, run_or_report
+
 from .models import create_model
 from .names import MODES, modes_help
 from .patch import patch
@@ -287,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> VisualizeConfig:
-    """Parse and check the arguments (``tomecis.cli``'s pattern: each ``dest`` is a VisualizeConfig field)."""
+    """Parse and check the arguments (``clipattern``'s pattern: each ``dest`` is a VisualizeConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.r < 0:

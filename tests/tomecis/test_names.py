@@ -45,7 +45,7 @@ def test_a_mode_added_to_the_table_is_run_by_the_patch(monkeypatch):
 
 def test_names_and_the_report_import_without_torch_timm_or_ray():
     code = (
-        "import sys, tomecis.names, tomecis.cli, orchestrator.report; "
+        "import sys, tomecis.names, clipattern, orchestrator.report; "
         "print(sorted(m for m in ('torch', 'timm', 'ray') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
