@@ -13,8 +13,8 @@ import sys
 
 import ray
 
+from .errors import SweepError
 from .placement import alive_nodes
-from .pool import SweepError
 
 
 def connect(address: str) -> bool:

@@ -1,6 +1,6 @@
 """The sweep's errors, in a module that imports nothing else (no Ray), so that the code that runs
-without Ray (``points``, ``gpucheck``'s in-process evaluator) can raise and catch them; ``pool`` re-exports
-them for the code that imported them from there."""
+without Ray (``points``, ``gpucheck``'s in-process evaluator) can raise and catch them; everyone imports
+them from here."""
 
 from __future__ import annotations
 

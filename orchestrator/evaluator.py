@@ -2,7 +2,8 @@
 
 ``evaluate_shards`` and ``profile_model`` are plain functions (tests call them
 without Ray); ``Evaluator`` wraps them as the Ray actor the sweep starts, one per
-device. Nothing here writes results or parses command lines.
+device. Nothing here writes results or parses command lines; what it takes and gives back
+(``DecodePass``, ``Task``, ``ShardOutcome``, ``ModelProfile``, ...) is defined in ``work``.
 
 On a GPU the host never waits for one forward pass: a batch's forward passes are
 queued, their top-5 indices gathered on the device and copied to pinned host
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,119 +31,7 @@ from tomecis import device as dev
 from tomecis.graphs import GraphSet, cuda_graphs_available, try_capture
 from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
 
-PointKey = Tuple[str, str, int]  # (timm model name, mode, r): what one grid point is run under
-
-
-@dataclass(frozen=True)
-class EvaluatorConfig:
-    """How an actor runs its models; the same for every actor of a sweep."""
-
-    device: str = "auto"
-    amp: str = "none"
-    batch_size: int = 128
-    cuda_graphs: bool = True  # on CUDA: capture each point once, replay it per batch (False: eager)
-
-
-@dataclass(frozen=True)
-class ActorShape:
-    """What one actor was given: torch CPU threads and DataLoader workers (from its share of the node)."""
-
-    threads: int = 1
-    loader_workers: int = 0
-
-
-@dataclass(frozen=True)
-class Weights:
-    """Where a model's weights come from: checkpoint bytes (shipped through Ray's object store so that
-    no node needs the driver's files), timm's pretrained download, or random initialisation."""
-
-    source: str  # "checkpoint" | "pretrained" | "random"
-    name: str = ""  # checkpoint file name (picks the format)
-    data_ref: Optional[list] = None  # [ObjectRef] of the bytes, wrapped so Ray does not fetch it eagerly
-    digest: str = ""  # sha256 of the checkpoint file's bytes
-
-    @property
-    def tag(self) -> str:
-        """What the results key on: ``random``, ``pretrained`` or ``ckpt_<first 12 hex of the sha256>``."""
-        return f"ckpt_{self.digest[:12]}" if self.source == "checkpoint" else self.source
-
-
-@dataclass(frozen=True)
-class Task:
-    """One model in one mode, to be run at each of ``r_values`` on every decoded batch."""
-
-    model: str  # timm name
-    mode: str
-    r_values: Tuple[int, ...]
-
-    def point_keys(self) -> List[PointKey]:
-        return [(self.model, self.mode, r) for r in self.r_values]
-
-
-@dataclass
-class DecodePass:
-    """Models that share one eval transform: each batch is decoded once and run at every task.
-
-    ``weights`` maps every model of the pass to its weights; ``tasks`` are its (model, mode, r values)."""
-
-    name: str
-    weights: Dict[str, Weights]
-    tasks: Tuple[Task, ...]
-
-    @property
-    def point_keys(self) -> List[PointKey]:
-        return [key for task in self.tasks for key in task.point_keys()]
-
-
-@dataclass
-class ShardOutcome:
-    """A work item (one or more shards) decoded once and run at every point of its pass: per-image
-    top-5 (``[n, 5]`` int32) for each point, in key order, with the shard each key came from."""
-
-    pass_name: str
-    shards: List[str]  # the item's shard URLs
-    keys: List[str]
-    key_shards: List[str]  # [n]: the shard URL of each key
-    labels: np.ndarray  # [n] int32
-    top5: Dict[PointKey, np.ndarray]  # (model, mode, r) -> [n, 5] int32
-    n_failed: int
-    failures: List[shards.DecodeFailure]
-    load_seconds: float  # time spent waiting for decoded batches
-    forward_seconds: Dict[PointKey, float]  # device time of each point's forward passes
-    started: float = 0.0  # wall clock (time.time()) when decoding began
-    finished: float = 0.0  # wall clock when the last batch was done
-    node_id: str = ""
-    hostname: str = ""
-    device: str = ""
-    model_errors: Dict[str, str] = field(
-        default_factory=dict
-    )  # model -> why it could not be built (no points for it)
-    cuda_graphs: Dict[PointKey, bool] = field(
-        default_factory=dict
-    )  # point -> its forwards were graph replays
-    graph_errors: Dict[PointKey, str] = field(
-        default_factory=dict
-    )  # point -> why its capture failed (ran eagerly)
-
-
-@dataclass
-class ModelProfile:
-    """What the results need to know of a model in one mode, measured on the actor's device."""
-
-    model: str
-    param_count: float  # millions
-    img_size: int
-    crop_pct: float
-    interpolation: str
-    device: str
-    mode: str = "tomecis"
-    schedule: Dict[int, List[int]] = field(default_factory=dict)
-    gflops: Dict[int, float] = field(default_factory=dict)
-    tokens_out: Dict[int, int] = field(default_factory=dict)
-    infer_samples_per_sec: Dict[int, float] = field(default_factory=dict)
-    cuda_graphs: Dict[int, bool] = field(default_factory=dict)  # r -> img/s timed as graph replays
-    graph_errors: Dict[int, str] = field(default_factory=dict)  # r -> why its capture failed (timed eagerly)
-
+from .work import ActorShape, DecodePass, EvaluatorConfig, ModelProfile, PointKey, ShardOutcome, Task, Weights
 
 # --------------------------------------------------------------------------- building models
 
@@ -160,23 +49,6 @@ def build_model(model_name: str, weights: Weights, device: torch.device) -> nn.M
     else:
         model = create_model(model_name, pretrained=weights.source == "pretrained")
     return tomecis.patch(model.eval(), r=0).to(device)
-
-
-def transform_key(model_or_name) -> tuple:
-    """What makes two models' eval transforms the same: input size, crop, interpolation, mean, std.
-    Models with equal keys share one decode pass."""
-    cfg = shards.data_config(model_or_name)
-    return tuple(
-        tuple(v) if isinstance(v, (list, tuple)) else v
-        for v in (
-            cfg["input_size"],
-            cfg["crop_pct"],
-            cfg["interpolation"],
-            cfg["mean"],
-            cfg["std"],
-            cfg.get("crop_mode", "center"),
-        )
-    )
 
 
 # --------------------------------------------------------------------------- timing without stalls

@@ -393,8 +393,8 @@ def evaluators_to_run(choice: str, has_ray: bool) -> List[str]:
 def local_actor_shape(device: str):
     """What ``placement`` would give one actor on this machine: torch threads and loader workers (a GPU
     actor: one worker per CPU but one, which feeds the GPU; a CPU actor: up to 4 threads, no workers)."""
-    from .evaluator import ActorShape
     from .placement import NodeResources, plan_actors
+    from .work import ActorShape
 
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     node = NodeResources("local", "localhost", float(os.cpu_count() or 1), float(gpus))
@@ -408,10 +408,11 @@ def run_inprocess_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
     every shard, and each point's row assembled as the sweep does (``points.point_row``)."""
     import shards
 
-    from .evaluator import Evaluator, EvaluatorConfig, Weights
+    from .evaluator import Evaluator
     from .grid import build_grid
     from .points import point_row
     from .prepare import plan_passes, select_shards, weights_for
+    from .work import EvaluatorConfig, Weights
 
     chosen, total, fingerprint = select_shards(shards.resolve_data(data), None)
     weights = {
@@ -449,8 +450,7 @@ def run_sweep_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
         raise RuntimeError(
             "Ray is not installed here; --evaluator in-process runs the same decode pass without it"
         )
-    import pandas as pd
-
+    from .results import ResultsDir
     from .sweep import SweepConfig, run_sweep
 
     out = Path(cfg.out) / "results"
@@ -471,8 +471,8 @@ def run_sweep_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
         progress=False,
     )
     summary = run_sweep(sweep_cfg)
-    points = pd.concat([pd.read_parquet(path) for path in summary.written])  # this run's points only
-    return _point_fields(points.to_dict("records"))
+    points = ResultsDir(str(out)).read_point_files(summary.written)  # this run's points only
+    return _point_fields(points.to_pandas().to_dict("records"))
 
 
 def grid_efficiency(points: Sequence[dict]) -> float:

@@ -8,6 +8,7 @@ charged to the point by its share of loading + forward time (``eval_samples_per_
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -20,9 +21,9 @@ import shards
 import tomecis
 
 from .errors import SweepError
-from .evaluator import ModelProfile, PointKey, ShardOutcome
 from .grid import GridPoint
 from .results import FAILURES_DIR, accuracy, failures_table, predictions_table
+from .work import ModelProfile, PointKey, ShardOutcome
 
 
 def point_row(
@@ -76,12 +77,12 @@ def point_row(
 
 
 def _ray_version() -> Optional[str]:
-    """Ray's version, or None where the point was evaluated without Ray (gpucheck's in-process evaluator)."""
+    """Ray's installed version (read from its package metadata: this module never imports Ray), or None
+    where Ray is not installed (gpucheck's in-process evaluator on a stock PyTorch image)."""
     try:
-        import ray
-    except ImportError:
+        return importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:
         return None
-    return ray.__version__
 
 
 def _check_counts(

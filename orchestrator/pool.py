@@ -21,9 +21,10 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .errors import SweepError, WorkFailed  # noqa: F401 - defined without Ray; re-exported from here
-from .evaluator import ActorShape, DecodePass, Evaluator, EvaluatorConfig, ModelProfile, ShardOutcome
+from .errors import SweepError, WorkFailed
+from .evaluator import Evaluator
 from .placement import ActorPlan, ActorSlot, alive_nodes
+from .work import ActorShape, DecodePass, EvaluatorConfig, ModelProfile, ShardOutcome
 
 
 @dataclass

@@ -15,9 +15,9 @@ import shards
 from shards.manifest import sha256_of_file
 from tomecis.models import find_checkpoint, short_name
 
-from .evaluator import DecodePass, Task, Weights, transform_key
 from .grid import GridPoint
 from .placement import ActorPlan
+from .work import DecodePass, Task, Weights
 
 
 @dataclass
@@ -50,7 +50,11 @@ def select_shards(
             total += shard.n_samples
         chosen = tuple(kept)
     total = sum(s.n_samples for s in chosen) if all(s.n_samples is not None for s in chosen) else None
-    return chosen, total, shards.read.fingerprint_of(chosen)  # the manifest's own when chosen is all of it
+    return (
+        chosen,
+        total,
+        shards.read.fingerprint_of(chosen),
+    )  # the manifest's own when chosen is all of it
 
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -101,6 +105,23 @@ def shards_per_item(plan: ActorPlan, n_shards: int) -> int:
     one shard), but small enough that every actor gets about two items in flight."""
     workers = sorted(s.loader_workers for s in plan.slots)[len(plan.slots) // 2]
     return max(1, min(workers, n_shards // (2 * plan.num_actors)))
+
+
+def transform_key(model_or_name) -> tuple:
+    """What makes two models' eval transforms the same: input size, crop, interpolation, mean, std.
+    Models with equal keys share one decode pass."""
+    cfg = shards.data_config(model_or_name)
+    return tuple(
+        tuple(v) if isinstance(v, (list, tuple)) else v
+        for v in (
+            cfg["input_size"],
+            cfg["crop_pct"],
+            cfg["interpolation"],
+            cfg["mean"],
+            cfg["std"],
+            cfg.get("crop_mode", "center"),
+        )
+    )
 
 
 def plan_passes(todo: Sequence[GridPoint], weights: Dict[str, Weights]) -> List[DecodePass]:

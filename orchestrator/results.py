@@ -168,13 +168,13 @@ class ResultsDir:
 
     def read_points_of(self, points: Iterable[GridPoint], fingerprint: str) -> pa.Table:
         """The rows of these grid points that exist (an empty table with the schema when none)."""
-        return self._read_cast(
+        return self.read_point_files(
             [self.point_path(p, fingerprint) for p in points if self.is_done(p, fingerprint)]
         )
 
     def read_points(self) -> pa.Table:
         """Every points row written so far, cast to POINT_SCHEMA (an empty table with the schema when none)."""
-        return self._read_cast(self.parquet_files(POINTS_DIR))
+        return self.read_point_files(self.parquet_files(POINTS_DIR))
 
     def read_point_rows(self) -> pd.DataFrame:
         """Every points row as its file holds it, plus ``point_file``: the file stem its predictions file shares.
@@ -207,8 +207,9 @@ class ResultsDir:
             and not i.base_name.startswith(".")
         )
 
-    def _read_cast(self, files: List[str]) -> pa.Table:
-        """The rows of these points files cast to POINT_SCHEMA, in order (an empty table with the schema when none)."""
+    def read_point_files(self, files: Sequence[str]) -> pa.Table:
+        """The rows of these points files (paths in this directory, as ``write_point`` returns them) cast
+        to POINT_SCHEMA, in order (an empty table with the schema when none)."""
         if not files:
             return POINT_SCHEMA.empty_table()
         return pa.concat_tables([_cast_points(pq.read_table(f, filesystem=self.fs)) for f in files])

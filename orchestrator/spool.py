@@ -28,9 +28,9 @@ import pyarrow.fs as pafs
 
 import shards
 
-from .evaluator import PointKey, ShardOutcome
 from .grid import GridPoint
 from .results import ResultsDir
+from .work import PointKey, ShardOutcome
 
 SPOOL_DIR = "spool"
 FORMAT = 1

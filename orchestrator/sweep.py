@@ -37,14 +37,15 @@ from tomecis.names import modes_help
 
 from . import tables
 from .cluster import connect
-from .evaluator import DecodePass, EvaluatorConfig
+from .errors import SweepError, WorkFailed
 from .grid import AMPS, GridPoint, build_grid, parse_models, parse_modes, parse_r_values
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
-from .pool import EvaluatorPool, SweepError, WorkFailed, group_shards
+from .pool import EvaluatorPool, group_shards
 from .prepare import Selection, plan_passes, select_shards, shards_per_item, ship_weights, weights_for
 from .results import ResultsDir
 from .spool import Spool, SpoolRecord, disjoint_in_order, pass_key
+from .work import DecodePass, EvaluatorConfig
 
 
 @dataclass

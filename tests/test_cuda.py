@@ -210,7 +210,8 @@ def test_graph_replay_equals_eager_on_the_headline_grid(strict_fp32, name, mode,
 @pytest.mark.parametrize("amp", ["none", "fp16"])
 def test_a_short_last_batch_is_padded_and_equals_eager(strict_fp32, amp):
     """The PointRunner captured at 64 images runs a batch of 37: padded with zeros, rows dropped."""
-    from orchestrator.evaluator import ForwardClock, PointRunner, Task
+    from orchestrator.evaluator import ForwardClock, PointRunner
+    from orchestrator.work import Task
     from tomecis.device import autocast
 
     base = MODEL_FACTORIES["deit_tiny"]()
@@ -231,7 +232,8 @@ def test_a_short_last_batch_is_padded_and_equals_eager(strict_fp32, amp):
 
 def test_forty_points_capture_within_memory(capsys):
     """The paper grid of one actor: DeiT-Ti and DeiT-S x two modes x ten r, batch 256, fp16, one pool."""
-    from orchestrator.evaluator import PointRunner, Task
+    from orchestrator.evaluator import PointRunner
+    from orchestrator.work import Task
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(CUDA)

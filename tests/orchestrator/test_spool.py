@@ -13,9 +13,9 @@ import pyarrow.fs as pafs
 import pytest
 
 from orchestrator import spool
-from orchestrator.evaluator import ShardOutcome
 from orchestrator.grid import GridPoint, build_grid
 from orchestrator.results import ResultsDir
+from orchestrator.work import ShardOutcome
 from shards import DecodeFailure
 
 MODEL = "deit_tiny_patch16_224"

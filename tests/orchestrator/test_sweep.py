@@ -13,8 +13,8 @@ import torch
 import shards
 import tomecis
 from orchestrator import prepare, sweep
+from orchestrator.errors import SweepError
 from orchestrator.placement import NodeResources
-from orchestrator.pool import SweepError
 from shards.testing import (
     tiny_dataset,
     write_manifest_for,

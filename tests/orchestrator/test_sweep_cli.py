@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from orchestrator import points, prepare, sweep
-from orchestrator.evaluator import ModelProfile, ShardOutcome
+from orchestrator.work import ModelProfile, ShardOutcome
 
 # --------------------------------------------------------------------------- CLI errors, before any Ray work
 
@@ -299,8 +299,8 @@ def test_started_and_finished_span_the_points_items_and_every_device_is_named():
 
 def test_models_with_the_same_eval_transform_share_a_decode_pass():
     """DeiT-Ti/S share one transform; a 384-pixel ViT gets a pass of its own. Tasks keep the r still to do."""
-    from orchestrator.evaluator import Weights
     from orchestrator.grid import GridPoint
+    from orchestrator.work import Weights
 
     big = "vit_tiny_patch16_384"
     todo = [

@@ -1,0 +1,130 @@
+"""What travels between the driver and the actors: the work (weights, tasks, decode passes), how an actor
+runs it (config, shape), and what comes back (a work item's outcome, a model's profile).
+
+Plain dataclasses, importable without Ray or torch (``points``, ``spool``, ``prepare`` and the report's
+side of the house use them without starting an actor); ``evaluator`` is the actor that consumes and
+produces them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+if TYPE_CHECKING:  # annotations only: neither is imported at run time
+    import numpy as np
+
+    import shards
+
+PointKey = Tuple[str, str, int]  # (timm model name, mode, r): what one grid point is run under
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How an actor runs its models; the same for every actor of a sweep."""
+
+    device: str = "auto"
+    amp: str = "none"
+    batch_size: int = 128
+    cuda_graphs: bool = True  # on CUDA: capture each point once, replay it per batch (False: eager)
+
+
+@dataclass(frozen=True)
+class ActorShape:
+    """What one actor was given: torch CPU threads and DataLoader workers (from its share of the node)."""
+
+    threads: int = 1
+    loader_workers: int = 0
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's weights come from: checkpoint bytes (shipped through Ray's object store so that
+    no node needs the driver's files), timm's pretrained download, or random initialisation."""
+
+    source: str  # "checkpoint" | "pretrained" | "random"
+    name: str = ""  # checkpoint file name (picks the format)
+    data_ref: Optional[list] = None  # [ObjectRef] of the bytes, wrapped so Ray does not fetch it eagerly
+    digest: str = ""  # sha256 of the checkpoint file's bytes
+
+    @property
+    def tag(self) -> str:
+        """What the results key on: ``random``, ``pretrained`` or ``ckpt_<first 12 hex of the sha256>``."""
+        return f"ckpt_{self.digest[:12]}" if self.source == "checkpoint" else self.source
+
+
+@dataclass(frozen=True)
+class Task:
+    """One model in one mode, to be run at each of ``r_values`` on every decoded batch."""
+
+    model: str  # timm name
+    mode: str
+    r_values: Tuple[int, ...]
+
+    def point_keys(self) -> List[PointKey]:
+        return [(self.model, self.mode, r) for r in self.r_values]
+
+
+@dataclass
+class DecodePass:
+    """Models that share one eval transform: each batch is decoded once and run at every task.
+
+    ``weights`` maps every model of the pass to its weights; ``tasks`` are its (model, mode, r values)."""
+
+    name: str
+    weights: Dict[str, Weights]
+    tasks: Tuple[Task, ...]
+
+    @property
+    def point_keys(self) -> List[PointKey]:
+        return [key for task in self.tasks for key in task.point_keys()]
+
+
+@dataclass
+class ShardOutcome:
+    """A work item (one or more shards) decoded once and run at every point of its pass: per-image
+    top-5 (``[n, 5]`` int32) for each point, in key order, with the shard each key came from."""
+
+    pass_name: str
+    shards: List[str]  # the item's shard URLs
+    keys: List[str]
+    key_shards: List[str]  # [n]: the shard URL of each key
+    labels: np.ndarray  # [n] int32
+    top5: Dict[PointKey, np.ndarray]  # (model, mode, r) -> [n, 5] int32
+    n_failed: int
+    failures: List[shards.DecodeFailure]
+    load_seconds: float  # time spent waiting for decoded batches
+    forward_seconds: Dict[PointKey, float]  # device time of each point's forward passes
+    started: float = 0.0  # wall clock (time.time()) when decoding began
+    finished: float = 0.0  # wall clock when the last batch was done
+    node_id: str = ""
+    hostname: str = ""
+    device: str = ""
+    model_errors: Dict[str, str] = field(
+        default_factory=dict
+    )  # model -> why it could not be built (no points for it)
+    cuda_graphs: Dict[PointKey, bool] = field(
+        default_factory=dict
+    )  # point -> its forwards were graph replays
+    graph_errors: Dict[PointKey, str] = field(
+        default_factory=dict
+    )  # point -> why its capture failed (ran eagerly)
+
+
+@dataclass
+class ModelProfile:
+    """What the results need to know of a model in one mode, measured on the actor's device."""
+
+    model: str
+    param_count: float  # millions
+    img_size: int
+    crop_pct: float
+    interpolation: str
+    device: str
+    mode: str = "tomecis"
+    schedule: Dict[int, List[int]] = field(default_factory=dict)
+    gflops: Dict[int, float] = field(default_factory=dict)
+    tokens_out: Dict[int, int] = field(default_factory=dict)
+    infer_samples_per_sec: Dict[int, float] = field(default_factory=dict)
+    cuda_graphs: Dict[int, bool] = field(default_factory=dict)  # r -> img/s timed as graph replays
+    graph_errors: Dict[int, str] = field(default_factory=dict)  # r -> why its capture failed (timed eagerly)
