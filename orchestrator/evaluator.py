@@ -28,7 +28,7 @@ import shards
 import tomecis
 from tomecis import benchmark as bm
 from tomecis import device as dev
-from tomecis.graphs import GraphSet, cuda_graphs_available, try_capture
+from tomecis.graphs import GraphSet, capture_forward, cuda_graphs_available
 from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
 
 from .work import ActorShape, DecodePass, EvaluatorConfig, ModelProfile, PointKey, ShardOutcome, Task, Weights
@@ -154,8 +154,7 @@ class PointRunner:
                 model.mode = task.mode
                 for key in task.point_keys():
                     model.r = key[2]
-                    error = try_capture(self.graphs, key, lambda x, m=model: top5_indices(m(x)))
-                    model.merge_state.reset()  # the capture's sizes live in the graph pool
+                    error = capture_forward(self.graphs, key, model, top5_indices)
                     if error is not None:
                         self.graph_errors[key] = error
                         warn(

@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from clipattern import parsed_or_exit, run_or_report
 
 from .device import AMP_DTYPES, autocast, device_name, resolve_device, synchronize  # noqa: F401 - re-exported for now
-from .graphs import GraphSet, cuda_graphs_available, try_capture
+from .graphs import GraphSet, capture_forward, cuda_graphs_available
 from .models import create_model, resolve_model_name
 from .names import MODES, merge_mode, modes_help
 from .patch import patch
@@ -97,7 +97,7 @@ def time_in_turns(
         graphs.load(x)
     seconds: List[List[float]] = [[] for _ in settings]
     with torch.inference_mode():
-        errors = [_capture_setting(graphs, i, setting) for i, setting in enumerate(settings)]
+        errors = [capture_forward(graphs, i, setting()) for i, setting in enumerate(settings)]
         passes = [_timed_pass(graphs, i, setting, x) for i, setting in enumerate(settings)]
         with autocast(device, amp):
             for i, setting in enumerate(settings):
@@ -113,18 +113,6 @@ def time_in_turns(
                     seconds[i].append(time.perf_counter() - start)
     graphed = [graphs is not None and i in graphs for i in range(len(settings))]
     return Timings(seconds, graphed, errors)
-
-
-def _capture_setting(graphs: Optional[GraphSet], index: int, setting: Setting) -> Optional[str]:
-    """Capture one setting's forward (None: captured, or no graphs asked for; else the error)."""
-    if graphs is None:
-        return None
-    model = setting()
-    error = try_capture(graphs, index, lambda inp: model(inp))
-    state = getattr(model, "merge_state", None)
-    if state is not None:
-        state.reset()  # the capture's sizes live in the graph pool: hold no reference to them
-    return error
 
 
 def _timed_pass(

@@ -117,12 +117,23 @@ class GraphSet:
         return self.outputs[key]
 
 
-def try_capture(graphs: Optional[GraphSet], key: Hashable, fn: GraphFn) -> Optional[str]:
-    """Capture ``fn`` into ``graphs``; None when it worked (or there are no graphs), else the error text."""
+def capture_forward(
+    graphs: Optional[GraphSet],
+    key: Hashable,
+    model: torch.nn.Module,
+    head: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits,
+) -> Optional[str]:
+    """Capture ``head(model(static input))`` into ``graphs`` under ``key``, with the model as it is set now
+    (its r and mode). Returns None when it was captured (or there are no graphs), else the error text.
+    The model's per-forward merge state is dropped afterwards: the capture's sizes live in the graph pool."""
     if graphs is None:
         return None
     try:
-        graphs.capture(key, fn)
+        graphs.capture(key, lambda x: head(model(x)))
     except GraphCaptureError as err:
         return str(err)
+    finally:
+        state = getattr(model, "merge_state", None)
+        if state is not None:
+            state.reset()
     return None
