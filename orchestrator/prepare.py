@@ -53,7 +53,7 @@ def select_shards(
     return (
         chosen,
         total,
-        shards.read.fingerprint_of(chosen),
+        shards.shardset.fingerprint_of(chosen),
     )  # the manifest's own when chosen is all of it
 
 

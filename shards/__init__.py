@@ -1,7 +1,8 @@
 """ImageNet-1k as deterministic WebDataset shards: `shards.write` makes them, `shards.spec` finds them (data spec ->
 shards with counts), `shards.read` streams them.
 
-The reading API is re-exported here; attributes load lazily, so `python -m shards.write` does not import timm.
+The public names are offered here too, each loaded lazily from the one module that defines it, so that
+`python -m shards.write` does not import timm and `shards.read` does not import the Hub client.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         split_shards,
         verify_checksums,
     )
-    from .spec import TOMECIS_DATA_ENV, DataSpecError, ShardInfo, ShardSet, resolve_data
+    from .shardset import DataSpecError, ShardInfo, ShardSet
+    from .spec import TOMECIS_DATA_ENV, resolve_data
     from .synsets import imagenet_synsets, synset_index
     from .transforms import data_config, eval_transform
     from .write import WriteConfig, WriteSummary, write_shards
@@ -43,7 +45,8 @@ _EXPORTS = {
         "split_shards",
         "verify_checksums",
     ),
-    "spec": ("DataSpecError", "ShardInfo", "ShardSet", "TOMECIS_DATA_ENV", "resolve_data"),
+    "shardset": ("DataSpecError", "ShardInfo", "ShardSet"),
+    "spec": ("TOMECIS_DATA_ENV", "resolve_data"),
     "transforms": ("data_config", "eval_transform"),
     "write": ("WriteConfig", "WriteSummary", "write_shards"),
     "manifest": ("MANIFEST_NAME", "Manifest", "ManifestError", "read_manifest"),
@@ -82,7 +85,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = ("decode", "manifest", "read", "sources", "spec", "synsets", "testing", "transforms", "write")
+_SUBMODULES = ("decode", "manifest", "read", "shardset", "sources", "spec", "synsets", "transforms", "write")
 
 
 def __getattr__(name: str) -> Any:

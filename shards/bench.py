@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from clipattern import parsed_or_exit, run_or_report
 
 from .read import ReadStats, iter_batches
-from .spec import DataSpecError, resolve_data
+from .shardset import DataSpecError
+from .spec import resolve_data
 from .transforms import eval_transform
 
 

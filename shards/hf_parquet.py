@@ -27,8 +27,6 @@ from .sources import (
     SourceImage,
     SourceListing,
     check_keys,
-    detect_form,
-    list_source_images,
     parquet_folder_files,
     stem_of,
 )
@@ -46,19 +44,11 @@ EXPECTED_COLUMNS = (
 
 
 @contextmanager
-def open_source(
-    src_paths: Sequence[Path], labels: Path | None, split: str | None, out: Path
+def spooled_parquet_images(
+    src_paths: Sequence[Path], split: str | None, out: Path
 ) -> Iterator[SourceListing]:
-    """The labelled images of any source form; parquet images are spooled into `out` while the block runs."""
-    if len(src_paths) == 1 and detect_form(src_paths[0]) is not SourceForm.PARQUET:
-        if split is not None:
-            raise SourceError(
-                f"`split={split}` chooses among parquet files; {src_paths[0]} holds none: drop it"
-            )
-        yield list_source_images(src_paths[0], labels)
-        return
-    if labels is not None:
-        raise SourceError(f"parquet rows carry their labels; drop `labels={labels}`")
+    """The rows of the parquet files (or folder) `src_paths`, of `split`, as a listing whose bytes are spooled
+    into `out` while the block runs (`shards.sources.open_source` dispatches here for the parquet form)."""
     files, chosen_split = parquet_files(src_paths, split)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

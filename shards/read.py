@@ -11,8 +11,9 @@ Counts are never silently smaller: a sample that fails (an image that does not d
 0..999, a transform that raises) is recorded in `stats.failures` (shard, key, error) and counted in
 `stats.per_shard`; a shard that cannot be opened or read raises `ShardReadError`; a shard
 that yields a different number of samples than its manifest says raises `ShardCountError`.
-The resolution names (`resolve_data`, `ShardInfo`, `ShardSet`, `fingerprint_of`, `TOMECIS_DATA_ENV`, …) live in
-`shards.spec` and are importable from here as before.
+Resolution (`resolve_data`, `TOMECIS_DATA_ENV`) lives in `shards.spec`, the shard records (`ShardInfo`,
+`ShardSet`, `fingerprint_of`) in `shards.shardset`, the transforms in `shards.transforms`; this module imports
+the Hub client (`shards.hub`) only when it opens an hf:// shard.
 """
 
 from __future__ import annotations
@@ -31,19 +32,9 @@ from webdataset.handlers import reraise_exception
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .decode import DECODE_ERRORS, decode_rgb, describe_decode_error
-from .hub import is_hub_url, open_hub_url
 from .manifest import MANIFEST_NAME, sha256_of_file
-from .shardset import shard_tuple
-from .spec import (  # noqa: F401 - re-exported: shards.read.resolve_data, .fingerprint_of, … keep working
-    TOMECIS_DATA_ENV,
-    DataSpecError,
-    ShardInfo,
-    ShardSet,
-    fingerprint_of,
-    resolve_data,
-)
+from .shardset import ShardInfo, ShardSet, shard_tuple
 from .synsets import N_IMAGENET_CLASSES
-from .transforms import data_config, eval_transform  # noqa: F401 - re-exported
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
 LABEL_FIELD = "cls"
@@ -385,6 +376,16 @@ def _transformed(
     return tensor, label
 
 
+def _open_stream(url: str) -> Any:
+    """hf:// through the Hub client, imported only for such a shard (reading local shards never loads it),
+    everything else through webdataset."""
+    if url.startswith("hf://"):  # shards.hub.HUB_SCHEME
+        from .hub import open_hub_url
+
+        return open_hub_url(url)
+    return webdataset.gopen(url, "rb")
+
+
 def samples_of_shard(shard: ShardInfo) -> Iterator[dict[str, Any]]:
     """webdataset samples (`__key__`, `jpg`, `cls`, …) of one shard, read to its end.
 
@@ -393,7 +394,7 @@ def samples_of_shard(shard: ShardInfo) -> Iterator[dict[str, Any]]:
     (with $HF_TOKEN), everything else by webdataset (local files, pipe:, http(s) through curl).
     """
     try:
-        stream = open_hub_url(shard.url) if is_hub_url(shard.url) else webdataset.gopen(shard.url, "rb")
+        stream = _open_stream(shard.url)
     except (OSError, ValueError) as error:
         raise ShardReadError(f"cannot open shard {shard.url}: {error}") from error
     finished = False

@@ -3,6 +3,7 @@ Hugging Face parquet files (listed by `shards.hf_parquet`).
 
 Every form is reduced to the same thing: a list of `SourceImage`s sorted by key (the file stem), each knowing
 its class and how to read its original bytes. The val set in any of its forms therefore gives the same list.
+`open_source` is the one entry for every form (what `shards.write` calls).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import csv
 import os
 import re
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -157,6 +159,26 @@ def parquet_folder_files(folder: Path) -> list[Path]:
             if files:
                 return files
     return []
+
+
+@contextmanager
+def open_source(
+    src_paths: Sequence[Path], labels: Path | None, split: str | None, out: Path
+) -> Iterator[SourceListing]:
+    """The labelled images of any source form; parquet images are spooled into `out` while the block runs."""
+    if len(src_paths) == 1 and detect_form(src_paths[0]) is not SourceForm.PARQUET:
+        if split is not None:
+            raise SourceError(
+                f"`split={split}` chooses among parquet files; {src_paths[0]} holds none: drop it"
+            )
+        yield list_source_images(src_paths[0], labels)
+        return
+    if labels is not None:
+        raise SourceError(f"parquet rows carry their labels; drop `labels={labels}`")
+    from .hf_parquet import spooled_parquet_images  # here: hf_parquet builds on this module's names
+
+    with spooled_parquet_images(src_paths, split, out) as listing:
+        yield listing
 
 
 def list_source_images(src: Path, labels: Path | None) -> SourceListing:

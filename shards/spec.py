@@ -24,7 +24,7 @@ from braceexpand import braceexpand
 from .hub import HF_TOKEN_ENV, hub_token
 from .manifest import MANIFEST_NAME, ManifestError, read_manifest
 from .remote import describe_origin, is_remote, resolve_remote_item
-from .shardset import (  # noqa: F401 - re-exported: shards.spec.ShardInfo, .fingerprint_of, … are the public names
+from .shardset import (
     DataSpecError,
     IndexCache,
     ShardIndex,

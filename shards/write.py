@@ -8,7 +8,8 @@ Each sample is `{key}.cls` (class index, ASCII), `{key}.jpg` (the original bytes
 (`{"file": ..., "synset": ...}`); key = the source file stem. Samples are sorted by key and cut into shards
 `{prefix}-{NNNNNN}.tar` of `--shard-size` samples, written with fixed tar metadata, so the same input gives
 byte-identical shards whatever `--workers` is. `manifest.json` beside them lists every shard's sample count and
-sha256. Every image is decoded once on the way to prove it readable.
+sha256. Every image is decoded once on the way to prove it readable. `write_raw_shard` and `write_manifest_for`
+make shards by hand instead (samples as given, nothing decoded).
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ from tqdm import tqdm
 from clipattern import run_or_report
 
 from .decode import DECODE_ERRORS, decode_rgb, describe_decode_error
-from .hf_parquet import open_source
 from .manifest import MANIFEST_NAME, Manifest, ShardRecord, SkippedImage, sha256_of_file
-from .sources import SourceError, SourceImage, SourceListing
+from .sources import SourceError, SourceImage, SourceListing, open_source
 from .synsets import N_IMAGENET_CLASSES, UnknownSynsetError
 
 DEFAULT_PREFIX = "imagenet-val"
@@ -232,6 +232,38 @@ def open_tar_writer(stream) -> webdataset.TarWriter:
     return webdataset.TarWriter(
         stream, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME, format=TAR_FORMAT
     )
+
+
+def write_raw_shard(path: Path, samples: Sequence[tuple[str, bytes, int]]) -> ShardRecord:
+    """A shard of (key, image bytes, class index) by hand: as given, in that order, bad bytes included, nothing
+    decoded (gpucheck's repeated photos; tests' damaged shards); returns its manifest record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(path, "wb") as stream,
+        open_tar_writer(stream) as writer,
+    ):
+        for key, image_bytes, class_index in samples:
+            writer.write(
+                {
+                    "__key__": key,
+                    "jpg": image_bytes,
+                    "cls": str(class_index).encode("ascii"),
+                    "json": json.dumps({"file": f"{key}.JPEG"}).encode("utf-8"),
+                }
+            )
+    return ShardRecord(name=path.name, n_samples=len(samples), sha256=sha256_of_file(path))
+
+
+def write_manifest_for(folder: Path, records: Sequence[ShardRecord]) -> Path:
+    """manifest.json in `folder` listing `records` (shards made by `write_raw_shard`); returns its path."""
+    manifest = Manifest(
+        shards=tuple(records),
+        total=sum(record.n_samples for record in records),
+        n_classes=N_IMAGENET_CLASSES,
+        n_classes_present=0,
+        made={"tool": "shards.write.write_raw_shard"},
+    )
+    return manifest.write(folder)
 
 
 def decode_problem(jpeg_bytes: bytes) -> str | None:

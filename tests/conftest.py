@@ -85,7 +85,7 @@ MODEL_FACTORIES = {
 def data(tmp_path_factory):
     """22 tiny images in 5 shards (the last one short), and a random-weight DeiT-Tiny checkpoint dir
     (``ckpt/deit_tiny_patch16_224.pth``): the sweep tests' data (modules may define their own)."""
-    from shards.testing import tiny_dataset, write_tiny_shards
+    from shards_testing import tiny_dataset, write_tiny_shards
 
     root = tmp_path_factory.mktemp("sweep")
     write_tiny_shards(root, tiny_dataset(n_images=22, n_classes=4), shard_size=5)

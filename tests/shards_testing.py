@@ -1,4 +1,5 @@
-"""Helpers for tests: tiny labelled JPEG datasets in every source form, and shards made from them.
+"""Helpers for tests (the product does not use them): tiny labelled JPEG datasets in every source form, shards
+made from them, and a stand-in Hugging Face Hub. Tests import it as `shards_testing` (tests/ is on sys.path).
 
     images = tiny_dataset(n_images=12, n_classes=3)        # keys ILSVRC2012_val_00000001..12, real synsets
     src = make_imagefolder(tmp_path / "val", images)       # or make_flat_folder / make_val_tar + write_val_txt
@@ -28,9 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .manifest import Manifest, ShardRecord, sha256_of_file
-from .synsets import N_IMAGENET_CLASSES, imagenet_synsets, synset_index
-from .write import WriteConfig, WriteSummary, open_tar_writer, write_shards
+from shards.synsets import imagenet_synsets, synset_index
+from shards.write import WriteConfig, WriteSummary, open_tar_writer, write_shards
 
 TINY_SIDE = 32
 
@@ -143,37 +143,6 @@ def write_tiny_shards(
         src=source, out=root / "shards", prefix=prefix, shard_size=shard_size, workers=workers, progress=False
     )
     return write_shards(config)
-
-
-def write_raw_shard(path: Path, samples: Sequence[tuple[str, bytes, int]]) -> ShardRecord:
-    """A shard of (key, image bytes, class index) as given, bad bytes included; returns its manifest record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        open(path, "wb") as stream,
-        open_tar_writer(stream) as writer,
-    ):
-        for key, image_bytes, class_index in samples:
-            writer.write(
-                {
-                    "__key__": key,
-                    "jpg": image_bytes,
-                    "cls": str(class_index).encode("ascii"),
-                    "json": json.dumps({"file": f"{key}.JPEG"}).encode("utf-8"),
-                }
-            )
-    return ShardRecord(name=path.name, n_samples=len(samples), sha256=sha256_of_file(path))
-
-
-def write_manifest_for(folder: Path, records: Sequence[ShardRecord]) -> Path:
-    """manifest.json in `folder` listing `records` (for hand-made shards); returns its path."""
-    manifest = Manifest(
-        shards=tuple(records),
-        total=sum(record.n_samples for record in records),
-        n_classes=N_IMAGENET_CLASSES,
-        n_classes_present=0,
-        made={"tool": "shards.testing"},
-    )
-    return manifest.write(folder)
 
 
 def images_of_imagefolder(root: Path) -> list[TinyImage]:

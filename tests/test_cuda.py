@@ -119,8 +119,9 @@ def test_gpu_actor_sweep_equals_a_cpu_actor_sweep(tmp_path):
         "ray", reason="needs Ray for GPU actors (not installed here; gpucheck runs the evaluator in-process)"
     )
 
+    from shards_testing import tiny_dataset, write_tiny_shards
+
     from orchestrator import sweep
-    from shards.testing import tiny_dataset, write_tiny_shards
 
     write_tiny_shards(tmp_path, tiny_dataset(n_images=40, n_classes=4), shard_size=8)
     ckpt = tmp_path / "ckpt"

@@ -92,11 +92,13 @@ def test_clis_run_from_a_directory_holding_a_shards_folder_under_a_plain_editabl
         assert "usage" in done.stdout.lower()
 
     check = (
-        "import shards, orchestrator.sweep, orchestrator.report, shards.read, tomecis; "
-        "print(shards.__file__); print(shards.read.__file__)"
+        "import shards, orchestrator.sweep, orchestrator.report, shards.read, tomecis, clipattern; "
+        "print(shards.__file__); print(shards.read.__file__); print(clipattern.__file__)"
     )
     done = _run([str(python), "-c", check], work, env)
     assert done.returncode == 0, f"{hint}\n{done.stderr[-3000:]}"
-    assert done.stdout.split() == [str(REPO / "shards" / "__init__.py"), str(REPO / "shards" / "read.py")], (
-        hint
-    )
+    assert done.stdout.split() == [
+        str(REPO / "shards" / "__init__.py"),
+        str(REPO / "shards" / "read.py"),
+        str(REPO / "clipattern" / "__init__.py"),
+    ], hint

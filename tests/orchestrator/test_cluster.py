@@ -15,10 +15,10 @@ import yaml
 from conftest import REPO
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.cluster_utils import Cluster
+from shards_testing import tiny_dataset, write_tiny_shards
 
 import tomecis
 from orchestrator import sweep
-from shards.testing import tiny_dataset, write_tiny_shards
 
 CLUSTER_YAML = REPO / "cluster.yaml"
 MODEL = "deit_tiny_patch16_224"

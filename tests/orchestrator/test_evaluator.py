@@ -7,13 +7,13 @@ import pytest
 import timm
 import torch
 from conftest import randomize
+from shards_testing import tiny_dataset, write_tiny_shards
 
 import shards
 import tomecis
 from orchestrator.evaluator import Evaluator, ForwardClock, evaluate_shards
 from orchestrator.prepare import transform_key
 from orchestrator.work import DecodePass, EvaluatorConfig, Task, Weights
-from shards.testing import tiny_dataset, write_tiny_shards
 
 TINY, DISTILLED = "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"
 

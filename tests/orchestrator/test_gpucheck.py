@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from shards_testing import make_imagefolder, tiny_dataset, write_tiny_shards
 
 from orchestrator import gpucheck
-from shards.testing import make_imagefolder, tiny_dataset, write_tiny_shards
 
 REPO = Path(__file__).resolve().parents[2]
 # a timm ViT of 0.4 M parameters (160 px, 6 blocks): the rehearsals stay seconds long on CI's two cores

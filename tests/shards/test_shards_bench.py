@@ -1,9 +1,9 @@
 """shards.bench: the read-throughput script counts what it reads and rejects bad arguments."""
 
 import pytest
+from shards_testing import tiny_dataset, write_tiny_shards
 
 from shards import bench
-from shards.testing import tiny_dataset, write_tiny_shards
 
 
 def test_bench_reads_every_image_once_per_worker_count(tmp_path, capsys):

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE_IMAGES
-
-from shards.hf_parquet import SPOOL_NAME
-from shards.manifest import MANIFEST_NAME, read_manifest
-from shards.sources import SourceError
-from shards.testing import (
+from shards_testing import (
     TinyImage,
     images_of_imagefolder,
     make_hf_parquet,
     make_imagefolder,
     tiny_dataset,
 )
+
+from shards.hf_parquet import SPOOL_NAME
+from shards.manifest import MANIFEST_NAME, read_manifest
+from shards.sources import SourceError
 from shards.write import WriteConfig, main, write_shards
 
 SAMPLE_PHOTOS = SAMPLE_IMAGES

@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import REPO, SHARED_ASSETS
 from PIL import Image
+from shards_testing import tiny_dataset, write_tiny_shards
 from torchvision.transforms.functional import pil_to_tensor
 
 import shards.read as shards_read
@@ -26,26 +27,21 @@ import shards.remote as shards_remote
 from shards.manifest import MANIFEST_NAME, read_manifest
 from shards.read import (
     Batch,
-    DataSpecError,
     ReadStats,
     ShardBatch,
     ShardCountError,
-    ShardInfo,
     ShardReadError,
-    ShardSet,
     check_complete,
-    data_config,
-    eval_transform,
-    fingerprint_of,
     iter_batches,
     read_shard,
-    resolve_data,
     split_shards,
     verify_checksums,
 )
+from shards.shardset import DataSpecError, ShardInfo, ShardSet, fingerprint_of
+from shards.spec import resolve_data
 from shards.synsets import imagenet_synsets
-from shards.testing import tiny_dataset, write_manifest_for, write_raw_shard, write_tiny_shards
-from shards.write import WriteConfig, write_shards
+from shards.transforms import data_config, eval_transform
+from shards.write import WriteConfig, write_manifest_for, write_raw_shard, write_shards
 
 ASSETS = SHARED_ASSETS
 SAMPLE_PHOTOS = ASSETS / "imagenet-sample"
@@ -90,10 +86,19 @@ def test_package_re_exports_the_reading_api():
 
 
 def test_submodules_are_reachable_from_a_bare_import():
-    code = "import shards; print(shards.read.TOMECIS_DATA_ENV, shards.write.DEFAULT_PREFIX)"
+    code = "import shards; print(shards.spec.TOMECIS_DATA_ENV, shards.write.DEFAULT_PREFIX)"
     repo = REPO
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert done.stdout.split() == ["TOMECIS_DATA", "imagenet-val"]
+
+
+def test_reading_a_stream_imports_neither_resolution_nor_the_hub_client():
+    """shards.read imports each name from the module that defines it: no re-export chain through shards.spec
+    (which imports shards.remote and shards.hub), no timm (the transforms are the caller's)."""
+    heavy = ("shards.spec", "shards.remote", "shards.hub", "shards.transforms", "huggingface_hub", "timm")
+    code = f"import sys, shards.read; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_folder_with_manifest_resolves_to_its_shards(tiny_shards):
@@ -618,7 +623,7 @@ def transform_returning_a_list(image: Image.Image) -> list:
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_transform_errors_are_named_failures_of_their_sample(tmp_path, num_workers):
-    from shards.testing import tiny_jpeg_bytes
+    from shards_testing import tiny_jpeg_bytes
 
     good = tiny_dataset(n_images=3)
     samples = [(image.key, image.jpeg, image.class_index) for image in good]

@@ -13,12 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SAMPLE_IMAGES
-
-from shards.hub import HubPath, parse_hub_url
-from shards.read import ReadStats, ShardCountError, ShardReadError, iter_batches
-from shards.shardset import fingerprint_of
-from shards.spec import DataSpecError, resolve_data
-from shards.testing import (
+from shards_testing import (
     TinyImage,
     images_of_imagefolder,
     serve_hub,
@@ -26,6 +21,11 @@ from shards.testing import (
     write_timm_wds,
     write_tiny_shards,
 )
+
+from shards.hub import HubPath, parse_hub_url
+from shards.read import ReadStats, ShardCountError, ShardReadError, iter_batches
+from shards.shardset import DataSpecError, fingerprint_of
+from shards.spec import resolve_data
 
 SAMPLE_PHOTOS = SAMPLE_IMAGES
 REPO = "timm/imagenet-1k-wds"

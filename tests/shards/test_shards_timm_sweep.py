@@ -6,10 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import ray
+from shards_testing import serve_hub, tiny_dataset, write_timm_wds
 
 from orchestrator import sweep
 from shards.spec import resolve_data
-from shards.testing import serve_hub, tiny_dataset, write_timm_wds
 
 pytestmark = pytest.mark.slow
 

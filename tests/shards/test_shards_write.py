@@ -9,11 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from shards.manifest import MANIFEST_NAME, read_manifest, sha256_of_file
-from shards.sources import SourceError
-from shards.synsets import UnknownSynsetError, imagenet_synsets
-from shards.testing import (
+from shards_testing import (
     make_flat_folder,
     make_imagefolder,
     make_val_tar,
@@ -22,6 +18,10 @@ from shards.testing import (
     write_tiny_shards,
     write_val_txt,
 )
+
+from shards.manifest import MANIFEST_NAME, read_manifest, sha256_of_file
+from shards.sources import SourceError
+from shards.synsets import UnknownSynsetError, imagenet_synsets
 from shards.write import BadImageError, OutputExistsError, WriteConfig, cli_wording, main, write_shards
 
 
