@@ -343,7 +343,7 @@ def sample_shards(cfg: GpuCheckConfig) -> str:
     if cfg.data:
         return cfg.data
     from shards.synsets import synset_index
-    from shards.write import write_manifest_for, write_raw_shard
+    from shards.testing import write_manifest_for, write_raw_shard
 
     files = list_photos(photo_folder(cfg), cfg.photos_limit)
     repeat = cfg.repeat or max(1, math.ceil(GPU_IMAGES / len(files)))
@@ -422,7 +422,16 @@ def run_inprocess_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
         for model, w in weights_for(cfg.models, cfg.checkpoint_dir, cfg.checkpoint_dir is None).items()
     }
     tags = {model: w.tag for model, w in weights.items()}
-    grid = build_grid(cfg.models, cfg.r_values, "tomecis", cfg.amp, cfg.sweep_batch_size, tags, cfg.device)
+    grid = build_grid(
+        cfg.models,
+        cfg.r_values,
+        "tomecis",
+        cfg.amp,
+        cfg.sweep_batch_size,
+        tags,
+        cfg.device,
+        dataset=fingerprint,
+    )
     threads = torch.get_num_threads()  # the evaluator sets its own, as an actor does; given back after
     try:
         evaluator = Evaluator(
@@ -438,7 +447,7 @@ def run_inprocess_step(cfg: GpuCheckConfig, data: str) -> List[dict]:
                 profile = evaluator.profile(decode_pass, task, True, cfg.runs, cfg.warmup)
                 for point in grid:
                     if (point.model, point.mode) == (task.model, task.mode):
-                        rows.append(point_row(point, [outcome], profile, fingerprint, total, False)[0])
+                        rows.append(point_row(point, [outcome], profile, total, False)[0])
     finally:
         torch.set_num_threads(threads)
     return _point_fields(rows)

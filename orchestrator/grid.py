@@ -1,9 +1,10 @@
-"""Parse ``--models``, ``--mode`` and ``--r`` into (model, mode, r) grid points. No I/O."""
+"""Parse ``--models``, ``--mode`` and ``--r`` into (model, mode, r) grid points, and say what makes a point's
+identity (``IDENTITY``: the columns every results file of the point carries, and its file name). No I/O."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tomecis.names import AMP_NAMES, MODES, merge_mode, short_name
 from tomecis.schedule import parse_r_values
@@ -11,11 +12,29 @@ from tomecis.schedule import parse_r_values
 AMPS = AMP_NAMES  # "none", "fp16", "bf16": one list, in tomecis.names
 DEVICE_KINDS = ("cpu", "cuda")
 
+# The columns that make a point's identity, in the order its files hold them, each with the GridPoint field
+# it comes from. Points rows, predictions and failures carry them (``GridPoint.identity``); the Parquet
+# types follow the fields' types (``results``); a rerun skips a point whose file name (``file_stem``) exists.
+IDENTITY_FIELDS: Dict[str, str] = {
+    "model": "model",
+    "mode": "mode",
+    "r": "r",
+    "amp": "amp",
+    "infer_batch_size": "batch_size",
+    "weights": "weights",
+    "device": "device",  # the point knows the kind (cpu, cuda); its files hold the exact device name
+    "dataset": "dataset",
+}
+IDENTITY = tuple(IDENTITY_FIELDS)
+KEY_COLUMNS = ("model", "mode", "r")  # a line of a table: one model in one mode, at each r
+SETTING_COLUMNS = tuple(c for c in IDENTITY if c not in KEY_COLUMNS)  # rows of one setting can be compared
+
 
 @dataclass(frozen=True)
 class GridPoint:
     """One (model, r) evaluation, with what makes results comparable: mode, amp, batch size, the
-    weights (``random``, ``pretrained`` or ``ckpt_<sha256 prefix>``) and the device kind (cpu, cuda)."""
+    weights (``random``, ``pretrained`` or ``ckpt_<sha256 prefix>``), the device kind (cpu, cuda) and
+    the dataset (the fingerprint of the shards evaluated)."""
 
     model: str  # timm name
     r: int
@@ -24,6 +43,7 @@ class GridPoint:
     batch_size: int = 128
     weights: str = "pretrained"
     device: str = "cpu"
+    dataset: str = field(kw_only=True)  # the shards' fingerprint (``shards.ShardSet.fingerprint``)
 
     @property
     def short_name(self) -> str:
@@ -34,11 +54,20 @@ class GridPoint:
         """``(model, mode, r)``: what the evaluator runs the point under."""
         return self.model, self.mode, self.r
 
-    def file_stem(self, fingerprint: str) -> str:
+    def identity(self, device_name: Optional[str] = None) -> Dict[str, object]:
+        """``IDENTITY`` column -> this point's value, in order. ``device`` is the kind unless
+        ``device_name`` (the exact device that evaluated the point, what its files' ``device`` column
+        holds) is given."""
+        values = {column: getattr(self, name) for column, name in IDENTITY_FIELDS.items()}
+        if device_name is not None:
+            values["device"] = device_name
+        return values
+
+    def file_stem(self) -> str:
         """A file name that identifies the point, its weights, device kind and dataset (a rerun finds it again)."""
         return (
             f"{self.short_name}-{self.mode}-r{self.r}-{self.amp}-bs{self.batch_size}"
-            f"-{self.weights}-{self.device}-{fingerprint}"
+            f"-{self.weights}-{self.device}-{self.dataset}"
         )
 
 
@@ -78,9 +107,11 @@ def build_grid(
     batch_size: int = 128,
     weights: Optional[Mapping[str, str]] = None,
     device: str = "cpu",
+    *,
+    dataset: str,
 ) -> List[GridPoint]:
-    """Every (model, mode, r), models outermost, then modes; ``weights`` maps a model to its weights tag
-    (default pretrained)."""
+    """Every (model, mode, r) on ``dataset`` (the shards' fingerprint), models outermost, then modes;
+    ``weights`` maps a model to its weights tag (default pretrained)."""
     modes = [modes] if isinstance(modes, str) else list(modes)
     for mode in modes:
         merge_mode(mode)  # an unknown name raises, listing the modes
@@ -92,7 +123,7 @@ def build_grid(
         raise ValueError(f"device kind must be one of {DEVICE_KINDS}, got {device!r}")
     tags = dict(weights or {})
     return [
-        GridPoint(model, r, mode, amp, batch_size, tags.get(model, "pretrained"), device)
+        GridPoint(model, r, mode, amp, batch_size, tags.get(model, "pretrained"), device, dataset=dataset)
         for model in models
         for mode in modes
         for r in r_values
@@ -102,7 +133,11 @@ def build_grid(
 __all__ = [
     "AMPS",
     "DEVICE_KINDS",
+    "IDENTITY",
+    "IDENTITY_FIELDS",
+    "KEY_COLUMNS",
     "MODES",
+    "SETTING_COLUMNS",
     "GridPoint",
     "build_grid",
     "parse_models",

@@ -30,7 +30,6 @@ def point_row(
     point: GridPoint,
     outcomes: List[ShardOutcome],
     profile: ModelProfile,
-    dataset: str,
     expected_total: Optional[int],
     allow_decode_failures: bool,
     retries: int = 0,
@@ -47,23 +46,16 @@ def point_row(
     _check_unique_keys(point, keys, shard_of)
     _check_counts(point, outcomes, len(keys), expected_total, allow_decode_failures)
     device = device_names(outcomes, profile)
-    predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, dataset, device)
-    failures = failures_table(point, [f for o in outcomes for f in o.failures], dataset, device)
+    predictions = predictions_table(point, keys, labels.tolist(), top5.tolist(), shard_of, device)
+    failures = failures_table(point, [f for o in outcomes for f in o.failures], device)
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
     row = dict(
-        model=point.model,
+        **point.identity(device),
         short_name=point.short_name,
-        mode=point.mode,
-        r=point.r,
         top1=top1,
         top5=top5_acc,
         n_images=len(keys),
         n_failed=sum(o.n_failed for o in outcomes),
-        infer_batch_size=point.batch_size,
-        amp=point.amp,
-        weights=point.weights,
-        device=device,
-        dataset=dataset,
         **_profile_columns(profile, point.r),
         **_pass_columns(outcomes, point.key, len(keys), resumed),
         **graph_columns(outcomes, profile, point.key),

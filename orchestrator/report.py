@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -38,7 +38,7 @@ from clipattern import run_or_report
 from tomecis.names import BASELINE_MODE, MODES, modes_help
 
 from . import paper
-from .grid import AMPS
+from .grid import AMPS, KEY_COLUMNS, SETTING_COLUMNS
 from .plot import plot_accuracy_throughput
 from .results import PREDICTIONS_DIR, ResultsDir
 from .stats import Comparison, paired_stats
@@ -53,8 +53,6 @@ from .tables import (
     unmerged_spread,
     versus_published_table,
 )
-
-SETTING_COLUMNS = ("dataset", "amp", "infer_batch_size", "device", "weights")
 
 
 class NoResultsError(ValueError):
@@ -82,18 +80,28 @@ class ReportConfig:
     top_classes: int = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Setting:
-    """What makes rows comparable: same images, same autocast, same benchmark batch, same device, same weights."""
+    """What makes rows comparable: same images, same autocast, same benchmark batch, same device, same
+    weights. One field per setting column (``grid.SETTING_COLUMNS``: a point's identity but its model,
+    mode and r), in the order settings of equal size are listed."""
 
     dataset: str
     amp: str
-    batch_size: int
+    infer_batch_size: int
     device: str
     weights: str = "unknown weights"
 
+    @classmethod
+    def of(cls, values: Dict[str, object]) -> "Setting":
+        """The setting of rows whose setting columns hold ``values`` (column -> value)."""
+        names = [f.name for f in fields(cls)]
+        if sorted(values) != sorted(names):
+            raise ValueError(f"a setting has the columns {names}, got {sorted(values)}")
+        return cls(**{f.name: (int if f.type == "int" else str)(values[f.name]) for f in fields(cls)})
+
     def label(self) -> str:
-        return f"dataset {self.dataset}, amp {self.amp}, batch {self.batch_size}, {self.device}, weights {self.weights}"
+        return f"dataset {self.dataset}, amp {self.amp}, batch {self.infer_batch_size}, {self.device}, weights {self.weights}"
 
 
 @dataclass
@@ -165,20 +173,19 @@ def filter_points(points: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
 def drop_superseded(points: pd.DataFrame) -> Tuple[pd.DataFrame, int]:
     """Keep the latest row (by ``finished``) per (setting, model, mode, r); returns the rows, with the
     setting columns' placeholders filled in, and how many were dropped."""
-    key = list(SETTING_COLUMNS) + ["model", "mode", "r"]
+    key = list(SETTING_COLUMNS) + list(KEY_COLUMNS)
     ordered = _with_setting_defaults(points).sort_values("finished", kind="stable")
     kept = ordered.drop_duplicates(subset=key, keep="last")
     return kept.sort_index(), len(points) - len(kept)
 
 
 def split_settings(points: pd.DataFrame) -> List[Tuple[Setting, pd.DataFrame]]:
-    """Rows grouped by setting (SETTING_COLUMNS: dataset, amp, infer_batch_size, device, weights), largest group first."""
+    """Rows grouped by setting (``SETTING_COLUMNS``), largest group first, then in ``Setting``'s order."""
     groups = []
     filled = _with_setting_defaults(points)
-    for values, rows in filled.groupby(list(SETTING_COLUMNS), sort=True, dropna=False):
-        dataset, amp, batch, device, weights = values
-        groups.append((Setting(str(dataset), str(amp), int(batch), str(device), str(weights)), rows))
-    groups.sort(key=lambda g: -len(g[1]))
+    for values, rows in filled.groupby(list(SETTING_COLUMNS), sort=False, dropna=False):
+        groups.append((Setting.of(dict(zip(SETTING_COLUMNS, values))), rows))
+    groups.sort(key=lambda g: (-len(g[1]), g[0]))
     return groups
 
 

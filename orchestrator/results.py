@@ -14,6 +14,7 @@ A point's failures and predictions are written before its ``points`` row, so a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
@@ -23,76 +24,75 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .grid import GridPoint
+from .grid import IDENTITY_FIELDS, GridPoint
 
 POINTS_DIR = "points"
 PREDICTIONS_DIR = "predictions"
 FAILURES_DIR = "failures"
 
-POINT_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("short_name", pa.string()),
-        ("mode", pa.string()),
-        ("r", pa.int32()),
-        ("schedule", pa.list_(pa.int32())),
-        ("top1", pa.float64()),
-        ("top5", pa.float64()),
-        ("n_images", pa.int64()),
-        ("n_failed", pa.int64()),
-        ("infer_samples_per_sec", pa.float64()),
-        ("infer_batch_size", pa.int32()),
-        ("eval_samples_per_sec", pa.float64()),
-        ("gflops", pa.float64()),
-        ("tokens_out", pa.int32()),
-        ("param_count", pa.float64()),
-        ("img_size", pa.int32()),
-        ("crop_pct", pa.float64()),
-        ("interpolation", pa.string()),
-        ("amp", pa.string()),
-        ("weights", pa.string()),
-        ("device", pa.string()),
-        ("dataset", pa.string()),
-        ("n_shards", pa.int32()),
-        ("retries", pa.int32()),
-        ("cuda_graphs", pa.bool_()),
-        ("graph_error", pa.string()),
-        ("started", pa.timestamp("us", tz="UTC")),
-        ("finished", pa.timestamp("us", tz="UTC")),
-        ("nodes", pa.list_(pa.string())),
-        ("hostnames", pa.list_(pa.string())),
-        ("torch_version", pa.string()),
-        ("timm_version", pa.string()),
-        ("ray_version", pa.string()),
-        ("tomecis_version", pa.string()),
-    ]
+# The identity columns (``grid.IDENTITY``), typed by their GridPoint field: str -> string, int -> int32.
+_ARROW = {"str": pa.string(), "int": pa.int32()}
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(GridPoint)}
+IDENTITY_SCHEMA = pa.schema(
+    [(column, _ARROW[_FIELD_TYPES[name]]) for column, name in IDENTITY_FIELDS.items()]
 )
 
-PREDICTION_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("label", pa.int32()),
-        ("pred", pa.int32()),
-        ("top5", pa.list_(pa.int32())),
-        ("correct", pa.bool_()),
-        ("shard", pa.string()),
-        ("model", pa.string()),
-        ("mode", pa.string()),
-        ("r", pa.int32()),
-        ("amp", pa.string()),
-        ("infer_batch_size", pa.int32()),
-        ("weights", pa.string()),
-        ("device", pa.string()),
-        ("dataset", pa.string()),
-    ]
+
+def _identity_and(*columns) -> pa.Schema:
+    """A schema of the measured ``(name, type)`` columns and every identity column: a bare name places
+    one where the files have always held it; the others follow the measured columns, in IDENTITY order."""
+    placed = {c for c in columns if isinstance(c, str)}
+    fields = [IDENTITY_SCHEMA.field(c) if isinstance(c, str) else pa.field(*c) for c in columns]
+    return pa.schema(fields + [f for f in IDENTITY_SCHEMA if f.name not in placed])
+
+
+POINT_SCHEMA = _identity_and(
+    "model",
+    ("short_name", pa.string()),
+    "mode",
+    "r",
+    ("schedule", pa.list_(pa.int32())),
+    ("top1", pa.float64()),
+    ("top5", pa.float64()),
+    ("n_images", pa.int64()),
+    ("n_failed", pa.int64()),
+    ("infer_samples_per_sec", pa.float64()),
+    "infer_batch_size",
+    ("eval_samples_per_sec", pa.float64()),
+    ("gflops", pa.float64()),
+    ("tokens_out", pa.int32()),
+    ("param_count", pa.float64()),
+    ("img_size", pa.int32()),
+    ("crop_pct", pa.float64()),
+    ("interpolation", pa.string()),
+    "amp",
+    "weights",
+    "device",
+    "dataset",
+    ("n_shards", pa.int32()),
+    ("retries", pa.int32()),
+    ("cuda_graphs", pa.bool_()),
+    ("graph_error", pa.string()),
+    ("started", pa.timestamp("us", tz="UTC")),
+    ("finished", pa.timestamp("us", tz="UTC")),
+    ("nodes", pa.list_(pa.string())),
+    ("hostnames", pa.list_(pa.string())),
+    ("torch_version", pa.string()),
+    ("timm_version", pa.string()),
+    ("ray_version", pa.string()),
+    ("tomecis_version", pa.string()),
 )
 
-_IDENTITY = [
-    f
-    for f in PREDICTION_SCHEMA
-    if f.name in ("model", "mode", "r", "amp", "infer_batch_size", "weights", "device", "dataset")
-]
-FAILURE_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("error", pa.string()), *_IDENTITY])
+PREDICTION_SCHEMA = _identity_and(
+    ("key", pa.string()),
+    ("label", pa.int32()),
+    ("pred", pa.int32()),
+    ("top5", pa.list_(pa.int32())),
+    ("correct", pa.bool_()),
+    ("shard", pa.string()),
+)
+
+FAILURE_SCHEMA = _identity_and(("shard", pa.string()), ("key", pa.string()), ("error", pa.string()))
 
 
 class ResultsDir:
@@ -105,23 +105,22 @@ class ResultsDir:
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
-    def point_path(self, point: GridPoint, fingerprint: str) -> str:
-        return self.path(POINTS_DIR, point.file_stem(fingerprint) + ".parquet")
+    def point_path(self, point: GridPoint) -> str:
+        return self.path(POINTS_DIR, point.file_stem() + ".parquet")
 
-    def predictions_path(self, point: GridPoint, fingerprint: str) -> str:
-        return self.path(PREDICTIONS_DIR, point.file_stem(fingerprint) + ".parquet")
+    def predictions_path(self, point: GridPoint) -> str:
+        return self.path(PREDICTIONS_DIR, point.file_stem() + ".parquet")
 
-    def failures_path(self, point: GridPoint, fingerprint: str) -> str:
-        return self.path(FAILURES_DIR, point.file_stem(fingerprint) + ".parquet")
+    def failures_path(self, point: GridPoint) -> str:
+        return self.path(FAILURES_DIR, point.file_stem() + ".parquet")
 
-    def is_done(self, point: GridPoint, fingerprint: str) -> bool:
-        """True when the point's ``points`` row exists for this dataset."""
-        return self.fs.get_file_info(self.point_path(point, fingerprint)).type == pafs.FileType.File
+    def is_done(self, point: GridPoint) -> bool:
+        """True when the point's ``points`` row exists (for its dataset, weights, device kind, ...)."""
+        return self.fs.get_file_info(self.point_path(point)).type == pafs.FileType.File
 
     def write_point(
         self,
         point: GridPoint,
-        fingerprint: str,
         row: Dict,
         predictions: pa.Table,
         failures: Optional[pa.Table] = None,
@@ -130,10 +129,10 @@ class ResultsDir:
         predictions, then the point row, each atomically; returns the point file's path."""
         _check_row(row)
         failures = FAILURE_SCHEMA.empty_table() if failures is None else failures.cast(FAILURE_SCHEMA)
-        self._write_atomic(failures, self.failures_path(point, fingerprint))
-        self._write_atomic(predictions.cast(PREDICTION_SCHEMA), self.predictions_path(point, fingerprint))
+        self._write_atomic(failures, self.failures_path(point))
+        self._write_atomic(predictions.cast(PREDICTION_SCHEMA), self.predictions_path(point))
         table = pa.Table.from_pylist([row], schema=POINT_SCHEMA)
-        path = self.point_path(point, fingerprint)
+        path = self.point_path(point)
         self._write_atomic(table, path)
         return path
 
@@ -166,11 +165,9 @@ class ResultsDir:
         else:
             write(path)
 
-    def read_points_of(self, points: Iterable[GridPoint], fingerprint: str) -> pa.Table:
+    def read_points_of(self, points: Iterable[GridPoint]) -> pa.Table:
         """The rows of these grid points that exist (an empty table with the schema when none)."""
-        return self.read_point_files(
-            [self.point_path(p, fingerprint) for p in points if self.is_done(p, fingerprint)]
-        )
+        return self.read_point_files([self.point_path(p) for p in points if self.is_done(p)])
 
     def read_points(self) -> pa.Table:
         """Every points row written so far, cast to POINT_SCHEMA (an empty table with the schema when none)."""
@@ -264,57 +261,41 @@ def predictions_table(
     labels: Iterable[int],
     top5: Iterable[Iterable[int]],
     shards: List[str],
-    dataset: str,
     device: str,
 ) -> pa.Table:
     """One row per image: key, label, pred (top-1), top5, correct, shard, and the point's identity
-    (model, mode, r, amp, infer_batch_size, weights, device, dataset) so that runs can be told apart."""
+    (``GridPoint.identity``, ``device`` the exact device name) so that runs can be told apart."""
     labels = [int(v) for v in labels]
     top5 = [[int(c) for c in row] for row in top5]
     preds = [row[0] for row in top5]
-    n = len(keys)
-    return pa.Table.from_pydict(
-        {
-            "key": keys,
-            "label": labels,
-            "pred": preds,
-            "top5": top5,
-            "correct": [p == t for p, t in zip(preds, labels)],
-            "shard": shards,
-            "model": [point.model] * n,
-            "mode": [point.mode] * n,
-            "r": [point.r] * n,
-            "amp": [point.amp] * n,
-            "infer_batch_size": [point.batch_size] * n,
-            "weights": [point.weights] * n,
-            "device": [device] * n,
-            "dataset": [dataset] * n,
-        },
-        schema=PREDICTION_SCHEMA,
-    )
+    measured = {
+        "key": keys,
+        "label": labels,
+        "pred": preds,
+        "top5": top5,
+        "correct": [p == t for p, t in zip(preds, labels)],
+        "shard": shards,
+    }
+    return _with_identity(measured, point, device, len(keys), PREDICTION_SCHEMA)
 
 
-def failures_table(point: GridPoint, failures: Sequence, dataset: str, device: str) -> pa.Table:
+def failures_table(point: GridPoint, failures: Sequence, device: str) -> pa.Table:
     """One row per image that could not be decoded (``shards.DecodeFailure``: shard, key, error), with
     the point's identity columns, as in ``predictions``."""
-    n = len(failures)
-    identity = dict(
-        model=point.model,
-        mode=point.mode,
-        r=point.r,
-        amp=point.amp,
-        infer_batch_size=point.batch_size,
-        weights=point.weights,
-        device=device,
-        dataset=dataset,
-    )
-    columns = {
+    measured = {
         "shard": [f.shard for f in failures],
         "key": [f.key for f in failures],
         "error": [f.error for f in failures],
-        **{name: [value] * n for name, value in identity.items()},
     }
-    return pa.Table.from_pydict(columns, schema=FAILURE_SCHEMA)
+    return _with_identity(measured, point, device, len(failures), FAILURE_SCHEMA)
+
+
+def _with_identity(
+    measured: Dict[str, list], point: GridPoint, device: str, n: int, schema: pa.Schema
+) -> pa.Table:
+    """``n`` rows: the ``measured`` columns and the point's identity (``device``: the exact device name)."""
+    identity = {column: [value] * n for column, value in point.identity(device).items()}
+    return pa.Table.from_pydict({**measured, **identity}, schema=schema)
 
 
 def accuracy(labels: List[int], top5: List[List[int]]) -> Tuple[float, float]:

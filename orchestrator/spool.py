@@ -4,9 +4,8 @@ Layout under the results directory (any pyarrow filesystem, as ``results.Results
 
     spool/<models>-<pass key>/<item key>.npz    one accepted work item's ``ShardOutcome``
 
-The pass key hashes everything that makes its points' identity (``pass_key``: each point's model, mode,
-r, amp, batch size, weights and device kind, and the dataset fingerprint), so changed settings never
-find an old spool; the item key hashes the item's shard URLs. A file is an ``.npz`` (numpy, no pickle):
+The pass key hashes everything that makes its points' identity (``pass_key``: each point's
+``GridPoint.identity``, the device as its kind), so changed settings never find an old spool; the item key hashes the item's shard URLs. A file is an ``.npz`` (numpy, no pickle):
 the arrays of the outcome, plus a JSON ``meta`` entry holding its other fields (tagged: dicts keyed by
 tuples, failures), the item's shards, the driver session that evaluated it and the item's retries.
 Reading takes the fields ``ShardOutcome`` knows and leaves defaults for those the file predates; a file
@@ -54,10 +53,15 @@ class SpoolRecord:
 # --------------------------------------------------------------------------- keys
 
 
-def pass_key(points: Sequence[GridPoint], fingerprint: str) -> str:
-    """16 hex digits naming a pass's spool: the points' identities (in any order) and the dataset."""
-    identity = sorted([p.model, p.mode, p.r, p.amp, p.batch_size, p.weights, p.device] for p in points)
-    text = json.dumps({"format": FORMAT, "dataset": fingerprint, "points": identity})
+def pass_key(points: Sequence[GridPoint]) -> str:
+    """16 hex digits naming a pass's spool: the points' identities, in any order. The dataset, which the
+    points of a pass share, is hashed once beside them (so the keys of spools written before the dataset
+    was part of ``GridPoint`` stay the same)."""
+    datasets = {p.dataset for p in points}
+    if len(datasets) != 1:
+        raise ValueError(f"the points of one pass must share one dataset, got {sorted(datasets)}")
+    identity = sorted([v for c, v in p.identity().items() if c != "dataset"] for p in points)
+    text = json.dumps({"format": FORMAT, "dataset": datasets.pop(), "points": identity})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

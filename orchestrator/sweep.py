@@ -146,12 +146,11 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
             cfg.batch_size,
             {m: w.tag for m, w in weights.items()},
             plan.device if plan else cfg.device,
+            dataset=selection.fingerprint,
         )
         todo = []
         for point in grid:
-            (
-                todo if cfg.force or not results.is_done(point, selection.fingerprint) else summary.skipped
-            ).append(point)
+            (todo if cfg.force or not results.is_done(point) else summary.skipped).append(point)
         if todo:
             if plan is None:
                 started_ray, plan = connect(cfg.address), make_plan(cfg)
@@ -162,7 +161,7 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
     finally:
         if started_ray:
             ray.shutdown()
-    done = results.read_points_of(grid, selection.fingerprint).to_pandas()
+    done = results.read_points_of(grid).to_pandas()
     summary.table = tables.sweep_tables(
         done, [p.model for p in grid], selection.fingerprint, cfg.modes, cfg.amp, cfg.batch_size
     )
@@ -221,7 +220,7 @@ def _evaluate_pass(
     spool = Spool(
         run.results,
         "+".join(dict.fromkeys(p.short_name for p in points)),
-        pass_key(points, run.selection.fingerprint),
+        pass_key(points),
         run.session,
     )
     records = _resume(run, spool, decode_pass)
@@ -301,7 +300,6 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
                 point,
                 outcomes,
                 profiles[(point.model, point.mode)],
-                run.selection.fingerprint,
                 run.selection.total,
                 run.cfg.allow_decode_failures,
                 retries=retries,
@@ -312,9 +310,7 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
             continue
         if row["graph_error"]:
             print(f"warning: {point.short_name} {point.mode} r={point.r} ran eagerly: {row['graph_error']}")
-        summary.written.append(
-            run.results.write_point(point, run.selection.fingerprint, row, predictions, failures)
-        )
+        summary.written.append(run.results.write_point(point, row, predictions, failures))
         summary.points_evaluated += 1
         written = True
         if len(failures):
@@ -426,7 +422,7 @@ def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--data",
-        help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.spec.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)",
+        help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.read.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)",
     )
     p.add_argument(
         "--out", default="results", help="results directory or URI (s3://...) (default %(default)s)"

@@ -8,13 +8,14 @@ numbers are shown as "—", never invented.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
 from tomecis.names import MODES
 
 from . import paper
+from .grid import SETTING_COLUMNS
 from .stats import ClassLoss, Comparison
 
 MISSING = "missing"
@@ -89,9 +90,9 @@ def sweep_tables(
     ``modes``: a list of modes or a single mode string."""
     if points.empty:
         return "(no results)"
-    chosen = points[
-        (points["dataset"] == dataset) & (points["amp"] == amp) & (points["infer_batch_size"] == batch_size)
-    ]
+    # the setting columns a sweep names for all its points (weights are per model; its device is a kind,
+    # the rows' a device name): read_points_of already chose the sweep's own files
+    chosen = rows_of_setting(points, {"dataset": dataset, "amp": amp, "infer_batch_size": batch_size})
     blocks: List[str] = []
     for model in dict.fromkeys(models):
         for mode in [modes] if isinstance(modes, str) else modes:
@@ -102,6 +103,17 @@ def sweep_tables(
             head = f"{first['short_name']} ({model}), {mode}, amp {amp}, batch {batch_size}, {first['device']}, {int(first['n_images'])} images{graphs_note(rows)}"
             blocks.append(head + "\n" + model_table(rows))
     return "\n\n".join(blocks) if blocks else "(no results for these settings)"
+
+
+def rows_of_setting(points: pd.DataFrame, setting: Mapping[str, object]) -> pd.DataFrame:
+    """The rows whose setting columns (``grid.SETTING_COLUMNS``) named in ``setting`` hold its values."""
+    unknown = [c for c in setting if c not in SETTING_COLUMNS]
+    if unknown:
+        raise ValueError(f"{unknown} are not setting columns ({', '.join(SETTING_COLUMNS)})")
+    mask = pd.Series(True, index=points.index)
+    for column, value in setting.items():
+        mask &= points[column] == value
+    return points[mask]
 
 
 def line_heading(rows: pd.DataFrame, mode: str) -> str:

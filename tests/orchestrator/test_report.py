@@ -40,7 +40,7 @@ def write_point(
     graphs: Optional[bool] = False,
 ) -> None:
     """One grid point whose image i (key ``img{i:05d}``, class i % 10) is right exactly when correct[i]."""
-    point = GridPoint(model, r, mode, amp, batch_size, weights)
+    point = GridPoint(model, r, mode, amp, batch_size, weights, dataset=fingerprint)
     n = len(correct)
     labels = [i % N_CLASSES for i in range(n)]
     top5 = [
@@ -48,7 +48,7 @@ def write_point(
         for lab, ok in zip(labels, correct)
     ]
     keys = [f"img{i:05d}" for i in range(n)]
-    predictions = predictions_table(point, keys, labels, top5, ["shard-0"] * n, fingerprint, device)
+    predictions = predictions_table(point, keys, labels, top5, ["shard-0"] * n, device)
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     row = dict(
         model=model,
@@ -86,7 +86,7 @@ def write_point(
         ray_version="x",
         tomecis_version="x",
     )
-    ResultsDir(str(out)).write_point(point, fingerprint, row, predictions)
+    ResultsDir(str(out)).write_point(point, row, predictions)
 
 
 def correctness(n: int, right: Sequence[int]) -> List[bool]:

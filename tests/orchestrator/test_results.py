@@ -29,35 +29,31 @@ def row_for(point: GridPoint, top1: float) -> dict:
 
 def test_a_point_is_done_once_its_row_is_written_and_files_are_written_atomically(tmp_path):
     results = ResultsDir(str(tmp_path))
-    point = GridPoint("deit_tiny_patch16_224", 8, mode="tome", weights="random")
-    assert not results.is_done(point, "fp") and results.read_points().num_rows == 0
+    point = GridPoint("deit_tiny_patch16_224", 8, mode="tome", weights="random", dataset="fp")
+    assert not results.is_done(point) and results.read_points().num_rows == 0
     predictions = predictions_table(
-        point, ["k1", "k2"], [3, 4], [[3, 1, 2, 0, 5], [1, 4, 2, 0, 5]], ["s.tar"] * 2, "fp", "cpu"
+        point, ["k1", "k2"], [3, 4], [[3, 1, 2, 0, 5], [1, 4, 2, 0, 5]], ["s.tar"] * 2, "cpu"
     )
-    failures = failures_table(point, [DecodeFailure("s.tar", "k3", "truncated")], "fp", "cpu")
-    path = results.write_point(point, "fp", row_for(point, 50.0), predictions, failures)
-    assert results.is_done(point, "fp") and path.endswith(
-        "deit_tiny-tome-r8-none-bs128-random-cpu-fp.parquet"
-    )
+    failures = failures_table(point, [DecodeFailure("s.tar", "k3", "truncated")], "cpu")
+    path = results.write_point(point, row_for(point, 50.0), predictions, failures)
+    assert results.is_done(point) and path.endswith("deit_tiny-tome-r8-none-bs128-random-cpu-fp.parquet")
     assert not any(p.name.startswith(".") for p in tmp_path.rglob("*"))  # no temporary file left behind
-    assert results.read_points_of([point, GridPoint("deit_tiny_patch16_224", 0)], "fp").column(
+    assert results.read_points_of([point, GridPoint("deit_tiny_patch16_224", 0, dataset="fp")]).column(
         "top1"
     ).to_pylist() == [50.0]
     rows = results.read_point_rows()
-    assert rows["point_file"].tolist() == [point.file_stem("fp")]
+    assert rows["point_file"].tolist() == [point.file_stem()]
     frame = results.read_predictions(rows["point_file"])  # tied to the row by the shared file name
-    assert frame["correct"].tolist() == [True, False] and set(frame["point_file"]) == {point.file_stem("fp")}
+    assert frame["correct"].tolist() == [True, False] and set(frame["point_file"]) == {point.file_stem()}
     assert len(results.parquet_files("failures")) == 1
 
 
 def test_a_row_that_does_not_fit_the_schema_is_refused(tmp_path):
-    point = GridPoint("deit_tiny_patch16_224", 0)
+    point = GridPoint("deit_tiny_patch16_224", 0, dataset="fp")
     row = row_for(point, 1.0)
     row["top_one"] = row.pop("top1")
     with pytest.raises(ValueError, match=r"missing \['top1'\], unknown \['top_one'\]"):
-        ResultsDir(str(tmp_path)).write_point(
-            point, "fp", row, predictions_table(point, [], [], [], [], "fp", "cpu")
-        )
+        ResultsDir(str(tmp_path)).write_point(point, row, predictions_table(point, [], [], [], [], "cpu"))
 
 
 def test_accuracy_in_percent():
@@ -70,11 +66,11 @@ def test_a_points_file_written_before_the_retries_column_reads_with_it_null(tmp_
     import pyarrow.parquet as pq
 
     results = ResultsDir(str(tmp_path))
-    point = GridPoint("deit_tiny_patch16_224", 0)
+    point = GridPoint("deit_tiny_patch16_224", 0, dataset="fp")
     old = pa.Table.from_pylist([row_for(point, 70.0)], schema=POINT_SCHEMA).drop_columns(["retries"])
     (tmp_path / "points").mkdir()
-    pq.write_table(old, results.point_path(point, "fp"))
-    table = results.read_points_of([point], "fp")
+    pq.write_table(old, results.point_path(point))
+    table = results.read_points_of([point])
     assert table.schema == POINT_SCHEMA and table.column("retries").to_pylist() == [None]
     assert table.column("top1").to_pylist() == [70.0]
     assert "retries" not in results.read_point_rows().columns  # as the file holds it

@@ -71,14 +71,15 @@ def test_an_outcome_comes_back_field_for_field():
 
 
 def test_the_pass_key_names_every_setting_and_no_order():
-    grid = build_grid([MODEL], [0, 8], ["tomecis"], "none", 128, {MODEL: "random"}, "cpu")
-    key = spool.pass_key(grid, "fp")
-    assert spool.pass_key(list(reversed(grid)), "fp") == key and len(key) == 16
+    grid = build_grid([MODEL], [0, 8], ["tomecis"], "none", 128, {MODEL: "random"}, "cpu", dataset="fp")
+    key = spool.pass_key(grid)
+    assert spool.pass_key(list(reversed(grid))) == key and len(key) == 16
+    assert key == "1c0938c604b4aaaa"  # as before the dataset moved into GridPoint: older spools are found
     changed = [
-        spool.pass_key(grid, "fp2"),
-        spool.pass_key(grid[:1], "fp"),
+        spool.pass_key([dataclasses.replace(p, dataset="fp2") for p in grid]),
+        spool.pass_key(grid[:1]),
         *(
-            spool.pass_key([dataclasses.replace(grid[0], **{name: value}), grid[1]], "fp")
+            spool.pass_key([dataclasses.replace(grid[0], **{name: value}), grid[1]])
             for name, value in [
                 ("amp", "fp16"),
                 ("batch_size", 64),
@@ -90,6 +91,8 @@ def test_the_pass_key_names_every_setting_and_no_order():
         ),
     ]
     assert len(set(changed)) == len(changed) and key not in changed
+    with pytest.raises(ValueError, match="share one dataset"):
+        spool.pass_key([grid[0], dataclasses.replace(grid[1], dataset="fp2")])
     assert spool.item_key(["/d/a.tar", "/d/b.tar"]) != spool.item_key(["/d/b.tar", "/d/a.tar"])
 
 
@@ -176,8 +179,8 @@ def test_a_spool_on_disk_or_object_store_puts_loads_and_deletes(where, tmp_path)
     on S3."""
     results = ResultsDir(str(tmp_path / "out") if where == "local" else "mock:///bucket/out")
     assert isinstance(results.fs, pafs.LocalFileSystem) == (where == "local")
-    points = [GridPoint(MODEL, 0), GridPoint(MODEL, 8)]
-    key = spool.pass_key(points, "fp")
+    points = [GridPoint(MODEL, 0, dataset="fp"), GridPoint(MODEL, 8, dataset="fp")]
+    key = spool.pass_key(points)
     first = spool.Spool(results, "deit_tiny", key, "run-1")
     assert first.load(POINTS, print) == []  # no spool yet
     first.put(("/d/a.tar",), outcome(("/d/a.tar",), seed=1), retries=1)
@@ -188,7 +191,7 @@ def test_a_spool_on_disk_or_object_store_puts_loads_and_deletes(where, tmp_path)
     assert not said and sorted(r.urls for r in records) == [("/d/a.tar",), ("/d/b.tar", "/d/c.tar")]
     assert {r.urls: (r.session, r.retries) for r in records}[("/d/a.tar",)] == ("run-1", 1)
     assert_same(next(r for r in records if r.urls == ("/d/a.tar",)).outcome, outcome(("/d/a.tar",), seed=1))
-    assert spool.Spool(results, "deit_tiny", spool.pass_key(points[:1], "fp"), "x").load(POINTS, print) == []
+    assert spool.Spool(results, "deit_tiny", spool.pass_key(points[:1]), "x").load(POINTS, print) == []
 
     broken = f"{again.dir}/{spool.item_key(['/d/a.tar'])}.npz"
     results.write_bytes(broken, b"half a file")

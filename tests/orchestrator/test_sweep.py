@@ -9,14 +9,17 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from shards_testing import tiny_dataset
 
 import shards
 import tomecis
 from orchestrator import prepare, sweep
 from orchestrator.errors import SweepError
 from orchestrator.placement import NodeResources
-from shards.write import write_manifest_for, write_raw_shard
+from shards.testing import (
+    tiny_dataset,
+    write_manifest_for,
+    write_raw_shard,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -276,10 +279,8 @@ def test_weights_and_device_kind_are_part_of_the_resume_key(ray_local, data, tmp
     assert sorted(points["weights"]) == sorted(["random", f"ckpt_{digest}"])
     names = sorted(p.name for p in (tmp_path / "points").iterdir())
     assert [n.split("-")[5:7] for n in names] == [[f"ckpt_{digest}", "cpu"], ["random", "cpu"]]
-    cuda = sweep.GridPoint(MODEL, 0, weights="random", device="cuda")
-    assert not sweep.ResultsDir(str(tmp_path)).is_done(
-        cuda, points["dataset"].iloc[0]
-    )  # CPU img/s never stands in for a GPU run
+    cuda = sweep.GridPoint(MODEL, 0, weights="random", device="cuda", dataset=points["dataset"].iloc[0])
+    assert not sweep.ResultsDir(str(tmp_path)).is_done(cuda)  # CPU img/s never stands in for a GPU run
 
 
 def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):

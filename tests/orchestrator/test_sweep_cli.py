@@ -215,8 +215,8 @@ def profile(r_values, device="cpu (1 threads)"):
 
 
 def row_of(outcomes, r, r_values, **kw):
-    point = sweep.GridPoint(MODEL, r, weights="random")
-    args = dict(profile=profile(r_values), dataset="fp", expected_total=None, allow_decode_failures=False)
+    point = sweep.GridPoint(MODEL, r, weights="random", dataset="fp")
+    args = dict(profile=profile(r_values), expected_total=None, allow_decode_failures=False)
     args.update(kw)
     return points.point_row(point, outcomes, **args)
 
@@ -304,11 +304,11 @@ def test_models_with_the_same_eval_transform_share_a_decode_pass():
 
     big = "vit_tiny_patch16_384"
     todo = [
-        GridPoint(MODEL, 0),
-        GridPoint(MODEL, 8),
-        GridPoint(MODEL, 8, mode="tome"),
-        GridPoint(big, 0),
-        GridPoint("deit_small_patch16_224", 16),
+        GridPoint(MODEL, 0, dataset="fp"),
+        GridPoint(MODEL, 8, dataset="fp"),
+        GridPoint(MODEL, 8, mode="tome", dataset="fp"),
+        GridPoint(big, 0, dataset="fp"),
+        GridPoint("deit_small_patch16_224", 16, dataset="fp"),
     ]
     weights = {m: Weights("random") for m in (MODEL, big, "deit_small_patch16_224")}
     first, second = prepare.plan_passes(todo, weights)
