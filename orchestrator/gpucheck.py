@@ -343,7 +343,7 @@ def sample_shards(cfg: GpuCheckConfig) -> str:
     if cfg.data:
         return cfg.data
     from shards.synsets import synset_index
-    from shards.testing import write_manifest_for, write_raw_shard
+    from shards.write import write_manifest_for, write_raw_shard
 
     files = list_photos(photo_folder(cfg), cfg.photos_limit)
     repeat = cfg.repeat or max(1, math.ceil(GPU_IMAGES / len(files)))

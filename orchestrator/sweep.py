@@ -422,7 +422,7 @@ def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--data",
-        help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.read.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)",
+        help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.spec.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)",
     )
     p.add_argument(
         "--out", default="results", help="results directory or URI (s3://...) (default %(default)s)"

@@ -9,17 +9,14 @@ import pandas as pd
 import pytest
 import ray
 import torch
+from shards_testing import tiny_dataset
 
 import shards
 import tomecis
 from orchestrator import prepare, sweep
 from orchestrator.errors import SweepError
 from orchestrator.placement import NodeResources
-from shards.testing import (
-    tiny_dataset,
-    write_manifest_for,
-    write_raw_shard,
-)
+from shards.write import write_manifest_for, write_raw_shard
 
 pytestmark = pytest.mark.slow
 
