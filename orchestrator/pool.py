@@ -7,6 +7,9 @@ queued; when one finishes, the next item goes to that actor. A dead actor's
 items go back to the queue and a fresh actor replaces it; a result is accepted
 once per item (and every shard is in one item only), so retried work can never be
 counted twice.
+
+``ActorSet`` holds the actors (start, replace, readiness); ``EvaluatorPool`` runs the work on them
+(dispatch, exactly-once acceptance, retries, profiling).
 """
 
 from __future__ import annotations
@@ -62,40 +65,33 @@ WaitReport = Callable[[int, int, float], None]  # (actors started, actors waitin
 Say = Callable[[str], None]  # one line for the user: an actor died, an item goes back to the queue
 
 
-class EvaluatorPool:
-    """Start the planned actors, feed them items, survive their deaths."""
+class ActorSet:
+    """The planned actors: each started pinned to the node it was sized for, replaced when it dies (on
+    the same node while that lives, else on any node that fits), and asked whether it is ready yet.
+    Actors dying before they are ready, over and over (a crash loop), is a ``SweepError``."""
 
     def __init__(
         self,
         config: EvaluatorConfig,
         plan: ActorPlan,
-        max_retries: int = 3,
-        in_flight: int = 2,
-        start_timeout: float = 600.0,
-        on_wait: Optional[WaitReport] = None,
-        on_retry: Optional[Say] = None,
+        max_retries: int,
+        start_timeout: float,
+        on_wait: Optional[WaitReport],
+        on_retry: Say,
     ):
-        self.config = config
-        self.plan = plan
-        self.max_retries = max_retries
-        self.in_flight = in_flight
-        self.start_timeout = start_timeout
-        self.on_wait = on_wait
-        self.on_retry = on_retry or (lambda line: None)
+        self.config, self.plan = config, plan
+        self.max_retries, self.start_timeout = max_retries, start_timeout
+        self.on_wait, self.on_retry = on_wait, on_retry
         self._remote = ray.remote(Evaluator)
         self.actors: List[_Actor] = []
         self._next_index = 0
         self.replaced = 0
-        self.retries = 0  # times a work item went back to the queue, over the pool's life
-        self.attempts: Dict[Tuple[str, Tuple[str, ...]], int] = {}  # this pass: item -> its retries so far
         self._reported_wait = False
         self._failed_starts = 0  # actors that died before becoming ready, since the last one that did
         for slot in plan.slots:
-            self._start_actor(slot)
+            self._start(slot)
 
-    # ------------------------------------------------------------------ actors
-
-    def _start_actor(self, slot: ActorSlot) -> _Actor:
+    def _start(self, slot: ActorSlot) -> _Actor:
         options = dict(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, max_restarts=0)
         if slot.node_id is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
@@ -107,7 +103,7 @@ class EvaluatorPool:
         self.actors.append(actor)
         return actor
 
-    def _replace(self, actor: _Actor) -> None:
+    def replace(self, actor: _Actor) -> None:
         """A fresh actor in a dead one's place: on the same node while it lives, else on any node that fits."""
         self.actors.remove(actor)
         ray.kill(actor.handle, no_restart=True)
@@ -115,9 +111,10 @@ class EvaluatorPool:
         slot = actor.slot
         if slot.node_id is not None and slot.node_id not in {n.node_id for n in alive_nodes()}:
             slot = replace(slot, node_id=None, address="")
-        self._start_actor(slot)
+        self._start(slot)
 
-    def _ready_actors(self) -> List[_Actor]:
+    def ready(self) -> List[_Actor]:
+        """The actors that are ready (checked without waiting); the wait for the others is reported."""
         pending = {a.ready_ref: a for a in self.actors if a.info is None}
         if pending:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
@@ -147,12 +144,69 @@ class EvaluatorPool:
                 f"evaluator actors died before starting {self._failed_starts} times in a row; last: {_why(err)}"
             )
         self.on_retry(f"{describe_actor(actor)} died before starting ({_why(err)}); starting another")
-        self._replace(actor)
+        self.replace(actor)
+
+    def wait_ready(self) -> List[_Actor]:
+        """The ready actors, once there is at least one; ``SweepError`` after ``start_timeout``."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            ready = self.ready()
+            if ready:
+                return ready
+            if time.monotonic() > deadline:
+                raise SweepError(f"no evaluator actor became ready within {self.start_timeout:.0f}s")
+            try:
+                ray.get([a.ready_ref for a in self.actors], timeout=1.0)
+            except (GetTimeoutError, RayActorError):
+                pass  # checked again at the top of the loop
+
+    def not_started(self) -> str:
+        slot = self.plan.slots[0]
+        return (
+            f"no evaluator actor could start within {self.start_timeout:.0f}s (each asks for {slot.num_cpus:g} CPU, "
+            f"{slot.num_gpus:g} GPU); check the cluster's resources with `ray status`"
+        )
 
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor.handle, no_restart=True)
         self.actors = []
+
+
+class EvaluatorPool:
+    """Feed the actors (``ActorSet``) the items of a pass, accept each item's result once, put the items
+    of a dead or failing actor back in the queue (``max_retries`` times each); profile each task."""
+
+    def __init__(
+        self,
+        config: EvaluatorConfig,
+        plan: ActorPlan,
+        max_retries: int = 3,
+        in_flight: int = 2,
+        start_timeout: float = 600.0,
+        on_wait: Optional[WaitReport] = None,
+        on_retry: Optional[Say] = None,
+    ):
+        self.plan = plan
+        self.max_retries = max_retries
+        self.in_flight = in_flight
+        self.start_timeout = start_timeout
+        self.on_retry = on_retry or (lambda line: None)
+        self.fleet = ActorSet(config, plan, max_retries, start_timeout, on_wait, self.on_retry)
+        self.retries = 0  # times a work item went back to the queue, over the pool's life
+        self.attempts: Dict[Tuple[str, Tuple[str, ...]], int] = {}  # this pass: item -> its retries so far
+
+    @property
+    def actors(self) -> List[_Actor]:
+        return self.fleet.actors
+
+    @property
+    def replaced(self) -> int:
+        """Actors started in a dead one's place, over the pool's life."""
+        return self.fleet.replaced
+
+    def shutdown(self) -> None:
+        self.fleet.shutdown()
 
     # ------------------------------------------------------------------ evaluation
 
@@ -177,12 +231,12 @@ class EvaluatorPool:
         accepted: Dict[Tuple[str, Tuple[str, ...]], ShardOutcome] = {}
         idle_since = time.monotonic()
         while len(accepted) < len(items):
-            ready = self._ready_actors()
+            ready = self.fleet.ready()
             self._dispatch(queue, ready, decode_pass, accepted)
             refs = [ref for a in self.actors for ref in a.in_flight]
             if not refs:
                 if time.monotonic() - idle_since > self.start_timeout:
-                    raise SweepError(self._not_started())
+                    raise SweepError(self.fleet.not_started())
                 time.sleep(0.05)
                 continue
             idle_since = time.monotonic()
@@ -190,13 +244,6 @@ class EvaluatorPool:
             for ref in done:
                 self._collect(ref, queue, attempts, accepted, on_result)
         return accepted
-
-    def _not_started(self) -> str:
-        slot = self.plan.slots[0]
-        return (
-            f"no evaluator actor could start within {self.start_timeout:.0f}s (each asks for {slot.num_cpus:g} CPU, "
-            f"{slot.num_gpus:g} GPU); check the cluster's resources with `ray status`"
-        )
 
     def _dispatch(self, queue, ready: List[_Actor], decode_pass: DecodePass, accepted) -> None:
         for actor in ready:
@@ -217,7 +264,7 @@ class EvaluatorPool:
             actor.in_flight.clear()
             for item in lost:
                 self._retry(item, queue, attempts, f"died ({_death_reason(err)})", actor)
-            self._replace(actor)
+            self.fleet.replace(actor)
             return
         except RayTaskError as err:  # the task raised (unreadable shard, count mismatch, ...)
             self._retry(item, queue, attempts, f"raised {err.cause if err.cause else err}", actor)
@@ -265,7 +312,7 @@ class EvaluatorPool:
         pending = list(decode_pass.tasks)
         attempts = 0
         while pending:
-            ready = self._wait_ready()
+            ready = self.fleet.wait_ready()
             lanes = ready if self.plan.uses_gpus else ready[:1]
             batch = [(task, lanes[i % len(lanes)]) for i, task in enumerate(pending[: len(lanes)])]
             refs = [
@@ -291,21 +338,8 @@ class EvaluatorPool:
                         f"again (attempt {attempts + 1} of {self.max_retries + 1})"
                     )
                     if isinstance(err, RayActorError) and actor in self.actors:
-                        self._replace(actor)
+                        self.fleet.replace(actor)
         return profiles
-
-    def _wait_ready(self) -> List[_Actor]:
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            ready = self._ready_actors()
-            if ready:
-                return ready
-            if time.monotonic() > deadline:
-                raise SweepError(f"no evaluator actor became ready within {self.start_timeout:.0f}s")
-            try:
-                ray.get([a.ready_ref for a in self.actors], timeout=1.0)
-            except (GetTimeoutError, RayActorError):
-                pass  # checked again at the top of the loop
 
 
 def describe_actor(actor: _Actor) -> str:
