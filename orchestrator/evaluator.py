@@ -124,12 +124,17 @@ class PointRunner:
         self.models, self.tasks, self.device = models, list(tasks), device
         self.graphs: Optional[GraphSet] = None
         self.graph_errors: Dict[PointKey, str] = {}
-        if not self.tasks or device.type != "cuda":
+        if not self.tasks:
             return
-        example = torch.randn(batch_size, *bm.input_shape(models[self.tasks[0].model]), device=device)
         if cuda_graphs and cuda_graphs_available(device):
-            self._capture_all(example, amp, warn)
-        self._warm_up(example, amp)
+            self._capture_all(self._example(batch_size), amp, warn)
+        if device.type == "cuda":
+            self._warm_up(self._example(batch_size), amp)
+
+    def _example(self, batch_size: int) -> torch.Tensor:
+        """Random input ``[batch_size, 3, H, W]`` on the device, for capture and warm-up."""
+        shape = bm.input_shape(self.models[self.tasks[0].model])
+        return torch.randn(batch_size, *shape, device=self.device)
 
     def _warm_up(self, example: torch.Tensor, amp: str) -> None:
         """One untimed batch through every point on a GPU, so that lazy kernel loading and cuBLAS set-up

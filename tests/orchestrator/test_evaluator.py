@@ -11,10 +11,13 @@ from shards_testing import tiny_dataset, write_tiny_shards
 
 import shards
 import tomecis
+from orchestrator import evaluator
 from orchestrator.evaluator import Evaluator, ForwardClock, evaluate_shards
 from orchestrator.prepare import transform_key
 from orchestrator.work import DecodePass, EvaluatorConfig, Task, Weights
+from tomecis import graphs
 
+CPU = torch.device("cpu")
 TINY, DISTILLED = "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"
 
 
@@ -92,3 +95,61 @@ def test_a_model_that_cannot_be_built_is_reported_and_the_others_run(tiny_shards
     all_bad = DecodePass("q", {DISTILLED: weights[DISTILLED]}, (Task(DISTILLED, "tomecis", (0,)),))
     with pytest.raises(RuntimeError, match=f"{DISTILLED} could not be built"):
         actor.evaluate(all_bad, tiny_shards.shards[:1])
+
+
+class ReplayOnCpu:
+    """A stand-in for ``tomecis.graphs.GraphSet`` on the CPU: the same static input and padding, a
+    "replay" reruns the captured function on it with the point's mode and r (a graph has them baked in),
+    and a capture of ``fail`` raises as a broken one would. It lets the CPU check the PointRunner's graph
+    path: padding, copying out, falling back."""
+
+    def __init__(self, example, models, fail=()):
+        self.static_input = torch.zeros_like(example)
+        self.models, self.functions, self.fail = models, {}, set(fail)
+
+    def __contains__(self, key):
+        return key in self.functions
+
+    def capture(self, key, fn):
+        if key in self.fail:
+            raise graphs.GraphCaptureError(
+                f"{key!r}: RuntimeError: operation not permitted when stream is capturing"
+            )
+        self.functions[key] = fn
+        return fn(self.static_input)
+
+    load = graphs.GraphSet.load
+    batch_size = graphs.GraphSet.batch_size
+
+    def replay(self, key):
+        model = self.models[key[0]]
+        model.mode, model.r = key[1], key[2]
+        return self.functions[key](self.static_input)
+
+
+def test_graph_path_pads_the_last_batch_and_runs_a_failed_capture_eagerly(tiny_shards, models, monkeypatch):
+    """9 images in batches of 4: the last batch (1 image) is padded to 4 and its padded rows dropped; the
+    point whose capture fails runs eagerly, is named in a warning and in ``graph_errors``, and is the only
+    point with ``cuda_graphs`` false. Every point's top-5 equals a run without graphs."""
+    broken = (TINY, "tome", 8)
+    monkeypatch.setattr(evaluator, "cuda_graphs_available", lambda device: True)
+    monkeypatch.setattr(
+        evaluator, "GraphSet", lambda example, amp: ReplayOnCpu(example, models, fail=[broken])
+    )
+    tasks = [Task(TINY, "tomecis", (0, 8)), Task(TINY, "tome", (8,)), Task(DISTILLED, "tome", (16,))]
+    transform = shards.eval_transform(models[TINY])
+    warnings = []
+    runner = evaluator.PointRunner(models, tasks, CPU, batch_size=4, warn=warnings.append)
+    graphed = evaluate_shards(models, tasks, tiny_shards.shards, transform, CPU, batch_size=4, runner=runner)
+    eager = evaluate_shards(
+        models, tasks, tiny_shards.shards, transform, CPU, batch_size=4, cuda_graphs=False
+    )
+    assert len(graphed.keys) == 9 and graphed.keys == eager.keys
+    for key in eager.top5:
+        np.testing.assert_array_equal(graphed.top5[key], eager.top5[key], err_msg=str(key))
+    assert graphed.cuda_graphs == {key: key != broken for key in eager.top5}
+    assert list(graphed.graph_errors) == [broken] and "stream is capturing" in graphed.graph_errors[broken]
+    assert warnings == [
+        f"warning: {TINY} tome r=8: CUDA-graph capture failed, evaluated eagerly: {graphed.graph_errors[broken]}"
+    ]
+    assert not any(eager.cuda_graphs.values()) and not eager.graph_errors
