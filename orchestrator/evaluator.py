@@ -124,17 +124,15 @@ class PointRunner:
         self.models, self.tasks, self.device = models, list(tasks), device
         self.graphs: Optional[GraphSet] = None
         self.graph_errors: Dict[PointKey, str] = {}
-        if not self.tasks:
-            return
-        if cuda_graphs and cuda_graphs_available(device):
-            self._capture_all(self._example(batch_size), amp, warn)
+        capture = cuda_graphs and cuda_graphs_available(device)
+        if not self.tasks or not (capture or device.type == "cuda"):
+            return  # nothing to capture or warm up (a CPU)
+        shape = bm.input_shape(models[self.tasks[0].model])
+        example = torch.randn(batch_size, *shape, device=device)  # for capture and warm-up
+        if capture:
+            self._capture_all(example, amp, warn)
         if device.type == "cuda":
-            self._warm_up(self._example(batch_size), amp)
-
-    def _example(self, batch_size: int) -> torch.Tensor:
-        """Random input ``[batch_size, 3, H, W]`` on the device, for capture and warm-up."""
-        shape = bm.input_shape(self.models[self.tasks[0].model])
-        return torch.randn(batch_size, *shape, device=self.device)
+            self._warm_up(example, amp)
 
     def _warm_up(self, example: torch.Tensor, amp: str) -> None:
         """One untimed batch through every point on a GPU, so that lazy kernel loading and cuBLAS set-up

@@ -98,12 +98,15 @@ def time_in_turns(
     seconds: List[List[float]] = [[] for _ in settings]
     with torch.inference_mode():
         errors = [capture_forward(graphs, i, setting()) for i, setting in enumerate(settings)]
-        passes = [_timed_pass(graphs, i, setting, x) for i, setting in enumerate(settings)]
+        graphed = [graphs is not None and i in graphs for i in range(len(settings))]
+        passes = [
+            _timed_pass(graphs if g else None, i, setting, x)
+            for i, (g, setting) in enumerate(zip(graphed, settings))
+        ]
         with autocast(device, amp):
-            for i, setting in enumerate(settings):
-                if graphs is None or i not in graphs:
-                    for _ in range(warmup):
-                        setting()(x)
+            for g, setting in zip(graphed, settings):
+                for _ in range(0 if g else warmup):  # a captured setting was warmed up before its capture
+                    setting()(x)
             synchronize(device)
             for _ in range(runs):
                 for i, run_pass in enumerate(passes):
@@ -111,15 +114,15 @@ def time_in_turns(
                     run_pass()
                     synchronize(device)
                     seconds[i].append(time.perf_counter() - start)
-    graphed = [graphs is not None and i in graphs for i in range(len(settings))]
     return Timings(seconds, graphed, errors)
 
 
 def _timed_pass(
     graphs: Optional[GraphSet], index: int, setting: Setting, x: torch.Tensor
 ) -> Callable[[], None]:
-    """One forward of a setting: a graph replay where captured, else the model itself on ``x``."""
-    if graphs is not None and index in graphs:
+    """One forward of a setting: a replay of its graph (``graphs``: where it was captured), else the model
+    itself on ``x``."""
+    if graphs is not None:
         return lambda: graphs.replay(index)
     return lambda: setting()(x)
 

@@ -18,7 +18,7 @@ a ViT is computed on its own (token merging included), so the kept rows do not d
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Dict, Hashable, List, Optional
+from typing import Callable, Dict, Hashable, Optional
 
 import torch
 
@@ -66,7 +66,6 @@ class GraphSet:
         self.stream = torch.cuda.Stream(self.device)
         self.graphs: Dict[Hashable, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[Hashable, torch.Tensor] = {}
-        self.order: List[Hashable] = []  # capture order = replay order
 
     @property
     def batch_size(self) -> int:
@@ -95,7 +94,6 @@ class GraphSet:
             raise GraphCaptureError(f"{key!r}: {type(err).__name__}: {err}") from err
         current.wait_stream(self.stream)
         self.graphs[key], self.outputs[key] = graph, output
-        self.order.append(key)
         return output
 
     def load(self, images: torch.Tensor) -> int:

@@ -265,14 +265,17 @@ def merge_tokens(
     Returns:
         ``(x [B, N - r, C] in x's dtype, size [B, N - r, 1] float32 or None)``.
     """
+    if weight is None and size is None:
+        raise ValueError("merge_tokens needs a weight, or the sizes to weight by")
     dtype = accumulation_dtype(x.dtype)
     C = x.shape[-1]
     if weight is None:
-        w = as_dtype(size, dtype)  # [B, N, 1]
-        columns = [as_dtype(x, dtype) * w, w]
+        w = as_dtype(size, dtype)  # [B, N, 1]: the sizes are the weights (and their merge the new sizes)
     else:
         w = as_dtype(weight, dtype).clamp_min(torch.finfo(torch.float32).tiny)
-        columns = [as_dtype(x, dtype) * w, w] + ([as_dtype(size, dtype)] if size is not None else [])
+    columns = [as_dtype(x, dtype) * w, w]
+    if weight is not None and size is not None:
+        columns.append(as_dtype(size, dtype))
     merged = matching.merge(torch.cat(columns, dim=-1), mode="sum")  # [B, N - r, C + 1 (+ 1)]
     den = merged.narrow(-1, C, 1)  # [B, N - r, 1]
     x_out = as_dtype(merged.narrow(-1, 0, C) / den, x.dtype)
