@@ -52,7 +52,6 @@ SAMPLE_PLACES = (
     REPO.parent / "shared" / "assets" / "imagenet-sample",
     REPO / "shared" / "assets" / "imagenet-sample",
 )
-PHOTO_SUFFIXES = (".jpeg", ".jpg")
 PHOTOS_LIMIT = (
     250  # photos read from the folder (about 27 MB of ImageNet JPEGs): enough to time the data path
 )
@@ -328,7 +327,9 @@ def photo_folder(cfg: GpuCheckConfig) -> Path:
 
 def list_photos(folder: Path, limit: Optional[int]) -> List[Path]:
     """The ``<synset>/<name>.JPEG`` files of an ImageFolder tree, sorted by path, the first ``limit``."""
-    photos = sorted(p for p in folder.glob("*/*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
+    from shards.sources import is_image_name  # the names shards.write takes for ImageNet photos
+
+    photos = sorted(p for p in folder.glob("*/*") if is_image_name(p.name) and p.is_file())
     if not photos:
         raise FileNotFoundError(
             f"no photos in {folder}: it must hold <synset>/<name>.JPEG files (ImageFolder)"
