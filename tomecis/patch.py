@@ -30,7 +30,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from . import merge as M
-from .methods import BlockView, Reducer, reducers
+from .methods import REDUCERS, BlockView, Reducer
 from .names import UNREDUCED, Method, check_amount, method_spec
 from .schedule import RSpec, resolve_schedule
 
@@ -71,7 +71,7 @@ class MergeState:
     def set_method(self, name: str) -> None:
         self.spec = method_spec(name)  # an unknown name raises, listing the methods
         self.method = name
-        self.reducer = reducers().get(name)
+        self.reducer = REDUCERS.get(name)
 
     @property
     def mode(self) -> str:
@@ -367,7 +367,7 @@ def set_reduction(
 def _check_amount_taken(state: MergeState) -> None:
     """Refuse a forward whose amount the method does not take (e.g. EViT with ``r``), naming both."""
     kind = "keep" if state.keep is not None else ("r" if any(state.schedule) else None)
-    if kind is not None and not state.spec.takes(kind):
+    if kind is not None and state.reducer is not None and not state.spec.takes(kind):
         takes = " or ".join(state.spec.amounts) or "no amount"
         raise ValueError(
             f"method {state.method!r} takes {takes}, but the model has {kind} set; "
