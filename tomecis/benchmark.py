@@ -1,4 +1,4 @@
-"""Throughput and FLOPs of one model at a list of r.
+"""Throughput and FLOPs of one model at a list of token-reduction settings (method and amount).
 
 Throughput is the model alone: random input ``[batch, 3, H, W]`` already on the
 device, eval mode, no grad, warm-up passes, then timed passes with the device
@@ -9,6 +9,11 @@ leaves, from ``torch.utils.flop_counter.FlopCounterMode`` with the CPU attention
 kernel counted too (stock torch skips it).
 
     python -m tomecis.benchmark --model deit_small --r 0,8-16 --batch-size 128 --device cuda --amp fp16
+    python -m tomecis.benchmark --model deit_small --method tomecis,tome,pitome,tofu,evit --r 13 --keep 0.7,0.9
+
+Every method is timed at each amount it takes of those given (``--r`` for tomecis, tome, pitome, tofu;
+``--keep`` for all five), in turns with the unpatched model; the table adds the FLOP ratio (unpatched
+GFLOPs / GFLOPs) and the speed-up divided by it, which says how much of the saved compute became speed.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -31,8 +36,8 @@ from clipattern import parsed_or_exit, run_or_report
 from .device import AMP_DTYPES, autocast, device_name, resolve_device, synchronize  # noqa: F401 - re-exported for now
 from .graphs import GraphSet, capture_forward, cuda_graphs_available
 from .models import create_model, resolve_model_name
-from .names import MODES, merge_mode, modes_help
-from .patch import patch
+from .names import UNREDUCED, amount_label, method_spec, methods_help, parse_keep_values
+from .patch import patch, set_reduction
 from .schedule import parse_r_values
 
 # --------------------------------------------------------------------------- measuring
@@ -142,6 +147,56 @@ def with_r(model: nn.Module, r) -> Setting:
     return setting
 
 
+def with_reduction(
+    model: nn.Module, method: str, r: Optional[int] = None, keep: Optional[float] = None
+) -> Setting:
+    """A setting that times a patched ``model`` with ``method`` at ``r`` or ``keep``."""
+
+    def setting() -> nn.Module:
+        return set_reduction(model, method, r=r, keep=keep)
+
+    return setting
+
+
+Amount = Tuple[str, Optional[int], Optional[float]]  # (method, r, keep)
+
+
+def amounts_of(methods: Sequence[str], r_values: Sequence[int], keep_values: Sequence[float]) -> List[Amount]:
+    """Every (method, r, keep) the methods take of the amounts given: ``r`` values for the methods that
+    take r, keep ratios for those that take keep (methods in order, r values before keep ratios).
+    A method given no amount it takes raises ``ValueError`` naming it and the flags it takes."""
+    out: List[Amount] = []
+    for name in methods:
+        method = method_spec(name)
+        if name == UNREDUCED:
+            out.append((name, 0, None))
+            continue
+        mine = [(name, r, None) for r in r_values if method.takes("r")]
+        mine += [(name, None, k) for k in keep_values if method.takes("keep")]
+        if not mine:
+            flags = " or ".join("--" + a for a in method.amounts)
+            raise ValueError(f"method {name!r} takes {flags}, and none was given")
+        out += mine
+    return out
+
+
+def skipped_pairs(methods: Sequence[str], r_values: Sequence[int], keep_values: Sequence[float]) -> List[str]:
+    """One line per method given an amount kind it does not take (those pairs are skipped)."""
+    lines = []
+    for name in methods:
+        method = method_spec(name)
+        unused = [
+            f"--{kind}"
+            for kind, given in (("r", r_values), ("keep", keep_values))
+            if given and not method.takes(kind)
+        ]
+        if unused and name != UNREDUCED:
+            lines.append(
+                f"{name} takes {' or '.join('--' + a for a in method.amounts)}: skipping its {' and '.join(unused)} values"
+            )
+    return lines
+
+
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
     return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
@@ -210,20 +265,21 @@ class BenchmarkConfig:
     batch_size: int = 128
     device: str = "auto"
     amp: str = "none"
-    mode: str = "tomecis"
+    methods: List[str] = field(default_factory=lambda: ["tomecis"])
+    keep_values: List[float] = field(default_factory=list)
     warmup: int = 3
     runs: int = 10
     pretrained: bool = False
     checkpoint: Optional[str] = None
-    explicit: bool = False  # also time the full-attention-matrix formulation at every r > 0
+    explicit: bool = False  # also time the full-attention-matrix formulation at every setting
     cuda_graphs: bool = True  # on CUDA, time CUDA-graph replays (False: eager forwards)
 
 
 @dataclass
 class BenchmarkRow:
     model: str
-    r: int
-    mode: str
+    r: Optional[int]  # tokens per block, or None for a keep setting
+    method: str
     img_per_s: float
     unpatched_img_per_s: float  # the unpatched timm model, timed in turns with the patched one
     unpatched_early: float  # its median over the first half of the passes ...
@@ -235,14 +291,35 @@ class BenchmarkRow:
     device: str
     explicit_img_per_s: Optional[float] = None
     aten_ops: int = 0  # ATen operators one eager forward dispatches (batch 2)
-    cuda_graphs: bool = False  # this r was timed as CUDA-graph replays
+    cuda_graphs: bool = False  # this setting was timed as CUDA-graph replays
     unpatched_cuda_graphs: bool = False  # the unpatched model too
-    graph_error: Optional[str] = None  # why this r's capture failed (then timed eagerly)
+    graph_error: Optional[str] = None  # why this setting's capture failed (then timed eagerly)
+    keep: Optional[float] = None  # the keep ratio, or None for an r setting
+    unpatched_gflops: float = 0.0  # the unpatched model's GFLOPs
+
+    @property
+    def mode(self) -> str:
+        """The method's old name."""
+        return self.method
+
+    @property
+    def amount(self) -> str:
+        return amount_label(self.r, self.keep)
 
     @property
     def speedup(self) -> float:
         """Over the unpatched timm model."""
         return self.img_per_s / self.unpatched_img_per_s
+
+    @property
+    def flop_ratio(self) -> float:
+        """Unpatched GFLOPs over this setting's: the speed-up that the saved compute alone would give."""
+        return self.unpatched_gflops / self.gflops if self.gflops else float("nan")
+
+    @property
+    def speedup_per_flop_ratio(self) -> float:
+        """The measured speed-up over the FLOP ratio: 1 when every saved FLOP became speed."""
+        return self.speedup / self.flop_ratio
 
     @property
     def drift(self) -> float:
@@ -256,21 +333,21 @@ DRIFT_WARNING = 0.05  # unpatched timings further apart than this make the speed
 def run_benchmark(
     cfg: BenchmarkConfig, model: Optional[nn.Module] = None, progress: Callable[[str], None] = lambda s: None
 ) -> List[BenchmarkRow]:
-    """Time the unpatched model and the patched one at every r of ``cfg`` (and the explicit
-    formulation, if asked), all in turns (``time_in_turns``), so drift affects them alike.
+    """Time the unpatched model and the patched one at every (method, amount) of ``cfg`` (and the
+    explicit formulation, if asked), all in turns (``time_in_turns``), so drift affects them alike.
 
     The unpatched model's median over the first and over the second half of its passes are kept
     (``unpatched_early`` / ``unpatched_late``): a gap between them shows the machine drifted."""
     device = resolve_device(cfg.device)
-    merge_mode(cfg.mode)  # an unknown name raises, listing the modes
+    amounts = amounts_of(cfg.methods, cfg.r_values, cfg.keep_values)  # bad names or amounts raise here
     if model is None:
         model = create_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
     model = model.to(device).eval()
-    patched = patch(copy.deepcopy(model), r=0, mode=cfg.mode)
-    explicit = patch(copy.deepcopy(model), r=0, mode=cfg.mode, attention="explicit") if cfg.explicit else None
-    settings: List[Setting] = [lambda: model] + [with_r(patched, r) for r in cfg.r_values]
+    patched = patch(copy.deepcopy(model), r=0)
+    explicit = patch(copy.deepcopy(model), r=0, attention="explicit") if cfg.explicit else None
+    settings: List[Setting] = [lambda: model] + [with_reduction(patched, *a) for a in amounts]
     if explicit is not None:
-        settings += [with_r(explicit, r) for r in cfg.r_values]
+        settings += [with_reduction(explicit, *a) for a in amounts]
 
     progress("warm-up")
     time_in_turns(
@@ -278,18 +355,19 @@ def run_benchmark(
     )  # allocator and kernel warm-up
     progress(f"timing {len(settings)} settings in turns")
     timings = time_in_turns(settings, cfg.batch_size, device, cfg.amp, cfg.warmup, cfg.runs, cfg.cuda_graphs)
-    times, n_r = timings.seconds, len(cfg.r_values)
-    unpatched, fused, explicit_times = times[0], times[1 : 1 + n_r], times[1 + n_r :]
+    times, n = timings.seconds, len(amounts)
+    unpatched, fused, explicit_times = times[0], times[1 : 1 + n], times[1 + n :]
     half = max(1, len(unpatched) // 2)
+    unpatched_gflops = count_gflops(model, device)
     rows = []
-    for i, r in enumerate(cfg.r_values):
-        progress(f"counting r={r}")
-        patched.r = r
+    for i, (method, r, keep) in enumerate(amounts):
+        progress(f"counting {method} {amount_label(r, keep)}")
+        set_reduction(patched, method, r=r, keep=keep)
         rows.append(
             BenchmarkRow(
                 model=resolve_model_name(cfg.model),
                 r=r,
-                mode=cfg.mode,
+                method=method,
                 img_per_s=img_per_s(cfg.batch_size, fused[i]),
                 unpatched_img_per_s=img_per_s(cfg.batch_size, unpatched),
                 unpatched_early=img_per_s(cfg.batch_size, unpatched[:half]),
@@ -304,6 +382,8 @@ def run_benchmark(
                 cuda_graphs=timings.cuda_graphs[1 + i],
                 unpatched_cuda_graphs=timings.cuda_graphs[0],
                 graph_error=timings.graph_errors[1 + i],
+                keep=keep,
+                unpatched_gflops=unpatched_gflops,
             )
         )
     return rows
@@ -314,17 +394,18 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
     if not rows:
         return "(no rows)"
     with_explicit = any(row.explicit_img_per_s is not None for row in rows)
-    head = ["r", "img/s", "speed-up", "GFLOPs", "tokens left", "aten ops", "CUDA graphs"]
+    head = ["method", "amount", "img/s", "speed-up", "GFLOPs", "FLOP ratio", "speed-up / FLOP ratio"]
+    head += ["tokens left", "aten ops", "CUDA graphs"]
     if with_explicit:
         head += ["explicit img/s", "fused / explicit"]
     first = rows[0]
     lines = [
-        f"{first.model} ({first.mode}), batch {first.batch_size}, amp {first.amp}, {first.device}",
+        f"{first.model}, batch {first.batch_size}, amp {first.amp}, {first.device}",
         f"unpatched timm: {first.unpatched_img_per_s:.1f} img/s (early passes: {first.unpatched_early:.1f}, late passes: {first.unpatched_late:.1f}; "
         f"all settings timed in turns; {'CUDA-graph replays' if first.unpatched_cuda_graphs else 'eager'})",
     ]
     lines += [
-        f"warning: r = {row.r} ran eagerly: capture failed: {row.graph_error}"
+        f"warning: {row.method} {row.amount} ran eagerly: capture failed: {row.graph_error}"
         for row in rows
         if row.graph_error
     ]
@@ -338,10 +419,13 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
     ]
     for row in rows:
         cells = [
-            str(row.r),
+            row.method,
+            row.amount,
             f"{row.img_per_s:.1f}",
             f"{row.speedup:.2f}x",
             f"{row.gflops:.2f}",
+            f"{row.flop_ratio:.2f}x",
+            f"{row.speedup_per_flop_ratio:.2f}",
             str(row.tokens_out),
             str(row.aten_ops),
             "yes" if row.cuda_graphs else "no",
@@ -366,14 +450,27 @@ def build_parser() -> argparse.ArgumentParser:
         dest="r_values",
         metavar="R",
         default="0,8-16",
-        help="r values: 0,8-16 or 8-16:2 (default %(default)s)",
+        help="r values, for the methods that take r: 0,8-16 or 8-16:2 (default %(default)s)",
+    )
+    p.add_argument(
+        "--keep",
+        dest="keep_values",
+        metavar="K",
+        default="",
+        help="per-block keep ratios, for the methods that take keep: 0.7,0.9",
     )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
-    p.add_argument("--mode", default="tomecis", choices=list(MODES), help=modes_help())
-    p.add_argument("--warmup", type=int, default=3, help="untimed passes per r")
-    p.add_argument("--runs", type=int, default=10, help="timed passes per r (median reported)")
+    p.add_argument(
+        "--method",
+        "--mode",
+        dest="methods",
+        default="tomecis",
+        help=f"methods, comma-separated, from: {methods_help()} (default %(default)s)",
+    )
+    p.add_argument("--warmup", type=int, default=3, help="untimed passes per setting")
+    p.add_argument("--runs", type=int, default=10, help="timed passes per setting (median reported)")
     p.add_argument(
         "--pretrained", action="store_true", help="timm's published weights (needs the Hugging Face Hub)"
     )
@@ -392,11 +489,30 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> BenchmarkConfig:
     """Parse and check the arguments (``clipattern``'s pattern: each ``dest`` is a BenchmarkConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    r_values = parsed_or_exit(parser, "--r", parse_r_values, args.r_values)
+    r_values = parsed_or_exit(parser, "--r", parse_r_values, args.r_values) if args.r_values else []
+    keep_values = (
+        parsed_or_exit(parser, "--keep", parse_keep_values, args.keep_values) if args.keep_values else []
+    )
+    methods = parsed_or_exit(parser, "--method", parse_methods, args.methods)
+    parsed_or_exit(parser, "--method", lambda m: amounts_of(m, r_values, keep_values), methods)
     parsed_or_exit(parser, "--model", resolve_model_name, args.model)
     if args.batch_size < 1 or args.runs < 1 or args.warmup < 0:
         parser.error("--batch-size and --runs must be >= 1, --warmup >= 0")
-    return BenchmarkConfig(**{**vars(args), "r_values": r_values})
+    for line in skipped_pairs(methods, r_values, keep_values):
+        print(line, file=sys.stderr)
+    return BenchmarkConfig(
+        **{**vars(args), "r_values": r_values, "keep_values": keep_values, "methods": methods}
+    )
+
+
+def parse_methods(text: str) -> List[str]:
+    """``"tomecis,evit"`` -> names in order without duplicates; an unknown name raises, listing the methods."""
+    out: List[str] = []
+    for item in str(text).split(","):
+        name = method_spec(item.strip()).name
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -407,7 +523,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run_and_print(cfg: BenchmarkConfig) -> int:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(cfg.r_values) + 2, desc=f"benchmark {cfg.model}", file=sys.stderr)
+    n = len(amounts_of(cfg.methods, cfg.r_values, cfg.keep_values))
+    bar = tqdm(total=n + 2, desc=f"benchmark {cfg.model}", file=sys.stderr)
 
     def progress(what: str) -> None:
         bar.set_postfix_str(what)

@@ -78,6 +78,10 @@ class MergeState:
         """The method's old name (``mode``), kept for code written before methods."""
         return self.method
 
+    @mode.setter
+    def mode(self, name: str) -> None:
+        self.set_method(name)
+
     def reset(self) -> None:
         self.size = None
         self.source = None

@@ -172,9 +172,11 @@ def test_bad_r_is_rejected_with_the_culprit_named(r, message):
         model.r = r
 
 
-def test_unknown_mode():
-    with pytest.raises(ValueError, match="mode"):
-        tomecis.patch(tiny_vit(), mode="evit")
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown method 'dct'"):
+        tomecis.patch(tiny_vit(), method="dct")
+    with pytest.raises(ValueError, match="unknown method 'dct'"):
+        tomecis.patch(tiny_vit(), mode="dct")  # the old keyword
 
 
 @pytest.mark.parametrize(
