@@ -69,7 +69,7 @@ def _draw_methods(ax, model_rows: pd.DataFrame, column: str) -> None:
         points = sorted(
             (float(row[column]), float(row["top1"]), amount_text(row)) for _, row in timed.iterrows()
         )
-        _draw_line(ax, start + points, method, next(colours), markers.get(method, "x"))
+        _draw_line(ax, sorted(start + points), method, next(colours), markers.get(method, "x"))
     if start:
         x, y, _ = start[0]
         ax.plot(
@@ -102,7 +102,7 @@ def _draw_published(ax, model: str) -> None:
     """The paper's ToMeCIS curve for ``model`` and, for DeiT-S, its comparison points: hollow, grey, dashed."""
     if model in paper.PUBLISHED:
         name, by_r = paper.PUBLISHED[model]
-        points = [(speed, top1, f"r{r}" if r else "") for r, (top1, speed) in sorted(by_r.items())]
+        points = [(speed, top1, "") for _, (top1, speed) in sorted(by_r.items())]
         _draw_line(ax, points, f"{name} ToMeCIS, published", "0.5", "D", "--", hollow=True)
     if model == paper.COMPARISON_MODEL:
         for _, label, top1, speed in paper.PUBLISHED_COMPARISON_DEIT_S:
