@@ -1,4 +1,5 @@
-"""The published ToMeCIS numbers, carried as data (the product never reads ``../shared``).
+"""The published ToMeCIS numbers and the DeiT-S comparison of methods at a similar throughput, carried
+as data (the product never reads ``../shared``).
 
 Source: K. Seol, S. Roh, K. Chung, "Token Merging with Class Importance Score", IECON 2023.
 Every figure was measured on another machine (one NVIDIA RTX 3090, batch 128, on the full
