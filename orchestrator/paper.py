@@ -1,4 +1,5 @@
-"""The published ToMeCIS numbers, carried as data (the product never reads ``../shared``).
+"""The published ToMeCIS numbers and the DeiT-S comparison of methods at a similar throughput, carried
+as data (the product never reads ``../shared``).
 
 Source: K. Seol, S. Roh, K. Chung, "Token Merging with Class Importance Score", IECON 2023.
 Every figure was measured on another machine (one NVIDIA RTX 3090, batch 128, on the full
@@ -13,7 +14,7 @@ from typing import Dict, List, Tuple
 import pandas as pd
 
 CITATION = 'Seol, Roh, Chung, "Token Merging with Class Importance Score", IECON 2023'
-MODE = "tomecis"  # the merge mode whose figures the paper publishes
+METHOD = "tomecis"  # the method whose figures the paper publishes
 SETTING = "ImageNet-1k val (50,000 images), one NVIDIA RTX 3090, batch 128, timm pretrained weights"
 
 # timm name -> (label, {r: (top-1 %, img/s)})
@@ -50,12 +51,14 @@ PUBLISHED: Dict[str, Tuple[str, Dict[int, Tuple[float, float]]]] = {
     ),
 }
 
-# The paper's comparison on DeiT-S at similar throughput: (method, top-1 %, img/s).
-PUBLISHED_COMPARISON_DEIT_S: List[Tuple[str, float, float]] = [
-    ("unmerged", 79.82, 1282.5),
-    ("EViT", 78.52, 1872.3),
-    ("ToMe", 78.79, 1956.1),
-    ("ToMeCIS (r = 13)", 78.90, 1949.6),
+# The code README's comparison on DeiT-S at a similar throughput, no training (one RTX 3090, batch 128):
+# (method name in ``tomecis.names.METHODS``, label as published, top-1 %, img/s).
+COMPARISON_MODEL = "deit_small_patch16_224"
+PUBLISHED_COMPARISON_DEIT_S: List[Tuple[str, str, float, float]] = [
+    ("none", "DeiT-S", 79.82, 1282.5),
+    ("evit", "EViT", 78.52, 1872.3),
+    ("tome", "ToMe", 78.79, 1956.1),
+    ("tomecis", "ToMeCIS (r = 13)", 78.90, 1949.6),
 ]
 
 
@@ -69,4 +72,12 @@ def published_points() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "label", "r", "top1", "img_per_sec"])
 
 
-__all__ = ["CITATION", "MODE", "PUBLISHED", "PUBLISHED_COMPARISON_DEIT_S", "SETTING", "published_points"]
+__all__ = [
+    "CITATION",
+    "COMPARISON_MODEL",
+    "METHOD",
+    "PUBLISHED",
+    "PUBLISHED_COMPARISON_DEIT_S",
+    "SETTING",
+    "published_points",
+]

@@ -1,164 +1,138 @@
-"""The report's figure: top-1 against img/s beside Δ top-1 against speed-up over r = 0 (matplotlib, no pyplot)."""
+"""The report's figures, one per model and setting: top-1 against measured img/s beside top-1 against
+GFLOPs, one line per method (matplotlib's object API, no pyplot)."""
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import pandas as pd
 
-from tomecis.names import MODES
+from tomecis.names import METHOD_NAMES
 
 from . import paper
-from .tables import lines_of
+from .tables import amount_text, baseline_of, reduced_points
 
-MODE_MARKERS = ("o", "s", "^", "D", "v", "P")  # merge modes take these in the order of their table
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P")  # methods take these in the order of their table
+BASELINE_MARKER = "*"  # the unreduced point: one black star, where every method's line starts
+AXES = (("infer_samples_per_sec", "img/s (model alone)"), ("gflops", "GFLOPs per image"))
 
 PLOT_SIZE_INCHES = (14.0, 6.0)
 PLOT_DPI = 100  # the PNG is PLOT_SIZE_INCHES * PLOT_DPI pixels: 1400 x 600
 
 
-def plot_accuracy_throughput(
-    rows: pd.DataFrame, path: str, title: str, published: bool = False
-) -> Optional[str]:
-    """Write a PNG (PLOT_SIZE_INCHES at PLOT_DPI): top-1 against img/s (left) and Δ top-1 against
-    speed-up over r = 0 (right), one line per model and mode, each point labelled with its r.
+def plot_model(model_rows: pd.DataFrame, path: str, title: str, published: bool = False) -> Optional[str]:
+    """Write a PNG (PLOT_SIZE_INCHES at PLOT_DPI) for one model in one setting: top-1 against img/s
+    (left) and against GFLOPs (right), one line per method from the baseline (a black star shared by
+    every line) through its points, each labelled with its amount (``r13``, ``keep0.7``).
 
-    ``rows``: points rows of one setting (model, short_name, mode, r, top1, infer_samples_per_sec).
-    Rows without img/s are left out; returns None (writing nothing) when no row has img/s and no
-    published series is asked for."""
-    import matplotlib
+    ``published``: the paper's ToMeCIS curve and its comparison points (hollow, dashed grey; another
+    machine) on the img/s axes. Returns None, writing nothing, when no row has img/s or GFLOPs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no backend switch
 
-    timed = rows[rows["infer_samples_per_sec"].notna()]
-    if timed.empty and not published:
+    if model_rows[[column for column, _ in AXES]].isna().all().all():
         return None
     fig = Figure(figsize=PLOT_SIZE_INCHES, dpi=PLOT_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    colours = itertools.cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
-    markers = {mode: m for mode, m in zip(MODES, itertools.cycle(MODE_MARKERS))}  # one marker per merge mode
-    speeds: List[float] = []
-    for model, mode, line in lines_of(timed):
-        base = line[line["r"] == 0]
-        reference = (base.iloc[0]["infer_samples_per_sec"], base.iloc[0]["top1"]) if not base.empty else None
-        label = f"{line['short_name'].iloc[0]} {mode}"
-        marker = markers.get(mode, "x")
-        _draw_pair(
-            axes,
-            line["infer_samples_per_sec"],
-            line["top1"],
-            line["r"],
-            reference,
-            label,
-            next(colours),
-            marker,
-        )
-        speeds.extend(line["infer_samples_per_sec"])
-    if published:
-        speeds.extend(_draw_published(axes))
-    _label_axes(axes, speeds)
-    fig.suptitle(
-        title
-        + (
-            "\ndashed grey: published figures from another machine (paper), for reference"
-            if published
-            else ""
-        ),
-        fontsize=10,
+    for ax, (column, label) in zip(axes, AXES):
+        _draw_methods(ax, model_rows, column)
+        if published and column == "infer_samples_per_sec":
+            _draw_published(ax, model_rows["model"].iloc[0])
+        _label(ax, label)
+    note = (
+        "\nhollow dashed grey: published figures from another machine (RTX 3090, batch 128)"
+        if published
+        else ""
     )
+    fig.suptitle(title + note, fontsize=10)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=PLOT_DPI)
     return path
 
 
-def _draw_published(axes) -> List[float]:
-    """The paper's lines, dashed grey with hollow diamonds; returns their img/s."""
-    speeds: List[float] = []
-    for model, (name, by_r) in paper.PUBLISHED.items():
-        rs = sorted(by_r)
-        top1 = pd.Series([by_r[r][0] for r in rs])
-        speed = pd.Series([by_r[r][1] for r in rs])
-        label = f"{name} published (RTX 3090, batch 128, 50k images)"
-        colour = "0.35" if "tiny" in model else "0.6"
-        _draw_pair(
-            axes, speed, top1, pd.Series(rs), (by_r[0][1], by_r[0][0]), label, colour, "D", "--", hollow=True
+def _draw_methods(ax, model_rows: pd.DataFrame, column: str) -> None:
+    """The baseline star and one line per method on ``column`` (rows without it left out)."""
+    import matplotlib
+
+    colours = itertools.cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
+    markers = dict(zip(METHOD_NAMES[1:], itertools.cycle(METHOD_MARKERS)))
+    base = baseline_of(model_rows).row
+    start = [] if base is None or pd.isna(base[column]) else [(float(base[column]), float(base["top1"]), "")]
+    reduced = reduced_points(model_rows)
+    for method, rows in reduced.groupby("method", sort=False):
+        timed = rows[rows[column].notna()]
+        if timed.empty:
+            continue
+        points = sorted(
+            (float(row[column]), float(row["top1"]), amount_text(row)) for _, row in timed.iterrows()
         )
-        speeds.extend(speed)
-    return speeds
-
-
-def _label_axes(axes, speeds: List[float]) -> None:
-    """Log img/s axis when the speeds span more than 8x; titles, labels, grids and legends."""
-    ax_abs, ax_rel = axes
-    if speeds and max(speeds) / max(min(speeds), 1e-9) > 8:
-        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-        ax_abs.set_xscale("log")
-        ax_abs.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax_abs.xaxis.set_major_formatter(ScalarFormatter())
-        ax_abs.xaxis.set_minor_formatter(NullFormatter())
-    ax_abs.set_xlabel(
-        "img/s (model alone; log scale)" if ax_abs.get_xscale() == "log" else "img/s (model alone)"
-    )
-    ax_abs.set_ylabel("top-1 (%)")
-    ax_abs.set_title("top-1 against throughput")
-    ax_rel.set_xlabel("speed-up over r = 0")
-    ax_rel.set_ylabel("Δ top-1 against r = 0 (points)")
-    ax_rel.set_title("relative to each line's r = 0")
-    for ax in (ax_abs, ax_rel):
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-
-
-def _draw_pair(
-    axes,
-    speed: pd.Series,
-    top1: pd.Series,
-    r: pd.Series,
-    reference: Optional[Tuple[float, float]],
-    label: str,
-    colour,
-    marker: str,
-    style: str = "-",
-    hollow: bool = False,
-) -> None:
-    """One line on the left axes (top-1 against img/s) and, when its r = 0 (img/s, top-1) ``reference``
-    is known, on the right (Δ top-1 against speed-up)."""
-    ax_abs, ax_rel = axes
-    _draw_line(ax_abs, speed, top1, r, label, colour, marker, style, hollow)
-    if reference is not None:
-        base_speed, base_top1 = reference
-        _draw_line(ax_rel, speed / base_speed, top1 - base_top1, r, label, colour, marker, style, hollow)
+        _draw_line(ax, sorted(start + points), method, next(colours), markers.get(method, "x"))
+    if start:
+        x, y, _ = start[0]
+        ax.plot(
+            [x], [y], BASELINE_MARKER, color="black", markersize=14, label="unreduced (baseline)", zorder=5
+        )
 
 
 def _draw_line(
-    ax,
-    x: pd.Series,
-    y: pd.Series,
-    r: pd.Series,
-    label: str,
-    colour,
-    marker: str,
-    style: str,
-    hollow: bool = False,
+    ax, points: List[tuple], label: str, colour, marker: str, style: str = "-", hollow: bool = False
 ) -> None:
-    face = "none" if hollow else colour
+    """``points``: (x, top-1, amount label) in drawing order; an empty label (the baseline) gets no marker text."""
+    xs, ys, labels = zip(*points)
     ax.plot(
-        list(x),
-        list(y),
+        xs,
+        ys,
         style,
         marker=marker,
         color=colour,
-        markerfacecolor=face,
+        markerfacecolor="none" if hollow else colour,
         label=label,
         linewidth=1.2,
         markersize=5,
     )
-    for xi, yi, ri in zip(x, y, r):
-        ax.annotate(
-            str(int(ri)), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour
-        )
+    for x, y, text in points:
+        if text:
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
+
+
+def _draw_published(ax, model: str) -> None:
+    """The paper's ToMeCIS curve for ``model`` and, for DeiT-S, its comparison points: hollow, grey, dashed."""
+    if model in paper.PUBLISHED:
+        name, by_r = paper.PUBLISHED[model]
+        points = [(speed, top1, "") for _, (top1, speed) in sorted(by_r.items())]
+        _draw_line(ax, points, f"{name} ToMeCIS, published", "0.5", "D", "--", hollow=True)
+    if model == paper.COMPARISON_MODEL:
+        for i, (_, label, top1, speed) in enumerate(paper.PUBLISHED_COMPARISON_DEIT_S):
+            ax.plot([speed], [top1], "o", color="0.3", markerfacecolor="none", markersize=8)
+            ax.annotate(
+                f"{label} (published)",
+                (speed, top1),
+                textcoords="offset points",
+                xytext=(-60, -12 - 8 * i),  # staggered: the published points lie close together
+                fontsize=7,
+                color="0.3",
+            )
+
+
+def _label(ax, xlabel: str) -> None:
+    """Log x axis when the values span more than 8x; labels, grid, legend; a note on an empty axis."""
+    xs = [x for line in ax.lines for x in line.get_xdata()]
+    if not xs:
+        ax.text(0.5, 0.5, f"no {xlabel.split()[0]} measured", transform=ax.transAxes, ha="center")
+    elif min(xs) > 0 and max(xs) / min(xs) > 8:
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        xlabel += " (log scale)"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"top-1 against {xlabel.split()[0]}")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)

@@ -1,26 +1,31 @@
-"""Tables, paired statistics and plots from a results directory. Knows nothing of Ray or models.
+"""Tables, paired statistics, matched-speed comparisons and plots from a results directory. Knows nothing
+of Ray or models.
 
-    python -m orchestrator.report results/ [--out report/] [--paper] [--dataset FP] [--amp none] [--batch-size 128]
+    python -m orchestrator.report results/ [--out report/] [--paper] [--reference tomecis:r13]
+        [--method tomecis,evit] [--models deit_small] [--dataset FP] [--amp none] [--batch-size 128]
 
-For each *setting* (dataset fingerprint, amp, benchmark batch size, device: rows from different
-settings are never compared with one another) the report has:
+For each *setting* (dataset fingerprint, amp, benchmark batch size, device, weights: rows from different
+settings are never compared with one another) and each model, the report has:
 
-- per model and mode, a table in the paper's format (r, top-1, top-5, img/s, speed-up over r = 0,
-  Δ top-1, GFLOPs, tokens left), with the r values other lines of the setting have but this one
-  lacks shown as missing;
-- paired statistics from the per-image predictions: each r against r = 0 of the same model and
-  mode, and every merge mode against the baseline mode (``tome``, ``tomecis.names.BASELINE_MODE``) at the
-  same r: images fixed / broken, Δ top-1 with a 95%
-  paired-bootstrap confidence interval, the exact McNemar p-value and the classes that lose most;
-- a PNG: top-1 against img/s (one line per model and mode, points labelled with r) beside
-  Δ top-1 against speed-up over r = 0.
+- a table in the paper's format: the unreduced baseline once, then every method at every amount (r, keep,
+  top-1, top-5, img/s, speed-up over the baseline, Δ top-1, GFLOPs, tokens left), with the amounts other
+  points of the setting have but a method lacks shown as missing;
+- a matched-speed table: for the reference point (``--reference``, default ToMeCIS r = 13), every other
+  method's point nearest in img/s and its point nearest in GFLOPs, with top-1, Δ top-1 against the
+  reference and the paired 95% CI of that difference on the same images;
+- paired statistics of every point against the model's one baseline (``tomecis.names.UNREDUCED``; in
+  results from before that point existed, the first method's r = 0 row, named in the notes): images
+  fixed / broken, Δ top-1 with a 95% paired-bootstrap CI, the exact McNemar p-value, the classes that
+  lose most;
+- a PNG: top-1 against img/s beside top-1 against GFLOPs, one line per method.
 
-``--paper`` adds the published ToMeCIS numbers (``orchestrator.paper``) as a reference series,
-marked as figures from another machine. The Markdown is printed and written to ``OUT/report.md``.
+``--paper`` adds the published ToMeCIS numbers and the published DeiT-S comparison at a similar
+throughput (``orchestrator.paper``) beside our matched points, marked as figures from another machine.
+The Markdown is printed and written to ``OUT/report.md``.
 
-This module is the CLI and the assembly of the report: the results directory is read by
-``orchestrator.results``, the paired statistics are ``orchestrator.stats``, the tables
-``orchestrator.tables`` and the figure ``orchestrator.plot``.
+This module is the CLI and the assembly: the results directory is read by ``orchestrator.results``, the
+statistics are ``orchestrator.stats``, the tables ``orchestrator.tables`` and ``orchestrator.matched``,
+the figures ``orchestrator.plot``.
 """
 
 from __future__ import annotations
@@ -34,24 +39,34 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 import pyarrow.fs as pafs
 
-from clipattern import run_or_report
-from tomecis.names import BASELINE_MODE, MODES, modes_help
+from clipattern import parsed_or_exit, run_or_report
+from tomecis.names import AMP_NAMES, METHOD_NAMES, UNREDUCED, methods_help
 
 from . import paper
-from .grid import AMPS, KEY_COLUMNS, SETTING_COLUMNS
-from .plot import plot_accuracy_throughput
+from .matched import DEFAULT_REFERENCE, Match, Reference, matched_points, matched_table, parse_reference
+from .plot import plot_model
 from .results import PREDICTIONS_DIR, ResultsDir
-from .stats import Comparison, paired_stats
+from .stats import Comparison, PairedStats, paired_stats
 from .tables import (
-    line_heading,
-    line_rows,
-    lines_of,
+    POINT_COLUMNS,
+    SETTING_COLUMNS,
+    amount_text,
+    baseline_of,
+    cell,
+    expected_amounts,
+    model_heading,
     model_table,
+    models_of,
+    ok,
     paired_table,
+    point_label,
     published_table,
+    reduced_points,
     table_notes,
     unmerged_spread,
+    unreduced_mask,
     versus_published_table,
+    with_method_columns,
 )
 
 
@@ -73,7 +88,8 @@ class ReportConfig:
     amp: Optional[str] = None
     batch_size: Optional[int] = None
     models: Optional[List[str]] = None  # short or timm names
-    mode: Optional[str] = None
+    methods: Optional[List[str]] = None  # the baseline is always kept
+    reference: str = DEFAULT_REFERENCE  # METHOD:AMOUNT (``matched.parse_reference``)
     bootstrap_samples: int = 10_000
     seed: int = 0
     level: float = 0.95
@@ -83,8 +99,7 @@ class ReportConfig:
 @dataclass(frozen=True, order=True)
 class Setting:
     """What makes rows comparable: same images, same autocast, same benchmark batch, same device, same
-    weights. One field per setting column (``grid.SETTING_COLUMNS``: a point's identity but its model,
-    mode and r), in the order settings of equal size are listed."""
+    weights. One field per setting column (``tables.SETTING_COLUMNS``)."""
 
     dataset: str
     amp: str
@@ -112,13 +127,25 @@ class Report:
     files: List[str] = field(default_factory=list)
 
 
+@dataclass
+class _Run:
+    """What every section of one report reads: the config, the parsed reference, each point's
+    predictions by ``point_file``, and the report being written (its ``files`` grow)."""
+
+    cfg: ReportConfig
+    reference: Reference
+    predictions: Dict[str, pd.DataFrame]
+    report: Report
+    n_settings: int = 1
+
+
 # --------------------------------------------------------------------------- nothing to report
 
 
 def explain_empty(results: ResultsDir) -> str:
     """Why a results directory has nothing to report, and what to do next."""
     info = results.fs.get_file_info(results.root)
-    sweep = f"python -m orchestrator.sweep --models deit_tiny --r 0,8-16 --data SHARDS --out {results.uri}"
+    sweep = f"python -m orchestrator.sweep --models deit_tiny --r 8-16 --data SHARDS --out {results.uri}"
     if info.type == pafs.FileType.NotFound:
         return f"no results: {results.uri} does not exist; run a sweep into it first ({sweep})"
     if info.type != pafs.FileType.Directory:
@@ -135,10 +162,11 @@ def explain_empty(results: ResultsDir) -> str:
 
 
 def filter_points(points: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
-    """The rows matching ``--dataset`` (prefix), ``--amp``, ``--batch-size``, ``--models``, ``--mode``.
+    """The rows matching ``--dataset`` (prefix), ``--amp``, ``--batch-size``, ``--models``, ``--method``
+    (the unreduced baseline always stays).
 
     Raises ``NoResultsError`` naming the filter and the values present when nothing matches."""
-    wanted = set(cfg.models or ())
+    wanted_models, wanted_methods = set(cfg.models or ()), set(cfg.methods or ())
     checks = [
         ("--dataset", cfg.dataset, "dataset", lambda p: p["dataset"].astype(str).str.startswith(cfg.dataset)),
         ("--amp", cfg.amp, "amp", lambda p: p["amp"] == cfg.amp),
@@ -152,9 +180,9 @@ def filter_points(points: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
             "--models",
             cfg.models,
             "short_name",
-            lambda p: p["model"].isin(wanted) | p["short_name"].isin(wanted),
+            lambda p: p["model"].isin(wanted_models) | p["short_name"].isin(wanted_models),
         ),
-        ("--mode", cfg.mode, "mode", lambda p: p["mode"] == cfg.mode),
+        ("--method", cfg.methods, "method", lambda p: _method_mask(p, wanted_methods)),
     ]
     for flag, value, column, select in checks:
         if value is None or value == "" or value == []:
@@ -170,11 +198,20 @@ def filter_points(points: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
     return points
 
 
+def _method_mask(points: pd.DataFrame, methods: set) -> pd.Series:
+    """The rows of ``methods`` and the unreduced rows (each method's baseline); nothing when no row is of
+    ``methods`` (the baseline alone is not a match)."""
+    chosen = points["method"].isin(methods)
+    return (chosen | unreduced_mask(points)) & chosen.any()
+
+
 def drop_superseded(points: pd.DataFrame) -> Tuple[pd.DataFrame, int]:
-    """Keep the latest row (by ``finished``) per (setting, model, mode, r); returns the rows, with the
-    setting columns' placeholders filled in, and how many were dropped."""
-    key = list(SETTING_COLUMNS) + list(KEY_COLUMNS)
-    ordered = _with_setting_defaults(points).sort_values("finished", kind="stable")
+    """Keep the latest row (by ``finished``) per (setting, model, method, amount); returns the rows, with
+    the setting columns' placeholders filled in, and how many were dropped."""
+    key = list(SETTING_COLUMNS) + list(POINT_COLUMNS)
+    ordered = _with_setting_defaults(points)
+    if "finished" in ordered:
+        ordered = ordered.sort_values("finished", kind="stable")
     kept = ordered.drop_duplicates(subset=key, keep="last")
     return kept.sort_index(), len(points) - len(kept)
 
@@ -199,75 +236,95 @@ def _with_setting_defaults(points: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-# --------------------------------------------------------------------------- the report
+def prepare_points(points: pd.DataFrame, cfg: ReportConfig) -> Tuple[pd.DataFrame, int]:
+    """Points rows with ``method`` and ``keep`` columns, filtered by ``cfg``, the latest row of each point
+    kept; returns them and how many older rows were dropped."""
+    return drop_superseded(filter_points(with_method_columns(points), cfg))
 
 
-def setting_comparisons(rows: pd.DataFrame, predictions: pd.DataFrame, cfg: ReportConfig) -> List[Comparison]:
-    """Each r against r = 0 of its line, then every other mode against the baseline mode
-    (``BASELINE_MODE``, ToMe) at every r both have (r > 0).
+# --------------------------------------------------------------------------- paired statistics
 
-    ``rows``: the points rows of one setting; ``predictions``: ``ResultsDir.read_predictions`` (key, label,
-    pred, correct, point_file), matched to the rows through ``point_file``."""
-    by_file = {name: frame for name, frame in predictions.groupby("point_file")} if len(predictions) else {}
+
+def _paired(run: _Run, base_row: pd.Series, cand_row: pd.Series) -> Tuple[Optional[PairedStats], str]:
+    """``cand_row``'s predictions against ``base_row``'s, image by image; (None, why) when either is missing."""
+    base, cand = run.predictions.get(base_row["point_file"]), run.predictions.get(cand_row["point_file"])
+    if base is None or cand is None:
+        return None, "no predictions file for one of the two points"
+    cfg = run.cfg
+    stats = paired_stats(base, cand, cfg.bootstrap_samples, cfg.seed, cfg.level, cfg.top_classes)
+    note = "" if stats.n == len(base) == len(cand) else f"only the {stats.n} images both scored"
+    return stats, note
+
+
+def baseline_comparisons(model_rows: pd.DataFrame, run: _Run) -> List[Comparison]:
+    """Every reduced point of one model against the model's one baseline (``tables.baseline_of``)."""
+    base = baseline_of(model_rows).row
     comparisons = []
-
-    def compare(model: str, what: str, base_row: pd.Series, cand_row: pd.Series) -> None:
-        base, cand = by_file.get(base_row["point_file"]), by_file.get(cand_row["point_file"])
-        if base is None or cand is None:
-            comparisons.append(Comparison(model, what, None, "no predictions file for one of the two points"))
-            return
-        stats = paired_stats(base, cand, cfg.bootstrap_samples, cfg.seed, cfg.level, cfg.top_classes)
-        note = "" if stats.n == len(base) == len(cand) else f"only the {stats.n} images both scored"
-        comparisons.append(Comparison(model, what, stats, note))
-
-    for model, mode, line in lines_of(rows):
-        base = line[line["r"] == 0]
-        for _, row in line[line["r"] != 0].iterrows():
-            if base.empty:
-                comparisons.append(Comparison(model, f"{mode} r={row['r']} vs r=0", None, "no r = 0 point"))
-            else:
-                compare(model, f"{mode} r={row['r']} vs r=0", base.iloc[0], row)
-    for model, mode, line in lines_of(rows):
-        if mode == BASELINE_MODE:
+    for _, row in reduced_points(model_rows).iterrows():
+        if base is None:
+            comparisons.append(
+                Comparison(row["model"], f"{point_label(row)} vs baseline", None, "no baseline point")
+            )
             continue
-        baseline = line_rows(rows, model, BASELINE_MODE).set_index("r")
-        candidate = line.set_index("r")
-        for r in sorted(set(baseline.index) & set(candidate.index)):
-            if r != 0:
-                compare(model, f"r={r} {mode} vs {BASELINE_MODE}", baseline.loc[r], candidate.loc[r])
+        stats, note = _paired(run, base, row)
+        comparisons.append(
+            Comparison(row["model"], f"{point_label(row)} vs {_base_label(base)}", stats, note)
+        )
     return comparisons
 
 
-def build_report(cfg: ReportConfig) -> Report:
-    """Read ``cfg.results``, write the PNGs under ``cfg.out`` (when set) and return the Markdown.
+def _base_label(base: pd.Series) -> str:
+    """``none``; an older result's baseline as ``tomecis r0``."""
+    return UNREDUCED if base["method"] == UNREDUCED else f"{base['method']} {amount_text(base)}"
 
-    Raises ``NoResultsError`` when there is nothing to report."""
+
+# --------------------------------------------------------------------------- the report
+
+
+def build_report(cfg: ReportConfig) -> Report:
+    """Read ``cfg.results``, write ``report.md`` and the PNGs under ``cfg.out`` (when set) and return the report.
+
+    Raises ``NoResultsError`` when there is nothing to report, ``ValueError`` for a bad ``cfg.reference``."""
+    parse_reference(cfg.reference)
     results = ResultsDir(cfg.results)
     points = results.read_point_rows()
     if points.empty:
         raise NoResultsError(explain_empty(results))
-    points = filter_points(points, cfg)
-    points, superseded = drop_superseded(points)
-    settings = split_settings(points)
+    points, superseded = prepare_points(points, cfg)
     predictions = results.read_predictions(points["point_file"])
-    short_names = dict(zip(points["model"], points["short_name"]))
+    return render_report(points, predictions, cfg, superseded)
+
+
+def report_from_frames(points: pd.DataFrame, predictions: pd.DataFrame, cfg: ReportConfig) -> Report:
+    """The report of points rows and predictions rows already in memory (``point_file`` ties the two), as
+    ``build_report`` makes it from a directory."""
+    if points.empty:
+        raise NoResultsError(f"no results in {cfg.results}: no points rows")
+    points, superseded = prepare_points(points, cfg)
+    return render_report(points, predictions, cfg, superseded)
+
+
+def render_report(
+    points: pd.DataFrame, predictions: pd.DataFrame, cfg: ReportConfig, superseded: int = 0
+) -> Report:
+    """The Markdown of prepared points (``prepare_points``) and their predictions; writes the files under ``cfg.out``."""
+    by_file = {name: frame for name, frame in predictions.groupby("point_file")} if len(predictions) else {}
+    settings = split_settings(points)
+    run = _Run(cfg, parse_reference(cfg.reference), by_file, Report(""), len(settings))
     if cfg.out:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-
-    report = Report("")
-    parts = [f"# Results in {cfg.results}", _summary_line(points, settings, superseded)]
-    for index, (setting, rows) in enumerate(settings, start=1):
-        parts.append(
-            _setting_section(index, len(settings), setting, rows, predictions, short_names, cfg, report)
-        )
+    parts = [f"# Results in {cfg.results}", _summary_line(points, settings, superseded), _how_to_read(run)]
+    parts.extend(
+        _setting_section(index, setting, rows, run) for index, (setting, rows) in enumerate(settings, start=1)
+    )
     if cfg.paper:
-        parts.append(_paper_section())
-    report.markdown = "\n\n".join(parts) + "\n"
+        parts.append(_paper_section(settings, run))
+    run.report.markdown = "\n\n".join(parts) + "\n"
     if cfg.out:
         path = Path(cfg.out) / "report.md"
-        path.write_text(report.markdown)
-        report.files.insert(0, str(path))
-    return report
+        path.write_text(run.report.markdown)
+        run.report.files.insert(0, str(path))
+    return run.report
 
 
 def _summary_line(points: pd.DataFrame, settings: list, superseded: int) -> str:
@@ -282,70 +339,175 @@ def _summary_line(points: pd.DataFrame, settings: list, superseded: int) -> str:
     return text
 
 
-def _setting_section(index, total, setting, rows, predictions, short_names, cfg, report) -> str:
-    """``## Setting i of n``: noisy-timing warnings, a table per line, the paired statistics and the plot
-    (its file is appended to ``report.files``)."""
-    parts = [f"## Setting {index} of {total}: {setting.label()}"]
-    parts.extend(f"**Warning:** {note}" for note in unmerged_spread(rows))
-    expected_r = sorted({int(r) for r in rows["r"]})
-    parts.extend(
-        _line_block(model, mode, line, expected_r, cfg.paper) for model, mode, line in lines_of(rows)
+def _how_to_read(run: _Run) -> str:
+    cfg = run.cfg
+    return (
+        "How to read: img/s is the model alone (random input, no data loading); speed-up and Δ top-1 are "
+        "against the model's one unreduced baseline. Paired statistics compare two points on the same images: "
+        f"fixed = wrong before, right after; broken = the reverse; Δ top-1 in points; {100 * cfg.level:g}% CI: "
+        f"paired bootstrap ({cfg.bootstrap_samples} resamples, seed {cfg.seed}); p: exact McNemar test on the "
+        "fixed/broken images. A CI spanning 0 (large p) means these images cannot tell the two apart; with "
+        "under ~25 fixed + broken images the bootstrap CI is too narrow: trust the exact p there."
     )
-    comparisons = setting_comparisons(rows, predictions, cfg)
-    if comparisons:
-        parts.append(_paired_block(comparisons, short_names, cfg))
-    if cfg.out:
-        name = "accuracy_throughput.png" if total == 1 else f"accuracy_throughput-{index}.png"
-        written = plot_accuracy_throughput(
-            rows, str(Path(cfg.out) / name), f"Setting {index}: {setting.label()}", cfg.paper
-        )
-        if written:
-            report.files.append(written)
-            parts.append(f"![top-1 against img/s]({name})")
-        else:
-            parts.append("(no plot: no point of this setting has img/s; the sweep ran with --no-bench)")
+
+
+def _setting_section(index: int, setting: Setting, rows: pd.DataFrame, run: _Run) -> str:
+    """``## Setting i of n``: noisy-timing warnings, then each model's section."""
+    parts = [f"## Setting {index} of {run.n_settings}: {setting.label()}"]
+    parts.extend(f"**Warning:** {note}" for note in unmerged_spread(rows))
+    expected = expected_amounts(rows)
+    for model in models_of(rows):
+        parts.append(_model_section(index, setting, rows[rows["model"] == model], expected, run))
     return "\n\n".join(parts)
 
 
-def _line_block(model: str, mode: str, line: pd.DataFrame, expected_r: Sequence[int], published: bool) -> str:
-    """``### heading``, the line's table, its notes and (``published``, tomecis) the paper's figures beside ours."""
-    block = f"### {line_heading(line, mode)}\n\n{model_table(line, expected_r)}"
-    notes = table_notes(line, expected_r)
+def _model_section(index: int, setting: Setting, model_rows: pd.DataFrame, expected, run: _Run) -> str:
+    """``### model``: its table and notes, the published figures (``--paper``), the matched-speed table,
+    the paired statistics against the baseline and the plot."""
+    model = model_rows["model"].iloc[0]
+    parts = [f"### {model_heading(model_rows)}", model_table(model_rows, expected)]
+    notes = table_notes(model_rows, expected)
     if notes:
-        block += "\n\n" + "\n".join(f"- {n}" for n in notes)
-    if published and mode == paper.MODE and model in paper.PUBLISHED:
-        versus = versus_published_table(line, model)
+        parts.append("\n".join(f"- {n}" for n in notes))
+    if run.cfg.paper and model in paper.PUBLISHED:
+        versus = versus_published_table(model_rows, model)
         if versus:
-            block += f"\n\nAgainst the published {paper.PUBLISHED[model][0]} figures (another machine, 50,000 images):\n\n{versus}"
-    return block
+            parts.append(
+                f"Our ToMeCIS against the published {paper.PUBLISHED[model][0]} figures (another machine):\n\n{versus}"
+            )
+    parts.append(_matched_block(model_rows, run))
+    comparisons = baseline_comparisons(model_rows, run)
+    if comparisons:
+        short = {model: model_rows["short_name"].iloc[0]}
+        parts.append(
+            "#### Paired statistics against the baseline\n\n"
+            + paired_table(comparisons, short, run.cfg.level)
+        )
+    parts.append(_plot_block(index, setting, model_rows, run))
+    return "\n\n".join(part for part in parts if part)
 
 
-def _paired_block(comparisons: Sequence[Comparison], short_names: Dict[str, str], cfg: ReportConfig) -> str:
-    """``### Paired statistics``: how to read them, then the table."""
-    return (
-        "### Paired statistics (per-image predictions)\n\n"
-        f"fixed: wrong before, right after; broken: the reverse. Δ top-1 in points; {100 * cfg.level:g}% CI: paired bootstrap "
-        f"({cfg.bootstrap_samples} resamples, seed {cfg.seed}); p: exact McNemar test on the fixed/broken pairs. "
-        "A CI spanning 0 (large p) means these images cannot tell the two apart. With few changed images "
-        "(under ~25 fixed + broken) the bootstrap CI is too narrow: trust the exact p there. "
-        "Classes: the largest net losses, as change / images of the class.\n\n"
-        + paired_table(comparisons, short_names, cfg.level)
+def _matched_block(model_rows: pd.DataFrame, run: _Run) -> str:
+    """``#### Matched speed``: the table, or one line saying why there is none."""
+    reference = run.reference
+    heading = f"#### Matched speed: every method against {reference.label()}"
+    ref_row = reference.find(model_rows)
+    if ref_row is None:
+        present = ", ".join(point_label(row) for _, row in reduced_points(model_rows).iterrows()) or "none"
+        return (
+            f"{heading}\n\nno {reference.label()} point for {model_rows['short_name'].iloc[0]} in this setting, so no "
+            f"matched-speed table (points present: {present}; choose one with --reference METHOD:AMOUNT)."
+        )
+    matches = matched_points(model_rows, reference, ref_row)
+    stats = [_paired(run, ref_row, m.row)[0] if m.row is not None else None for m in matches]
+    text = (
+        f"{heading}\n\nEach other method's point nearest the reference in img/s and nearest in GFLOPs (one line "
+        "when one point is nearest in both); Δ top-1 and its CI are paired against the reference on the same images."
     )
+    return f"{text}\n\n{matched_table(ref_row, matches, stats, run.cfg.level)}"
 
 
-def _paper_section() -> str:
+def _plot_block(index: int, setting: Setting, model_rows: pd.DataFrame, run: _Run) -> str:
+    """The model's figure, written under ``cfg.out``, as a Markdown image (or why there is none)."""
+    if not run.cfg.out:
+        return ""
+    short = model_rows["short_name"].iloc[0]
+    name = f"{short}.png" if run.n_settings == 1 else f"{short}-setting{index}.png"
+    title = f"{short}, setting {index}: {setting.label()}"
+    written = plot_model(model_rows, str(Path(run.cfg.out) / name), title, run.cfg.paper)
+    if not written:
+        return "(no plot: no point has img/s or GFLOPs; the sweep ran with --no-bench)"
+    run.report.files.append(written)
+    return f"![{short}: top-1 against img/s and GFLOPs]({name})"
+
+
+# --------------------------------------------------------------------------- --paper
+
+
+def _paper_section(settings: Sequence[Tuple[Setting, pd.DataFrame]], run: _Run) -> str:
+    """The published ToMeCIS figures, and the published DeiT-S comparison beside our matched points."""
     parts = [
-        "## Published reference (not measured here)",
+        "## Published reference (another machine, not measured here)",
         f"{paper.CITATION}. {paper.SETTING}. These figures come from another machine and the full validation set: "
         "compare Δ top-1 and speed-up, not absolute img/s.",
     ]
     for model, (name, _) in paper.PUBLISHED.items():
         parts.append(f"### {name} ({model}), published\n\n{published_table(model)}")
-    rows = "\n".join(f"| {m} | {t:.2f} | {s:.1f} |" for m, t, s in paper.PUBLISHED_COMPARISON_DEIT_S)
     parts.append(
-        "### DeiT-S at similar throughput, published\n\n| method | top-1 | img/s |\n|---|--:|--:|\n" + rows
+        "### DeiT-S at a similar throughput: published (RTX 3090, batch 128, no training) beside ours\n\n"
+        f"Ours: the baseline, the reference ({run.reference.label()}) and each other method's point nearest it "
+        "in img/s, per setting. Published img/s come from another machine: compare speed-ups and Δ top-1."
     )
+    ours = [
+        (i, s, rows[rows["model"] == paper.COMPARISON_MODEL]) for i, (s, rows) in enumerate(settings, start=1)
+    ]
+    ours = [(i, s, rows) for i, s, rows in ours if not rows.empty]
+    if not ours:
+        parts.append(
+            f"(no {paper.COMPARISON_MODEL} points here: published figures only)\n\n"
+            + comparison_table(None, run.reference)
+        )
+    for index, setting, rows in ours:
+        parts.append(f"Setting {index} ({setting.label()}):\n\n{comparison_table(rows, run.reference)}")
     return "\n\n".join(parts)
+
+
+def comparison_table(model_rows: Optional[pd.DataFrame], reference: Reference) -> str:
+    """The published DeiT-S comparison (``paper.PUBLISHED_COMPARISON_DEIT_S``), each method beside our
+    point for it (``_our_point``): top-1, img/s, speed-up and Δ top-1 against each side's own baseline."""
+    lines = [
+        "| method | published top-1 | published img/s | published speed-up | published Δ top-1 "
+        "| our point | our top-1 | our img/s | our speed-up | our Δ top-1 |",
+        "|---|--:|--:|--:|--:|---|--:|--:|--:|--:|",
+    ]
+    _, _, base_top1, base_speed = paper.PUBLISHED_COMPARISON_DEIT_S[0]
+    base = baseline_of(model_rows) if model_rows is not None else None
+    for method, label, top1, speed in paper.PUBLISHED_COMPARISON_DEIT_S:
+        row, why = (
+            _our_point(model_rows, method, reference) if model_rows is not None else (None, "no points")
+        )
+        published = (
+            f"| {label} | {top1:.2f} | {speed:.1f} | {speed / base_speed:.2f}x | {top1 - base_top1:+.2f} "
+        )
+        lines.append(published + _our_cells(row, why, base, method))
+    return "\n".join(lines)
+
+
+def _our_point(
+    model_rows: pd.DataFrame, method: str, reference: Reference
+) -> Tuple[Optional[pd.Series], str]:
+    """Our row for a published method: the baseline for ``none``, the reference for its own method,
+    else the method's point nearest the reference in img/s; (None, why) when there is none."""
+    if method == UNREDUCED:
+        row = baseline_of(model_rows).row
+        return row, "no baseline point"
+    ref_row = reference.find(model_rows)
+    if ref_row is None:
+        return None, f"no {reference.label()} point"
+    if method == reference.method:
+        return ref_row, ""
+    by_speed: List[Match] = [
+        m for m in matched_points(model_rows, reference, ref_row) if m.method == method and "img/s" in m.by
+    ]
+    return (by_speed[0].row, "") if by_speed else (None, f"no {method} point with img/s")
+
+
+def _our_cells(row: Optional[pd.Series], why: str, base, method: str) -> str:
+    """Our point's cells of the comparison table (``why`` in place of them when there is none)."""
+    if row is None:
+        return f"| {why} | — | — | — | — |"
+    speed, base_speed, base_top1 = (
+        row["infer_samples_per_sec"],
+        base.value("infer_samples_per_sec"),
+        base.value("top1"),
+    )
+    speed_up = speed / base_speed if ok(speed) and base_speed else None
+    delta = row["top1"] - base_top1 if base_top1 is not None else None
+    label = f"baseline ({_base_label(row)})" if method == UNREDUCED else point_label(row)
+    return (
+        f"| {label} | {cell(row['top1'], '{:.2f}')} | {cell(speed, '{:.1f}')} | "
+        f"{cell(speed_up, '{:.2f}x')} | {cell(delta, '{:+.2f}')} |"
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -356,13 +518,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="a sweep's --out directory or URI (s3://...)")
     p.add_argument("--out", default="report", help="folder for report.md and the PNGs (default %(default)s)")
     p.add_argument(
-        "--paper", action="store_true", help="add the published ToMeCIS numbers as a reference series"
+        "--paper",
+        action="store_true",
+        help="add the published ToMeCIS figures and the published DeiT-S comparison beside ours",
+    )
+    p.add_argument(
+        "--reference",
+        default=DEFAULT_REFERENCE,
+        help="the matched-speed reference, METHOD:AMOUNT such as tomecis:r13 or evit:keep0.7 (default %(default)s)",
     )
     p.add_argument("--dataset", help="only this dataset fingerprint (a prefix is enough)")
-    p.add_argument("--amp", choices=list(AMPS), help="only this autocast setting")
+    p.add_argument("--amp", choices=list(AMP_NAMES), help="only this autocast setting")
     p.add_argument("--batch-size", type=int, help="only this benchmark batch size")
     p.add_argument("--models", help="only these models, comma-separated short or timm names")
-    p.add_argument("--mode", choices=list(MODES), help=f"only this merge mode: {modes_help()}")
+    p.add_argument(
+        "--method",
+        "--mode",
+        dest="methods",
+        help=f"only these methods, comma-separated (the baseline stays): {methods_help()}",
+    )
     p.add_argument(
         "--bootstrap",
         dest="bootstrap_samples",
@@ -381,6 +555,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_methods(text: str) -> List[str]:
+    """``"tomecis,evit"`` -> ``["tomecis", "evit"]``; an unknown name raises ``ValueError`` naming it."""
+    names = list(dict.fromkeys(m.strip() for m in str(text).split(",") if m.strip()))
+    unknown = [m for m in names if m not in METHOD_NAMES]
+    if not names or unknown:
+        raise ValueError(
+            f"unknown method {','.join(unknown) or repr(text)}; choose from {', '.join(METHOD_NAMES)}"
+        )
+    return names
+
+
 def config_from_args(argv: Optional[Sequence[str]] = None) -> ReportConfig:
     """Parse and check the arguments (``clipattern``'s pattern: each ``dest`` is a ReportConfig field)."""
     parser = build_parser()
@@ -391,8 +576,10 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> ReportConfig:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.top_classes < 0:
         parser.error(f"--classes must be >= 0, got {args.top_classes}")
+    parsed_or_exit(parser, "--reference", parse_reference, args.reference)
+    methods = parsed_or_exit(parser, "--method", parse_methods, args.methods) if args.methods else None
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    return ReportConfig(**{**vars(args), "models": models})
+    return ReportConfig(**{**vars(args), "models": models, "methods": methods})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

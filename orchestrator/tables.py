@@ -1,112 +1,258 @@
 """Markdown tables in the paper's format, used by both the sweep (``sweep_tables``) and the report.
 
-The frames here are points rows (``orchestrator.results.POINT_SCHEMA`` columns, one row per grid
-point): model, short_name, mode, r, top1, top5, n_images, n_failed, infer_samples_per_sec,
-eval_samples_per_sec, gflops, tokens_out, amp, infer_batch_size, device, dataset. Missing
-numbers are shown as "—", never invented.
+The frames here are points rows, one row per grid point: the identity columns model, method, r (None for
+``keep`` points), keep (None for ``r`` points), amp, infer_batch_size, weights, device, dataset, and the
+measured columns (top1, top5, n_images, n_failed, infer_samples_per_sec, gflops, tokens_out, cuda_graphs,
+...). Missing numbers are shown as "—", never invented.
+
+Every method of a model is compared with one baseline, the unreduced model (``tomecis.names.UNREDUCED``,
+``r = 0``). Results written before that point existed have none: there each method's ``r = 0`` row is the
+same unreduced network, and the first of them in the method table (``METHOD_NAMES`` order) is the baseline
+(``baseline_of`` says which).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from tomecis.names import MODES
+from tomecis.names import METHOD_NAMES, METHODS, UNREDUCED, amount_label
 
 from . import paper
-from .grid import SETTING_COLUMNS
 from .stats import ClassLoss, Comparison
 
 MISSING = "missing"
+# The columns that make rows comparable (a point's identity but its model, method and amount).
+SETTING_COLUMNS = ("dataset", "amp", "infer_batch_size", "device", "weights")
+POINT_COLUMNS = ("model", "method", "r", "keep")  # one point of a setting
+
+Amount = Tuple[Optional[int], Optional[float]]  # (r, keep): exactly one is set, the unreduced (0, None)
 
 
-# --------------------------------------------------------------------------- lines
+# --------------------------------------------------------------------------- columns and amounts
 
 
-def line_rows(rows: pd.DataFrame, model: str, mode: str) -> pd.DataFrame:
-    """The points rows of one model in one merge mode, in their frame's order."""
-    return rows[(rows["model"] == model) & (rows["mode"] == mode)]
+def with_method_columns(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` with ``method`` and ``keep`` columns: frames read before the results schema had them
+    (a ``mode`` column, no ``keep``) get ``mode`` renamed and a null ``keep``; others are returned as they are."""
+    if "method" not in points.columns and "mode" in points.columns:
+        points = points.rename(columns={"mode": "method"})
+    if "keep" not in points.columns:
+        points = points.assign(keep=pd.Series(float("nan"), index=points.index, dtype=float))
+    return points
 
 
-def lines_of(rows: pd.DataFrame) -> List[Tuple[str, str, pd.DataFrame]]:
-    """(model, mode, rows sorted by r) per line of one setting, in the order models first appear
-    (tomecis before the other modes of a model)."""
-    lines = []
-    for model in dict.fromkeys(rows["model"]):
-        for mode in sorted(rows.loc[rows["model"] == model, "mode"].unique(), key=_mode_order):
-            lines.append((model, mode, line_rows(rows, model, mode).sort_values("r")))
-    return lines
+def amount_of(row: Mapping) -> Amount:
+    """``(r, keep)`` of a points row, each None where null."""
+    r, keep = row["r"], row["keep"]
+    return (None if pd.isna(r) else int(r)), (None if pd.isna(keep) else float(keep))
 
 
-def _mode_order(mode: str) -> Tuple[int, str]:
-    """Modes in the order of their table (``tomecis.names.MODES``); unknown ones after, by name."""
-    return (MODES.index(mode) if mode in MODES else len(MODES), mode)
+def amount_text(row: Mapping) -> str:
+    """``r13``, ``keep0.9``: a row's amount as ``tomecis.names.amount_label`` writes it."""
+    return amount_label(*amount_of(row))
+
+
+def point_label(row: Mapping) -> str:
+    """``tomecis r13``, ``evit keep0.7``, ``none``."""
+    return UNREDUCED if row["method"] == UNREDUCED else f"{row['method']} {amount_text(row)}"
+
+
+def amount_order(amount: Amount) -> Tuple[int, float]:
+    """r amounts first (ascending), then keep ratios (descending): weakest reduction first within a kind."""
+    r, keep = amount
+    return (0, float(r)) if r is not None else (1, -float(keep if keep is not None else 1.0))
+
+
+def method_order(method: str) -> Tuple[int, str]:
+    """Methods in the order of their table (``METHOD_NAMES``); unknown ones after, by name."""
+    return (METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES), str(method))
+
+
+def unreduced_mask(rows: pd.DataFrame) -> pd.Series:
+    """Rows of the unreduced network: method ``none``, ``r = 0`` or ``keep = 1`` (older results' baselines)."""
+    keep = pd.to_numeric(rows["keep"], errors="coerce")
+    return (rows["method"] == UNREDUCED) | (rows["r"] == 0) | (keep >= 1.0)
+
+
+def sorted_points(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows in method-table order, then amount order (see ``amount_order``)."""
+    keys = [
+        (method_order(m), amount_order(amount_of(row)))
+        for m, (_, row) in zip(rows["method"], rows.iterrows())
+    ]
+    order = sorted(range(len(rows)), key=lambda i: keys[i])
+    return rows.iloc[order]
+
+
+def reduced_points(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows that reduce tokens (not the unreduced network), in table order."""
+    return sorted_points(rows[~unreduced_mask(rows)])
+
+
+def models_of(rows: pd.DataFrame) -> List[str]:
+    """Models in the order they first appear."""
+    return list(dict.fromkeys(rows["model"]))
+
+
+# --------------------------------------------------------------------------- the baseline
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A model's one baseline in one setting: its row (None: there is none) and how it was chosen."""
+
+    row: Optional[pd.Series]
+    note: str = ""
+
+    def value(self, column: str) -> Optional[float]:
+        """The baseline's ``column``, None when there is no baseline or no value."""
+        if self.row is None or not ok(self.row[column]):
+            return None
+        return float(self.row[column])
+
+
+def baseline_of(model_rows: pd.DataFrame) -> Baseline:
+    """The unreduced point of one model in one setting: its ``none`` row; in results from before that
+    point existed, the ``r = 0`` row of the first method in ``METHOD_NAMES`` order (the note says which)."""
+    unreduced = sorted_points(model_rows[unreduced_mask(model_rows)])
+    none = unreduced[unreduced["method"] == UNREDUCED]
+    if len(none):
+        return Baseline(none.iloc[0])
+    if unreduced.empty:
+        return Baseline(
+            None, f"no unreduced point ({UNREDUCED}, r = 0): speed-up, Δ top-1 and paired statistics need it"
+        )
+    row = unreduced.iloc[0]
+    methods = ", ".join(dict.fromkeys(unreduced["method"]))
+    return Baseline(
+        row,
+        f"baseline: {row['method']} {amount_text(row)} (results from before the one unreduced point; "
+        f"the unreduced rows of {methods} are the same network, the first in the method table is used)",
+    )
 
 
 # --------------------------------------------------------------------------- measured tables
 
 
-def model_table(points: pd.DataFrame, expected_r: Optional[Iterable[int]] = None) -> str:
-    """One model's points in the paper's format: r | top-1 | top-5 | img/s | speed-up | Δ top-1 | eval img/s | GFLOPs | tokens.
+def expected_amounts(rows: pd.DataFrame) -> List[Amount]:
+    """Every amount a reduced point of these rows has, in amount order."""
+    amounts = {amount_of(row) for _, row in rows[~unreduced_mask(rows)].iterrows()}
+    return sorted(amounts, key=amount_order)
 
-    ``img/s`` is ``infer_samples_per_sec`` (the model alone); speed-up and Δ top-1 are
-    against the r = 0 row when present. r values in ``expected_r`` without a row are
-    listed as missing."""
-    points = points.sort_values("r")
-    base = points[points["r"] == 0]
-    base_top1 = base["top1"].iloc[0] if len(base) else None
-    base_speed = base["infer_samples_per_sec"].iloc[0] if len(base) else None
-    header = "| r | top-1 | top-5 | img/s | speed-up | Δ top-1 | eval img/s | GFLOPs | tokens |"
-    lines = [header, "|" + "--:|" * 9]
-    present = {int(r) for r in points["r"]}
-    missing = sorted(set(int(r) for r in (expected_r or ())) - present)
-    rows = [(int(row.r), row) for row in points.itertuples()] + [(r, None) for r in missing]
-    for r, row in sorted(rows, key=lambda item: item[0]):
-        if row is None:
-            lines.append(f"| {r} | {MISSING} |" + " — |" * 7)
-            continue
-        speed = row.infer_samples_per_sec
-        cells = [
-            str(row.r),
-            _num(row.top1, "{:.2f}"),
-            _num(row.top5, "{:.2f}"),
-            _num(speed, "{:.1f}"),
-            _num(speed / base_speed if _ok(speed) and _ok(base_speed) else None, "{:.2f}x"),
-            _num(row.top1 - base_top1 if base_top1 is not None else None, "{:+.2f}"),
-            _num(row.eval_samples_per_sec, "{:.1f}"),
-            _num(row.gflops, "{:.2f}"),
-            _num(row.tokens_out, "{:.0f}"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+
+def missing_amounts(model_rows: pd.DataFrame, expected: Iterable[Amount]) -> Dict[str, List[Amount]]:
+    """Per method of the model, the ``expected`` amounts of a kind it takes (unknown methods: of a kind
+    it has) without a row."""
+    missing = {}
+    reduced = reduced_points(model_rows)
+    for method, rows in reduced.groupby("method", sort=False):
+        have = {amount_of(row) for _, row in rows.iterrows()}
+        kinds = (
+            METHODS[method].amounts
+            if method in METHODS
+            else {"r" if r is not None else "keep" for r, _ in have}
+        )
+        lacking = [a for a in expected if a not in have and ("r" if a[0] is not None else "keep") in kinds]
+        if lacking:
+            missing[method] = lacking
+    return missing
+
+
+def model_table(model_rows: pd.DataFrame, expected: Optional[Iterable[Amount]] = None) -> str:
+    """One model's points of one setting in the paper's format, the baseline first:
+    method | r | keep | top-1 | top-5 | img/s | speed-up | Δ top-1 | GFLOPs | tokens.
+
+    ``img/s`` is ``infer_samples_per_sec`` (the model alone); speed-up and Δ top-1 are against the
+    baseline (``baseline_of``). Amounts in ``expected`` that a method takes but lacks are listed as missing."""
+    base = baseline_of(model_rows)
+    lines = [
+        "| method | r | keep | top-1 | top-5 | img/s | speed-up | Δ top-1 | GFLOPs | tokens |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    if base.row is not None:
+        lines.append(_point_line(base.row, base, baseline=True))
+    reduced = reduced_points(model_rows)
+    missing = missing_amounts(model_rows, expected or ())
+    for method in sorted(set(reduced["method"]) | set(missing), key=method_order):
+        entries = [(amount_of(row), row) for _, row in reduced[reduced["method"] == method].iterrows()]
+        entries += [(a, None) for a in missing.get(method, [])]
+        for amount, row in sorted(entries, key=lambda e: amount_order(e[0])):
+            if row is None:
+                lines.append(
+                    f"| {method} | {_r_cell(amount[0])} | {_keep_cell(amount[1])} | {MISSING} |" + " — |" * 6
+                )
+            else:
+                lines.append(_point_line(row, base))
     return "\n".join(lines)
 
 
-def sweep_tables(
-    points: pd.DataFrame, models: Iterable[str], dataset: str, modes: Sequence[str], amp: str, batch_size: int
-) -> str:
-    """A table per model and mode for the points of one sweep's settings (all rows, this run's and earlier ones).
+def _point_line(row: pd.Series, base: Baseline, baseline: bool = False) -> str:
+    """One table line; the baseline's own speed-up and Δ are 1.00x and +0.00 by construction."""
+    r, keep = amount_of(row)
+    method = row["method"] if row["method"] == UNREDUCED or not baseline else f"{row['method']} (unreduced)"
+    speed, base_speed, base_top1 = (
+        row["infer_samples_per_sec"],
+        base.value("infer_samples_per_sec"),
+        base.value("top1"),
+    )
+    cells = [
+        method,
+        _r_cell(r),
+        _keep_cell(keep),
+        cell(row["top1"], "{:.2f}"),
+        cell(row["top5"], "{:.2f}"),
+        cell(speed, "{:.1f}"),
+        cell(speed / base_speed if ok(speed) and base_speed else None, "{:.2f}x"),
+        cell(row["top1"] - base_top1 if base_top1 is not None else None, "{:+.2f}"),
+        cell(row["gflops"], "{:.2f}"),
+        cell(row["tokens_out"], "{:.0f}"),
+    ]
+    return "| " + " | ".join(cells) + " |"
 
-    ``modes``: a list of modes or a single mode string."""
+
+def _r_cell(r: Optional[int]) -> str:
+    return "—" if r is None else str(r)
+
+
+def _keep_cell(keep: Optional[float]) -> str:
+    return "—" if keep is None else f"{keep:g}"
+
+
+def sweep_tables(
+    points: pd.DataFrame,
+    models: Iterable[str],
+    dataset: str,
+    methods: Sequence[str],
+    amp: str,
+    batch_size: int,
+) -> str:
+    """A table per model (``model_table``: its baseline, then each of ``methods`` at every amount) for the
+    points of one sweep's settings (all rows, this run's and earlier ones).
+
+    ``methods``: a list of method names or a single name; the unreduced baseline is always shown."""
     if points.empty:
         return "(no results)"
     # the setting columns a sweep names for all its points (weights are per model; its device is a kind,
-    # the rows' a device name): read_points_of already chose the sweep's own files
-    chosen = rows_of_setting(points, {"dataset": dataset, "amp": amp, "infer_batch_size": batch_size})
+    # the rows' a device name): the sweep reads its own points files already
+    chosen = with_method_columns(points)
+    chosen = rows_of_setting(chosen, {"dataset": dataset, "amp": amp, "infer_batch_size": batch_size})
+    wanted = {methods} if isinstance(methods, str) else set(methods)
+    chosen = chosen[chosen["method"].isin(wanted | {UNREDUCED}) | unreduced_mask(chosen)]
     blocks: List[str] = []
     for model in dict.fromkeys(models):
-        for mode in [modes] if isinstance(modes, str) else modes:
-            rows = line_rows(chosen, model, mode)
-            if rows.empty:
-                continue
-            first = rows.iloc[0]
-            head = f"{first['short_name']} ({model}), {mode}, amp {amp}, batch {batch_size}, {first['device']}, {int(first['n_images'])} images{graphs_note(rows)}"
-            blocks.append(head + "\n" + model_table(rows))
+        rows = chosen[chosen["model"] == model]
+        if rows.empty:
+            continue
+        head = f"{model_heading(rows)}, amp {amp}, batch {batch_size}, {rows['device'].iloc[0]}"
+        blocks.append(head + "\n" + model_table(rows, expected_amounts(rows)))
     return "\n\n".join(blocks) if blocks else "(no results for these settings)"
 
 
 def rows_of_setting(points: pd.DataFrame, setting: Mapping[str, object]) -> pd.DataFrame:
-    """The rows whose setting columns (``grid.SETTING_COLUMNS``) named in ``setting`` hold its values."""
+    """The rows whose setting columns (``SETTING_COLUMNS``) named in ``setting`` hold its values."""
     unknown = [c for c in setting if c not in SETTING_COLUMNS]
     if unknown:
         raise ValueError(f"{unknown} are not setting columns ({', '.join(SETTING_COLUMNS)})")
@@ -116,18 +262,18 @@ def rows_of_setting(points: pd.DataFrame, setting: Mapping[str, object]) -> pd.D
     return points[mask]
 
 
-def line_heading(rows: pd.DataFrame, mode: str) -> str:
-    """``deit_tiny (deit_tiny_patch16_224), tomecis: 500 images, CUDA graphs`` (+ decode failures when any)."""
-    first = rows.iloc[0]
-    counts = sorted({int(n) for n in rows["n_images"]})
+def model_heading(model_rows: pd.DataFrame) -> str:
+    """``deit_tiny (deit_tiny_patch16_224): 500 images, CUDA graphs`` (+ decode failures when any)."""
+    first = model_rows.iloc[0]
+    counts = sorted({int(n) for n in model_rows["n_images"]})
     images = "/".join(str(n) for n in counts)
-    failed = int(rows["n_failed"].fillna(0).max())
+    failed = int(model_rows["n_failed"].fillna(0).max()) if "n_failed" in model_rows else 0
     extra = f", up to {failed} undecodable images left out" if failed else ""
-    return f"{first['short_name']} ({first['model']}), {mode}: {images} images{extra}{graphs_note(rows)}"
+    return f"{first['short_name']} ({first['model']}): {images} images{extra}{graphs_note(model_rows)}"
 
 
 def graphs_note(rows: pd.DataFrame) -> str:
-    """How the line's forwards ran on the GPU: ``, CUDA graphs``, ``, eager`` or which r ran eagerly;
+    """How the rows' forwards ran on the GPU: ``, CUDA graphs``, ``, eager`` or which points ran eagerly;
     nothing for CPU rows or files that predate the column."""
     if (
         "cuda_graphs" not in rows
@@ -139,58 +285,63 @@ def graphs_note(rows: pd.DataFrame) -> str:
         return ""
     if flags.fillna(False).astype(bool).all():
         return ", CUDA graphs"
-    eager = sorted(int(r) for r, f in zip(rows["r"], flags) if not (isinstance(f, bool) and f))
+    eager = [
+        point_label(row) for (_, row), f in zip(rows.iterrows(), flags) if not (isinstance(f, bool) and f)
+    ]
     if len(eager) == len(rows):
         return ", eager (no CUDA graphs)"
-    return f", CUDA graphs except r = {', '.join(map(str, eager))} (eager; see graph_error)"
+    return f", CUDA graphs except {', '.join(eager)} (eager; see graph_error)"
 
 
 # --------------------------------------------------------------------------- notes under the tables
 
 
-def table_notes(rows: pd.DataFrame, expected_r: Sequence[int]) -> List[str]:
-    """Plain-language notes under a model table: missing points, missing baseline, missing throughput."""
-    notes = []
-    missing = sorted(set(expected_r) - {int(r) for r in rows["r"]})
-    if missing:
+def table_notes(model_rows: pd.DataFrame, expected: Sequence[Amount]) -> List[str]:
+    """Plain-language notes under a model table: how the baseline was chosen, missing points, missing
+    throughput, noisy timing."""
+    base = baseline_of(model_rows)
+    notes = [base.note] if base.note else []
+    for method, amounts in missing_amounts(model_rows, expected).items():
+        labels = ", ".join(amount_label(*a) for a in amounts)
         notes.append(
-            f"missing: r = {', '.join(map(str, missing))} (not in the results; rerun the sweep with these r to fill them)"
+            f"missing: {method} at {labels} (not in the results; rerun the sweep with these amounts to fill them)"
         )
-    if not (rows["r"] == 0).any():
-        notes.append("no r = 0 point: speed-up and Δ top-1 need it (add 0 to the sweep's --r)")
-    if rows["infer_samples_per_sec"].isna().all():
+    if model_rows["infer_samples_per_sec"].isna().all():
         notes.append("no img/s: the sweep ran with --no-bench")
-    slower = slower_than_unmerged(rows)
+    slower = slower_than_baseline(model_rows)
     if slower:
         notes.append(
-            f"img/s below 0.9x the r = 0 figure at r = {', '.join(map(str, slower))}: merging removes work, so this is "
+            f"img/s below 0.9x the baseline's at {', '.join(slower)}: reducing tokens removes work, so this is "
             "most likely timing noise (a busy machine); rerun with --force and more --bench-runs on an idle one"
         )
     return notes
 
 
-def slower_than_unmerged(rows: pd.DataFrame, tolerance: float = 0.9) -> List[int]:
-    """The r > 0 of one line whose img/s is below ``tolerance`` x its r = 0 img/s."""
-    base = rows.loc[rows["r"] == 0, "infer_samples_per_sec"]
-    if base.empty or not _ok(base.iloc[0]):
+def slower_than_baseline(model_rows: pd.DataFrame, tolerance: float = 0.9) -> List[str]:
+    """The reduced points of one model (``point_label``) whose img/s is below ``tolerance`` x the baseline's."""
+    base_speed = baseline_of(model_rows).value("infer_samples_per_sec")
+    if base_speed is None:
         return []
-    timed = rows[(rows["r"] > 0) & rows["infer_samples_per_sec"].notna()]
-    return sorted(int(r) for r in timed.loc[timed["infer_samples_per_sec"] < tolerance * base.iloc[0], "r"])
+    reduced = reduced_points(model_rows)
+    slow = reduced[reduced["infer_samples_per_sec"] < tolerance * base_speed]
+    return [point_label(row) for _, row in slow.iterrows()]
 
 
 def unmerged_spread(rows: pd.DataFrame, tolerance: float = 1.2) -> List[str]:
-    """Notes for models whose r = 0 img/s differs between modes by more than ``tolerance`` x
-    (at r = 0 the modes run the same network, so the gap is the timing's own noise)."""
+    """Notes for models whose unreduced rows (several only in older results: one per method) differ in
+    img/s by more than ``tolerance`` x: they run the same network, so the gap is the timing's own noise."""
     notes = []
-    unmerged = rows[(rows["r"] == 0) & rows["infer_samples_per_sec"].notna()]
-    for model, group in unmerged.groupby("model", sort=False):
-        group = group.sort_values("mode", key=lambda modes: modes.map(_mode_order))
+    unreduced = rows[unreduced_mask(rows) & rows["infer_samples_per_sec"].notna()]
+    for model, group in unreduced.groupby("model", sort=False):
+        group = sorted_points(group)
         speeds = group["infer_samples_per_sec"]
         if len(group) > 1 and speeds.max() > tolerance * speeds.min():
-            per_mode = ", ".join(f"{m} {v:.1f}" for m, v in zip(group["mode"], speeds))
+            per_point = ", ".join(
+                f"{point_label(row)} {row['infer_samples_per_sec']:.1f}" for _, row in group.iterrows()
+            )
             notes.append(
-                f"{group['short_name'].iloc[0]} at r = 0 is the same network in every mode, yet its img/s differ "
-                f"{speeds.max() / speeds.min():.1f}x ({per_mode}): treat img/s of this setting as noisy"
+                f"{group['short_name'].iloc[0]} unreduced is the same network in every row, yet its img/s differ "
+                f"{speeds.max() / speeds.min():.1f}x ({per_point}): treat img/s of this setting as noisy"
             )
     return notes
 
@@ -199,7 +350,7 @@ def unmerged_spread(rows: pd.DataFrame, tolerance: float = 1.2) -> List[str]:
 
 
 def published_table(model: str) -> str:
-    """The paper's numbers for one model: r | top-1 | img/s | speed-up | Δ top-1."""
+    """The paper's ToMeCIS numbers for one model: r | top-1 | img/s | speed-up | Δ top-1."""
     _, by_r = paper.PUBLISHED[model]
     base_top1, base_speed = by_r[0]
     lines = ["| r | top-1 | img/s | speed-up | Δ top-1 |", "|--:|--:|--:|--:|--:|"]
@@ -210,26 +361,33 @@ def published_table(model: str) -> str:
     return "\n".join(lines)
 
 
-def versus_published_table(rows: pd.DataFrame, model: str) -> Optional[str]:
-    """Our Δ top-1 and speed-up beside the paper's, at the r values both have (None without r = 0)."""
-    base = rows[rows["r"] == 0]
-    if base.empty:
+def versus_published_table(model_rows: pd.DataFrame, model: str) -> Optional[str]:
+    """Our ToMeCIS Δ top-1 and speed-up beside the paper's at the r values both have (None without a
+    baseline or without such a point)."""
+    base = baseline_of(model_rows)
+    if base.row is None:
         return None
     _, by_r = paper.PUBLISHED[model]
-    top0, speed0 = base["top1"].iloc[0], base["infer_samples_per_sec"].iloc[0]
+    ours = model_rows[
+        (model_rows["method"] == paper.METHOD)
+        & model_rows["r"].isin(list(by_r))
+        & ~unreduced_mask(model_rows)
+    ]
+    if ours.empty:
+        return None
     lines = [
         "| r | Δ top-1 here | Δ top-1 published | speed-up here | speed-up published |",
         "|--:|--:|--:|--:|--:|",
     ]
-    for row in rows.sort_values("r").itertuples():
-        if int(row.r) not in by_r:
-            continue
-        ptop, pspeed = by_r[int(row.r)]
-        ours_speed = (
-            row.infer_samples_per_sec / speed0 if _ok(row.infer_samples_per_sec) and _ok(speed0) else None
-        )
+    base_speed = base.value("infer_samples_per_sec")
+    for _, row in sorted_points(ours).iterrows():
+        r = int(row["r"])
+        ptop, pspeed = by_r[r]
+        speed = row["infer_samples_per_sec"]
+        ours_speed = speed / base_speed if ok(speed) and base_speed else None
         lines.append(
-            f"| {row.r} | {row.top1 - top0:+.2f} | {ptop - by_r[0][0]:+.2f} | {_num(ours_speed, '{:.2f}x')} | {pspeed / by_r[0][1]:.2f}x |"
+            f"| {r} | {row['top1'] - base.value('top1'):+.2f} | {ptop - by_r[0][0]:+.2f} | "
+            f"{cell(ours_speed, '{:.2f}x')} | {pspeed / by_r[0][1]:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -255,7 +413,7 @@ def paired_table(comparisons: Sequence[Comparison], short_names: Dict[str, str],
             classes += f" ({c.note})"
         lines.append(
             f"| {name} | {c.what} | {s.n} | {s.fixed} | {s.broken} | {s.delta:+.2f} | "
-            f"[{s.ci_low:+.2f}, {s.ci_high:+.2f}] | {_p(s.p_value)} | {classes} |"
+            f"{ci_cell(s.ci_low, s.ci_high)} | {p_cell(s.p_value)} | {classes} |"
         )
     return "\n".join(lines)
 
@@ -277,13 +435,23 @@ def _class_name(label: int) -> str:
     return f"{synsets[label]} (#{label})" if 0 <= label < len(synsets) else f"#{label}"
 
 
-def _p(value: float) -> str:
+# --------------------------------------------------------------------------- cells
+
+
+def ci_cell(low: float, high: float) -> str:
+    """``[-1.20, +0.40]``."""
+    return f"[{low:+.2f}, {high:+.2f}]"
+
+
+def p_cell(value: float) -> str:
     return f"{value:.2g}" if value < 0.01 else f"{value:.2f}"
 
 
-def _ok(value: Optional[float]) -> bool:
+def ok(value: Optional[float]) -> bool:
+    """A number is there (not None, not NaN)."""
     return value is not None and not pd.isna(value)
 
 
-def _num(value: Optional[float], fmt: str) -> str:
-    return fmt.format(value) if _ok(value) else "—"
+def cell(value: Optional[float], fmt: str) -> str:
+    """``value`` formatted, or "—" when it is missing."""
+    return fmt.format(value) if ok(value) else "—"
