@@ -17,7 +17,14 @@ def imported(modules: str, watched=("ray", "torch", "timm")) -> list:
 
 
 @pytest.mark.parametrize(
-    "module", ["orchestrator.points", "orchestrator.spool", "orchestrator.prepare", "orchestrator.results"]
+    "module",
+    [
+        "orchestrator.points",
+        "orchestrator.spool",
+        "orchestrator.prepare",
+        "orchestrator.results",
+        "orchestrator.gpucheck",
+    ],
 )
 def test_the_driver_side_of_a_point_imports_no_ray(module):
     assert "ray" not in imported(module)
