@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .sources import (
+from .listing import (
     PARQUET_SUFFIX,
     ImageFile,
     SourceError,
@@ -48,7 +48,7 @@ def spooled_parquet_images(
     src_paths: Sequence[Path], split: str | None, out: Path
 ) -> Iterator[SourceListing]:
     """The rows of the parquet files (or folder) `src_paths`, of `split`, as a listing whose bytes are spooled
-    into `out` while the block runs (`shards.sources.open_source` dispatches here for the parquet form)."""
+    into `out` while the block runs (`shards.sources.open_source`, which imports this module, dispatches here for the parquet form)."""
     files, chosen_split = parquet_files(src_paths, split)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

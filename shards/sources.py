@@ -3,7 +3,8 @@ Hugging Face parquet files (listed by `shards.hf_parquet`).
 
 Every form is reduced to the same thing: a list of `SourceImage`s sorted by key (the file stem), each knowing
 its class and how to read its original bytes. The val set in any of its forms therefore gives the same list.
-`open_source` is the one entry for every form (what `shards.write` calls).
+`open_source` is the one entry for every form (what `shards.write` calls). The types and key rules every form
+shares live in `shards.listing`; this module imports `shards.hf_parquet`, which never imports it back.
 """
 
 from __future__ import annotations
@@ -12,115 +13,30 @@ import csv
 import os
 import re
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
+from .hf_parquet import spooled_parquet_images
+from .listing import (
+    PARQUET_SUFFIX,
+    ImageFile,
+    SourceError,
+    SourceForm,
+    SourceImage,
+    SourceListing,
+    check_keys,
+    is_hidden,
+    is_image_name,
+    parquet_folder_files,
+    stem_of,
+)
 from .synsets import synset_at, synset_index
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg")
-PARQUET_SUFFIX = ".parquet"
 TAR_BLOCK = 512  # tar headers and data are laid out in 512-byte blocks; a zero block marks the archive's end
 SYNSET_PATTERN = re.compile(r"^n\d{8}$")
 MAX_NAMED_IN_ERROR = 5
 PASS_A_SOURCE = "pass an ImageFolder tree, a folder of JPEGs, the val tar, or Hugging Face parquet files"
-
-
-class SourceError(ValueError):
-    """The source tree, tar or labels file cannot be turned into labelled samples."""
-
-
-class SourceForm(str, Enum):
-    """The shapes of ImageNet that `shards.write` accepts."""
-
-    IMAGEFOLDER = "imagefolder"  # SRC/<synset>/*.JPEG
-    FLAT = "flat"  # SRC/ILSVRC2012_val_*.JPEG + labels file
-    VAL_TAR = "val-tar"  # ILSVRC2012_img_val.tar + labels file
-    PARQUET = (
-        "parquet"  # Hugging Face parquet files (ILSVRC/imagenet-1k data/validation-*.parquet): image + label
-    )
-
-
-@dataclass(frozen=True)
-class ImageFile:
-    """Where one source image's bytes lie.
-
-    key: the sample key (the file stem); file_name: the source file's base name; location: the file's path, or
-    the path of the file holding it when `member` is set (the val tar, or the spool of parquet images);
-    offset/size: where its bytes lie inside that file; origin: its name in messages when not `location[:member]`
-    (a parquet file and row).
-    """
-
-    key: str
-    file_name: str
-    location: str
-    member: str | None = None
-    offset: int = 0
-    size: int = 0
-    origin: str | None = None
-
-    def describe(self) -> str:
-        """The image's name for error messages: its origin, its path, or `tar:member`."""
-        if self.origin is not None:
-            return self.origin
-        return f"{self.location}:{self.member}" if self.member is not None else self.location
-
-    def read_bytes(self) -> bytes:
-        """The original file bytes, unchanged."""
-        if self.member is None:
-            return Path(self.location).read_bytes()
-        with open(self.location, "rb") as tar_file:
-            tar_file.seek(self.offset)
-            data = tar_file.read(self.size)
-        if len(data) != self.size:
-            raise SourceError(f"{self.describe()}: the tar ends inside this member; the tar is truncated")
-        return data
-
-
-@dataclass(frozen=True)
-class SourceImage:
-    """One labelled source image: its file, its synset and class index (position in the sorted 1,000)."""
-
-    file: ImageFile
-    synset: str
-    class_index: int
-
-    @property
-    def key(self) -> str:
-        return self.file.key
-
-    def describe(self) -> str:
-        return self.file.describe()
-
-
-@dataclass(frozen=True)
-class SourceListing:
-    """All images of a source, sorted by key, with what was found but not used; made: what the manifest's `made`
-    section should also record about this form (parquet: files, split, rows without a path)."""
-
-    form: SourceForm
-    images: tuple[SourceImage, ...]
-    ignored_files: tuple[str, ...]
-    unused_labels: int
-    made: Mapping[str, Any] = field(default_factory=dict)
-
-
-def is_image_name(name: str) -> bool:
-    """True for the JPEG file names ImageNet uses (`.JPEG`, `.jpg`, any case)."""
-    return name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def stem_of(name: str) -> str:
-    """`ILSVRC2012_val_00000001.JPEG` -> `ILSVRC2012_val_00000001` (base name, last suffix removed)."""
-    base = os.path.basename(name)
-    return base.rsplit(".", 1)[0] if "." in base else base
 
 
 def detect_form(src: Path) -> SourceForm:
@@ -150,17 +66,6 @@ def detect_form(src: Path) -> SourceForm:
     raise SourceError(f"{src} holds no JPEG files, no <synset>/ folders and no parquet files")
 
 
-def parquet_folder_files(folder: Path) -> list[Path]:
-    """The parquet files of a folder, or of its `data/` sub-folder (a Hugging Face dataset repo), sorted."""
-    for place in (folder, folder / "data"):
-        if place.is_dir():
-            files = sorted(path for path in place.iterdir() if path.suffix.lower() == PARQUET_SUFFIX)
-            files = [path for path in files if path.is_file() and not is_hidden(path.name)]
-            if files:
-                return files
-    return []
-
-
 @contextmanager
 def open_source(
     src_paths: Sequence[Path], labels: Path | None, split: str | None, out: Path
@@ -175,8 +80,6 @@ def open_source(
         return
     if labels is not None:
         raise SourceError(f"parquet rows carry their labels; drop `labels={labels}`")
-    from .hf_parquet import spooled_parquet_images  # here: hf_parquet builds on this module's names
-
     with spooled_parquet_images(src_paths, split, out) as listing:
         yield listing
 
@@ -345,22 +248,6 @@ def _attach_labels(files: list[ImageFile], synset_by_key: dict[str, str], labels
         )
         for image_file in files
     ]
-
-
-def check_keys(images: tuple[SourceImage, ...]) -> None:
-    """Keys must be unique (one sample each) and free of dots (webdataset splits names at the first dot)."""
-    for image in images:
-        if "." in image.key:
-            raise SourceError(
-                f"{image.describe()}: its stem {image.key!r} contains '.', and webdataset splits sample names "
-                "at the first dot; rename the file"
-            )
-    for previous, current in zip(images, images[1:]):
-        if previous.key == current.key:
-            raise SourceError(
-                f"{previous.describe()} and {current.describe()} share the key {current.key!r}; "
-                "sample keys (file stems) must be unique"
-            )
 
 
 def read_labels(path: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ import torch
 from shards_testing import make_imagefolder, tiny_dataset, write_tiny_shards
 
 from orchestrator import gpucheck
+from orchestrator.gpucheck import decode, photos
 
 REPO = Path(__file__).resolve().parents[2]
 # a timm ViT of 0.4 M parameters (160 px, 6 blocks): the rehearsals stay seconds long on CI's two cores
@@ -45,11 +46,12 @@ def rehearsal_args(out: Path, *more: str) -> list:
         "--batch-size",
         "4",
         "--no-tests",
+        "--random-weights",
         *more,
     ]
 
 
-def check_rehearsal_report(out: Path, evaluator: str, n_images: int) -> tuple:
+def check_rehearsal_report(out: Path, evaluator: str, n_images: int, n_photos: int) -> tuple:
     """The sections, figures and step times every rehearsal writes; returns (report text, figures)."""
     text = (out / "report.md").read_text()
     for heading in (
@@ -81,8 +83,21 @@ def check_rehearsal_report(out: Path, evaluator: str, n_images: int) -> tuple:
     )
     assert f"| grid ({evaluator}): summed infer time / eval wall time |" in text
     assert "no GPU: this run is on the CPU" in text
+    agreement = figures["agreement"][evaluator]
+    assert [(row["r"], row["images"]) for row in agreement["rows"]] == [(0, n_photos), (8, n_photos)]
+    assert all(0 <= row["agreement"] <= 100 and not row["real_weights"] for row in agreement["rows"])
+    assert f"CPU fp32 reference: {n_photos} images at 2 point(s)" in text
+    assert text.count("(random weights: no verdict)") == 2 and "top-1 agreement with CPU fp32" not in text
+    assert text.splitlines()[2:4] == ["Weights:", f"- {TINY_MODEL}: random weights (--random-weights)"]
     steps = figures["seconds"]
-    assert set(steps) == {f"benchmark {TINY_MODEL}", "shards", _step_name(evaluator), "shards.bench"}
+    assert set(steps) == {
+        f"benchmark {TINY_MODEL}",
+        "shards",
+        _step_name(evaluator),
+        "CPU fp32 reference",
+        f"agreement ({evaluator})",
+        "shards.bench",
+    }
     assert all(seconds >= 0 for seconds in steps.values()) and "## Steps" in text
     assert figures["total_seconds"] >= sum(steps.values()) - 1
     return text, figures
@@ -99,7 +114,7 @@ def test_cpu_rehearsal_with_ray_runs_the_gpu_actor_sweep(tmp_path):
     write_tiny_shards(tmp_path, tiny_dataset(n_images=12, n_classes=3), shard_size=4)
     out = tmp_path / "report"
     assert gpucheck.main(rehearsal_args(out, "--data", str(tmp_path / "shards"))) in (0, 1)
-    text, _ = check_rehearsal_report(out, "ray", 12)
+    text, _ = check_rehearsal_report(out, "ray", 12, 12)
     assert "sweep on cpu actors (Ray " in text
 
 
@@ -128,7 +143,7 @@ def test_cpu_rehearsal_with_ray_unimportable_runs_the_evaluator_in_process(tmp_p
     assert done.returncode in (0, 1), done.stderr[
         -3000:
     ]  # 1: a CPU misses a GPU target; the report says which
-    text, figures = check_rehearsal_report(out, "in-process", 12)
+    text, figures = check_rehearsal_report(out, "in-process", 12, 6)
     assert "- Ray: not installed (the decode pass runs the evaluator in-process)" in text
     assert "## Decode pass: in-process evaluator (no Ray" in text and "## Decode pass: sweep" not in text
     assert "gpucheck: decode pass, in-process: " in done.stderr  # each step's seconds, printed as it ends
@@ -140,15 +155,15 @@ def test_the_evaluator_is_chosen_by_whether_ray_imports(monkeypatch):
     assert gpucheck.evaluators_to_run("auto", has_ray=False) == ["in-process"]
     assert gpucheck.evaluators_to_run("auto", has_ray=True) == ["ray"]
     assert gpucheck.evaluators_to_run("both", has_ray=True) == ["in-process", "ray"]
-    monkeypatch.setattr(gpucheck, "ray_version", lambda: None)
+    monkeypatch.setattr(decode, "ray_version", lambda: None)
     with pytest.raises(RuntimeError, match="Ray is not installed here; --evaluator in-process"):
-        gpucheck.run_sweep_step(gpucheck.GpuCheckConfig(), "unused")
+        gpucheck.run_sweep_step(gpucheck.GpuCheckConfig(), "unused", [], {})
 
 
 def test_the_in_process_evaluator_gets_a_gpu_actors_loader_workers(monkeypatch):
     """One actor's shape on this machine, from placement: a GPU actor feeds the GPU from one core and
     decodes on the others; a CPU actor decodes itself."""
-    monkeypatch.setattr(gpucheck.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(decode.os, "cpu_count", lambda: 16)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     gpu = gpucheck.local_actor_shape("cuda")
     assert (gpu.threads, gpu.loader_workers) == (16, 15)
@@ -193,7 +208,7 @@ def test_photos_limit_takes_the_first_photos_by_path(tmp_path):
 
 def test_a_missing_sample_is_a_failed_step_not_a_silent_skip(tmp_path, monkeypatch, capsys):
     """No --data and no sample photos where gpucheck looks: the shards step is reported FAILED, exit 1."""
-    monkeypatch.setattr(gpucheck, "SAMPLE_PLACES", (tmp_path / "nowhere",))
+    monkeypatch.setattr(photos, "SAMPLE_PLACES", (tmp_path / "nowhere",))
     argv = [
         "--device",
         "cpu",
