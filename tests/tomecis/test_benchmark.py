@@ -7,6 +7,7 @@ from conftest import tiny_vit
 
 import tomecis
 from tomecis import benchmark as bm
+from tomecis import names
 
 CPU = torch.device("cpu")
 
@@ -63,7 +64,7 @@ def row(early: float, late: float, speed: float = 120.0) -> bm.BenchmarkRow:
     return bm.BenchmarkRow(
         model="m",
         r=8,
-        mode="tomecis",
+        method="tomecis",
         img_per_s=speed,
         unpatched_img_per_s=(early + late) / 2,
         unpatched_early=early,
@@ -73,13 +74,14 @@ def row(early: float, late: float, speed: float = 120.0) -> bm.BenchmarkRow:
         batch_size=32,
         amp="none",
         device="cpu",
+        unpatched_gflops=1.5,
     )
 
 
 def test_table_shows_the_unpatched_timings_and_flags_drift():
     steady = bm.format_table([row(100.0, 102.0)])
     assert "unpatched timm: 101.0 img/s (early passes: 100.0, late passes: 102.0" in steady
-    assert "| 8 | 120.0 | 1.19x |" in steady and "warning" not in steady
+    assert "| tomecis | r8 | 120.0 | 1.19x | 1.00 | 1.50x | 0.79 |" in steady and "warning" not in steady
     drifted = bm.format_table([row(100.0, 80.0)])
     assert "warning: the unpatched model's early and late passes differ by 22%" in drifted
 
@@ -121,8 +123,8 @@ def test_cli_prints_the_table(capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "deit_tiny_patch16_224 (tomecis)" in out
-    assert "| 16 |" in out and "| 11 |" in out
+    assert "deit_tiny_patch16_224, batch 2" in out
+    assert "| tomecis | r16 |" in out and "| 11 |" in out
 
 
 def test_cli_rejects_bad_arguments(capsys):
@@ -130,6 +132,9 @@ def test_cli_rejects_bad_arguments(capsys):
         (["--r", "8-"], "--r: cannot read r item"),
         (["--r", ","], "--r: r values are empty"),
         (["--model", "deit_tinny"], "did you mean"),
+        (["--method", "evit", "--r", "8"], "--method: method 'evit' takes --keep, and none was given"),
+        (["--method", "dct"], "--method: unknown method 'dct'"),
+        (["--keep", "1.5"], "--keep: keep ratio '1.5' must lie in (0, 1]"),
     ):
         with pytest.raises(SystemExit):
             bm.main(argv)
@@ -137,19 +142,41 @@ def test_cli_rejects_bad_arguments(capsys):
 
 
 # ToMe's counts (DeiT-S, 2 images, fp32, r = 13) before the lean merge were 1,227 (tomecis) and 979 (tome);
-# issue #19's ceilings. A regression in what a merging block dispatches fails here, not on a GPU.
-OP_CEILINGS = {"tomecis": 800, "tome": 700}
+# issue #19's ceilings for those two. Issue #25: every method at r = 13 (where it takes r) and at keep 0.9
+# stays at or under 900. A regression in what a reducing block dispatches fails here, not on a GPU.
+OP_CEILINGS = {"tomecis": 800, "tome": 700, "pitome": 900, "tofu": 900, "evit": 900}
 
 
-@pytest.mark.parametrize("mode", sorted(OP_CEILINGS))
-def test_a_merging_forward_dispatches_few_operators(mode):
+@pytest.mark.parametrize("method", sorted(OP_CEILINGS))
+def test_a_reducing_forward_dispatches_few_operators(method):
     model = timm.create_model("deit_small_patch16_224").eval()
     unpatched = bm.count_aten_ops(model, CPU)
-    patched = tomecis.patch(model, r=13, mode=mode)
-    count = bm.count_aten_ops(patched, CPU)
-    assert count <= OP_CEILINGS[mode], f"{mode}: {count} ATen ops per forward (ceiling {OP_CEILINGS[mode]})"
-    patched.r = 0
-    assert bm.count_aten_ops(patched, CPU) == unpatched  # r = 0 is timm's own code
+    patched = tomecis.patch(model, r=0)
+    amounts = [{"keep": 0.9}] + ([{"r": 13}] if names.METHODS[method].takes("r") else [])
+    for amount in amounts:
+        tomecis.set_reduction(patched, method, **amount)
+        count = bm.count_aten_ops(patched, CPU)
+        assert count <= OP_CEILINGS[method], (
+            f"{method} {amount}: {count} ATen ops (ceiling {OP_CEILINGS[method]})"
+        )
+    tomecis.set_reduction(patched, method, keep=1.0)
+    assert bm.count_aten_ops(patched, CPU) == unpatched  # keep 1 is timm's own code
+
+
+def test_amounts_of_the_methods_and_the_pairs_skipped():
+    amounts = bm.amounts_of(["tomecis", "evit", "none"], [0, 13], [0.9])
+    assert amounts == [
+        ("tomecis", 0, None),
+        ("tomecis", 13, None),
+        ("tomecis", None, 0.9),
+        ("evit", None, 0.9),
+        ("none", 0, None),
+    ]
+    assert bm.skipped_pairs(["tomecis", "evit"], [13], [0.9]) == [
+        "evit takes --keep: skipping its --r values"
+    ]
+    with pytest.raises(ValueError, match="method 'evit' takes --keep, and none was given"):
+        bm.amounts_of(["evit"], [13], [])
 
 
 def test_cli_no_cuda_graphs_flag_reaches_the_config():

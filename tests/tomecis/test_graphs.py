@@ -38,18 +38,23 @@ def test_padding_a_short_batch_changes_no_kept_row(mode, r):
 
 
 @pytest.mark.slow
-def test_every_mode_and_r_traces_whole_without_a_host_sync():
-    """Issue #19: the CPU-side guard for capture. ``fullgraph=True`` fails on any graph break: an
-    ``.item()``, a ``.cpu()``, a shape read from data or other data-dependent Python in the forward."""
+def test_every_method_and_amount_traces_whole_without_a_host_sync():
+    """Issues #19 and #25: the CPU-side guard for capture. ``fullgraph=True`` fails on any graph break: an
+    ``.item()``, a ``.cpu()``, a shape read from data or other data-dependent Python in the forward; every
+    method at every kind of amount it takes must trace as one graph (one CUDA graph per point)."""
     model = MODEL_FACTORIES["deit_tiny"]()
     tomecis.patch(model, r=0)
     x = torch.randn(2, 3, 224, 224)
-    for mode in ("tomecis", "tome"):
-        for r in (0, 8, 13, 16):
-            model.mode, model.r = mode, r
-            with torch.inference_mode():
-                eager = model(x)
-            torch._dynamo.reset()
-            traced = torch.compile(model, fullgraph=True, backend="eager")
-            with torch.inference_mode():
-                torch.testing.assert_close(traced(x), eager, rtol=1e-5, atol=1e-5, msg=f"{mode} r={r}")
+    settings = [(m, {"r": r}) for m in ("tomecis", "tome") for r in (0, 8, 13, 16)]
+    settings += [(m, {"r": 13}) for m in ("pitome", "tofu")]
+    settings += [(m, {"keep": 0.9}) for m in ("tomecis", "pitome", "tofu", "evit")] + [
+        ("evit", {"keep": 0.7})
+    ]
+    for method, amount in settings:
+        tomecis.set_reduction(model, method, **amount)
+        with torch.inference_mode():
+            eager = model(x)
+        torch._dynamo.reset()
+        traced = torch.compile(model, fullgraph=True, backend="eager")
+        with torch.inference_mode():
+            torch.testing.assert_close(traced(x), eager, rtol=1e-5, atol=1e-5, msg=f"{method} {amount}")
