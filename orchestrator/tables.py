@@ -12,7 +12,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from tomecis.names import MODES
+from tomecis.names import MODES, UNREDUCED, amount_label
 
 from . import paper
 from .grid import SETTING_COLUMNS
@@ -83,26 +83,67 @@ def model_table(points: pd.DataFrame, expected_r: Optional[Iterable[int]] = None
 
 
 def sweep_tables(
-    points: pd.DataFrame, models: Iterable[str], dataset: str, modes: Sequence[str], amp: str, batch_size: int
+    points: pd.DataFrame,
+    models: Iterable[str],
+    dataset: str,
+    methods: Sequence[str],
+    amp: str,
+    batch_size: int,
 ) -> str:
-    """A table per model and mode for the points of one sweep's settings (all rows, this run's and earlier ones).
-
-    ``modes``: a list of modes or a single mode string."""
+    """A table per model for the points of one sweep's settings (all rows, this run's and earlier ones):
+    its baseline (method ``none``) first, then a line per method and amount of ``methods`` (a list or a
+    single name), speed-up and Δ top-1 against the baseline."""
     if points.empty:
         return "(no results)"
     # the setting columns a sweep names for all its points (weights are per model; its device is a kind,
     # the rows' a device name): read_points_of already chose the sweep's own files
     chosen = rows_of_setting(points, {"dataset": dataset, "amp": amp, "infer_batch_size": batch_size})
+    wanted = [UNREDUCED] + [m for m in ([methods] if isinstance(methods, str) else methods) if m != UNREDUCED]
     blocks: List[str] = []
     for model in dict.fromkeys(models):
-        for mode in [modes] if isinstance(modes, str) else modes:
-            rows = line_rows(chosen, model, mode)
-            if rows.empty:
-                continue
-            first = rows.iloc[0]
-            head = f"{first['short_name']} ({model}), {mode}, amp {amp}, batch {batch_size}, {first['device']}, {int(first['n_images'])} images{graphs_note(rows)}"
-            blocks.append(head + "\n" + model_table(rows))
+        rows = chosen[(chosen["model"] == model) & chosen["method"].isin(wanted)]
+        if rows.empty:
+            continue
+        first = rows.iloc[0]
+        head = f"{first['short_name']} ({model}), amp {amp}, batch {batch_size}, {first['device']}, {int(first['n_images'])} images"
+        blocks.append(head + "\n" + amount_table(rows, wanted))
     return "\n\n".join(blocks) if blocks else "(no results for these settings)"
+
+
+def amount_table(rows: pd.DataFrame, methods: Sequence[str]) -> str:
+    """One model's points, a line per method and amount (``methods`` order; r ascending, then keep
+    descending): method | amount | top-1 | top-5 | img/s | speed-up | Δ top-1 | eval img/s | GFLOPs | tokens,
+    speed-up and Δ top-1 against the model's unreduced point (method ``none``) when present."""
+    base = rows[rows["method"] == UNREDUCED]
+    base_top1 = base["top1"].iloc[0] if len(base) else None
+    base_speed = base["infer_samples_per_sec"].iloc[0] if len(base) else None
+    lines = [
+        "| method | amount | top-1 | top-5 | img/s | speed-up | Δ top-1 | eval img/s | GFLOPs | tokens |",
+        "|---|---|" + "--:|" * 8,
+    ]
+    order = {m: i for i, m in enumerate(methods)}
+    ranked = rows.assign(
+        _m=rows["method"].map(order),
+        _kind=rows["keep"].notna(),
+        _amount=rows["r"].fillna(0) - rows["keep"].fillna(0),
+    ).sort_values(["_m", "_kind", "_amount"])
+    for row in ranked.itertuples():
+        keep = None if pd.isna(row.keep) else float(row.keep)
+        speed = row.infer_samples_per_sec
+        cells = [
+            row.method,
+            amount_label(None if keep is not None else int(row.r), keep),
+            _num(row.top1, "{:.2f}"),
+            _num(row.top5, "{:.2f}"),
+            _num(speed, "{:.1f}"),
+            _num(speed / base_speed if _ok(speed) and _ok(base_speed) else None, "{:.2f}x"),
+            _num(row.top1 - base_top1 if base_top1 is not None else None, "{:+.2f}"),
+            _num(row.eval_samples_per_sec, "{:.1f}"),
+            _num(row.gflops, "{:.2f}"),
+            _num(row.tokens_out, "{:.0f}"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def rows_of_setting(points: pd.DataFrame, setting: Mapping[str, object]) -> pd.DataFrame:
