@@ -24,11 +24,16 @@ _EXPORTS = {  # public name -> submodule that defines it
     "resolve_model_name": "models",
     "MergeState": "patch",
     "patch": "patch",
+    "set_reduction": "patch",
     "parse_r_values": "schedule",
     "resolve_schedule": "schedule",
     "BASELINE_MODE": "names",
     "MODES": "names",
     "merge_mode": "names",
+    "METHODS": "names",
+    "METHOD_NAMES": "names",
+    "UNREDUCED": "names",
+    "method_spec": "names",
 }
 
 __all__ = sorted(_EXPORTS)

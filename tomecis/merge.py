@@ -25,11 +25,15 @@ MergeFn = Callable[..., torch.Tensor]
 
 
 class Matching(NamedTuple):
-    """One block's merge decision, computed once and applied to any per-token tensor.
+    """One block's reduction decision, computed once and applied to any per-token tensor.
 
-    ``merge(x, mode)`` reduces ``[B, N, C] -> [B, N - r, C]``.
-    ``src_idx`` / ``dst_idx`` are ``[B, r]`` indices into set A / set B (for tests
-    and tracing), ``keep_idx`` is ``[B, |A| - r]`` (kept A tokens, ascending).
+    ``merge(x, mode)`` reduces ``[B, N, C] -> [B, N', C]``: the output rows are input rows picked in
+    output order, and the merged-away rows are reduced into their destinations with ``mode``
+    (``"sum"``, ``"mean"`` or ``"amax"``). ``prune(x)`` picks the same rows and drops the merged-away
+    ones (ToFu's pruning blocks). ``r`` is ``N - N'``.
+    For ToMe's matching, ``src_idx`` / ``dst_idx`` are ``[B, r]`` indices into set A / set B (for tests
+    and tracing) and ``keep_idx`` is ``[B, |A| - r]`` (kept A tokens, ascending); other matchings
+    fill them with what they chose (their docstrings say).
     """
 
     merge: MergeFn
@@ -37,6 +41,7 @@ class Matching(NamedTuple):
     src_idx: torch.Tensor
     dst_idx: torch.Tensor
     keep_idx: torch.Tensor
+    prune: Callable[[torch.Tensor], torch.Tensor]
 
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -101,7 +106,7 @@ def bipartite_soft_matching(
     if r <= 0:
         empty = torch.empty(B, 0, dtype=torch.long, device=device)
         keep = torch.arange(0, N, 2, device=device).expand(B, -1)
-        return Matching(_identity_merge, 0, empty, empty, keep)
+        return Matching(_identity_merge, 0, empty, empty, keep, _identity_prune)
 
     with torch.no_grad():
         node_max, node_idx = _best_partners(metric, class_token, distill_token)  # [B, |A|]: best(a), b*(a)
@@ -110,24 +115,43 @@ def bipartite_soft_matching(
         keep_idx = order.narrow(1, r, order.shape[1] - r).sort(dim=-1).values  # [B, |A| - r] ascending
         dst_idx = node_idx.gather(dim=-1, index=src_idx)  # [B, r] their B partners
 
-        batch = torch.arange(B, device=device).unsqueeze(1)  # [B, 1] row of each index below
         out_idx = _output_index(keep_idx, N, distill_token)  # [B, N - r]
         src_pos = 2 * src_idx  # [B, r] positions in x
         dst_row = keep_idx.shape[1] + dst_idx  # [B, r] rows of the output
 
-    def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-        """``[B, N, C] -> [B, N - r, C]``: reduce sources into destinations with ``mode``.
+    merge, prune = index_merge(out_idx, src_pos, dst_row)
+    return Matching(merge, r, src_idx, dst_idx, keep_idx, prune)
 
-        Rows are picked by advanced indexing (one operator each, no ``[B, n, C]`` index to build);
-        the reduction is one ``scatter_add_`` / ``scatter_reduce_`` into the picked rows."""
-        out = x[batch, out_idx]  # [B, N - r, C]
-        moved = x[batch, src_pos]  # [B, r, C]
-        rows = dst_row.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [B, r, C]
+
+def index_merge(
+    out_idx: torch.Tensor, src_pos: torch.Tensor, dst_row: torch.Tensor
+) -> Tuple[MergeFn, Callable[[torch.Tensor], torch.Tensor]]:
+    """The merge and prune functions of a reduction given by indices (every matching method builds one).
+
+    Args:
+        out_idx: ``[B, N']`` output row t is input row ``out_idx[:, t]``.
+        src_pos: ``[B, s]`` input rows merged away.
+        dst_row: ``[B, s]`` the output row each of them is reduced into.
+
+    Returns:
+        ``merge(x [B, N, C], mode) -> [B, N', C]`` (rows picked by advanced indexing, one operator each,
+        no ``[B, n, C]`` index to build; the reduction one ``scatter_add_`` / ``scatter_reduce_`` into the
+        picked rows, ``include_self``), and ``prune(x) -> [B, N', C]`` (the picked rows alone).
+    """
+    batch = torch.arange(out_idx.shape[0], device=out_idx.device).unsqueeze(1)  # [B, 1] row of each index
+
+    def prune(x: torch.Tensor) -> torch.Tensor:
+        return x[batch, out_idx]  # [B, N', C]
+
+    def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        out = x[batch, out_idx]  # [B, N', C]
+        moved = x[batch, src_pos]  # [B, s, C]
+        rows = dst_row.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [B, s, C]
         if mode == "sum":
             return out.scatter_add_(1, rows, moved)
         return out.scatter_reduce_(1, rows, moved, reduce=mode)
 
-    return Matching(merge, r, src_idx, dst_idx, keep_idx)
+    return merge, prune
 
 
 def _best_partners(
@@ -163,6 +187,10 @@ def _output_index(keep_idx: torch.Tensor, num_tokens: int, distill_token: bool) 
 
 
 def _identity_merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    return x
+
+
+def _identity_prune(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
