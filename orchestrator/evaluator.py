@@ -14,6 +14,7 @@ time per point comes from CUDA events, which time the device without stopping it
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -339,7 +340,7 @@ def profile_model(
         profile.schedule[reduction] = removed_per_block(model, r)
     if bench_batch_size:
         bm.measure_throughput(model, bench_batch_size, device, amp, warmup, 1)  # device warm-up, untimed
-        settings = [bm.with_reduction(model, *reduction) for reduction in reductions]  # timed in turns
+        settings = [reduction_setting(model, reduction) for reduction in reductions]  # timed in turns
         timings = bm.time_in_turns(settings, bench_batch_size, device, amp, warmup, runs, cuda_graphs)
         for i, reduction in enumerate(reductions):
             profile.infer_samples_per_sec[reduction] = bm.img_per_s(bench_batch_size, timings.seconds[i])
@@ -347,6 +348,12 @@ def profile_model(
             if timings.graph_errors[i]:
                 profile.graph_errors[reduction] = timings.graph_errors[i]
     return profile
+
+
+def reduction_setting(model: nn.Module, reduction: Reduction) -> bm.Setting:
+    """A ``tomecis.benchmark`` setting that times ``model`` at ``reduction`` (method, r, keep)."""
+    method, r, keep = reduction
+    return functools.partial(tomecis.set_reduction, model, method, r=r, keep=keep)
 
 
 def removed_per_block(model: nn.Module, r: Optional[int]) -> List[int]:

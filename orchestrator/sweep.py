@@ -636,12 +636,19 @@ def check_grid(cfg: SweepConfig) -> List[MethodPlan]:
     plans = cfg.method_plans()
     r_values = sorted({a[0] for plan in plans for a in plan.amounts if a[0] is not None})
     for model in cfg.models:
-        limit = max_r(check_supported(model))  # one meta-device build for both checks
+        patched = check_supported(model)  # one meta-device build for every check
+        limit = max_r(patched)
         too_big = [r for r in r_values if r > limit]
         if too_big:
             raise ValueError(
                 f"--r {too_big[0]} is impossible for {model}: a block can merge at most {limit} of its tokens"
             )
+        for plan in plans:
+            for r, keep in plan.amounts:
+                try:  # on the meta device: nothing runs, the method only says whether it takes the model
+                    tomecis.set_reduction(patched, plan.method, r=r, keep=keep)
+                except ValueError as err:
+                    raise ValueError(f"--models {model} with --method {plan.method}: {err}") from None
     return plans
 
 

@@ -368,6 +368,10 @@ def test_method_list_is_parsed_and_mode_is_its_alias(capsys):
         ),
         (["--method", "tome"], "error: --method tome takes --r or --keep, and none was given"),
         (["--method", "pitome", "--keep", "0.7", "--r", "99"], "error: --r 99 is impossible for deit_tiny"),
+        (
+            ["--models", "deit_tiny_distilled", "--method", "tome,evit", "--keep", "0.7"],
+            "error: --models deit_tiny_distilled_patch16_224 with --method evit: method 'evit' supports models",
+        ),
     ],
 )
 def test_a_method_given_no_amount_it_takes_stops_before_data_and_ray(flags, message, tmp_path, capsys):
