@@ -1,4 +1,4 @@
-"""Every model of one decode pass on one device: decode each batch once, run it at every (model, mode, r).
+"""Every model of one decode pass on one device: decode each batch once, run it at every (model, method, amount).
 
 ``evaluate_shards`` and ``profile_model`` are plain functions (tests call them
 without Ray); ``Evaluator`` wraps them as the Ray actor the sweep starts, one per
@@ -14,6 +14,7 @@ time per point comes from CUDA events, which time the device without stopping it
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -30,14 +31,26 @@ from tomecis import benchmark as bm
 from tomecis import device as dev
 from tomecis.graphs import GraphSet, capture_forward, cuda_graphs_available
 from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
+from tomecis.names import amount_label
 
-from .work import ActorShape, DecodePass, EvaluatorConfig, ModelProfile, PointKey, ShardOutcome, Task, Weights
+from .work import (
+    ActorShape,
+    DecodePass,
+    EvaluatorConfig,
+    ModelProfile,
+    PointKey,
+    Reduction,
+    ShardOutcome,
+    Task,
+    Weights,
+)
 
 # --------------------------------------------------------------------------- building models
 
 
 def build_model(model_name: str, weights: Weights, device: torch.device) -> nn.Module:
-    """The patched model (r = 0, mode tomecis: both are set per forward pass) on ``device`` in eval mode."""
+    """The patched model (unreduced until ``set_point`` sets each point's method and amount) on ``device``
+    in eval mode."""
     if weights.source == "checkpoint":
         data = weights.data_ref[0]
         if not isinstance(data, bytes):  # an ObjectRef (bytes in-process, without Ray)
@@ -49,6 +62,18 @@ def build_model(model_name: str, weights: Weights, device: torch.device) -> nn.M
     else:
         model = create_model(model_name, pretrained=weights.source == "pretrained")
     return tomecis.patch(model.eval(), r=0).to(device)
+
+
+def set_point(model: nn.Module, key: PointKey) -> nn.Module:
+    """``model`` (patched) set to the point ``key`` = (model name, method, r, keep), between forwards."""
+    _, method, r, keep = key
+    tomecis.set_reduction(model, method, r=r, keep=keep)
+    return model
+
+
+def describe_point(key: PointKey) -> str:
+    """``deit_tiny_patch16_224 evit keep0.7``."""
+    return f"{key[0]} {key[1]} {amount_label(key[2], key[3])}"
 
 
 # --------------------------------------------------------------------------- timing without stalls
@@ -103,7 +128,7 @@ def top5_indices(logits: torch.Tensor) -> torch.Tensor:
 
 
 class PointRunner:
-    """Runs a batch through every (model, mode, r) of a pass: CUDA-graph replays where captured, eager
+    """Runs a batch through every (model, method, amount) of a pass: CUDA-graph replays where captured, eager
     forwards elsewhere (a CPU, ``cuda_graphs=False``, or a point whose capture failed).
 
     On CUDA with graphs, each point is captured once at ``batch_size`` (``tomecis.graphs.GraphSet``: one
@@ -152,17 +177,14 @@ class PointRunner:
         self.graphs = GraphSet(example, amp)
         self.graphs.load(example)
         with torch.inference_mode():
-            for task in self.tasks:
-                model = self.models[task.model]
-                model.mode = task.mode
-                for key in task.point_keys():
-                    model.r = key[2]
-                    error = capture_forward(self.graphs, key, model, top5_indices)
-                    if error is not None:
-                        self.graph_errors[key] = error
-                        warn(
-                            f"warning: {key[0]} {key[1]} r={key[2]}: CUDA-graph capture failed, evaluated eagerly: {error}"
-                        )
+            for key in self.point_keys:
+                model = set_point(self.models[key[0]], key)
+                error = capture_forward(self.graphs, key, model, top5_indices)
+                if error is not None:
+                    self.graph_errors[key] = error
+                    warn(
+                        f"warning: {describe_point(key)}: CUDA-graph capture failed, evaluated eagerly: {error}"
+                    )
 
     def queue(
         self, images: torch.Tensor, clock: ForwardClock
@@ -179,18 +201,14 @@ class PointRunner:
         else:
             images = images.to(self.device, non_blocking=True)
         outputs, spans = [], []
-        for task in self.tasks:
-            model = self.models[task.model]
-            model.mode = task.mode
-            for key in task.point_keys():
-                start = clock.mark()
-                if self.graphed(key):
-                    top5 = self.graphs.replay(key)[:n].clone()
-                else:
-                    model.r = key[2]
-                    top5 = top5_indices(model(images))
-                outputs.append(top5)
-                spans.append((key, start, clock.mark()))
+        for key in self.point_keys:
+            start = clock.mark()
+            if self.graphed(key):
+                top5 = self.graphs.replay(key)[:n].clone()
+            else:
+                top5 = top5_indices(set_point(self.models[key[0]], key)(images))
+            outputs.append(top5)
+            spans.append((key, start, clock.mark()))
         host = torch.cat(outputs, dim=1).to("cpu", non_blocking=True)
         return host, [o.shape[1] for o in outputs], spans, clock.mark()
 
@@ -294,7 +312,7 @@ def evaluate_shards(
 
 def profile_model(
     model: nn.Module,
-    r_values: Sequence[int],
+    reductions: Sequence[Reduction],
     device: torch.device,
     amp: str = "none",
     bench_batch_size: Optional[int] = None,
@@ -302,9 +320,9 @@ def profile_model(
     warmup: int = 3,
     cuda_graphs: bool = True,
 ) -> ModelProfile:
-    """GFLOPs, tokens left and schedule at each r, in the model's current mode; img/s too when
-    ``bench_batch_size`` is given (on CUDA with ``cuda_graphs``: CUDA-graph replays, unpatched and
-    patched alike, as ``tomecis.benchmark`` times them)."""
+    """GFLOPs, tokens left and tokens removed per block at each ``(method, r, keep)``; img/s too when
+    ``bench_batch_size`` is given, every reduction timed in turns (on CUDA with ``cuda_graphs``:
+    CUDA-graph replays, as ``tomecis.benchmark`` times them)."""
     cfg = shards.data_config(model)
     profile = ModelProfile(
         model=model.pretrained_cfg.get("architecture", ""),
@@ -313,23 +331,40 @@ def profile_model(
         crop_pct=float(cfg["crop_pct"]),
         interpolation=str(cfg["interpolation"]),
         device=dev.device_name(device),
-        mode=model.mode,
     )
-    for r in r_values:
-        model.r = r
-        profile.schedule[r] = list(model.merge_state.schedule)
-        profile.gflops[r] = bm.count_gflops(model, device)
-        profile.tokens_out[r] = bm.tokens_left(model, device)
+    for reduction in reductions:
+        method, r, keep = reduction
+        tomecis.set_reduction(model, method, r=r, keep=keep)
+        profile.gflops[reduction] = bm.count_gflops(model, device)  # one forward: merge_state.tokens is its
+        profile.tokens_out[reduction] = bm.tokens_left(model, device)
+        profile.schedule[reduction] = removed_per_block(model, r)
     if bench_batch_size:
         bm.measure_throughput(model, bench_batch_size, device, amp, warmup, 1)  # device warm-up, untimed
-        settings = [bm.with_r(model, r) for r in r_values]  # every r timed in turns: drift hits them alike
+        settings = [reduction_setting(model, reduction) for reduction in reductions]  # timed in turns
         timings = bm.time_in_turns(settings, bench_batch_size, device, amp, warmup, runs, cuda_graphs)
-        for i, r in enumerate(r_values):
-            profile.infer_samples_per_sec[r] = bm.img_per_s(bench_batch_size, timings.seconds[i])
-            profile.cuda_graphs[r] = timings.cuda_graphs[i]
+        for i, reduction in enumerate(reductions):
+            profile.infer_samples_per_sec[reduction] = bm.img_per_s(bench_batch_size, timings.seconds[i])
+            profile.cuda_graphs[reduction] = timings.cuda_graphs[i]
             if timings.graph_errors[i]:
-                profile.graph_errors[r] = timings.graph_errors[i]
+                profile.graph_errors[reduction] = timings.graph_errors[i]
     return profile
+
+
+def reduction_setting(model: nn.Module, reduction: Reduction) -> bm.Setting:
+    """A ``tomecis.benchmark`` setting that times ``model`` at ``reduction`` (method, r, keep)."""
+    method, r, keep = reduction
+    return functools.partial(tomecis.set_reduction, model, method, r=r, keep=keep)
+
+
+def removed_per_block(model: nn.Module, r: Optional[int]) -> List[int]:
+    """The ``schedule`` column: for an r point the per-block r it asks for (``merge_state.schedule``, as
+    the column always held); for a keep point the tokens each block of the last forward removed (from
+    ``merge_state.tokens``; a fused token counts as kept)."""
+    state = model.merge_state
+    if r is not None:
+        return [int(v) for v in state.schedule]
+    before = [model.patch_embed.num_patches + model.num_prefix_tokens] + list(state.tokens[:-1])
+    return [int(a - b) for a, b in zip(before, state.tokens)]
 
 
 # --------------------------------------------------------------------------- the actor
@@ -404,16 +439,22 @@ class Evaluator:
         return outcome
 
     def profile(
-        self, decode_pass: DecodePass, task: Task, bench: bool, runs: int, warmup: int
+        self, decode_pass: DecodePass, model: str, bench: bool, runs: int, warmup: int
     ) -> ModelProfile:
-        model = self._ensure(decode_pass)[task.model]
-        model.mode = task.mode
-        batch = self.config.batch_size if bench else None
+        """``model``'s profile at every point it has in ``decode_pass`` (its baseline and every method's
+        amounts, timed in turns against each other)."""
         cfg = self.config
         profile = profile_model(
-            model, task.r_values, self.device, cfg.amp, batch, runs, warmup, cfg.cuda_graphs
+            self._ensure(decode_pass)[model],
+            decode_pass.reductions(model),
+            self.device,
+            cfg.amp,
+            cfg.batch_size if bench else None,
+            runs,
+            warmup,
+            cfg.cuda_graphs,
         )
-        profile.model = task.model
+        profile.model = model
         return profile
 
 

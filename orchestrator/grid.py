@@ -1,24 +1,42 @@
-"""Parse ``--models``, ``--mode`` and ``--r`` into (model, mode, r) grid points, and say what makes a point's
-identity (``IDENTITY``: the columns every results file of the point carries, and its file name). No I/O."""
+"""Parse ``--models``, ``--method``, ``--r`` and ``--keep`` into grid points, and say what makes a point's
+identity (``IDENTITY``: the columns every results file of the point carries, and its file name). No I/O.
+
+A point is one model at one (method, amount): ``r`` (tokens removed per block) for a method that takes
+``--r``, ``keep`` (per-block keep ratio) for one that takes ``--keep``, the other one None. The unreduced
+model is one point per model, ``("none", r=0, keep=None)`` (``tomecis.names.UNREDUCED``), in every grid
+however many methods are swept; an r of 0 or a keep of 1 asked for any method is that point.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from tomecis.names import AMP_NAMES, MODES, merge_mode, short_name
+from tomecis.names import (
+    AMP_NAMES,
+    METHOD_NAMES,
+    UNREDUCED,
+    amount_label,
+    is_unreduced,
+    method_spec,
+    short_name,
+)
 from tomecis.schedule import parse_r_values
 
 AMPS = AMP_NAMES  # "none", "fp16", "bf16": one list, in tomecis.names
 DEVICE_KINDS = ("cpu", "cuda")
+
+Amount = Tuple[Optional[int], Optional[float]]  # (r, keep): exactly one of them set
+BASELINE_AMOUNT: Amount = (0, None)
 
 # The columns that make a point's identity, in the order its files hold them, each with the GridPoint field
 # it comes from. Points rows, predictions and failures carry them (``GridPoint.identity``); the Parquet
 # types follow the fields' types (``results``); a rerun skips a point whose file name (``file_stem``) exists.
 IDENTITY_FIELDS: Dict[str, str] = {
     "model": "model",
-    "mode": "mode",
+    "method": "method",
     "r": "r",
+    "keep": "keep",
     "amp": "amp",
     "infer_batch_size": "batch_size",
     "weights": "weights",
@@ -26,23 +44,25 @@ IDENTITY_FIELDS: Dict[str, str] = {
     "dataset": "dataset",
 }
 IDENTITY = tuple(IDENTITY_FIELDS)
-KEY_COLUMNS = ("model", "mode", "r")  # a line of a table: one model in one mode, at each r
+KEY_COLUMNS = ("model", "method", "r", "keep")  # one model at one method and amount
 SETTING_COLUMNS = tuple(c for c in IDENTITY if c not in KEY_COLUMNS)  # rows of one setting can be compared
 
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One (model, r) evaluation, with what makes results comparable: mode, amp, batch size, the
+    """One (model, method, amount) evaluation, with what makes results comparable: amp, batch size, the
     weights (``random``, ``pretrained`` or ``ckpt_<sha256 prefix>``), the device kind (cpu, cuda) and
-    the dataset (the fingerprint of the shards evaluated)."""
+    the dataset (the fingerprint of the shards evaluated). ``r`` is set for the methods reduced by
+    ``--r`` (0 for the unreduced model), ``keep`` for those reduced by ``--keep``."""
 
     model: str  # timm name
-    r: int
-    mode: str = "tomecis"
+    r: Optional[int]
+    method: str = "tomecis"
     amp: str = "none"
     batch_size: int = 128
     weights: str = "pretrained"
     device: str = "cpu"
+    keep: Optional[float] = None
     dataset: str = field(kw_only=True)  # the shards' fingerprint (``shards.ShardSet.fingerprint``)
 
     @property
@@ -50,9 +70,19 @@ class GridPoint:
         return short_name(self.model)
 
     @property
-    def key(self) -> Tuple[str, str, int]:
-        """``(model, mode, r)``: what the evaluator runs the point under."""
-        return self.model, self.mode, self.r
+    def key(self) -> Tuple[str, str, Optional[int], Optional[float]]:
+        """``(model, method, r, keep)``: what the evaluator runs the point under (``work.PointKey``)."""
+        return self.model, self.method, self.r, self.keep
+
+    @property
+    def amount(self) -> str:
+        """``r13``, ``keep0.9``: the amount as file names and tables write it."""
+        return amount_label(self.r, self.keep)
+
+    @property
+    def label(self) -> str:
+        """``deit_tiny evit keep0.7``: the point in a line a person reads."""
+        return f"{self.short_name} {self.method} {self.amount}"
 
     def identity(self, device_name: Optional[str] = None) -> Dict[str, object]:
         """``IDENTITY`` column -> this point's value, in order. ``device`` is the kind unless
@@ -64,11 +94,16 @@ class GridPoint:
         return values
 
     def file_stem(self) -> str:
-        """A file name that identifies the point, its weights, device kind and dataset (a rerun finds it again)."""
+        """A file name that identifies the point, its weights, device kind and dataset (a rerun finds it
+        again): ``deit_tiny-tomecis-r8-...`` (the names r points have always had), ``deit_tiny-evit-keep0.7-...``,
+        the baseline ``deit_tiny-none-r0-...``."""
         return (
-            f"{self.short_name}-{self.mode}-r{self.r}-{self.amp}-bs{self.batch_size}"
+            f"{self.short_name}-{self.method}-{self.amount}-{self.amp}-bs{self.batch_size}"
             f"-{self.weights}-{self.device}-{self.dataset}"
         )
+
+
+# --------------------------------------------------------------------------- parsing
 
 
 def parse_models(text: str) -> List[str]:
@@ -85,36 +120,88 @@ def parse_models(text: str) -> List[str]:
     return names
 
 
-def parse_modes(text: str) -> List[str]:
-    """``"tomecis,tome"`` -> ``["tomecis", "tome"]``, in order, without duplicates; unknown modes raise."""
-    modes: List[str] = []
+def parse_methods(text: str) -> List[str]:
+    """``"tomecis,evit"`` -> ``["tomecis", "evit"]``, in order, without duplicates; unknown methods raise."""
+    methods: List[str] = []
     for item in str(text).split(","):
-        mode = item.strip()
+        method = item.strip()
         try:
-            merge_mode(mode)
+            method_spec(method)
         except ValueError as err:
             raise ValueError(f"{err} (comma-separated, in {text!r})") from None
-        if mode not in modes:
-            modes.append(mode)
-    return modes
+        if method not in methods:
+            methods.append(method)
+    return methods
+
+
+# --------------------------------------------------------------------------- which amounts each method gets
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """What one method of ``--method`` is run at: the amounts of the kinds it takes (those that reduce
+    nothing left out: they are the baseline), and the flags given that it does not take."""
+
+    method: str
+    amounts: Tuple[Amount, ...]
+    skipped: Tuple[str, ...] = ()  # "--r", "--keep": given, but not taken by this method
+
+    def skip_note(self) -> str:
+        """One line saying which flags this method skips and which it takes ("" when it skips none)."""
+        if not self.skipped:
+            return ""
+        takes = " and ".join("--" + a for a in method_spec(self.method).amounts)
+        return f"{self.method}: {' and '.join(self.skipped)} skipped ({self.method} takes {takes} only)"
+
+
+def plan_methods(
+    methods: Sequence[str], r_values: Sequence[int] = (), keep_values: Sequence[float] = ()
+) -> List[MethodPlan]:
+    """Each method with every amount it takes among ``r_values`` and ``keep_values``; a method given no
+    amount it takes raises ``ValueError`` naming it and the flags it takes. ``none`` (the unreduced
+    model, in every grid anyway) takes no amount and gets none."""
+    given = {"r": [(int(r), None) for r in r_values], "keep": [(None, float(k)) for k in keep_values]}
+    plans = []
+    for method in methods:
+        spec = method_spec(method)
+        if method == UNREDUCED:
+            plans.append(MethodPlan(method, ()))
+            continue
+        takes = [kind for kind in spec.amounts if given[kind]]
+        if not takes:
+            flags = " or ".join("--" + a for a in spec.amounts)
+            raise ValueError(
+                f"--method {method} takes {flags}, and none was given: add {flags} (e.g. "
+                f"{_example(spec.amounts)}) or drop {method} from --method"
+            )
+        amounts = [a for kind in takes for a in given[kind] if not is_unreduced(*a)]
+        skipped = tuple(f"--{kind}" for kind in ("r", "keep") if given[kind] and kind not in spec.amounts)
+        plans.append(MethodPlan(method, tuple(amounts), skipped))
+    return plans
+
+
+def _example(kinds: Sequence[str]) -> str:
+    return " or ".join({"r": "--r 8-16", "keep": "--keep 0.7,0.9"}[k] for k in kinds)
 
 
 def build_grid(
     models: Sequence[str],
     r_values: Sequence[int],
-    modes: Union[str, Sequence[str]] = "tomecis",
+    methods: Union[str, Sequence[str]] = "tomecis",
     amp: str = "none",
     batch_size: int = 128,
     weights: Optional[Mapping[str, str]] = None,
     device: str = "cpu",
     *,
     dataset: str,
+    keep_values: Sequence[float] = (),
 ) -> List[GridPoint]:
-    """Every (model, mode, r) on ``dataset`` (the shards' fingerprint), models outermost, then modes;
-    ``weights`` maps a model to its weights tag (default pretrained)."""
-    modes = [modes] if isinstance(modes, str) else list(modes)
-    for mode in modes:
-        merge_mode(mode)  # an unknown name raises, listing the modes
+    """Every model's baseline (``none``, r = 0) and every (method, amount) of ``plan_methods``, on
+    ``dataset`` (the shards' fingerprint): models outermost, then the baseline, then the methods in
+    order, each at its r values, then its keep values. ``weights`` maps a model to its weights tag
+    (default pretrained)."""
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    plans = plan_methods(methods, r_values, keep_values)  # unknown names and missing amounts raise
     if amp not in AMPS:
         raise ValueError(f"--amp must be one of {AMPS}, got {amp!r}")
     if batch_size < 1:
@@ -122,25 +209,61 @@ def build_grid(
     if device not in DEVICE_KINDS:
         raise ValueError(f"device kind must be one of {DEVICE_KINDS}, got {device!r}")
     tags = dict(weights or {})
+    keys = [(UNREDUCED, *BASELINE_AMOUNT)] + [(p.method, *a) for p in plans for a in p.amounts]
     return [
-        GridPoint(model, r, mode, amp, batch_size, tags.get(model, "pretrained"), device, dataset=dataset)
+        GridPoint(
+            model, r, method, amp, batch_size, tags.get(model, "pretrained"), device, keep, dataset=dataset
+        )
         for model in models
-        for mode in modes
-        for r in r_values
+        for method, r, keep in keys
     ]
+
+
+def describe_grid(grid: Sequence[GridPoint]) -> str:
+    """Per model, its points by method: ``deit_tiny: 47 point(s): none r0 (baseline); tomecis r8-r16,
+    keep0.7, keep0.9 (11); ...``."""
+    lines = []
+    for model in dict.fromkeys(p.model for p in grid):
+        points = [p for p in grid if p.model == model]
+        parts = []
+        for method in dict.fromkeys(p.method for p in points):
+            mine = [p for p in points if p.method == method]
+            what = _amounts_text(mine)
+            parts.append(
+                f"{method} {what} (baseline)" if method == UNREDUCED else f"{method} {what} ({len(mine)})"
+            )
+        lines.append(f"  {short_name(model)}: {len(points)} point(s): " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def _amounts_text(points: Sequence[GridPoint]) -> str:
+    """``r8-r16, keep0.7, keep0.9``: runs of consecutive r written as a range."""
+    rs = [p.r for p in points if p.keep is None]
+    parts, start = [], 0
+    for i in range(1, len(rs) + 1):
+        if i == len(rs) or rs[i] != rs[i - 1] + 1:
+            run = rs[start:i]
+            parts += [f"r{run[0]}-r{run[-1]}"] if len(run) > 2 else [f"r{r}" for r in run]
+            start = i
+    return ", ".join(parts + [p.amount for p in points if p.keep is not None])
 
 
 __all__ = [
     "AMPS",
+    "BASELINE_AMOUNT",
     "DEVICE_KINDS",
     "IDENTITY",
     "IDENTITY_FIELDS",
     "KEY_COLUMNS",
-    "MODES",
+    "METHOD_NAMES",
     "SETTING_COLUMNS",
+    "Amount",
     "GridPoint",
+    "MethodPlan",
     "build_grid",
+    "describe_grid",
+    "parse_methods",
     "parse_models",
-    "parse_modes",
     "parse_r_values",
+    "plan_methods",
 ]

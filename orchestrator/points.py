@@ -23,7 +23,7 @@ import tomecis
 from .errors import SweepError
 from .grid import GridPoint
 from .results import FAILURES_DIR, accuracy, failures_table, predictions_table
-from .work import ModelProfile, PointKey, ShardOutcome
+from .work import ModelProfile, PointKey, Reduction, ShardOutcome
 
 
 def point_row(
@@ -56,7 +56,7 @@ def point_row(
         top5=top5_acc,
         n_images=len(keys),
         n_failed=sum(o.n_failed for o in outcomes),
-        **_profile_columns(profile, point.r),
+        **_profile_columns(profile, point.key[1:]),
         **_pass_columns(outcomes, point.key, len(keys), resumed),
         **graph_columns(outcomes, profile, point.key),
         retries=retries,
@@ -82,7 +82,7 @@ def _check_counts(
 ) -> None:
     """Every image of the manifest counted (scored or failed); failures only with ``allow_failures``."""
     n_failed = sum(o.n_failed for o in outcomes)
-    where = f"{point.short_name} {point.mode} r={point.r}"
+    where = point.label
     if expected_total is not None and n_images + n_failed != expected_total:
         raise SweepError(f"{where}: {n_images} images + {n_failed} failed != manifest total {expected_total}")
     if n_failed and not allow_failures:
@@ -93,13 +93,13 @@ def _check_counts(
         )
 
 
-def _profile_columns(profile: ModelProfile, r: int) -> dict:
-    """What the model, timed and counted alone, gives the row at ``r``."""
+def _profile_columns(profile: ModelProfile, reduction: Reduction) -> dict:
+    """What the model, timed and counted alone, gives the row at ``reduction`` (method, r, keep)."""
     return dict(
-        schedule=profile.schedule[r],
-        infer_samples_per_sec=profile.infer_samples_per_sec.get(r),
-        gflops=profile.gflops[r],
-        tokens_out=profile.tokens_out[r],
+        schedule=profile.schedule[reduction],
+        infer_samples_per_sec=profile.infer_samples_per_sec.get(reduction),
+        gflops=profile.gflops[reduction],
+        tokens_out=profile.tokens_out[reduction],
         param_count=round(profile.param_count, 3),
         img_size=profile.img_size,
         crop_pct=profile.crop_pct,
@@ -124,13 +124,13 @@ def _pass_columns(outcomes: List[ShardOutcome], key: PointKey, n_images: int, re
 def graph_columns(outcomes: List[ShardOutcome], profile: ModelProfile, key: PointKey) -> dict:
     """``cuda_graphs``: every forward of the point, in the pass and in its timing, was a CUDA-graph replay;
     false as soon as one part ran eagerly (never a mix called graphed), and ``graph_error`` says why."""
-    r = key[2]
+    reduction = key[1:]
     parts = [o.cuda_graphs.get(key, False) for o in outcomes]
-    if profile.infer_samples_per_sec.get(r) is not None:
-        parts.append(profile.cuda_graphs.get(r, False))
+    if profile.infer_samples_per_sec.get(reduction) is not None:
+        parts.append(profile.cuda_graphs.get(reduction, False))
     errors = [f"evaluation on {o.device}: {o.graph_errors[key]}" for o in outcomes if key in o.graph_errors]
-    if r in profile.graph_errors:
-        errors.append(f"timing: {profile.graph_errors[r]}")
+    if reduction in profile.graph_errors:
+        errors.append(f"timing: {profile.graph_errors[reduction]}")
     graphed = bool(parts) and all(parts)
     if not errors and any(parts) and not graphed:
         errors.append("some work items or the timing ran eagerly (an actor started with CUDA graphs off)")
@@ -168,7 +168,7 @@ def _check_unique_keys(point: GridPoint, keys: List[str], shard_of: List[str]) -
     key, where = next(iter(repeated.items()))
     more = f" ({len(repeated) - 1} more key(s) repeat too)" if len(repeated) > 1 else ""
     raise SweepError(
-        f"{point.short_name} {point.mode} r={point.r}: image key {key!r} occurs {len(where)} times, in shard(s) "
+        f"{point.label}: image key {key!r} occurs {len(where)} times, in shard(s) "
         f"{', '.join(sorted(set(where)))}{more}; every key must be unique: rewrite the shards from sources "
         "without repeated images (python -m shards.write), or drop the repeating shard from --data"
     )
@@ -197,7 +197,7 @@ def eval_samples_per_sec(
     """Images per second of the evaluation pass, data loading included, as if it had run this point alone.
 
     ``wall``, the pass's wall time, runs from the first item's start to the last item's end, over all actors
-    (``evaluation_span``). One decode fed every (model, mode, r) of the pass, so the pass is charged to the
+    (``evaluation_span``). One decode fed every (model, method, amount) of the pass, so the pass is charged to the
     point ``key`` in proportion to what it cost: the loading time plus its forward time, over the loading
     time plus every point's forward time (summed over the items):
     ``n_images / (wall * (load + forward[key]) / (load + sum(forward)))``. With one point it is images / wall."""

@@ -302,39 +302,38 @@ class EvaluatorPool:
 
     def profile(
         self, decode_pass: DecodePass, bench: bool, runs: int, warmup: int
-    ) -> Dict[Tuple[str, str], ModelProfile]:
-        """FLOPs, tokens and (with ``bench``) img/s of every task of the pass, ``(model, mode) -> profile``.
+    ) -> Dict[str, ModelProfile]:
+        """FLOPs, tokens and (with ``bench``) img/s of every model of the pass at each of its points
+        (``model -> profile``; a model's points, baseline included, are timed in turns on one actor).
 
-        GPU actors each own a device, so the tasks are spread over the ready actors and timed in parallel;
-        CPU actors share their node's cores, so one actor times every task, one after another. A failed
+        GPU actors each own a device, so the models are spread over the ready actors and timed in parallel;
+        CPU actors share their node's cores, so one actor times every model, one after another. A failed
         profile is retried on another actor up to ``max_retries`` times."""
-        profiles: Dict[Tuple[str, str], ModelProfile] = {}
-        pending = list(decode_pass.tasks)
+        profiles: Dict[str, ModelProfile] = {}
+        pending = list(dict.fromkeys(task.model for task in decode_pass.tasks))
         attempts = 0
         while pending:
             ready = self.fleet.wait_ready()
             lanes = ready if self.plan.uses_gpus else ready[:1]
-            batch = [(task, lanes[i % len(lanes)]) for i, task in enumerate(pending[: len(lanes)])]
+            batch = [(model, lanes[i % len(lanes)]) for i, model in enumerate(pending[: len(lanes)])]
             refs = [
-                actor.handle.profile.remote(decode_pass, task, bench, runs, warmup) for task, actor in batch
+                actor.handle.profile.remote(decode_pass, model, bench, runs, warmup) for model, actor in batch
             ]
-            for (task, actor), ref in zip(batch, refs):
+            for (model, actor), ref in zip(batch, refs):
                 try:
-                    profiles[(task.model, task.mode)] = ray.get(ref)
-                    pending.remove(task)
+                    profiles[model] = ray.get(ref)
+                    pending.remove(model)
                 except (RayActorError, RayTaskError, ObjectLostError) as err:
                     attempts += 1
                     if attempts > self.max_retries:
-                        raise WorkFailed(
-                            f"profiling {task.model} ({task.mode}) failed {attempts} times; last: {err}"
-                        ) from err
+                        raise WorkFailed(f"profiling {model} failed {attempts} times; last: {err}") from err
                     what = (
                         f"died ({_death_reason(err)})"
                         if isinstance(err, RayActorError)
                         else f"raised {_why(err)}"
                     )
                     self.on_retry(
-                        f"retry: profiling {task.model} ({task.mode}): {describe_actor(actor)} {what}; "
+                        f"retry: profiling {model}: {describe_actor(actor)} {what}; "
                         f"again (attempt {attempts + 1} of {self.max_retries + 1})"
                     )
                     if isinstance(err, RayActorError) and actor in self.actors:

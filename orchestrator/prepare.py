@@ -124,19 +124,29 @@ def transform_key(model_or_name) -> tuple:
     )
 
 
+def group_by_transform(models: Sequence[str]) -> List[List[str]]:
+    """The models in groups of equal eval transform (``transform_key``), in order: one decode pass each.
+    Models are built on the meta device (no weights, no memory)."""
+    groups: Dict[tuple, List[str]] = {}
+    for model in dict.fromkeys(models):
+        groups.setdefault(transform_key(timm.create_model(model, device="meta")), []).append(model)
+    return list(groups.values())
+
+
+def pass_name(index: int, models: Sequence[str]) -> str:
+    """``pass 1 (deit_tiny+deit_small)``."""
+    return f"pass {index} ({'+'.join(short_name(m) for m in models)})"
+
+
 def plan_passes(todo: Sequence[GridPoint], weights: Dict[str, Weights]) -> List[DecodePass]:
     """One decode pass per eval transform: models whose transforms are equal (DeiT-Ti/S/B) share one,
-    with a task per (model, mode) holding the r values still to do."""
-    groups: Dict[tuple, List[str]] = {}
-    for model in dict.fromkeys(p.model for p in todo):
-        groups.setdefault(transform_key(timm.create_model(model, device="meta")), []).append(model)
+    with a task per (model, method) holding the amounts still to do (the baseline is the method ``none``)."""
     passes = []
-    for index, models in enumerate(groups.values(), 1):
+    for index, models in enumerate(group_by_transform([p.model for p in todo]), 1):
         tasks = [
-            Task(model, mode, tuple(p.r for p in todo if (p.model, p.mode) == (model, mode)))
+            Task(model, method, tuple((p.r, p.keep) for p in todo if (p.model, p.method) == (model, method)))
             for model in models
-            for mode in dict.fromkeys(p.mode for p in todo if p.model == model)
+            for method in dict.fromkeys(p.method for p in todo if p.model == model)
         ]
-        name = f"pass {index} ({'+'.join(short_name(m) for m in models)})"
-        passes.append(DecodePass(name, {m: weights[m] for m in models}, tuple(tasks)))
+        passes.append(DecodePass(pass_name(index, models), {m: weights[m] for m in models}, tuple(tasks)))
     return passes

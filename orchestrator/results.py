@@ -10,6 +10,10 @@ Layout of ``--out`` (a local path or any URI pyarrow's filesystem layer opens, e
 
 A point's failures and predictions are written before its ``points`` row, so a
 ``points`` file exists only for a finished point: that file is what a rerun skips.
+
+Files written before methods and keep ratios existed hold ``mode`` where they now hold ``method``, and no
+``keep``: every read here (points, predictions, failures) gives them as ``method`` with a null ``keep``
+(``normalise``), so nothing that reads through ``ResultsDir`` sees the old layout.
 """
 
 from __future__ import annotations
@@ -30,8 +34,14 @@ POINTS_DIR = "points"
 PREDICTIONS_DIR = "predictions"
 FAILURES_DIR = "failures"
 
-# The identity columns (``grid.IDENTITY``), typed by their GridPoint field: str -> string, int -> int32.
-_ARROW = {"str": pa.string(), "int": pa.int32()}
+# The identity columns (``grid.IDENTITY``), typed by their GridPoint field: str -> string, int -> int32,
+# float -> float64 (Optional: null where unused, r of a keep point, keep of an r point).
+_ARROW = {
+    "str": pa.string(),
+    "int": pa.int32(),
+    "Optional[int]": pa.int32(),
+    "Optional[float]": pa.float64(),
+}
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(GridPoint)}
 IDENTITY_SCHEMA = pa.schema(
     [(column, _ARROW[_FIELD_TYPES[name]]) for column, name in IDENTITY_FIELDS.items()]
@@ -49,8 +59,9 @@ def _identity_and(*columns) -> pa.Schema:
 POINT_SCHEMA = _identity_and(
     "model",
     ("short_name", pa.string()),
-    "mode",
+    "method",
     "r",
+    "keep",
     ("schedule", pa.list_(pa.int32())),
     ("top1", pa.float64()),
     ("top5", pa.float64()),
@@ -189,8 +200,15 @@ class ResultsDir:
         columns when none has.
 
         They are tied to their points row through the shared file name (which is the whole key),
-        never through (model, mode, r) alone."""
+        never through (model, method, r, keep) alone."""
         return _with_point_file(self._tables(PREDICTIONS_DIR, set(point_files), list(columns)), list(columns))
+
+    def read_failures(self, point_files: Optional[Iterable[str]] = None) -> pd.DataFrame:
+        """Every column of FAILURE_SCHEMA + ``point_file``, one row per image that could not be decoded,
+        of the named points (every point when ``point_files`` is None); an empty frame with those columns
+        when there are none."""
+        stems = None if point_files is None else set(point_files)
+        return _with_point_file(self._tables(FAILURES_DIR, stems), list(FAILURE_SCHEMA.names))
 
     def parquet_files(self, name: str) -> List[str]:
         """The paths of ``name/*.parquet``, sorted (hidden files, such as a write's temporary file, left out)."""
@@ -209,16 +227,18 @@ class ResultsDir:
         to POINT_SCHEMA, in order (an empty table with the schema when none)."""
         if not files:
             return POINT_SCHEMA.empty_table()
-        return pa.concat_tables([_cast_points(pq.read_table(f, filesystem=self.fs)) for f in files])
+        return pa.concat_tables([_cast_points(_read_normalised(self.fs, f, None)) for f in files])
 
     def _tables(
         self, name: str, stems: Optional[Set[str]] = None, columns: Optional[List[str]] = None
     ) -> Iterator[Tuple[str, pa.Table]]:
-        """(file stem, its table as written) per file of ``name``, only those whose stem is in ``stems`` when given."""
+        """(file stem, its table as written, ``normalise``d) per file of ``name``, only those whose stem is
+        in ``stems`` when given; ``columns`` in the current layout (a file written with ``mode`` gives it
+        as ``method``, one without ``keep`` a null ``keep``)."""
         for path in self.parquet_files(name):
             stem = path.rsplit("/", 1)[-1][: -len(".parquet")]
             if stems is None or stem in stems:
-                yield stem, pq.read_table(path, columns=columns, filesystem=self.fs)
+                yield stem, _read_normalised(self.fs, path, columns)
 
 
 def _with_point_file(tables: Iterable[Tuple[str, pa.Table]], columns: Optional[List[str]]) -> pd.DataFrame:
@@ -231,6 +251,38 @@ def _with_point_file(tables: Iterable[Tuple[str, pa.Table]], columns: Optional[L
     if not frames:
         return pd.DataFrame() if columns is None else pd.DataFrame(columns=columns + ["point_file"])
     return pd.concat(frames, ignore_index=True)
+
+
+OLD_COLUMNS = {"method": "mode"}  # a column's name in files written before it was renamed
+
+
+def normalise(table: pa.Table) -> pa.Table:
+    """A results table in the current layout: a file written before methods holds ``mode`` (renamed to
+    ``method``, in its place) and no ``keep`` (a null float64 column after ``r``, or at the end)."""
+    names = [next((new for new, old in OLD_COLUMNS.items() if old == n), n) for n in table.column_names]
+    if names != table.column_names and not set(OLD_COLUMNS) & set(table.column_names):
+        table = table.rename_columns(names)
+    if "method" in table.column_names and "keep" not in table.column_names:
+        at = table.column_names.index("r") + 1 if "r" in table.column_names else table.num_columns
+        table = table.add_column(at, pa.field("keep", pa.float64()), pa.nulls(table.num_rows, pa.float64()))
+    return table
+
+
+def _read_normalised(fs: pafs.FileSystem, path: str, columns: Optional[List[str]]) -> pa.Table:
+    """``columns`` (all when None) of the Parquet file at ``path``, ``normalise``d: asked-for columns a
+    file names the old way are read under their old name, and a ``keep`` it lacks is null."""
+    if columns is None:
+        return normalise(pq.read_table(path, filesystem=fs))
+    present = set(pq.read_schema(path, filesystem=fs).names)
+    old = {c: OLD_COLUMNS[c] for c in columns if c not in present and OLD_COLUMNS.get(c) in present}
+    table = normalise(
+        pq.read_table(
+            path, columns=[old.get(c, c) for c in columns if c != "keep" or c in present], filesystem=fs
+        )
+    )
+    if "keep" in columns and "keep" not in table.column_names:
+        table = table.append_column(pa.field("keep", pa.float64()), pa.nulls(table.num_rows, pa.float64()))
+    return table.select(columns)
 
 
 def _cast_points(table: pa.Table) -> pa.Table:

@@ -54,13 +54,15 @@ class SpoolRecord:
 
 
 def pass_key(points: Sequence[GridPoint]) -> str:
-    """16 hex digits naming a pass's spool: the points' identities, in any order. The dataset, which the
-    points of a pass share, is hashed once beside them (so the keys of spools written before the dataset
-    was part of ``GridPoint`` stay the same)."""
+    """16 hex digits naming a pass's spool: the points' identities (model, method, r, keep, amp, ...), in
+    any order. The dataset, which the points of a pass share, is hashed once beside them. (A spool
+    written before methods, whose identities held ``mode``, has another key: it is not resumed.)"""
     datasets = {p.dataset for p in points}
     if len(datasets) != 1:
         raise ValueError(f"the points of one pass must share one dataset, got {sorted(datasets)}")
-    identity = sorted([v for c, v in p.identity().items() if c != "dataset"] for p in points)
+    identity = sorted(
+        ([v for c, v in p.identity().items() if c != "dataset"] for p in points), key=json.dumps
+    )
     text = json.dumps({"format": FORMAT, "dataset": datasets.pop(), "points": identity})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -125,7 +127,9 @@ def _check_shapes(outcome: ShardOutcome, point_keys: Sequence[PointKey]) -> None
     """Labels ``[n]``, key shards ``[n]`` and top-5 ``[n, 5]`` of exactly ``point_keys``; else SpoolUnreadable."""
     n = len(outcome.keys)
     if set(outcome.top5) != set(point_keys):
-        raise SpoolUnreadable(f"its points {sorted(outcome.top5)} are not the pass's {sorted(point_keys)}")
+        raise SpoolUnreadable(
+            f"its points {sorted(outcome.top5, key=repr)} are not the pass's {sorted(point_keys, key=repr)}"
+        )
     if len(outcome.labels) != n or len(outcome.key_shards) != n:
         raise SpoolUnreadable(f"{n} keys but {len(outcome.labels)} labels, {len(outcome.key_shards)} shards")
     bad = [k for k, v in outcome.top5.items() if v.shape[0] != n]

@@ -1,14 +1,16 @@
-"""Sweep (model, mode, r) grid points over a Ray cluster into Parquet results.
+"""Sweep (model, method, amount) grid points over a Ray cluster into Parquet results.
 
-    python -m orchestrator.sweep --models deit_tiny,deit_small --mode tomecis,tome --r 0,8-16 --data shards/ --out results/
+    python -m orchestrator.sweep --models deit_tiny,deit_small --method tomecis,tome,evit --r 8-16 --keep 0.7,0.9 --data shards/ --out results/
 
-Flow: parse the grid -> resolve the shards (once) -> skip points already in ``--out`` -> join or start
-Ray (``cluster``) -> plan actors from each node's resources (``placement``) -> group the models by eval
-transform into decode passes -> pass by pass: each work item (a few shards) is decoded once and run at
-every (model, mode, r) of the pass still to do, outcomes accepted once per item (``pool``) -> each
-(model, mode) timed alone on random input -> per point, counts checked against the manifest and the row
-+ predictions written (``points``, ``results``; before the next pass starts, so a later failure keeps
-them) -> a table per model and mode (``tables``), and how many images were decoded for how many points.
+Flow: parse the grid (every model's unreduced baseline, and each method at every amount it takes:
+``--r`` and/or ``--keep``; a method given none stops here) -> resolve the shards (once) -> skip points
+already in ``--out`` -> join or start Ray (``cluster``) -> plan actors from each node's resources
+(``placement``) -> group the models by eval transform into decode passes -> pass by pass: each work item
+(a few shards) is decoded once and run at every (model, method, amount) of the pass still to do, outcomes
+accepted once per item (``pool``) -> each model timed alone on random input at each of its points -> per
+point, counts checked against the manifest and the row + predictions written (``points``, ``results``;
+before the next pass starts, so a later failure keeps them) -> a table per model, a line per method and
+amount (``tables``), and how many images were decoded for how many points.
 
 Each accepted item is written to its pass's spool (``spool``) before it counts, so a rerun after the
 driver died evaluates only the items still missing; Ctrl-C stops the actors, keeps the spool and prints
@@ -33,16 +35,35 @@ import shards
 import tomecis
 from clipattern import parsed_or_exit, run_or_report
 from tomecis.models import find_checkpoint, max_r
-from tomecis.names import modes_help
+from tomecis.names import methods_help, parse_keep_values
 
 from . import tables
 from .cluster import connect
 from .errors import SweepError, WorkFailed
-from .grid import AMPS, GridPoint, build_grid, parse_models, parse_modes, parse_r_values
+from .grid import (
+    AMPS,
+    GridPoint,
+    MethodPlan,
+    build_grid,
+    describe_grid,
+    parse_methods,
+    parse_models,
+    parse_r_values,
+    plan_methods,
+)
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
 from .pool import EvaluatorPool, group_shards
-from .prepare import Selection, plan_passes, select_shards, shards_per_item, ship_weights, weights_for
+from .prepare import (
+    Selection,
+    group_by_transform,
+    pass_name,
+    plan_passes,
+    select_shards,
+    shards_per_item,
+    ship_weights,
+    weights_for,
+)
 from .results import ResultsDir
 from .spool import Spool, SpoolRecord, disjoint_in_order, pass_key
 from .work import DecodePass, EvaluatorConfig
@@ -53,13 +74,14 @@ class SweepConfig:
     """Everything a sweep needs, parsed once from the command line."""
 
     models: List[str]
-    r_values: List[int]
+    r_values: List[int] = field(default_factory=list)  # --r, for the methods that take it
+    keep_values: List[float] = field(default_factory=list)  # --keep, for the methods that take it
     data: Optional[str] = None
     out: str = "results"
     batch_size: int = 128
     device: str = "auto"
     amp: str = "none"
-    modes: List[str] = field(default_factory=lambda: ["tomecis"])
+    methods: List[str] = field(default_factory=lambda: ["tomecis"])
     checkpoint_dir: Optional[str] = None
     random_weights: bool = False
     limit: Optional[int] = None
@@ -76,6 +98,27 @@ class SweepConfig:
     actor_start_timeout: float = 900.0
     allow_decode_failures: bool = False
     progress: bool = True
+    dry_run: bool = False  # print the grid and its decode passes, then stop (no data read, no Ray)
+
+    def method_plans(self) -> List[MethodPlan]:
+        """Each method with the amounts it takes (``grid.plan_methods``); ``ValueError`` naming a method
+        given no amount it takes."""
+        return plan_methods(self.methods, self.r_values, self.keep_values)
+
+    def grid(
+        self, dataset: str, weights: Optional[Dict[str, str]] = None, device: str = "cpu"
+    ) -> List[GridPoint]:
+        return build_grid(
+            self.models,
+            self.r_values,
+            self.methods,
+            self.amp,
+            self.batch_size,
+            weights,
+            device,
+            dataset=dataset,
+            keep_values=self.keep_values,
+        )
 
 
 @dataclass
@@ -128,7 +171,10 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
     """Evaluate every grid point not yet in ``cfg.out``; raises ``SweepError`` if any point fails.
 
     Ray starts only when there is work, or with ``--device auto`` (the device kind, part of the
-    results' key, then depends on the cluster's GPUs)."""
+    results' key, then depends on the cluster's GPUs). A method given no amount it takes raises
+    ``ValueError`` before anything else; a flag a method does not take gets one line on stderr."""
+    for note in filter(None, (plan.skip_note() for plan in cfg.method_plans())):
+        print(note, file=sys.stderr)
     selection = selection or Selection(*select_shards(shards.resolve_data(cfg.data), cfg.limit))
     weights = weights_for(cfg.models, cfg.checkpoint_dir, cfg.random_weights)
     results = ResultsDir(cfg.out)
@@ -138,19 +184,16 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
         if cfg.device == "auto":  # the device kind is part of every point's key: ask the cluster first
             started_ray = connect(cfg.address)
             plan = make_plan(cfg)
-        grid = build_grid(
-            cfg.models,
-            cfg.r_values,
-            cfg.modes,
-            cfg.amp,
-            cfg.batch_size,
-            {m: w.tag for m, w in weights.items()},
-            plan.device if plan else cfg.device,
-            dataset=selection.fingerprint,
+        grid = cfg.grid(
+            selection.fingerprint, {m: w.tag for m, w in weights.items()}, plan.device if plan else cfg.device
         )
         todo = []
         for point in grid:
             (todo if cfg.force or not results.is_done(point) else summary.skipped).append(point)
+        print(
+            f"grid: {len(grid)} point(s), {len(summary.skipped)} already in {cfg.out}\n{describe_grid(grid)}",
+            file=sys.stderr,
+        )
         if todo:
             if plan is None:
                 started_ray, plan = connect(cfg.address), make_plan(cfg)
@@ -163,10 +206,10 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
             ray.shutdown()
     done = results.read_points_of(grid).to_pandas()
     summary.table = tables.sweep_tables(
-        done, [p.model for p in grid], selection.fingerprint, cfg.modes, cfg.amp, cfg.batch_size
+        done, [p.model for p in grid], selection.fingerprint, cfg.methods, cfg.amp, cfg.batch_size
     )
     if summary.failed:
-        lines = "\n".join(f"  {p.short_name} {p.mode} r={p.r}: {why}" for p, why in summary.failed.items())
+        lines = "\n".join(f"  {p.label}: {why}" for p, why in summary.failed.items())
         left_out = describe_decode_failures(summary.decode_failures, cfg.out)
         raise SweepError(
             f"{len(summary.failed)} grid point(s) not written:\n{lines}"
@@ -299,7 +342,7 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
             row, predictions, failures = point_row(
                 point,
                 outcomes,
-                profiles[(point.model, point.mode)],
+                profiles[point.model],
                 run.selection.total,
                 run.cfg.allow_decode_failures,
                 retries=retries,
@@ -309,7 +352,7 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
             summary.failed[point] = str(err)
             continue
         if row["graph_error"]:
-            print(f"warning: {point.short_name} {point.mode} r={point.r} ran eagerly: {row['graph_error']}")
+            print(f"warning: {point.label} ran eagerly: {row['graph_error']}")
         summary.written.append(run.results.write_point(point, row, predictions, failures))
         summary.points_evaluated += 1
         written = True
@@ -415,10 +458,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
-    """What to evaluate: models, r, modes, data, weights, and where the results go."""
+    """What to evaluate: models, methods and their amounts, data, weights, and where the results go."""
     p.add_argument("--models", required=True, help="comma-separated: deit_tiny,deit_small or timm names")
     p.add_argument(
-        "--r", dest="r_values", metavar="R", required=True, help="r values: 0,8-16 or 8-16:2 or 13"
+        "--method",
+        "--mode",
+        dest="methods",
+        metavar="METHOD[,METHOD]",
+        default="tomecis",
+        help=f"token-reduction methods, comma-separated, each run at every amount it takes of --r and --keep "
+        f"(every model's unreduced baseline is always in the grid, once): {methods_help()} (default %(default)s)",
+    )
+    p.add_argument(
+        "--r",
+        dest="r_values",
+        metavar="R",
+        help="tokens removed per block, for the methods that take --r: 8-16, 13, 8-16:2 (0 is the baseline)",
+    )
+    p.add_argument(
+        "--keep",
+        dest="keep_values",
+        metavar="RATIO",
+        help="per-block keep ratios, for the methods that take --keep: 0.7,0.9 (1 is the baseline)",
     )
     p.add_argument(
         "--data",
@@ -435,13 +496,6 @@ def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
         help="auto: GPU actors when the cluster has GPUs, else CPU actors",
     )
     p.add_argument("--amp", default="none", choices=list(AMPS))
-    p.add_argument(
-        "--mode",
-        dest="modes",
-        metavar="MODE[,MODE]",
-        default="tomecis",
-        help=f"merge modes, comma-separated, from: {modes_help()} (default %(default)s)",
-    )
     weights = p.add_mutually_exclusive_group()
     weights.add_argument(
         "--checkpoint-dir", help="directory of <timm model name>.pth|.safetensors (offline clusters)"
@@ -501,6 +555,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="score the decodable images when some fail (n_failed is recorded)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the grid (points per model and method) and its decode passes, then stop: no data is read, Ray does not start",
+    )
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
@@ -509,8 +568,11 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
     args = parser.parse_args(argv)
     parsed = dict(
         models=parsed_or_exit(parser, "--models", parse_models, args.models),
-        r_values=parsed_or_exit(parser, "--r", parse_r_values, args.r_values),
-        modes=parsed_or_exit(parser, "--mode", parse_modes, args.modes),
+        methods=parsed_or_exit(parser, "--method", parse_methods, args.methods),
+        r_values=parsed_or_exit(parser, "--r", parse_r_values, args.r_values) if args.r_values else [],
+        keep_values=parsed_or_exit(parser, "--keep", parse_keep_values, args.keep_values)
+        if args.keep_values
+        else [],
     )
     for name in ("batch_size", "bench_runs", "limit", "num_actors"):
         value = getattr(args, name)
@@ -535,7 +597,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run_and_print(cfg: SweepConfig, argv: Sequence[str]) -> int:
-    """Run the sweep and print its tables and counts; Ctrl-C: say what was kept and how to resume (130)."""
+    """Run the sweep and print its tables and counts; Ctrl-C: say what was kept and how to resume (130).
+    With ``--dry-run``, print the plan instead."""
+    if cfg.dry_run:
+        print(describe_plan(cfg))
+        return 0
     try:
         summary = run_sweep(cfg, validate_inputs(cfg))
     except SweepPaused as paused:
@@ -563,16 +629,50 @@ def check_supported(model: str) -> torch.nn.Module:
         raise ValueError(f"--models: {err}") from err
 
 
-def validate_inputs(cfg: SweepConfig) -> Selection:
-    """Data, weights and r checks that need files or model shapes, done before Ray starts; returns the
-    shards to evaluate (resolved once: remote manifests are fetched here only)."""
+def check_grid(cfg: SweepConfig) -> List[MethodPlan]:
+    """Methods, amounts and models, checked without data or Ray: every method has an amount it takes
+    (else ``ValueError`` naming it and its flags), every model can be patched, and every r a method
+    will run fits every model. Returns the methods' plans."""
+    plans = cfg.method_plans()
+    r_values = sorted({a[0] for plan in plans for a in plan.amounts if a[0] is not None})
     for model in cfg.models:
-        limit = max_r(check_supported(model))  # one meta-device build for both checks
-        too_big = [r for r in cfg.r_values if r > limit]
+        patched = check_supported(model)  # one meta-device build for every check
+        limit = max_r(patched)
+        too_big = [r for r in r_values if r > limit]
         if too_big:
             raise ValueError(
                 f"--r {too_big[0]} is impossible for {model}: a block can merge at most {limit} of its tokens"
             )
+        for plan in plans:
+            for r, keep in plan.amounts:
+                try:  # on the meta device: nothing runs, the method only says whether it takes the model
+                    tomecis.set_reduction(patched, plan.method, r=r, keep=keep)
+                except ValueError as err:
+                    raise ValueError(f"--models {model} with --method {plan.method}: {err}") from None
+    return plans
+
+
+def describe_plan(cfg: SweepConfig) -> str:
+    """What a sweep with ``cfg`` evaluates, without data or Ray (``--dry-run``): the lines for flags a
+    method skips, the points per model and method, and the decode passes (one decode per image each)."""
+    plans = check_grid(cfg)
+    grid = cfg.grid(dataset="dry-run")
+    groups = group_by_transform(cfg.models)
+    lines = [plan.skip_note() for plan in plans if plan.skip_note()]
+    lines.append(
+        f"grid: {len(grid)} point(s) in {len(groups)} decode pass(es), each image decoded once per pass"
+    )
+    for index, models in enumerate(groups, 1):
+        count = sum(1 for p in grid if p.model in models)
+        lines.append(f"  {pass_name(index, models)}: {count} point(s)")
+    lines.append(describe_grid(grid))
+    return "\n".join(lines)
+
+
+def validate_inputs(cfg: SweepConfig) -> Selection:
+    """Method, amount, data, weights and r checks that need files or model shapes, done before Ray
+    starts; returns the shards to evaluate (resolved once: remote manifests are fetched here only)."""
+    check_grid(cfg)
     selection = Selection(*select_shards(shards.resolve_data(cfg.data), cfg.limit))
     if (
         cfg.checkpoint_dir

@@ -16,7 +16,10 @@ if TYPE_CHECKING:  # annotations only: neither is imported at run time
 
     import shards
 
-PointKey = Tuple[str, str, int]  # (timm model name, mode, r): what one grid point is run under
+PointKey = Tuple[
+    str, str, Optional[int], Optional[float]
+]  # (timm model name, method, r, keep): one grid point
+Reduction = Tuple[str, Optional[int], Optional[float]]  # (method, r, keep): a point of one model
 
 
 @dataclass(frozen=True)
@@ -55,21 +58,21 @@ class Weights:
 
 @dataclass(frozen=True)
 class Task:
-    """One model in one mode, to be run at each of ``r_values`` on every decoded batch."""
+    """One model in one method, to be run at each of ``amounts`` (``(r, keep)`` pairs) on every decoded batch."""
 
     model: str  # timm name
-    mode: str
-    r_values: Tuple[int, ...]
+    method: str
+    amounts: Tuple[Tuple[Optional[int], Optional[float]], ...]
 
     def point_keys(self) -> List[PointKey]:
-        return [(self.model, self.mode, r) for r in self.r_values]
+        return [(self.model, self.method, r, keep) for r, keep in self.amounts]
 
 
 @dataclass
 class DecodePass:
     """Models that share one eval transform: each batch is decoded once and run at every task.
 
-    ``weights`` maps every model of the pass to its weights; ``tasks`` are its (model, mode, r values)."""
+    ``weights`` maps every model of the pass to its weights; ``tasks`` are its (model, method, amounts)."""
 
     name: str
     weights: Dict[str, Weights]
@@ -78,6 +81,10 @@ class DecodePass:
     @property
     def point_keys(self) -> List[PointKey]:
         return [key for task in self.tasks for key in task.point_keys()]
+
+    def reductions(self, model: str) -> List[Reduction]:
+        """``(method, r, keep)`` of every point of ``model`` in this pass, in task order."""
+        return [key[1:] for key in self.point_keys if key[0] == model]
 
 
 @dataclass
@@ -90,7 +97,7 @@ class ShardOutcome:
     keys: List[str]
     key_shards: List[str]  # [n]: the shard URL of each key
     labels: np.ndarray  # [n] int32
-    top5: Dict[PointKey, np.ndarray]  # (model, mode, r) -> [n, 5] int32
+    top5: Dict[PointKey, np.ndarray]  # (model, method, r, keep) -> [n, 5] int32
     n_failed: int
     failures: List[shards.DecodeFailure]
     load_seconds: float  # time spent waiting for decoded batches
@@ -113,7 +120,8 @@ class ShardOutcome:
 
 @dataclass
 class ModelProfile:
-    """What the results need to know of a model in one mode, measured on the actor's device."""
+    """What the results need to know of a model at each of its points (``Reduction``: method, r, keep),
+    measured on the actor's device."""
 
     model: str
     param_count: float  # millions
@@ -121,10 +129,9 @@ class ModelProfile:
     crop_pct: float
     interpolation: str
     device: str
-    mode: str = "tomecis"
-    schedule: Dict[int, List[int]] = field(default_factory=dict)
-    gflops: Dict[int, float] = field(default_factory=dict)
-    tokens_out: Dict[int, int] = field(default_factory=dict)
-    infer_samples_per_sec: Dict[int, float] = field(default_factory=dict)
-    cuda_graphs: Dict[int, bool] = field(default_factory=dict)  # r -> img/s timed as graph replays
-    graph_errors: Dict[int, str] = field(default_factory=dict)  # r -> why its capture failed (timed eagerly)
+    schedule: Dict[Reduction, List[int]] = field(default_factory=dict)  # tokens removed by each block
+    gflops: Dict[Reduction, float] = field(default_factory=dict)
+    tokens_out: Dict[Reduction, int] = field(default_factory=dict)
+    infer_samples_per_sec: Dict[Reduction, float] = field(default_factory=dict)
+    cuda_graphs: Dict[Reduction, bool] = field(default_factory=dict)  # img/s timed as graph replays
+    graph_errors: Dict[Reduction, str] = field(default_factory=dict)  # why its capture failed (timed eagerly)

@@ -37,7 +37,13 @@ def models():
 
 
 def test_every_point_of_a_pass_equals_the_model_run_directly(tiny_shards, models):
-    tasks = [Task(TINY, "tomecis", (0, 8)), Task(TINY, "tome", (8,)), Task(DISTILLED, "tome", (16,))]
+    tasks = [
+        Task(TINY, "none", ((0, None),)),
+        Task(TINY, "tomecis", ((8, None), (None, 0.7))),
+        Task(TINY, "evit", ((None, 0.7),)),
+        Task(TINY, "pitome", ((None, 0.9),)),
+        Task(DISTILLED, "tome", ((16, None),)),
+    ]
     transform = shards.eval_transform(models[TINY])
     outcome = evaluate_shards(
         models, tasks, tiny_shards.shards, transform, torch.device("cpu"), batch_size=4, pass_name="p"
@@ -46,13 +52,20 @@ def test_every_point_of_a_pass_equals_the_model_run_directly(tiny_shards, models
     assert (
         set(outcome.top5)
         == set(outcome.forward_seconds)
-        == {(TINY, "tomecis", 0), (TINY, "tomecis", 8), (TINY, "tome", 8), (DISTILLED, "tome", 16)}
+        == {
+            (TINY, "none", 0, None),
+            (TINY, "tomecis", 8, None),
+            (TINY, "tomecis", None, 0.7),
+            (TINY, "evit", None, 0.7),
+            (TINY, "pitome", None, 0.9),
+            (DISTILLED, "tome", 16, None),
+        }
     )
     assert all(s > 0 for s in outcome.forward_seconds.values()) and outcome.load_seconds > 0
     images = torch.stack([img for img, _, _ in _decoded(tiny_shards, transform)])
     with torch.inference_mode():
-        for (model, mode, r), top5 in outcome.top5.items():
-            models[model].mode, models[model].r = mode, r
+        for (model, method, r, keep), top5 in outcome.top5.items():
+            tomecis.set_reduction(models[model], method, r=r, keep=keep)
             expected = models[model](images).topk(5, dim=-1).indices.numpy()
             np.testing.assert_array_equal(top5, expected)
     assert outcome.key_shards == [s.url for s in tiny_shards.shards for _ in range(s.n_samples)]
@@ -85,21 +98,23 @@ def test_a_model_that_cannot_be_built_is_reported_and_the_others_run(tiny_shards
         TINY: Weights("checkpoint", "good.pth", [(tmp_path / "good.pth").read_bytes()], "a" * 64),
         DISTILLED: Weights("checkpoint", "bad.pth", [b"not a checkpoint"], "b" * 64),
     }
-    decode_pass = DecodePass("p", weights, (Task(TINY, "tomecis", (0,)), Task(DISTILLED, "tomecis", (0,))))
+    decode_pass = DecodePass(
+        "p", weights, (Task(TINY, "none", ((0, None),)), Task(DISTILLED, "tomecis", ((8, None),)))
+    )
     actor = Evaluator(EvaluatorConfig(device="cpu", batch_size=4))
     outcome = actor.evaluate(decode_pass, tiny_shards.shards[:1])
-    assert set(outcome.top5) == {(TINY, "tomecis", 0)} and len(outcome.keys) == 4
+    assert set(outcome.top5) == {(TINY, "none", 0, None)} and len(outcome.keys) == 4
     assert (
         list(outcome.model_errors) == [DISTILLED] and "could not be built" in outcome.model_errors[DISTILLED]
     )
-    all_bad = DecodePass("q", {DISTILLED: weights[DISTILLED]}, (Task(DISTILLED, "tomecis", (0,)),))
+    all_bad = DecodePass("q", {DISTILLED: weights[DISTILLED]}, (Task(DISTILLED, "none", ((0, None),)),))
     with pytest.raises(RuntimeError, match=f"{DISTILLED} could not be built"):
         actor.evaluate(all_bad, tiny_shards.shards[:1])
 
 
 class ReplayOnCpu:
     """A stand-in for ``tomecis.graphs.GraphSet`` on the CPU: the same static input and padding, a
-    "replay" reruns the captured function on it with the point's mode and r (a graph has them baked in),
+    "replay" reruns the captured function on it with the point's method and amount (a graph has them baked in),
     and a capture of ``fail`` raises as a broken one would. It lets the CPU check the PointRunner's graph
     path: padding, copying out, falling back."""
 
@@ -122,8 +137,7 @@ class ReplayOnCpu:
     batch_size = graphs.GraphSet.batch_size
 
     def replay(self, key):
-        model = self.models[key[0]]
-        model.mode, model.r = key[1], key[2]
+        tomecis.set_reduction(self.models[key[0]], key[1], r=key[2], keep=key[3])
         return self.functions[key](self.static_input)
 
 
@@ -131,12 +145,18 @@ def test_graph_path_pads_the_last_batch_and_runs_a_failed_capture_eagerly(tiny_s
     """9 images in batches of 4: the last batch (1 image) is padded to 4 and its padded rows dropped; the
     point whose capture fails runs eagerly, is named in a warning and in ``graph_errors``, and is the only
     point with ``cuda_graphs`` false. Every point's top-5 equals a run without graphs."""
-    broken = (TINY, "tome", 8)
+    broken = (TINY, "tome", 8, None)
     monkeypatch.setattr(evaluator, "cuda_graphs_available", lambda device: True)
     monkeypatch.setattr(
         evaluator, "GraphSet", lambda example, amp: ReplayOnCpu(example, models, fail=[broken])
     )
-    tasks = [Task(TINY, "tomecis", (0, 8)), Task(TINY, "tome", (8,)), Task(DISTILLED, "tome", (16,))]
+    tasks = [
+        Task(TINY, "none", ((0, None),)),
+        Task(TINY, "tomecis", ((8, None),)),
+        Task(TINY, "tome", ((8, None),)),
+        Task(TINY, "evit", ((None, 0.7),)),
+        Task(DISTILLED, "tome", ((16, None),)),
+    ]
     transform = shards.eval_transform(models[TINY])
     warnings = []
     runner = evaluator.PointRunner(models, tasks, CPU, batch_size=4, warn=warnings.append)
@@ -150,6 +170,6 @@ def test_graph_path_pads_the_last_batch_and_runs_a_failed_capture_eagerly(tiny_s
     assert graphed.cuda_graphs == {key: key != broken for key in eager.top5}
     assert list(graphed.graph_errors) == [broken] and "stream is capturing" in graphed.graph_errors[broken]
     assert warnings == [
-        f"warning: {TINY} tome r=8: CUDA-graph capture failed, evaluated eagerly: {graphed.graph_errors[broken]}"
+        f"warning: {TINY} tome r8: CUDA-graph capture failed, evaluated eagerly: {graphed.graph_errors[broken]}"
     ]
     assert not any(eager.cuda_graphs.values()) and not eager.graph_errors

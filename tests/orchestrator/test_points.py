@@ -9,7 +9,7 @@ import numpy as np
 from orchestrator.points import graph_columns
 from orchestrator.work import ModelProfile, ShardOutcome
 
-KEY = ("deit_tiny_patch16_224", "tomecis", 13)
+KEY = ("deit_tiny_patch16_224", "evit", None, 0.7)
 
 
 def outcome(graphed: bool, error: str = "", device: str = "NVIDIA H200") -> ShardOutcome:
@@ -33,9 +33,9 @@ def outcome(graphed: bool, error: str = "", device: str = "NVIDIA H200") -> Shar
 def profile(timed: bool = True, graphed: bool = True, error: str = "") -> ModelProfile:
     p = ModelProfile("deit_tiny_patch16_224", 5.7, 224, 0.875, "bicubic", "NVIDIA H200")
     if timed:
-        p.infer_samples_per_sec[13], p.cuda_graphs[13] = 5000.0, graphed
+        p.infer_samples_per_sec[KEY[1:]], p.cuda_graphs[KEY[1:]] = 5000.0, graphed
     if error:
-        p.graph_errors[13] = error
+        p.graph_errors[KEY[1:]] = error
     return p
 
 

@@ -19,7 +19,7 @@ from orchestrator.work import ShardOutcome
 from shards import DecodeFailure
 
 MODEL = "deit_tiny_patch16_224"
-POINTS = [(MODEL, "tomecis", 0), (MODEL, "tomecis", 8), (MODEL, "tome", 8)]
+POINTS = [(MODEL, "none", 0, None), (MODEL, "tomecis", 8, None), (MODEL, "evit", None, 0.7)]
 
 
 def outcome(urls=("/d/a.tar",), n=3, seed=0) -> ShardOutcome:
@@ -66,15 +66,16 @@ def test_an_outcome_comes_back_field_for_field():
     back = spool.decode(spool.encode(record, "k" * 16), "k" * 16, POINTS)
     assert back.urls == record.urls and back.session == "session-1" and back.retries == 2
     assert_same(original, back.outcome)
-    assert all(isinstance(k, tuple) for k in back.outcome.top5)  # (model, mode, r) keys stay tuples
+    assert all(isinstance(k, tuple) for k in back.outcome.top5)  # (model, method, r, keep) keys stay tuples
     assert back.outcome.forward_seconds[POINTS[0]] == 1 / 3  # floats exactly
 
 
 def test_the_pass_key_names_every_setting_and_no_order():
-    grid = build_grid([MODEL], [0, 8], ["tomecis"], "none", 128, {MODEL: "random"}, "cpu", dataset="fp")
+    grid = build_grid([MODEL], [8], ["tomecis"], "none", 128, {MODEL: "random"}, "cpu", dataset="fp")
     key = spool.pass_key(grid)
     assert spool.pass_key(list(reversed(grid))) == key and len(key) == 16
-    assert key == "1c0938c604b4aaaa"  # as before the dataset moved into GridPoint: older spools are found
+    with_keep = build_grid([MODEL], [8], ["tomecis", "evit"], dataset="fp", keep_values=[0.7])
+    assert spool.pass_key(with_keep) == spool.pass_key(with_keep[::-1])  # r and keep points sort together
     changed = [
         spool.pass_key([dataclasses.replace(p, dataset="fp2") for p in grid]),
         spool.pass_key(grid[:1]),
@@ -85,8 +86,9 @@ def test_the_pass_key_names_every_setting_and_no_order():
                 ("batch_size", 64),
                 ("weights", "ckpt_3f2a9c01b7de"),
                 ("device", "cuda"),
-                ("mode", "tome"),
+                ("method", "tome"),
                 ("r", 4),
+                ("keep", 0.9),
             ]
         ),
     ]
@@ -151,7 +153,7 @@ def test_another_pass_or_other_points_or_a_short_array_are_unreadable():
         spool.decode(data, "key", POINTS[:2])
     short = outcome()
     short.top5[POINTS[1]] = short.top5[POINTS[1]][:2]
-    with pytest.raises(spool.SpoolUnreadable, match=r"top-5 of .*'tomecis', 8\) has 2 rows for 3 keys"):
+    with pytest.raises(spool.SpoolUnreadable, match=r"top-5 of .*'tomecis', 8, None\) has 2 rows for 3 keys"):
         spool.decode(spool.encode(spool.SpoolRecord(("/d/a.tar",), short, "s"), "key"), "key", POINTS)
     with pytest.raises(TypeError, match="cannot spool a set"):
         spool._pack({1, 2}, {})

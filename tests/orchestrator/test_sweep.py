@@ -112,14 +112,15 @@ def test_sweep_matches_a_plain_evaluation_for_every_r(ray_local, data, tmp_path)
     assert (points["infer_samples_per_sec"] > 0).all() and (points["eval_samples_per_sec"] > 0).all()
     run = [
         "dataset",
-        "mode",
+        "method",
         "amp",
         "infer_batch_size",
         "weights",
         "device",
     ]  # predictions say which run they belong to
     assert predictions[run].drop_duplicates().values.tolist() == points[run].drop_duplicates().values.tolist()
-    assert "| r | top-1 |" in summary.table
+    assert "| method | r | keep | top-1 |" in summary.table and "| none | 0 | — |" in summary.table
+    assert "| tomecis | r16 |" in summary.table
     assert len(list((tmp_path / "out" / "failures").iterdir())) == len(
         R_VALUES
     )  # one per point, empty: none failed
@@ -146,14 +147,15 @@ def test_killed_actor_still_gives_an_exact_result_and_reruns_skip(
     assert {p: p.stat().st_mtime_ns for p in (crashed / "points").iterdir()} == mtimes
     before = pd.read_parquet(crashed / "points").set_index("r")
     forced = sweep.run_sweep(config(data, crashed, bench=False, force=True, r_values=[8]))
-    assert len(forced.written) == 1
+    assert len(forced.written) == 2  # r = 8 and the baseline, in every grid
     after = pd.read_parquet(crashed / "points").set_index("r")
     assert len(after) == len(R_VALUES)
     assert (
         after.loc[8, "started"] > before.loc[8, "finished"]
     )  # r = 8 really evaluated again, and its file rewritten
-    assert Path(forced.written[0]).stat().st_mtime_ns > mtimes[Path(forced.written[0])]
-    assert (after.drop(8)[["started", "finished"]] == before.drop(8)[["started", "finished"]]).all().all()
+    assert all(Path(p).stat().st_mtime_ns > mtimes[Path(p)] for p in forced.written)
+    unforced = after.drop([0, 8])[["started", "finished"]]
+    assert len(unforced) == 1 and (unforced == before.drop([0, 8])[["started", "finished"]]).all().all()
 
 
 def test_multi_shard_items_with_loader_workers_are_exact(ray_local, data, tmp_path, actor_dies_on_item):
@@ -288,9 +290,10 @@ def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):
 
 
 def test_eval_rate_of_a_single_r_on_one_actor_is_images_over_the_pass(ray_local, data, tmp_path):
-    """One actor, one r: eval_samples_per_sec is n_images over the wall time from the first item's start
-    (started) to the last item's end (finished); with several r, each r's share of that time is less."""
-    sweep.run_sweep(config(data, tmp_path / "one", r_values=[8], bench=False, num_actors=1))
+    """One actor, one point (r = 0: the baseline alone): eval_samples_per_sec is n_images over the wall time
+    from the first item's start (started) to the last item's end (finished); with several points (the
+    baseline and r = 8), each one's share of that time is less."""
+    sweep.run_sweep(config(data, tmp_path / "one", r_values=[0], bench=False, num_actors=1))
     row = pd.read_parquet(tmp_path / "one" / "points").iloc[0]
     wall = (row["finished"] - row["started"]).total_seconds()
     assert row["eval_samples_per_sec"] > 0 and row["eval_samples_per_sec"] == pytest.approx(
@@ -437,12 +440,12 @@ def test_real_weights_on_the_sample_photos(ray_local, tmp_path, sample_photos):
     print(summary.table)
 
 
-def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(
+def test_one_decode_pass_for_two_models_and_two_methods_equals_separate_runs(
     ray_local, data, tmp_path, actor_dies_on_item
 ):
     """deit_tiny and deit_tiny_distilled share an eval transform: one pass decodes the 22 images once and
-    runs them at every (model, mode, r), an actor dying on the way. Each point's row and predictions are
-    what a separate run of that model and mode writes; a rerun after losing two points redoes only them,
+    runs them at every (model, method, r), an actor dying on the way. Each point's row and predictions are
+    what a separate run of that model and method writes; a rerun after losing two points redoes only them,
     still in one pass."""
     second = "deit_tiny_distilled_patch16_224"
     ckpt = tmp_path / "ckpt"
@@ -453,17 +456,19 @@ def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(
     grid = dict(checkpoint_dir=str(ckpt), r_values=[0, 8], bench=False)
     actor_dies_on_item(2)
     together = sweep.run_sweep(
-        config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"], **grid)
+        config(data, tmp_path / "together", models=[MODEL, second], methods=["tomecis", "tome"], **grid)
     )
-    assert together.actors_replaced == 1 and len(together.written) == 8
-    assert (together.decoded_images, together.decode_passes, together.points_evaluated) == (22, 1, 8)
-    assert sweep.describe_decoding(together) == "decoded 22 images once for 8 point(s)"
+    assert together.actors_replaced == 1 and len(together.written) == 6  # per model: baseline, 2 methods
+    assert (together.decoded_images, together.decode_passes, together.points_evaluated) == (22, 1, 6)
+    assert sweep.describe_decoding(together) == "decoded 22 images once for 6 point(s)"
     for model in (MODEL, second):
-        for mode in ("tomecis", "tome"):
-            alone = sweep.run_sweep(config(data, tmp_path / "alone", models=[model], modes=[mode], **grid))
-            assert alone.decoded_images == 22
+        for method in ("tomecis", "tome"):
+            alone = sweep.run_sweep(
+                config(data, tmp_path / "alone", models=[model], methods=[method], **grid)
+            )
+            assert alone.decoded_images == 22 and len(alone.written) == (2 if method == "tomecis" else 1)
     timing = ["eval_samples_per_sec", "started", "finished", "nodes", "hostnames", "n_shards", "retries"]
-    point_key = ["model", "mode", "r"]
+    point_key = ["model", "method", "r"]
     assert (pd.read_parquet(tmp_path / "together" / "points")["retries"] >= 1).all()  # the death shows
     assert (pd.read_parquet(tmp_path / "alone" / "points")["retries"] == 0).all()
     rows = {
@@ -473,7 +478,8 @@ def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(
         .reset_index(drop=True)
         for name in ("together", "alone")
     }
-    assert len(rows["together"]) == 8 and set(rows["together"]["mode"]) == {"tomecis", "tome"}
+    assert len(rows["together"]) == 6 and set(rows["together"]["method"]) == {"none", "tomecis", "tome"}
+    assert (rows["together"]["method"] == "none").sum() == 2  # one baseline per model
     pd.testing.assert_frame_equal(rows["together"], rows["alone"])
     preds = {
         name: pd.read_parquet(tmp_path / name / "predictions")
@@ -482,22 +488,85 @@ def test_one_decode_pass_for_two_models_and_two_modes_equals_separate_runs(
         for name in ("together", "alone")
     }
     pd.testing.assert_frame_equal(preds["together"], preds["alone"])  # point by point, image by image
-    by_mode = preds["together"].set_index(["model", "r", "key", "mode"])["pred"].unstack("mode")
-    assert (
-        by_mode.xs(0, level="r")["tome"] == by_mode.xs(0, level="r")["tomecis"]
-    ).all()  # r = 0: both are timm
 
     points_dir = tmp_path / "together" / "points"
     lost = [
         p
         for p in sorted(points_dir.iterdir())
-        if p.name.startswith(("deit_tiny-tomecis-r0-", "deit_tiny_distilled-tome-r8-"))
+        if p.name.startswith(("deit_tiny-none-r0-", "deit_tiny_distilled-tome-r8-"))
     ]
     assert len(lost) == 2
     for path in lost:
         path.unlink()
     again = sweep.run_sweep(
-        config(data, tmp_path / "together", models=[MODEL, second], modes=["tomecis", "tome"], **grid)
+        config(data, tmp_path / "together", models=[MODEL, second], methods=["tomecis", "tome"], **grid)
     )
     assert sorted(Path(p).name for p in again.written) == sorted(p.name for p in lost)
-    assert len(again.skipped) == 6 and (again.decoded_images, again.decode_passes) == (22, 1)
+    assert len(again.skipped) == 4 and (again.decoded_images, again.decode_passes) == (22, 1)
+
+
+def test_methods_at_an_r_and_a_keep_share_one_baseline_per_model_and_match_direct_runs(
+    ray_local, data, tmp_path, capsys
+):
+    """tomecis, evit and pitome at r = 8 and keep = 0.7 on two models of one pass: evit skips --r (one
+    line), every model has one baseline row (method none, r 0, keep null), and every point has one
+    prediction per image, equal to the model run directly at that method and amount."""
+    second = "deit_small_patch16_224"  # pitome, tofu and evit refuse distilled models
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / f"{MODEL}.pth").write_bytes((data / "ckpt" / f"{MODEL}.pth").read_bytes())
+    torch.manual_seed(4)
+    torch.save({"model": tomecis.create_model(second).state_dict()}, ckpt / f"{second}.pth")
+    cfg = config(
+        data,
+        tmp_path / "out",
+        models=[MODEL, second],
+        methods=["tomecis", "evit", "pitome"],
+        r_values=[8],
+        keep_values=[0.7],
+        checkpoint_dir=str(ckpt),
+        bench=False,
+    )
+    summary = sweep.run_sweep(cfg)
+    assert capsys.readouterr().err.count("evit: --r skipped (evit takes --keep only)") == 1
+    assert (summary.decode_passes, summary.decoded_images, len(summary.written)) == (1, 22, 12)
+    points = pd.read_parquet(tmp_path / "out" / "points")
+    base = points[points["method"] == "none"]
+    assert sorted(base["model"]) == sorted([MODEL, second])
+    assert (base["r"] == 0).all() and base["keep"].isna().all()
+    keys = {
+        (m, int(r) if r == r else None, float(k) if k == k else None)
+        for m, r, k in points[["method", "r", "keep"]].values
+    }
+    assert keys == {
+        ("none", 0, None),
+        ("tomecis", 8, None),
+        ("tomecis", None, 0.7),
+        ("evit", None, 0.7),
+        ("pitome", 8, None),
+        ("pitome", None, 0.7),
+    }
+    assert (points.groupby("model").size() == 6).all() and (points["n_images"] == 22).all()
+    base_tokens = points["model"].map(base.set_index("model")["tokens_out"])
+    assert (
+        points.loc[points["method"] != "none", "tokens_out"] < base_tokens[points["method"] != "none"]
+    ).all()
+    predictions = pd.read_parquet(tmp_path / "out" / "predictions")
+    assert len(predictions) == 12 * 22
+    shardset = shards.resolve_data(str(data / "shards"))
+    for model_name in (MODEL, second):
+        model = tomecis.patch(tomecis.create_model(model_name, checkpoint=ckpt / f"{model_name}.pth"), r=0)
+        batches = list(shards.iter_batches(shardset.shards, shards.eval_transform(model), batch_size=22))
+        images, _, image_keys = batches[0]
+        for method, r, keep in keys:
+            tomecis.set_reduction(model, method, r=r, keep=keep)
+            with torch.inference_mode():
+                expected = dict(zip(image_keys, model(images).argmax(-1).tolist()))
+            mine = predictions[
+                (predictions["model"] == model_name)
+                & (predictions["method"] == method)
+                & (predictions["r"].isna() if r is None else predictions["r"] == r)
+                & (predictions["keep"].isna() if keep is None else predictions["keep"] == keep)
+            ]
+            assert len(mine) == 22 and mine["key"].is_unique, (model_name, method, r, keep)
+            assert dict(zip(mine["key"], mine["pred"])) == expected, (model_name, method, r, keep)

@@ -186,11 +186,11 @@ def outcome(shard, keys, started, finished, load, forward, device="cpu (1 thread
         keys=list(keys),
         key_shards=[shard] * n,
         labels=np.zeros(n, np.int32),
-        top5={(MODEL, "tomecis", r): np.zeros((n, 5), np.int32) for r in forward},
+        top5={(MODEL, "tomecis", r, None): np.zeros((n, 5), np.int32) for r in forward},
         n_failed=len(failures),
         failures=list(failures),
         load_seconds=load,
-        forward_seconds={(MODEL, "tomecis", r): s for r, s in forward.items()},
+        forward_seconds={(MODEL, "tomecis", r, None): s for r, s in forward.items()},
         started=started,
         finished=finished,
         node_id=f"node-{shard}",
@@ -207,9 +207,9 @@ def profile(r_values, device="cpu (1 threads)"):
         crop_pct=0.875,
         interpolation="bicubic",
         device=device,
-        schedule={r: [r] * 12 for r in r_values},
-        gflops={r: 1.0 for r in r_values},
-        tokens_out={r: 197 for r in r_values},
+        schedule={("tomecis", r, None): [r] * 12 for r in r_values},
+        gflops={("tomecis", r, None): 1.0 for r in r_values},
+        tokens_out={("tomecis", r, None): 197 for r in r_values},
         infer_samples_per_sec={},
     )
 
@@ -298,16 +298,18 @@ def test_started_and_finished_span_the_points_items_and_every_device_is_named():
 
 
 def test_models_with_the_same_eval_transform_share_a_decode_pass():
-    """DeiT-Ti/S share one transform; a 384-pixel ViT gets a pass of its own. Tasks keep the r still to do."""
+    """DeiT-Ti/S share one transform; a 384-pixel ViT gets a pass of its own. Tasks keep the amounts still to do."""
     from orchestrator.grid import GridPoint
     from orchestrator.work import Weights
 
     big = "vit_tiny_patch16_384"
     todo = [
-        GridPoint(MODEL, 0, dataset="fp"),
+        GridPoint(MODEL, 0, method="none", dataset="fp"),
         GridPoint(MODEL, 8, dataset="fp"),
-        GridPoint(MODEL, 8, mode="tome", dataset="fp"),
-        GridPoint(big, 0, dataset="fp"),
+        GridPoint(MODEL, 8, method="tome", dataset="fp"),
+        GridPoint(MODEL, None, method="evit", keep=0.7, dataset="fp"),
+        GridPoint(MODEL, None, method="tome", keep=0.9, dataset="fp"),
+        GridPoint(big, 0, method="none", dataset="fp"),
         GridPoint("deit_small_patch16_224", 16, dataset="fp"),
     ]
     weights = {m: Weights("random") for m in (MODEL, big, "deit_small_patch16_224")}
@@ -316,29 +318,97 @@ def test_models_with_the_same_eval_transform_share_a_decode_pass():
         MODEL,
         "deit_small_patch16_224",
     }
-    assert [(t.model, t.mode, t.r_values) for t in first.tasks] == [
-        (MODEL, "tomecis", (0, 8)),
-        (MODEL, "tome", (8,)),
-        ("deit_small_patch16_224", "tomecis", (16,)),
+    assert [(t.model, t.method, t.amounts) for t in first.tasks] == [
+        (MODEL, "none", ((0, None),)),
+        (MODEL, "tomecis", ((8, None),)),
+        (MODEL, "tome", ((8, None), (None, 0.9))),
+        (MODEL, "evit", ((None, 0.7),)),
+        ("deit_small_patch16_224", "tomecis", ((16, None),)),
     ]
     assert first.point_keys == [
-        (MODEL, "tomecis", 0),
-        (MODEL, "tomecis", 8),
-        (MODEL, "tome", 8),
-        ("deit_small_patch16_224", "tomecis", 16),
+        (MODEL, "none", 0, None),
+        (MODEL, "tomecis", 8, None),
+        (MODEL, "tome", 8, None),
+        (MODEL, "tome", None, 0.9),
+        (MODEL, "evit", None, 0.7),
+        ("deit_small_patch16_224", "tomecis", 16, None),
     ]
-    assert second.name == "pass 2 (vit_tiny_patch16_384)" and [t.r_values for t in second.tasks] == [(0,)]
+    assert first.reductions(MODEL)[::4] == [("none", 0, None), ("evit", None, 0.7)]
+    assert second.name == "pass 2 (vit_tiny_patch16_384)" and [t.amounts for t in second.tasks] == [
+        ((0, None),)
+    ]
 
 
-def test_mode_list_is_parsed_and_checked(capsys):
-    assert sweep.config_from_args(["--models", "deit_tiny", "--r", "0", "--mode", "tomecis,tome"]).modes == [
+def test_method_list_is_parsed_and_mode_is_its_alias(capsys):
+    cfg = sweep.config_from_args(
+        ["--models", "deit_tiny", "--r", "8", "--method", "tomecis,evit", "--keep", "0.7"]
+    )
+    assert (cfg.methods, cfg.r_values, cfg.keep_values) == (["tomecis", "evit"], [8], [0.7])
+    assert sweep.config_from_args(
+        ["--models", "deit_tiny", "--r", "0", "--mode", "tomecis,tome"]
+    ).methods == [
         "tomecis",
         "tome",
     ]
-    assert sweep.config_from_args(["--models", "deit_tiny", "--r", "0"]).modes == ["tomecis"]
+    assert sweep.config_from_args(["--models", "deit_tiny", "--r", "0"]).methods == ["tomecis"]
     with pytest.raises(SystemExit):
-        sweep.config_from_args(["--models", "deit_tiny", "--r", "0", "--mode", "tomecis,tomy"])
-    assert "--mode: unknown mode 'tomy'" in capsys.readouterr().err
+        sweep.config_from_args(["--models", "deit_tiny", "--r", "0", "--method", "tomecis,tomy"])
+    assert "--method: unknown method 'tomy'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.config_from_args(["--models", "deit_tiny", "--keep", "0.7,1.5"])
+    assert "--keep: keep ratio '1.5' must lie in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--method", "tomecis,evit", "--r", "8-16"],
+            "error: --method evit takes --keep, and none was given",
+        ),
+        (["--method", "tome"], "error: --method tome takes --r or --keep, and none was given"),
+        (["--method", "pitome", "--keep", "0.7", "--r", "99"], "error: --r 99 is impossible for deit_tiny"),
+        (
+            ["--models", "deit_tiny_distilled", "--method", "tome,evit", "--keep", "0.7"],
+            "error: --models deit_tiny_distilled_patch16_224 with --method evit: method 'evit' supports models",
+        ),
+    ],
+)
+def test_a_method_given_no_amount_it_takes_stops_before_data_and_ray(flags, message, tmp_path, capsys):
+    """Exit 1 with ``error: ...`` naming the method and its flags; no data is read (there is none here),
+    Ray does not start, nothing is written."""
+    argv = [
+        "--models",
+        "deit_tiny",
+        *flags,
+        "--data",
+        str(tmp_path / "no-data"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert sweep.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err
+    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def test_dry_run_prints_the_issues_grid_in_one_decode_pass(capsys):
+    """The Done-when command of #25, planned: per model one baseline, four methods x (9 r + 2 keep),
+    evit x 2 keep, in one decode pass; one line says evit skips --r."""
+    argv = ["--models", "deit_tiny,deit_small", "--method", "tomecis,tome,pitome,tofu,evit"]
+    assert sweep.main([*argv, "--r", "8-16", "--keep", "0.7,0.9", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == [
+        "evit: --r skipped (evit takes --keep only)",
+        "grid: 94 point(s) in 1 decode pass(es), each image decoded once per pass",
+        "  pass 1 (deit_tiny+deit_small): 94 point(s)",
+    ]
+    assert [line.split(":")[0] for line in out[3:]] == ["  deit_tiny", "  deit_small"]
+    assert all(
+        "47 point(s): none r0 (baseline); tomecis r8-r16, keep0.7, keep0.9 (11);" in line for line in out[3:]
+    )
+    assert all(line.endswith("evit keep0.7, keep0.9 (2)") for line in out[3:])
+    assert not ray.is_initialized()
 
 
 def test_retries_are_counted_and_a_resumed_pass_has_no_eval_rate():
