@@ -14,7 +14,6 @@ time per point comes from CUDA events, which time the device without stopping it
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import time
@@ -353,7 +352,7 @@ def profile_model(
 def reduction_setting(model: nn.Module, reduction: Reduction) -> bm.Setting:
     """A ``tomecis.benchmark`` setting that times ``model`` at ``reduction`` (method, r, keep)."""
     method, r, keep = reduction
-    return functools.partial(tomecis.set_reduction, model, method, r=r, keep=keep)
+    return bm.with_reduction(model, method, r, keep)
 
 
 def removed_per_block(model: nn.Module, r: Optional[int]) -> List[int]:

@@ -519,10 +519,11 @@ def test_mcnemar_exact_matches_the_binomial_by_hand():
 def write_point(
     out: Path,
     model: str,
-    r: int,
+    r: Optional[int],
     correct: Sequence[bool],
     speed: Optional[float] = 100.0,
-    mode: str = "tomecis",
+    method: Optional[str] = None,
+    keep: Optional[float] = None,
     amp: str = "none",
     batch_size: int = 128,
     fingerprint: str = FINGERPRINT,
@@ -530,8 +531,13 @@ def write_point(
     weights: str = "pretrained",
     graphs: Optional[bool] = False,
 ) -> None:
-    """One grid point whose image i (key ``img{i:05d}``, class i % 10) is right exactly when correct[i]."""
-    point = GridPoint(model, r, mode, amp, batch_size, weights, dataset=fingerprint)
+    """One grid point whose image i (key ``img{i:05d}``, class i % 10) is right exactly when correct[i].
+
+    ``method`` defaults to the unreduced baseline (``none``) at r = 0 and to ``tomecis`` otherwise; a
+    ``keep`` point has ``r`` None, as the sweep writes it."""
+    method = method or ("none" if r == 0 and keep is None else "tomecis")
+    point = GridPoint(model, r, method, amp, batch_size, weights, keep=keep, dataset=fingerprint)
+    removed = r if r is not None else round(12 * (1 - keep))
     n = len(correct)
     labels = [i % N_CLASSES for i in range(n)]
     top5 = [
@@ -544,9 +550,10 @@ def write_point(
     row = dict(
         model=model,
         short_name=point.short_name,
-        mode=mode,
+        method=method,
         r=r,
-        schedule=[r] * 12,
+        keep=keep,
+        schedule=[removed] * 12,
         top1=100.0 * sum(correct) / n,
         top5=100.0,
         n_images=n,
@@ -554,8 +561,8 @@ def write_point(
         infer_samples_per_sec=speed,
         infer_batch_size=batch_size,
         eval_samples_per_sec=50.0,
-        gflops=2.5 - 0.05 * r,
-        tokens_out=197 - 12 * r,
+        gflops=2.5 - 0.05 * removed,
+        tokens_out=197 - 12 * removed,
         param_count=5.7,
         img_size=224,
         crop_pct=0.875,
@@ -597,10 +604,17 @@ def test_readme_queries_answer_on_results(tmp_path, monkeypatch, capsys):
     )  # 2 broken+5, 1 fixed
     write_point(out, SMALL, 0, correctness(100, range(90)), speed=40.0)
     write_point(out, SMALL, 13, correctness(100, range(89)), speed=70.0)
+    write_point(out, TINY, None, correctness(100, range(70)), speed=300.0, method="evit", keep=0.7)  # -10
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(readme_block("Queries people write"), "README.md", "exec"), scope)
     capsys.readouterr()
+    table = scope["table"]  # every point, r and keep alike, against its model's one baseline
+    assert table.loc[("none", "r0"), ("speedup", "deit_tiny")] == pytest.approx(1.0)
+    assert table.loc[("tomecis", "r13"), ("speedup", "deit_small")] == pytest.approx(70.0 / 40.0)
+    assert table.loc[("evit", "keep0.7"), ("speedup", "deit_tiny")] == pytest.approx(3.0)
+    assert table.loc[("evit", "keep0.7"), ("delta_top1", "deit_tiny")] == pytest.approx(-10.0)
+    assert len(table) == 4  # none r0, tomecis r8 and r13, evit keep0.7
     best = (
         scope["ok"]
         .loc[scope["ok"].groupby("short_name").infer_samples_per_sec.idxmax()]
