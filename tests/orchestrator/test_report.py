@@ -295,6 +295,27 @@ def test_report_says_which_points_were_cuda_graph_replays():
     assert ", CUDA graphs" in md and "except" not in md
 
 
+def test_sweep_table_names_a_keep_point_that_ran_eagerly(tmp_path):
+    """The sweep's final table on its own files (read back through ``ResultsDir``, r null in the keep
+    row, cuda_graphs false with a graph_error there): the heading names the eager keep point, the keep
+    row sits in its own cells, and the report says the same."""
+    gpu, out = "NVIDIA H100 80GB HBM3", tmp_path / "results"
+    write_point(out, SMALL, 0, correctness(100, range(80)), speed=100.0, device=gpu, graphs=True)
+    write_point(out, SMALL, 8, correctness(100, range(78)), speed=150.0, device=gpu, graphs=True)
+    write_point(out, SMALL, None, correctness(100, range(72)), 170.0, "evit", 0.7, device=gpu, graphs=False)
+    points = ResultsDir(str(out)).read_point_rows()
+    eager = points[points["method"] == "evit"].iloc[0]
+    assert pd.isna(eager["r"]) and eager["graph_error"] == "eager by choice"
+    text = sweep_tables(points, [SMALL], FINGERPRINT, ["tomecis", "evit"], "none", 128)
+    assert "CUDA graphs except evit keep0.7 (eager; see graph_error)" in text.splitlines()[0]
+    rows = table_rows(text, key_cells=3)
+    assert sorted(rows) == ["evit — 0.7", "none 0 —", "tomecis 8 —", "tomecis — 0.7"]
+    assert rows["tomecis — 0.7"][3] == "missing"  # tomecis takes --keep too
+    assert rows["evit — 0.7"][3:8] == ["72.00", "100.00", "170.0", "1.70x", "-8.00"]
+    cfg = report.ReportConfig(results=str(out), out=None, bootstrap_samples=200)
+    assert "CUDA graphs except evit keep0.7 (eager; see graph_error)" in report.build_report(cfg).markdown
+
+
 # --------------------------------------------------------------------------- plots, --paper, the CLI
 
 

@@ -120,7 +120,7 @@ def test_sweep_matches_a_plain_evaluation_for_every_r(ray_local, data, tmp_path)
     ]  # predictions say which run they belong to
     assert predictions[run].drop_duplicates().values.tolist() == points[run].drop_duplicates().values.tolist()
     assert "| method | r | keep | top-1 |" in summary.table and "| none | 0 | — |" in summary.table
-    assert "| tomecis | r16 |" in summary.table
+    assert "| tomecis | 16 | — |" in summary.table and "| tomecis | 8 | — |" in summary.table
     assert len(list((tmp_path / "out" / "failures").iterdir())) == len(
         R_VALUES
     )  # one per point, empty: none failed
@@ -547,6 +547,18 @@ def test_methods_at_an_r_and_a_keep_share_one_baseline_per_model_and_match_direc
         ("pitome", None, 0.7),
     }
     assert (points.groupby("model").size() == 6).all() and (points["n_images"] == 22).all()
+    for model_block in summary.table.split("\n\n"):  # the final table: per model, r and keep in their cells
+        rows = [line for line in model_block.splitlines() if line.startswith("| ") and "---" not in line]
+        cells = {tuple(c.strip() for c in line.strip("|").split("|")[:3]) for line in rows[1:]}
+        assert cells == {
+            ("none", "0", "—"),
+            ("tomecis", "8", "—"),
+            ("tomecis", "—", "0.7"),
+            ("evit", "—", "0.7"),
+            ("pitome", "8", "—"),
+            ("pitome", "—", "0.7"),
+        }, model_block
+    assert summary.table.count("| method | r | keep | top-1 |") == 2
     base_tokens = points["model"].map(base.set_index("model")["tokens_out"])
     assert (
         points.loc[points["method"] != "none", "tokens_out"] < base_tokens[points["method"] != "none"]
