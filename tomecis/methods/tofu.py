@@ -43,9 +43,12 @@ def norm_preserving_merge(matching: M.Matching, x: torch.Tensor) -> torch.Tensor
     """ToFu's MLERP as coded: ``[B, N, C] -> [B, N - r, C]``.
 
     ``m_b = (x_b + sum_s x_s) / (1 + n_b)``, then ``m_b / ||x_b|| * max(||x_b||, max_s ||x_s||)``; a token
-    nothing merged into keeps its value (the factor is 1)."""
+    nothing merged into keeps its value (the factor is 1). The mean is one ``scatter_add`` of ``[x, 1]``
+    and a division (``scatter_reduce``'s ``mean`` would fill a count tensor as large as ``x``)."""
+    C = x.shape[-1]
     norms = x.norm(dim=-1, keepdim=True)  # [B, N, 1]
-    mean = matching.merge(x, mode="mean")  # [B, N - r, C]
+    summed = matching.merge(torch.cat([x, torch.ones_like(norms)], dim=-1), mode="sum")  # [B, N - r, C + 1]
+    mean = summed.narrow(-1, 0, C) / summed.narrow(-1, C, 1)  # [B, N - r, C]
     largest = matching.merge(norms, mode="amax")  # [B, N - r, 1] max(||x_b||, max_s ||x_s||)
     return mean / matching.prune(norms) * largest
 
