@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .agreement import agreement_rows, agreement_table, check_agreement, run_cpu_reference
 from .benchmark import benchmark_model, benchmark_table, check_benchmark
-from .config import TARGETS, CheckPoint, GpuCheckConfig, check_points
+from .config import TARGETS, CheckPoint, GpuCheckConfig, check_points, method_amounts
 from .cudatests import run_cuda_tests
 from .decode import (
     PassResult,
@@ -22,6 +22,7 @@ from .decode import (
 )
 from .machine import machine_section, ray_version
 from .photos import sample_shards
+from .plan import plan_lines
 from .readpath import read_bench, read_table
 from .report import Report, run_step
 from .weights import ModelWeights, choose_weights, weights_head
@@ -44,6 +45,10 @@ def run_check(
     }
     report.add("Machine", machine_section(cfg, wheels))
     points = check_points(cfg)
+    plan = plan_lines(cfg, points, method_amounts(cfg)[1])
+    for line in plan:
+        say(f"gpucheck: {line}")
+    report.add("Plan", "\n".join(f"- {line.removeprefix('plan: ')}" for line in plan), plan=plan)
     bench_rows: List[dict] = []
     for model in cfg.models:
         bench_rows += (
@@ -65,7 +70,7 @@ def run_check(
                 agreement_step(report, cfg, evaluator, points, weights, result, cpu, say)
         reads = run_step(report, "shards.bench", lambda: read_bench(cfg, data), say)
         if reads:
-            rates = {r["model"]: r["unpatched_img_per_s"] for r in bench_rows if r["r"] == 0}
+            rates = {r["model"]: r["unpatched_img_per_s"] for r in bench_rows if r["method"] == "none"}
             report.add(
                 "Data path (shards.bench: decode + eval transform, no model)",
                 read_table(reads, rates),
