@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence
 from tomecis.names import short_name
 
 from .config import BUDGET_SECONDS, GPU_IMAGES, CheckPoint, GpuCheckConfig, methods_of
+from .readpath import READ_IMAGES
 
 GPU_IMG_PER_S = {"deit_tiny": 25_000.0, "deit_small": 10_000.0, "deit_base": 3_500.0}
 GPU_IMG_PER_S_OTHER = 3_000.0
@@ -81,7 +82,9 @@ def estimate_seconds(cfg: GpuCheckConfig, points: Sequence[CheckPoint], cpus: in
     decode_rate = max(1, cpus - 1) * DECODE_IMG_PER_S_PER_WORKER
     seconds["decode"] += max(compute, images / decode_rate)
     seconds["read_bench"] = sum(
-        images / (max(1, w) * DECODE_IMG_PER_S_PER_WORKER) for w in (2, 4, 8, cpus) if w <= cpus
+        min(images, READ_IMAGES) / (max(1, w) * DECODE_IMG_PER_S_PER_WORKER)
+        for w in (2, 4, 8, cpus)
+        if w <= cpus
     )
     seconds["tests"] = cfg.tests_timeout if cfg.run_tests else 0.0
     return {k: round(v, 1) for k, v in seconds.items()}
