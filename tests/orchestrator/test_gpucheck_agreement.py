@@ -220,3 +220,10 @@ def test_the_default_plan_fits_the_budget_and_benchmarks_methods_sharing_amounts
         "OVER BUDGET"
         in plan_lines(GpuCheckConfig(all_amounts=True), check_points(GpuCheckConfig(all_amounts=True)))[-1]
     )
+
+
+def test_a_points_row_read_back_from_parquet_gives_its_point_key():
+    from orchestrator.gpucheck.decode import row_key
+
+    assert row_key(dict(model="m", method="evit", r=float("nan"), keep=0.7)) == ("m", "evit", None, 0.7)
+    assert row_key(dict(model="m", method="none", r=0.0, keep=float("nan"))) == CheckPoint("m", "none", 0).key
