@@ -17,16 +17,13 @@ either clamped to ``(T - 1) // 2``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
 from .. import merge as M
 from ..names import Method
-from . import BlockView, removed_by_keep
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..patch import MergeState
+from . import BlockView, TokenState, removed_by_keep
 
 
 def count(tokens: int, index: int, depth: int, r: int, keep: Optional[float]) -> int:
@@ -53,7 +50,7 @@ def norm_preserving_merge(matching: M.Matching, x: torch.Tensor) -> torch.Tensor
     return mean / matching.prune(norms) * largest
 
 
-def reduce(method: Method, view: BlockView, state: "MergeState") -> torch.Tensor:
+def reduce(method: Method, view: BlockView, state: TokenState) -> torch.Tensor:
     """Prune or MLERP-merge ``view.count`` tokens: ``[B, N, C] -> [B, N - r, C]``."""
     matching = M.bipartite_soft_matching(view.metric, view.count, class_token=True)
     if prunes(view.index, view.depth):
