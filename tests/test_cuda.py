@@ -61,17 +61,29 @@ def logits_on(model, images, device, batch=64):
         )
 
 
-@pytest.mark.parametrize("r", R_VALUES)
-def test_cuda_fp32_matches_the_cpu(photos, strict_fp32, r):
+# every method at one amount of each kind it takes (issue #25), beside ToMeCIS at the paper's r
+METHOD_AMOUNTS = [("tomecis", {"r": r}) for r in R_VALUES] + [
+    ("tome", {"r": 13}),
+    ("tomecis", {"keep": 0.9}),
+    ("pitome", {"keep": 0.9}),
+    ("pitome", {"r": 13}),
+    ("tofu", {"keep": 0.9}),
+    ("tofu", {"r": 13}),
+    ("evit", {"keep": 0.7}),
+]
+
+
+@pytest.mark.parametrize("method, amount", METHOD_AMOUNTS, ids=lambda v: str(v))
+def test_cuda_fp32_matches_the_cpu(photos, strict_fp32, method, amount):
     base, images = model_and_images(photos)
-    cpu_model = tomecis.patch(copy.deepcopy(base), r=r)
-    gpu_model = tomecis.patch(copy.deepcopy(base), r=r).to(CUDA)
+    cpu_model = tomecis.set_reduction(tomecis.patch(copy.deepcopy(base)), method, **amount)
+    gpu_model = tomecis.set_reduction(tomecis.patch(copy.deepcopy(base)), method, **amount).to(CUDA)
     on_cpu, on_gpu = logits_on(cpu_model, images, "cpu"), logits_on(gpu_model, images, CUDA)
     close = ((on_cpu - on_gpu).abs().amax(dim=-1) <= 1e-3).float().mean().item()
     same_top1 = (on_cpu.argmax(-1) == on_gpu.argmax(-1)).float().mean().item()
-    assert close >= 0.99, f"r={r}: only {close:.1%} of the images within 1e-3"
-    assert same_top1 >= 0.99, f"r={r}: top-1 agrees on {same_top1:.1%}"
-    if r == 0:
+    assert close >= 0.99, f"{method} {amount}: only {close:.1%} of the images within 1e-3"
+    assert same_top1 >= 0.99, f"{method} {amount}: top-1 agrees on {same_top1:.1%}"
+    if amount == {"r": 0}:
         torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-4)
 
 
@@ -138,7 +150,8 @@ def test_gpu_actor_sweep_equals_a_cpu_actor_sweep(tmp_path):
                 sweep.SweepConfig(
                     models=["deit_tiny_patch16_224"],
                     r_values=[0, 8, 16],
-                    modes=["tomecis", "tome"],
+                    keep_values=[0.9],
+                    methods=["tomecis", "tome", "evit"],
                     data=str(tmp_path / "shards"),
                     out=str(tmp_path / device),
                     batch_size=16,
@@ -154,12 +167,14 @@ def test_gpu_actor_sweep_equals_a_cpu_actor_sweep(tmp_path):
             ray.shutdown()
         frames[device] = (
             pd.read_parquet(tmp_path / device / "predictions")
-            .sort_values(["mode", "r", "key"])
+            .sort_values(["method", "r", "keep", "key"])
             .reset_index(drop=True)
         )
     gpu, cpu = frames["cuda"], frames["cpu"]
     assert (
-        len(gpu) == len(cpu) == 40 * 6
+        len(gpu)
+        == len(cpu)
+        == 40 * 8  # the baseline, tomecis and tome at r 8, 16 and keep 0.9, evit keep 0.9
         and (gpu["key"] == cpu["key"]).all()
         and (gpu["label"] == cpu["label"]).all()
     )
@@ -191,20 +206,28 @@ def graphed_and_eager(model, x, amp):
     return replayed, eager
 
 
+def headline_amounts(method):
+    """ToMe and ToMeCIS at the paper's r values; the other methods at r 13 (where taken), keep 0.7 and 0.9."""
+    if method in ("tomecis", "tome"):
+        return [{"r": r} for r in R_VALUES] + [{"keep": 0.9}]
+    r = [{"r": 13}] if tomecis.METHODS[method].takes("r") else []
+    return r + [{"keep": 0.7}, {"keep": 0.9}]
+
+
 @pytest.mark.parametrize("amp", ["none", "fp16"])
-@pytest.mark.parametrize("mode", ["tomecis", "tome"])
+@pytest.mark.parametrize("method", ["tomecis", "tome", "pitome", "tofu", "evit"])
 @pytest.mark.parametrize("name", GRAPH_MODELS)
-def test_graph_replay_equals_eager_on_the_headline_grid(strict_fp32, name, mode, amp):
+def test_graph_replay_equals_eager_on_the_headline_grid(strict_fp32, name, method, amp):
     base = MODEL_FACTORIES[name]().to(CUDA)
     x = torch.randn(32, 3, 224, 224, device=CUDA)
     atol = 1e-4 if amp == "none" else 1e-2
-    for r in R_VALUES:
-        model = tomecis.patch(copy.deepcopy(base), r=r, mode=mode)
+    for amount in headline_amounts(method):
+        model = tomecis.set_reduction(tomecis.patch(copy.deepcopy(base)), method, **amount)
         replayed, eager = graphed_and_eager(model, x, amp)
         close = ((replayed - eager).abs().amax(dim=-1) <= atol).float().mean().item()
         same = (replayed.argmax(-1) == eager.argmax(-1)).float().mean().item()
         assert close >= 0.99 and same >= 0.99, (
-            f"{name} {mode} r={r} {amp}: {close:.1%} close, {same:.1%} top-1"
+            f"{name} {method} {amount} {amp}: {close:.1%} close, {same:.1%} top-1"
         )
 
 
@@ -217,7 +240,9 @@ def test_a_short_last_batch_is_padded_and_equals_eager(strict_fp32, amp):
 
     base = MODEL_FACTORIES["deit_tiny"]()
     models = {"deit_tiny_patch16_224": tomecis.patch(base, r=0).to(CUDA)}
-    tasks = [Task("deit_tiny_patch16_224", mode, (0, 13)) for mode in ("tomecis", "tome")]
+    tasks = [Task("deit_tiny_patch16_224", "none", ((0, None),))]
+    tasks += [Task("deit_tiny_patch16_224", m, ((13, None), (None, 0.9))) for m in ("tomecis", "pitome")]
+    tasks += [Task("deit_tiny_patch16_224", "evit", ((None, 0.7),))]
     graphed = PointRunner(models, tasks, CUDA, amp, batch_size=64, cuda_graphs=True)
     eager = PointRunner(models, tasks, CUDA, amp, batch_size=64, cuda_graphs=False)
     assert all(graphed.graphed(k) for k in graphed.point_keys) and not graphed.graph_errors
@@ -231,23 +256,31 @@ def test_a_short_last_batch_is_padded_and_equals_eager(strict_fp32, amp):
     assert (top5_graphed[:, ::5] == top5_eager[:, ::5]).float().mean().item() >= 0.99  # top-1 per point
 
 
-def test_forty_points_capture_within_memory(capsys):
-    """The paper grid of one actor: DeiT-Ti and DeiT-S x two modes x ten r, batch 256, fp16, one pool."""
+def test_fifty_points_capture_within_memory(capsys):
+    """The paper grid of one actor: DeiT-Ti and DeiT-S x (the baseline + two methods x nine r), batch 256,
+    fp16, one pool; then every other method at two keep ratios on top (issue #25)."""
     from orchestrator.evaluator import PointRunner
     from orchestrator.work import Task
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(CUDA)
-    r_values = (0, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+    r_values = (8, 9, 10, 11, 12, 13, 14, 15, 16)
     models = {
         "deit_tiny_patch16_224": tomecis.patch(MODEL_FACTORIES["deit_tiny"](), r=0).to(CUDA),
         "deit_small_patch16_224": tomecis.patch(MODEL_FACTORIES["deit_small"](), r=0).to(CUDA),
     }
-    tasks = [Task(name, mode, r_values) for name in models for mode in ("tomecis", "tome")]
+    tasks = [Task(name, "none", ((0, None),)) for name in models]
+    tasks += [
+        Task(name, m, tuple((r, None) for r in r_values)) for name in models for m in ("tomecis", "tome")
+    ]
+    tasks += [
+        Task(name, m, ((None, 0.7), (None, 0.9))) for name in models for m in ("pitome", "tofu", "evit")
+    ]
     runner = PointRunner(models, tasks, CUDA, "fp16", batch_size=256, cuda_graphs=True)
     peak = torch.cuda.max_memory_allocated(CUDA) / 2**30
     total = torch.cuda.get_device_properties(CUDA).total_memory / 2**30
+    n = len(runner.point_keys)
     with capsys.disabled():
-        print(f"\n40 points captured at batch 256, fp16: peak {peak:.2f} GiB allocated of {total:.0f} GiB")
-    assert len(runner.point_keys) == 40 and all(runner.graphed(k) for k in runner.point_keys)
+        print(f"\n{n} points captured at batch 256, fp16: peak {peak:.2f} GiB allocated of {total:.0f} GiB")
+    assert n == 2 * (1 + 18 + 6) and all(runner.graphed(k) for k in runner.point_keys)
     assert peak < 0.5 * total

@@ -449,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--r",
         dest="r_values",
         metavar="R",
-        default="0,8-16",
-        help="r values, for the methods that take r: 0,8-16 or 8-16:2 (default %(default)s)",
+        default=None,
+        help="r values, for the methods that take r: 0,8-16 or 8-16:2 (default 0,8-16 unless --keep is given)",
     )
     p.add_argument(
         "--keep",
@@ -489,6 +489,8 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> BenchmarkConfig:
     """Parse and check the arguments (``clipattern``'s pattern: each ``dest`` is a BenchmarkConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.r_values is None:
+        args.r_values = "" if args.keep_values else "0,8-16"
     r_values = parsed_or_exit(parser, "--r", parse_r_values, args.r_values) if args.r_values else []
     keep_values = (
         parsed_or_exit(parser, "--keep", parse_keep_values, args.keep_values) if args.keep_values else []

@@ -24,8 +24,8 @@ from torch import nn
 from clipattern import parsed_or_exit, run_or_report
 
 from .models import create_model
-from .names import MODES, modes_help
-from .patch import patch
+from .names import METHOD_NAMES, check_amount, methods_help
+from .patch import patch, set_reduction
 
 PANEL_PX = 400  # each panel is PANEL_PX square, under a TITLE_PX band for the titles
 TITLE_PX = 40
@@ -139,7 +139,8 @@ def patch_groups(source: Optional[torch.Tensor], num_prefix: int, grid: Tuple[in
         num_prefix: class (+ distillation) tokens at the front of both axes, dropped here.
         grid: ``(h, w)`` patches, ``h * w = N0 - num_prefix``.
 
-    Raises ``ValueError`` unless every patch belongs to exactly one token."""
+    Patches that no token holds (pruned: ToFu's first blocks drop tokens) get group ``-1``.
+    Raises ``ValueError`` if a patch belongs to several tokens."""
     h, w = grid
     if source is None:
         return np.arange(h * w).reshape(h, w)
@@ -147,13 +148,16 @@ def patch_groups(source: Optional[torch.Tensor], num_prefix: int, grid: Tuple[in
     if patches.shape[1] != h * w:
         raise ValueError(f"source map has {patches.shape[1]} patch columns, but the grid is {h}x{w}")
     cover = patches.sum(dim=0)
-    if not torch.all(cover == 1):
-        bad = int((cover != 1).sum())
-        raise ValueError(f"source map is not a partition: {bad} patches belong to no token or to several")
+    if torch.any(cover > 1):
+        bad = int((cover > 1).sum())
+        raise ValueError(f"source map is not a partition: {bad} patches belong to several tokens")
+    kept = (cover == 1).numpy()  # [h*w]
     owner = patches.argmax(dim=0).numpy()  # [h*w] token holding each patch
-    _, first, inverse = np.unique(owner, return_index=True, return_inverse=True)
+    groups = np.full(h * w, -1)
+    _, first, inverse = np.unique(owner[kept], return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))  # number groups by their first patch in raster order
-    return order[inverse].reshape(h, w)
+    groups[kept] = order[inverse.ravel()]
+    return groups.reshape(h, w)
 
 
 # --------------------------------------------------------------------------- drawing
@@ -165,14 +169,20 @@ def pixel_groups(groups: np.ndarray, patch_size: Tuple[int, int]) -> np.ndarray:
 
 
 def mean_colour_image(image: np.ndarray, groups: np.ndarray, patch_size: Tuple[int, int]) -> np.ndarray:
-    """Each group painted in the mean colour of its pixels: ``[H, W, 3]`` uint8 -> same shape."""
+    """Each group painted in the mean colour of its pixels: ``[H, W, 3]`` uint8 -> same shape; pruned
+    patches (group -1) are painted black."""
     per_pixel = pixel_groups(groups, patch_size).ravel()
+    dropped = per_pixel < 0
+    per_pixel = np.where(dropped, per_pixel.max() + 1, per_pixel)  # pruned pixels: one group of their own
     pixels = image.reshape(-1, 3).astype(np.float64)
     counts = np.bincount(per_pixel)
-    means = np.stack(
-        [np.bincount(per_pixel, weights=pixels[:, c]) / counts for c in range(3)], axis=1
-    )  # [G, 3]
-    return np.round(means[per_pixel]).astype(np.uint8).reshape(image.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.stack(
+            [np.bincount(per_pixel, weights=pixels[:, c]) / counts for c in range(3)], axis=1
+        )  # [G, 3]
+    out = np.round(np.nan_to_num(means[per_pixel])).astype(np.uint8)
+    out[dropped] = 0
+    return out.reshape(image.shape)
 
 
 def group_borders(groups: np.ndarray, patch_size: Tuple[int, int]) -> np.ndarray:
@@ -223,13 +233,16 @@ def visualize(
     r: int,
     out: str,
     blocks: Optional[Sequence[int]] = None,
-    mode: str = "tomecis",
+    method: str = "tomecis",
     title: str = "",
+    keep: Optional[float] = None,
 ) -> List[GroupMap]:
     """Patch ``model`` (in place, with source tracing), trace one image and write the picture to ``out``.
 
-    ``blocks``: 1-based depths to show; default the last block only. Returns the group maps drawn."""
-    patch(model, r=r, mode=mode, trace_source=True)
+    ``r`` or ``keep``, whichever ``method`` takes (``keep`` wins when given). ``blocks``: 1-based depths
+    to show; default the last block only. Returns the group maps drawn."""
+    patch(model, r=0, method=method, trace_source=True)
+    set_reduction(model, method, **({"keep": keep} if keep is not None else {"r": r}))
     model.eval()
     image, x = load_image(image_path, model)
     maps = trace_groups(model, x, list(blocks) if blocks else [len(model.blocks)])
@@ -249,7 +262,8 @@ class VisualizeConfig:
     r: int
     out: str
     blocks: Optional[List[int]] = None
-    mode: str = "tomecis"
+    method: str = "tomecis"
+    keep: Optional[float] = None
     checkpoint: Optional[str] = None
     pretrained: bool = False
     random_weights: bool = False
@@ -273,7 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="deit_small", help="short name (deit_small) or timm name (default %(default)s)"
     )
     p.add_argument("--r", type=int, default=13, help="tokens merged per block (default %(default)s)")
-    p.add_argument("--mode", default="tomecis", choices=list(MODES), help=modes_help())
+    p.add_argument(
+        "--method",
+        "--mode",
+        dest="method",
+        default="tomecis",
+        choices=list(METHOD_NAMES),
+        help=methods_help(),
+    )
+    p.add_argument("--keep", type=float, help="per-block keep ratio in (0, 1], in place of --r")
     p.add_argument("--blocks", help="show the groups after these blocks, e.g. 3,6,9,12 (default: the last)")
     p.add_argument("--out", default="vis.png", help="PNG to write (default %(default)s)")
     weights = p.add_mutually_exclusive_group()
@@ -293,6 +315,8 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> VisualizeConfig:
     args = parser.parse_args(argv)
     if args.r < 0:
         parser.error(f"--r must be >= 0, got {args.r}")
+    amount = (None, args.keep) if args.keep is not None else (args.r, None)
+    parsed_or_exit(parser, "--method", lambda m: check_amount(m, *amount), args.method)
     if not (args.checkpoint or args.pretrained or args.random_weights):
         parser.error("pick the weights: --checkpoint PATH, --pretrained, or --random-weights (a smoke test)")
     blocks = parsed_or_exit(parser, "--blocks", parse_blocks, args.blocks) if args.blocks else None
@@ -313,8 +337,9 @@ def _draw_and_print(cfg: VisualizeConfig) -> int:
         if cfg.pretrained
         else "random weights"
     )
-    title = f"{cfg.model}, {cfg.mode}, r = {cfg.r} ({weights}): {Path(cfg.image).name}"
-    maps = visualize(model, cfg.image, cfg.r, cfg.out, cfg.blocks, cfg.mode, title)
+    amount = f"keep = {cfg.keep:g}" if cfg.keep is not None else f"r = {cfg.r}"
+    title = f"{cfg.model}, {cfg.method}, {amount} ({weights}): {Path(cfg.image).name}"
+    maps = visualize(model, cfg.image, cfg.r, cfg.out, cfg.blocks, cfg.method, title, cfg.keep)
     summary = ", ".join(f"block {m.block}: {m.num_groups} groups" for m in maps)
     print(f"wrote {cfg.out} ({summary})")
     return 0

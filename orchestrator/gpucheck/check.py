@@ -9,19 +9,21 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .agreement import agreement_rows, agreement_table, check_agreement, run_cpu_reference
 from .benchmark import benchmark_model, benchmark_table, check_benchmark
-from .config import TARGETS, CheckPoint, GpuCheckConfig, check_points
+from .config import TARGETS, CheckPoint, GpuCheckConfig, check_points, method_amounts
 from .cudatests import run_cuda_tests
 from .decode import (
     PassResult,
     evaluators_to_run,
     grid_efficiency,
     local_actor_shape,
+    row_key,
     run_inprocess_step,
     run_sweep_step,
     sweep_table,
 )
 from .machine import machine_section, ray_version
 from .photos import sample_shards
+from .plan import plan_lines
 from .readpath import read_bench, read_table
 from .report import Report, run_step
 from .weights import ModelWeights, choose_weights, weights_head
@@ -44,6 +46,10 @@ def run_check(
     }
     report.add("Machine", machine_section(cfg, wheels))
     points = check_points(cfg)
+    plan = plan_lines(cfg, points, method_amounts(cfg)[1])
+    for line in plan:
+        say(f"gpucheck: {line}")
+    report.add("Plan", "\n".join(f"- {line.removeprefix('plan: ')}" for line in plan), plan=plan)
     bench_rows: List[dict] = []
     for model in cfg.models:
         bench_rows += (
@@ -65,7 +71,7 @@ def run_check(
                 agreement_step(report, cfg, evaluator, points, weights, result, cpu, say)
         reads = run_step(report, "shards.bench", lambda: read_bench(cfg, data), say)
         if reads:
-            rates = {r["model"]: r["unpatched_img_per_s"] for r in bench_rows if r["r"] == 0}
+            rates = {r["model"]: r["unpatched_img_per_s"] for r in bench_rows if r["method"] == "none"}
             report.add(
                 "Data path (shards.bench: decode + eval transform, no model)",
                 read_table(reads, rates),
@@ -114,10 +120,19 @@ def decode_pass(
     report.figures.setdefault("decode_pass", {})[evaluator] = dict(
         points=result.points, grid_efficiency=efficiency
     )
+    wanted = {p.key for p in points}
+    extra = sum(row_key(row) not in wanted for row in result.points)
     report.add(
         f"Decode pass: {how}, on {data}",
-        sweep_table(result.points) + "\n\ngrid efficiency (summed model-alone time / pass wall time): "
-        f"{efficiency:.2f}",
+        sweep_table(result.points)
+        + "\n\ngrid efficiency (summed model-alone time / pass wall time): "
+        + f"{efficiency:.2f}"
+        + (
+            f"\n\n{extra} of these point(s) the check did not ask for: a sweep runs every method at every "
+            "amount given of the kinds it takes; they are timed in the pass, not compared with the CPU"
+            if extra
+            else ""
+        ),
     )
     report.check(
         f"grid ({evaluator}): summed infer time / eval wall time", efficiency, TARGETS["grid_efficiency"]

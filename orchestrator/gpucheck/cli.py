@@ -12,11 +12,12 @@ from typing import List, Optional, Sequence
 import torch
 
 from clipattern import parsed_or_exit
+from tomecis.names import amount_label, methods_help, parse_keep_values
 from tomecis.schedule import parse_r_values
 
-from ..grid import parse_models
+from ..grid import parse_methods, parse_models
 from .check import run_check
-from .config import AGREE_IMAGES, EVALUATORS, GPU_IMAGES, PHOTOS_LIMIT, GpuCheckConfig
+from .config import AGREE_IMAGES, DEFAULT_AMOUNTS, EVALUATORS, GPU_IMAGES, PHOTOS_LIMIT, GpuCheckConfig
 from .install import install_wheels
 from .weights import choose_weights
 
@@ -84,8 +85,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models", default="deit_tiny,deit_small", help="short or timm names (default %(default)s)"
     )
+    defaults = ", ".join(f"{m} {amount_label(*a)}" for m, a in DEFAULT_AMOUNTS.items())
     p.add_argument(
-        "--r", dest="r_values", metavar="R", default="0,8,13,16", help="r values (default %(default)s)"
+        "--methods",
+        "--method",
+        default=",".join(DEFAULT_AMOUNTS),
+        help="token-reduction methods to check, each beside the unreduced baseline (always checked; "
+        f"'none' alone: the baseline only). Default: all, {defaults}. Methods: {methods_help()}",
+    )
+    p.add_argument(
+        "--r",
+        dest="r_values",
+        metavar="R",
+        help="r values (tokens removed per block, e.g. 0,13 or 8-16) replacing the default amounts of the "
+        "methods that take r; r = 0 is the baseline. A method that takes neither given flag (evit with --r "
+        "alone) runs at its default amount, with a line saying so",
+    )
+    p.add_argument(
+        "--keep",
+        dest="keep_values",
+        metavar="K",
+        help="keep ratios (e.g. 0.7,0.9) replacing the default amounts of the methods that take keep; a "
+        "method whose default is r takes them where no --r is given",
+    )
+    p.add_argument(
+        "--all-amounts",
+        action="store_true",
+        help="every method at every r and keep value it takes (those given, else all the defaults), "
+        "instead of one kind each",
     )
     p.add_argument("--runs", type=int, default=20, help="timed passes per setting")
     p.add_argument(
@@ -117,8 +144,12 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> GpuCheckConfig:
     args = parser.parse_args(argv)
     parsed = dict(
         models=parsed_or_exit(parser, "--models", parse_models, args.models),
-        r_values=parsed_or_exit(parser, "--r", parse_r_values, args.r_values),
+        methods=parsed_or_exit(parser, "--methods", parse_methods, args.methods),
     )
+    if args.r_values is not None:
+        parsed["r_values"] = parsed_or_exit(parser, "--r", parse_r_values, args.r_values)
+    if args.keep_values is not None:
+        parsed["keep_values"] = parsed_or_exit(parser, "--keep", parse_keep_values, args.keep_values)
     if min(args.runs, args.bench_batch_size, args.photos_limit, args.repeat or 1) < 1:
         parser.error("--runs, --batch-size, --photos-limit and --repeat must be >= 1")
     if args.agree_images < 0:

@@ -5,12 +5,15 @@ this process; with Ray, a sweep on GPU actors. Either gives each point's row (as
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from tomecis.names import amount_label
 
 from .config import CheckPoint, GpuCheckConfig, methods_of
 from .machine import ray_version
@@ -19,8 +22,9 @@ from .weights import ModelWeights
 POINT_FIELDS = [
     "model",
     "short_name",
-    "mode",
+    "method",
     "r",
+    "keep",
     "top1",
     "n_images",
     "infer_samples_per_sec",
@@ -30,7 +34,7 @@ POINT_FIELDS = [
     "device",
     "cuda_graphs",  # where the point rows carry it (the CUDA-graph runner)
 ]
-PointId = Tuple[str, str, int]  # (timm name, method, amount): a CheckPoint's fields
+PointId = Tuple[str, str, Optional[int], Optional[float]]  # (timm name, method, r, keep): CheckPoint.key
 
 
 @dataclass
@@ -78,29 +82,15 @@ def evaluate_in_process(
     import shards
 
     from ..evaluator import Evaluator
-    from ..grid import build_grid
     from ..points import point_row
     from ..prepare import plan_passes, select_shards
     from ..work import EvaluatorConfig
 
     chosen, total, fingerprint = select_shards(shards.resolve_data(data), limit)
     work = {model: w.work_weights() for model, w in weights.items()}
-    wanted = {(p.model, p.method, p.amount) for p in points}
-    grid = [
-        point
-        for method, amounts in methods_of(points).items()
-        for point in build_grid(
-            list(dict.fromkeys(p.model for p in points)),
-            amounts,
-            method,
-            amp,
-            batch_size,
-            {model: w.tag for model, w in work.items()},
-            device,
-            dataset=fingerprint,
-        )
-        if (point.model, point.mode, point.r) in wanted
-    ]
+    grid = check_grid(
+        points, amp, batch_size, {model: w.tag for model, w in work.items()}, device, fingerprint
+    )
     result = PassResult()
     threads = torch.get_num_threads()  # the evaluator sets its own, as an actor does; given back after
     try:
@@ -110,21 +100,47 @@ def evaluate_in_process(
             if outcome.model_errors:
                 raise RuntimeError("; ".join(outcome.model_errors.values()))
             result.labels.update(zip(outcome.keys, (int(v) for v in outcome.labels)))
-            for task in decode_pass.tasks:
-                profile = timing and evaluator.profile(decode_pass, task, True, *timing)
+            for model in dict.fromkeys(task.model for task in decode_pass.tasks):
+                profile = timing and evaluator.profile(decode_pass, model, True, *timing)
                 for point in grid:
-                    if (point.model, point.mode) != (task.model, task.mode):
+                    if point.model != model:
                         continue
                     top5 = outcome.top5[point.key]
-                    result.top1[(point.model, point.mode, point.r)] = dict(
-                        zip(outcome.keys, (int(v) for v in top5[:, 0]))
-                    )
+                    result.top1[point.key] = dict(zip(outcome.keys, (int(v) for v in top5[:, 0])))
                     if profile:
                         result.points.append(point_row(point, [outcome], profile, total, False)[0])
     finally:
         torch.set_num_threads(threads)
     result.points = point_fields(result.points)
     return result
+
+
+def check_grid(points: Sequence[CheckPoint], amp, batch_size, tags, device, dataset):
+    """The sweep's grid points (``grid.GridPoint``) of the check's points, in their order: the sweep's
+    own ``build_grid`` per (method, amounts) (it adds each model's baseline), kept where wanted."""
+    from ..grid import build_grid
+
+    models = list(dict.fromkeys(p.model for p in points))
+    built = {}
+    for method, amounts in methods_of(points).items():
+        r_values = [r for r, _ in amounts if r is not None]
+        keeps = [k for _, k in amounts if k is not None]
+        for point in build_grid(
+            models,
+            r_values,
+            [method],
+            amp,
+            batch_size,
+            tags,
+            device,
+            dataset=dataset,
+            keep_values=keeps,
+        ):
+            built.setdefault(point.key, point)
+    missing = [p.label for p in points if p.key not in built]
+    if missing:
+        raise ValueError(f"the sweep's grid has no point for {', '.join(missing)}")
+    return [built[p.key] for p in points]
 
 
 def run_inprocess_step(
@@ -162,28 +178,45 @@ def run_sweep_step(
         folders.setdefault(w.path.parent if w.path else None, []).append(model)
     result = PassResult()
     for folder, models in folders.items():
-        for method, amounts in methods_of([p for p in points if p.model in models]).items():
-            summary = run_sweep(_sweep_config(cfg, data, out, models, method, amounts, folder))
-            results = ResultsDir(str(out))
-            rows = results.read_point_files(summary.written).to_pandas().to_dict("records")
-            stems = [Path(f).stem for f in summary.written]
-            preds = results.read_predictions(stems, ("key", "label", "pred"))
-            for stem, row in zip(stems, rows):
-                mine = preds[preds.point_file == stem]
-                key = (row["model"], row["mode"], int(row["r"]))
-                result.top1[key] = dict(zip(mine.key, (int(v) for v in mine.pred)))
-                result.labels.update(zip(mine.key, (int(v) for v in mine.label)))
-            result.points += point_fields(rows)
+        mine = [p for p in points if p.model in models]
+        summary = run_sweep(_sweep_config(cfg, data, out, models, methods_of(mine), folder))
+        results = ResultsDir(str(out))
+        rows = results.read_point_files(summary.written).to_pandas().to_dict("records")
+        stems = [Path(f).stem for f in summary.written]
+        preds = results.read_predictions(stems, ("key", "label", "pred"))
+        wanted = {p.key for p in mine}
+        for stem, row in zip(stems, rows):
+            key = row_key(row)
+            if key in wanted:  # the sweep may run pairs the check did not ask for: timed, not compared
+                got = preds[preds.point_file == stem]
+                result.top1[key] = dict(zip(got.key, (int(v) for v in got.pred)))
+                result.labels.update(zip(got.key, (int(v) for v in got.label)))
+        result.points += point_fields(rows)  # every row of the pass: the grid efficiency is the pass's
     return result
 
 
-def _sweep_config(cfg, data, out, models, method, amounts, folder):
+def row_key(row: dict) -> PointId:
+    """A points row's ``(model, method, r, keep)``, its nulls (NaN from pandas) as None."""
+
+    def value(v, kind):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else kind(v)
+
+    return row["model"], row["method"], value(row["r"], int), value(row["keep"], float)
+
+
+def _sweep_config(cfg, data, out, models, plan: Dict[str, List[tuple]], folder):
+    """One sweep of every method of ``plan`` (one pass over the shards, one Ray start): a sweep takes one r
+    list and one keep list for all its methods, so with methods at different amounts it also runs pairs
+    the check did not ask for (in the decode table, not in the agreement)."""
     from ..sweep import SweepConfig
 
+    methods = [m for m, amounts in plan.items() if amounts and m != "none"]
+    amounts = [a for m in methods for a in plan[m]]
     return SweepConfig(
         models=list(models),
-        r_values=list(amounts),
-        modes=[method],
+        r_values=list(dict.fromkeys(r for r, _ in amounts if r is not None)),
+        keep_values=list(dict.fromkeys(k for _, k in amounts if k is not None)),
+        methods=methods or ["none"],
         data=data,
         out=str(out),
         batch_size=cfg.sweep_batch_size,
@@ -214,13 +247,13 @@ def sweep_table(points: Sequence[dict]) -> str:
     """Per point: top-1, images, infer img/s (model alone), eval img/s (data path included)."""
     graphs = any("cuda_graphs" in p for p in points)
     lines = [
-        "| model | mode | r | top-1 | images | infer img/s | eval img/s | eval / infer |"
+        "| model | method | amount | top-1 | images | infer img/s | eval img/s | eval / infer |"
         + (" CUDA graphs |" if graphs else ""),
-        "|---|---|--:|--:|--:|--:|--:|--:|" + ("---|" if graphs else ""),
+        "|---|---|---|--:|--:|--:|--:|--:|" + ("---|" if graphs else ""),
     ]
     for p in points:
         lines.append(
-            f"| {p['short_name']} | {p['mode']} | {p['r']} | {p['top1']:.2f} | {p['n_images']} | "
+            f"| {p['short_name']} | {p['method']} | {amount_label(*row_key(p)[2:])} | {p['top1']:.2f} | {p['n_images']} | "
             f"{p['infer_samples_per_sec']:.0f} | {p['eval_samples_per_sec']:.0f} | "
             f"{p['eval_samples_per_sec'] / p['infer_samples_per_sec']:.2f} |"
             + (f" {p.get('cuda_graphs')} |" if graphs else "")

@@ -1,21 +1,37 @@
-"""Step 5: ``shards.bench`` at several loader-worker counts (decode + eval transform, no model), so that
-the data path's share of the decode pass is visible beside each model's own speed."""
+"""Step 5: ``shards.bench``'s pass (decode + eval transform, no model) at several loader-worker counts,
+over the first whole shards holding ``READ_IMAGES`` images (one shard per worker at 16 workers; the
+whole decode pass's 10,000 would cost a minute at 2 workers), so that the data path's share of the decode
+pass is visible beside each model's own speed."""
 
 from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
-from .config import GpuCheckConfig
+from .config import SHARD_SIZE, GpuCheckConfig
+
+READ_IMAGES = 16 * SHARD_SIZE  # 4,000 images: 16 shards
 
 
 def read_bench(cfg: GpuCheckConfig, data: str) -> List[dict]:
-    """``shards.bench``: decode + eval transform img/s at each loader-worker count (no model)."""
-    from shards.bench import ReadBenchConfig, run_read_bench
+    """Decode + eval transform img/s at each loader-worker count (no model), one pass each over the first
+    whole shards holding ``READ_IMAGES`` images (all of them where the shards have no counts)."""
+    import shards
+    from shards.bench import time_one_pass
+    from shards.transforms import eval_transform
 
-    rows = run_read_bench(
-        ReadBenchConfig(data=data, batch_size=cfg.sweep_batch_size, workers=tuple(cfg.read_workers), passes=1)
-    )
-    return [dict(workers=r.workers, images=r.images, seconds=r.seconds, img_per_s=r.img_per_s) for r in rows]
+    from ..prepare import select_shards
+
+    shardset = shards.resolve_data(data)
+    counted = all(s.n_samples is not None for s in shardset.shards)
+    chosen = select_shards(shardset, READ_IMAGES if counted else None)[0]
+    transform = eval_transform("deit_tiny_patch16_224")  # every DeiT's: 224 px, bicubic, crop 0.875
+    rows = []
+    for workers in cfg.read_workers:
+        stats, seconds = time_one_pass(chosen, transform, cfg.sweep_batch_size, workers)
+        rows.append(
+            dict(workers=workers, images=stats.n_images, seconds=seconds, img_per_s=stats.n_images / seconds)
+        )
+    return rows
 
 
 def read_table(rows: Sequence[dict], model_rates: Dict[str, float]) -> str:

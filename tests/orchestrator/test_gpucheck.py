@@ -16,10 +16,15 @@ from shards_testing import make_imagefolder, tiny_dataset, write_tiny_shards
 
 from orchestrator import gpucheck
 from orchestrator.gpucheck import decode, photos
+from orchestrator.gpucheck.config import DEFAULT_AMOUNTS
+from tomecis.names import REDUCING_METHODS, amount_label
 
 REPO = Path(__file__).resolve().parents[2]
 # a timm ViT of 0.4 M parameters (160 px, 6 blocks): the rehearsals stay seconds long on CI's two cores
 TINY_MODEL = "test_vit"
+BASELINE = ("none", "r0")
+# the default check: the baseline and every reduction method at its one default amount
+EVERY_METHOD = [BASELINE] + [(m, amount_label(*DEFAULT_AMOUNTS[m])) for m in REDUCING_METHODS]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: gpucheck would run for real")
@@ -39,8 +44,6 @@ def rehearsal_args(out: Path, *more: str) -> list:
         str(out),
         "--models",
         TINY_MODEL,
-        "--r",
-        "0,8",
         "--runs",
         "1",
         "--batch-size",
@@ -51,11 +54,13 @@ def rehearsal_args(out: Path, *more: str) -> list:
     ]
 
 
-def check_rehearsal_report(out: Path, evaluator: str, n_images: int, n_photos: int) -> tuple:
-    """The sections, figures and step times every rehearsal writes; returns (report text, figures)."""
+def check_rehearsal_report(out: Path, evaluator: str, n_images: int, n_photos: int, points: list) -> tuple:
+    """The sections, figures and step times every rehearsal writes, a line per point (``(method,
+    amount)``, the baseline first) in every table; returns (report text, figures)."""
     text = (out / "report.md").read_text()
     for heading in (
         "## Machine",
+        "## Plan",
         "## Benchmark (none, batch 4",
         "## Decode pass:",
         "## Data path",
@@ -63,31 +68,37 @@ def check_rehearsal_report(out: Path, evaluator: str, n_images: int, n_photos: i
     ):
         assert heading in text, text
     figures = json.loads((out / "results.json").read_text())
-    bench = {row["r"]: row for row in figures["benchmark"]}
-    assert (
-        set(bench) == {0, 8} and bench[0]["flop_ratio"] == pytest.approx(1.0) and bench[8]["flop_ratio"] > 1.2
-    )
+    assert points[0] == BASELINE
+    bench = {(row["method"], row["amount"]): row for row in figures["benchmark"]}
+    assert list(bench) == points and bench[BASELINE]["flop_ratio"] == pytest.approx(1.0)
+    assert all(row["flop_ratio"] > 1.1 for key, row in bench.items() if key != BASELINE)
     assert all(row["explicit_img_per_s"] > 0 and row["fused_vs_explicit"] > 0 for row in bench.values())
     assert all(row["eager_img_per_s"] > 0 and row["aten_ops"] > 0 for row in bench.values())
     assert all(not row["cuda_graphs"] for row in bench.values())  # a CPU rehearsal: nothing is graphed
     assert "| graphed img/s | eager img/s | graphed / eager |" in text and "(eager: no graphs)" in text
-    assert bench[8]["aten_ops"] > bench[0]["aten_ops"]
+    assert all(row["aten_ops"] > bench[BASELINE]["aten_ops"] for key, row in bench.items() if key != BASELINE)
     assert list(figures["decode_pass"]) == [evaluator]
     decode = figures["decode_pass"][evaluator]
-    assert sorted(p["r"] for p in decode["points"]) == [0, 8]
+    assert [(p["method"], decode_amount(p)) for p in decode["points"]] == points
     assert all(p["n_images"] == n_images for p in decode["points"])
     assert all(p["eval_samples_per_sec"] > 0 and p["infer_samples_per_sec"] > 0 for p in decode["points"])
     assert 0 < decode["grid_efficiency"]
+    for method, amount in points:  # its line in the benchmark, decode and agreement tables
+        assert text.count(f"| {TINY_MODEL} | {method} | {amount} | ") == 3, (method, amount, text)
+        assert f"agreement {TINY_MODEL} {method} {amount}: " in text
     assert [row["workers"] for row in figures["read_bench"]] == [0, 1] and all(
         r["images"] == n_images for r in figures["read_bench"]
     )
     assert f"| grid ({evaluator}): summed infer time / eval wall time |" in text
     assert "no GPU: this run is on the CPU" in text
     agreement = figures["agreement"][evaluator]
-    assert [(row["r"], row["images"]) for row in agreement["rows"]] == [(0, n_photos), (8, n_photos)]
+    assert [(row["method"], row["amount"], row["images"]) for row in agreement["rows"]] == [
+        (*point, n_photos) for point in points
+    ]
     assert all(0 <= row["agreement"] <= 100 and not row["real_weights"] for row in agreement["rows"])
-    assert f"CPU fp32 reference: {n_photos} images at 2 point(s)" in text
-    assert text.count("(random weights: no verdict)") == 2 and "top-1 agreement with CPU fp32" not in text
+    assert f"CPU fp32 reference: {n_photos} images at {len(points)} point(s)" in text
+    assert text.count("(random weights: no verdict)") == len(points)
+    assert "top-1 agreement with CPU fp32" not in text
     assert text.splitlines()[2:4] == ["Weights:", f"- {TINY_MODEL}: random weights (--random-weights)"]
     steps = figures["seconds"]
     assert set(steps) == {
@@ -103,6 +114,13 @@ def check_rehearsal_report(out: Path, evaluator: str, n_images: int, n_photos: i
     return text, figures
 
 
+def decode_amount(row: dict) -> str:
+    """A points row's amount label (``r`` and ``keep``, NaN where unused, read back from Parquet)."""
+    r, keep = row["r"], row.get("keep")
+    keep = None if keep is None or keep != keep else keep
+    return amount_label(None if keep is not None else int(r), keep)
+
+
 def _step_name(evaluator: str) -> str:
     return "decode pass, in-process" if evaluator == "in-process" else "decode pass, Ray actors"
 
@@ -113,15 +131,17 @@ def test_cpu_rehearsal_with_ray_runs_the_gpu_actor_sweep(tmp_path):
     pytest.importorskip("ray", reason="needs Ray (the actor sweep); the in-process rehearsal runs without it")
     write_tiny_shards(tmp_path, tiny_dataset(n_images=12, n_classes=3), shard_size=4)
     out = tmp_path / "report"
-    assert gpucheck.main(rehearsal_args(out, "--data", str(tmp_path / "shards"))) in (0, 1)
-    text, _ = check_rehearsal_report(out, "ray", 12, 12)
+    argv = rehearsal_args(out, "--data", str(tmp_path / "shards"), "--methods", "tomecis", "--r", "0,8")
+    assert gpucheck.main(argv) in (0, 1)
+    text, _ = check_rehearsal_report(out, "ray", 12, 12, [BASELINE, ("tomecis", "r8")])
     assert "sweep on cpu actors (Ray " in text
 
 
 @pytest.mark.slow
 def test_cpu_rehearsal_with_ray_unimportable_runs_the_evaluator_in_process(tmp_path):
     """``import ray`` fails in the child (as on a stock PyTorch image): the whole rehearsal still runs, the
-    decode pass in-process, on shards written from a folder of photos (the first 6, twice over)."""
+    decode pass in-process, on shards written from a folder of photos (the first 6, twice over), at the
+    default points: the baseline and every reduction method, each with its line in every table."""
     photos = make_imagefolder(tmp_path / "photos", tiny_dataset(n_images=8, n_classes=3))
     out = tmp_path / "report"
     argv = rehearsal_args(out, "--photos", str(photos), "--photos-limit", "6", "--repeat", "2")
@@ -143,7 +163,7 @@ def test_cpu_rehearsal_with_ray_unimportable_runs_the_evaluator_in_process(tmp_p
     assert done.returncode in (0, 1), done.stderr[
         -3000:
     ]  # 1: a CPU misses a GPU target; the report says which
-    text, figures = check_rehearsal_report(out, "in-process", 12, 6)
+    text, figures = check_rehearsal_report(out, "in-process", 12, 6, EVERY_METHOD)
     assert "- Ray: not installed (the decode pass runs the evaluator in-process)" in text
     assert "## Decode pass: in-process evaluator (no Ray" in text and "## Decode pass: sweep" not in text
     assert "gpucheck: decode pass, in-process: " in done.stderr  # each step's seconds, printed as it ends
@@ -216,8 +236,8 @@ def test_a_missing_sample_is_a_failed_step_not_a_silent_skip(tmp_path, monkeypat
         str(tmp_path / "report"),
         "--models",
         TINY_MODEL,
-        "--r",
-        "0",
+        "--methods",
+        "none",
         "--runs",
         "1",
         "--batch-size",

@@ -1,6 +1,7 @@
 """The CPU rehearsal of issue #26, with Ray unimportable and the real assets: the shared DeiT-Tiny checkpoint
 is found without a flag and named first, top-1 on the sample photos is that of a trained model, and every
-point has its agreement line against the CPU fp32 run (few photos and passes, to stay within CI's time)."""
+point (the baseline, every method that takes r at r = 13, EViT at its default keep) has its agreement line
+against the CPU fp32 run (few photos and passes, to stay within CI's time)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_cpu_rehearsal_finds_the_shared_checkpoint_and_reports_top1_and_agreemen
     require_assets(DEIT_TINY_WEIGHTS, SAMPLE_IMAGES)
     out = tmp_path / "report"
     argv = ["--device", "cpu", "--models", "deit_tiny", "--r", "0,13", "--no-tests", "--out", str(out)]
-    argv += ["--photos-limit", "40", "--agree-images", "16", "--runs", "1", "--batch-size", "8"]
+    argv += ["--photos-limit", "32", "--agree-images", "12", "--runs", "1", "--batch-size", "8"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
         [sys.executable, "-c", RAY_UNIMPORTABLE, *argv],
@@ -47,21 +48,37 @@ def test_cpu_rehearsal_finds_the_shared_checkpoint_and_reports_top1_and_agreemen
         r"\(sha256 [0-9a-f]{12}, found by default\)", lines[3]
     )
     assert "- Ray: not installed" in text
+    assert "- evit takes --keep, none given: at its default keep0.7" in text  # the plan says why
     figures = json.loads((out / "results.json").read_text())
-    points = {p["r"]: p for p in figures["decode_pass"]["in-process"]["points"]}
-    assert points[0]["n_images"] == points[13]["n_images"] == 40
-    assert points[0]["top1"] > 60.0, text  # a trained DeiT-Ti: about 72% on ImageNet val
-    assert points[13]["top1"] > 50.0, text
-    rows = {row["r"]: row for row in figures["agreement"]["in-process"]["rows"]}
-    assert set(rows) == {0, 13} and all(row["images"] == 16 and row["real_weights"] for row in rows.values())
-    for r in (0, 13):
+    points = {(p["method"], _amount(p)): p for p in figures["decode_pass"]["in-process"]["points"]}
+    expected = (
+        [("none", "r0")] + [(m, "r13") for m in ("tomecis", "tome", "pitome", "tofu")] + [("evit", "keep0.7")]
+    )
+    assert list(points) == expected and all(p["n_images"] == 32 for p in points.values())
+    assert points["none", "r0"]["top1"] > 60.0, text  # a trained DeiT-Ti: about 72% on ImageNet val
+    assert all(p["top1"] > 50.0 for p in points.values()), text
+    rows = {(row["method"], row["amount"]): row for row in figures["agreement"]["in-process"]["rows"]}
+    assert list(rows) == expected and all(
+        row["images"] == 12 and row["real_weights"] for row in rows.values()
+    )
+    for method, amount in expected:
         assert re.search(
-            rf"^agreement deit_tiny_patch16_224 tomecis r={r}: [0-9.]+% of 16 images ", text, re.M
+            rf"^agreement deit_tiny_patch16_224 {method} {amount}: [0-9.]+% of 12 images ", text, re.M
         )
     # on the CPU the "device" run is the CPU in fp32 too: the same images give the same predictions
-    assert rows[0]["agreement"] == rows[13]["agreement"] == 100.0
+    assert all(row["agreement"] == 100.0 for row in rows.values())
     assert (
-        "| deit_tiny_patch16_224 tomecis r=0 (none): top-1 agreement with CPU fp32, 16 images | 100.00% | >= 99.50% | PASS |"
+        "| deit_tiny_patch16_224 none r0 (none): top-1 agreement with CPU fp32, 12 images | 100.00% | >= 99.50% | PASS |"
         in text
     )
-    assert "CPU fp32 reference: 16 images at 2 point(s)" in text
+    assert (
+        "| deit_tiny_patch16_224 evit keep0.7 (none): top-1 agreement with CPU fp32, 12 images | 100.00% | >= 99.00% | PASS |"
+        in text
+    )
+    assert "CPU fp32 reference: 12 images at 6 point(s)" in text
+
+
+def _amount(row: dict) -> str:
+    from tomecis.names import amount_label
+
+    return amount_label(row["r"], row["keep"])  # in-process rows: None where unused

@@ -223,3 +223,27 @@ def test_explicit_attention_formulation_agrees_with_fused(mode):
         )
         torch.testing.assert_close(fused(x), explicit(x), rtol=1e-4, atol=1e-5)
     assert torch.equal(fused.merge_state.source, explicit.merge_state.source)
+
+
+@pytest.mark.parametrize(
+    "method, amount", [("evit", {"keep": 0.7}), ("pitome", {"keep": 0.9}), ("tofu", {"r": 13})]
+)
+def test_explicit_attention_agrees_with_fused_for_the_other_methods(method, amount):
+    """EViT reads the class row from the full matrix under ``attention="explicit"`` and from the class
+    query alone when fused; PiToMe and ToFu run plain attention either way."""
+    base = MODEL_FACTORIES["deit_tiny"]()
+    x = images_for(base)
+    with torch.no_grad():
+        fused = tomecis.set_reduction(tomecis.patch(copy.deepcopy(base), trace_source=True), method, **amount)
+        explicit = tomecis.patch(copy.deepcopy(base), trace_source=True, attention="explicit")
+        tomecis.set_reduction(explicit, method, **amount)
+        torch.testing.assert_close(fused(x), explicit(x), rtol=1e-4, atol=1e-5)
+    assert torch.equal(fused.merge_state.source, explicit.merge_state.source)
+    assert fused.merge_state.tokens == explicit.merge_state.tokens
+
+
+def test_distilled_models_refuse_the_methods_without_a_distillation_token():
+    model = tomecis.patch(MODEL_FACTORIES["deit_tiny_distilled"]())
+    for method in ("pitome", "tofu", "evit"):
+        with pytest.raises(ValueError, match=f"method '{method}' supports models with a class token only"):
+            tomecis.set_reduction(model, method, keep=0.9)

@@ -187,3 +187,36 @@ def test_cli_errors_name_the_culprit(photo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         V.config_from_args([str(photo), "--model", "deit_tiny"])  # no weights chosen
     assert "--checkpoint PATH, --pretrained, or --random-weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "method, amount",
+    [("pitome", {"keep": 0.8}), ("pitome", {"r": 4}), ("evit", {"keep": 0.6}), ("tofu", {"keep": 0.8})],
+)
+def test_every_method_traces_its_sources(photo, method, amount):
+    """Issue #25: the source map follows each method. Merges (PiToMe) and EViT's fused token keep a
+    partition; ToFu's pruning blocks drop tokens, whose patches then belong to no group (-1), and its
+    merging blocks keep the rest a partition; the token count after each block matches the map."""
+    model = tomecis.set_reduction(tomecis.patch(tiny_vit(depth=6), trace_source=True), method, **amount)
+    _, x = V.load_image(str(photo), model)
+    maps = V.trace_groups(model, x, [1, 2, 3, 4, 5, 6])
+    tokens = model.merge_state.tokens
+    for m in maps:
+        groups = m.groups
+        held = groups[groups >= 0]
+        assert sorted(set(held.tolist())) == list(range(m.num_groups)), (method, m.block)
+        if method == "tofu":
+            assert m.num_groups == tokens[m.block - 1] - 1  # every token but the class token holds patches
+        else:
+            assert (groups >= 0).all() and m.num_groups == tokens[m.block - 1] - 1
+    if method == "tofu":
+        assert (maps[-1].groups < 0).any()  # blocks 0-3 of 6 pruned
+    out = V.render(np.zeros((64, 64, 3), np.uint8), maps, PATCH, str(photo.parent / f"{method}.png"))
+    assert png_size(out)[0] > 0
+
+
+def test_pruned_patches_are_painted_black():
+    groups = np.array([[0, -1], [1, 1]])
+    image = np.full((16, 16, 3), 200, np.uint8)
+    painted = V.mean_colour_image(image, groups, PATCH)
+    assert (painted[:8, 8:] == 0).all() and (painted[:8, :8] == 200).all() and (painted[8:] == 200).all()

@@ -20,14 +20,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Protocol
 
 import torch
 
 from ..names import Method
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..patch import MergeState
+
+class TokenState(Protocol):
+    """What a reduction reads and updates of a patched model's per-forward state (``patch.MergeState``)."""
+
+    size: Optional[torch.Tensor]  # [B, N, 1] float32 token sizes, None before the first merge
+    source: Optional[torch.Tensor]  # [B, N, N0] source map when tracing, else None
+    class_token: bool
+    distill_token: bool
+
+    def ensure_sizes(self, x: torch.Tensor) -> None: ...
 
 
 @dataclass
@@ -44,7 +52,7 @@ class BlockView:
 
 
 CountFn = Callable[[int, int, int, int, Optional[float]], int]
-ReduceFn = Callable[[Method, BlockView, "MergeState"], torch.Tensor]
+ReduceFn = Callable[[Method, BlockView, TokenState], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,12 @@ unnormalised attention-weighted *sum* of the dropped tokens, not their weighted 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from ..names import Method
-from . import BlockView
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..patch import MergeState
+from . import BlockView, TokenState
 
 
 def locations(depth: int) -> Tuple[int, ...]:
@@ -56,7 +53,7 @@ def keep_and_fuse(x: torch.Tensor, attentiveness: torch.Tensor, kept: int):
     return out, idx, dropped_weight
 
 
-def reduce(method: Method, view: BlockView, state: "MergeState") -> torch.Tensor:
+def reduce(method: Method, view: BlockView, state: TokenState) -> torch.Tensor:
     """``[B, N, C] -> [B, K + 2, C]`` at a reducing block."""
     tokens = view.x.shape[1]
     kept = tokens - 1 - view.count  # K

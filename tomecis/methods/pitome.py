@@ -26,17 +26,14 @@ Amounts: ``r`` per block, or a keep ratio ``r_l = floor(T - T * keep)``; either 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .. import merge as M
 from ..names import Method
-from . import BlockView, removed_by_keep
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..patch import MergeState
+from . import BlockView, TokenState, removed_by_keep
 
 
 def count(tokens: int, index: int, depth: int, r: int, keep: Optional[float]) -> int:
@@ -95,7 +92,7 @@ def pitome_matching(metric: torch.Tensor, r: int, margin_value: float, bipartite
     return M.Matching(merge, r, src + 1, b.gather(1, dst) + 1, kept + 1, prune)
 
 
-def reduce(method: Method, view: BlockView, state: "MergeState") -> torch.Tensor:
+def reduce(method: Method, view: BlockView, state: TokenState) -> torch.Tensor:
     """``[B, N, C] -> [B, N - r, C]``: PiToMe's matching, size-weighted merge, sizes summed."""
     matching = pitome_matching(
         view.metric, view.count, margin(view.index, view.depth), bipartite_phase(view.index, view.depth)

@@ -17,16 +17,13 @@ either clamped to ``(T - 1) // 2``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
 from .. import merge as M
 from ..names import Method
-from . import BlockView, removed_by_keep
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..patch import MergeState
+from . import BlockView, TokenState, removed_by_keep
 
 
 def count(tokens: int, index: int, depth: int, r: int, keep: Optional[float]) -> int:
@@ -43,14 +40,17 @@ def norm_preserving_merge(matching: M.Matching, x: torch.Tensor) -> torch.Tensor
     """ToFu's MLERP as coded: ``[B, N, C] -> [B, N - r, C]``.
 
     ``m_b = (x_b + sum_s x_s) / (1 + n_b)``, then ``m_b / ||x_b|| * max(||x_b||, max_s ||x_s||)``; a token
-    nothing merged into keeps its value (the factor is 1)."""
+    nothing merged into keeps its value (the factor is 1). The mean is one ``scatter_add`` of ``[x, 1]``
+    and a division (``scatter_reduce``'s ``mean`` would fill a count tensor as large as ``x``)."""
+    C = x.shape[-1]
     norms = x.norm(dim=-1, keepdim=True)  # [B, N, 1]
-    mean = matching.merge(x, mode="mean")  # [B, N - r, C]
+    summed = matching.merge(torch.cat([x, torch.ones_like(norms)], dim=-1), mode="sum")  # [B, N - r, C + 1]
+    mean = summed.narrow(-1, 0, C) / summed.narrow(-1, C, 1)  # [B, N - r, C]
     largest = matching.merge(norms, mode="amax")  # [B, N - r, 1] max(||x_b||, max_s ||x_s||)
     return mean / matching.prune(norms) * largest
 
 
-def reduce(method: Method, view: BlockView, state: "MergeState") -> torch.Tensor:
+def reduce(method: Method, view: BlockView, state: TokenState) -> torch.Tensor:
     """Prune or MLERP-merge ``view.count`` tokens: ``[B, N, C] -> [B, N - r, C]``."""
     matching = M.bipartite_soft_matching(view.metric, view.count, class_token=True)
     if prunes(view.index, view.depth):

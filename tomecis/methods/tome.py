@@ -11,16 +11,13 @@ clamped to half the mergeable tokens by the matching.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
 from .. import merge as M
 from ..names import Method
-from . import BlockView, removed_by_keep
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..patch import MergeState
+from . import BlockView, TokenState, removed_by_keep
 
 
 def count(tokens: int, index: int, depth: int, r: int, keep: Optional[float]) -> int:
@@ -28,7 +25,7 @@ def count(tokens: int, index: int, depth: int, r: int, keep: Optional[float]) ->
     return removed_by_keep(tokens, keep) if keep is not None else r
 
 
-def reduce(method: Method, view: BlockView, state: "MergeState") -> torch.Tensor:
+def reduce(method: Method, view: BlockView, state: TokenState) -> torch.Tensor:
     """``[B, N, C] -> [B, N - r, C]``: merged tokens averaged as ``method.weight`` says; sizes add up."""
     matching = M.bipartite_soft_matching(view.metric, view.count, state.class_token, state.distill_token)
     state.ensure_sizes(view.x)
