@@ -39,25 +39,40 @@ def test_throughput_is_positive_and_amp_is_accepted():
 
 def test_run_benchmark_rows_and_table():
     cfg = bm.BenchmarkConfig(
-        model="deit_tiny", r_values=[0, 8], batch_size=2, device="cpu", warmup=1, runs=2, explicit=True
+        model="deit_tiny",
+        r_values=[0, 8],
+        keep_values=[0.9],
+        methods=["tomecis", "evit"],
+        batch_size=2,
+        device="cpu",
+        warmup=1,
+        runs=2,
+        explicit=True,
     )
     rows = bm.run_benchmark(
         cfg, model=tiny_vit(img_size=224, patch_size=16, depth=12, num_heads=3, embed_dim=48)
     )
-    assert [row.r for row in rows] == [0, 8]
-    assert rows[0].tokens_out == 197 and rows[1].tokens_out == 197 - 8 * 12
+    assert [(row.method, row.r, row.keep) for row in rows] == [
+        ("tomecis", 0, None),
+        ("tomecis", 8, None),
+        ("tomecis", None, 0.9),
+        ("evit", None, 0.9),
+    ]
+    assert [row.tokens_out for row in rows] == [197, 197 - 8 * 12, 59, 148]
     assert all(row.img_per_s > 0 and row.explicit_img_per_s > 0 for row in rows)
     table = bm.format_table(rows)
-    assert "| r | img/s | speed-up | GFLOPs | tokens left | aten ops | CUDA graphs |" in table
+    head = "| method | amount | img/s | speed-up | GFLOPs | FLOP ratio | speed-up / FLOP ratio | tokens left | aten ops | CUDA graphs |"
+    assert head in table
     assert all(row.aten_ops > 0 and not row.cuda_graphs for row in rows)
     assert rows[1].aten_ops > rows[0].aten_ops  # merging blocks dispatch more than timm's blocks
     assert [
-        line.split("|")[1].strip()
+        tuple(cell.strip() for cell in line.split("|")[1:3])
         for line in table.splitlines()
         if line.startswith("| ") and "img/s" not in line
-    ] == ["0", "8"]
+    ] == [("tomecis", "r0"), ("tomecis", "r8"), ("tomecis", "keep0.9"), ("evit", "keep0.9")]
     assert all(row.unpatched_early > 0 and row.unpatched_late > 0 for row in rows)
     assert rows[1].speedup == pytest.approx(rows[1].img_per_s / rows[1].unpatched_img_per_s)
+    assert rows[0].flop_ratio == pytest.approx(1.0) and rows[3].flop_ratio > 1.1  # r = 0 is timm's forward
 
 
 def row(early: float, late: float, speed: float = 120.0) -> bm.BenchmarkRow:
