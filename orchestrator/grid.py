@@ -17,6 +17,7 @@ from tomecis.names import (
     METHOD_NAMES,
     UNREDUCED,
     amount_label,
+    amounts_taken,
     is_unreduced,
     method_spec,
     short_name,
@@ -160,22 +161,20 @@ def plan_methods(
     """Each method with every amount it takes among ``r_values`` and ``keep_values``; a method given no
     amount it takes raises ``ValueError`` naming it and the flags it takes. ``none`` (the unreduced
     model, in every grid anyway) takes no amount and gets none."""
-    given = {"r": [(int(r), None) for r in r_values], "keep": [(None, float(k)) for k in keep_values]}
     plans = []
     for method in methods:
         spec = method_spec(method)
         if method == UNREDUCED:
             plans.append(MethodPlan(method, ()))
             continue
-        takes = [kind for kind in spec.amounts if given[kind]]
-        if not takes:
+        taken, skipped = amounts_taken(method, r_values, keep_values)
+        if not taken:
             flags = " or ".join("--" + a for a in spec.amounts)
             raise ValueError(
                 f"--method {method} takes {flags}, and none was given: add {flags} (e.g. "
                 f"{_example(spec.amounts)}) or drop {method} from --method"
             )
-        amounts = [a for kind in takes for a in given[kind] if not is_unreduced(*a)]
-        skipped = tuple(f"--{kind}" for kind in ("r", "keep") if given[kind] and kind not in spec.amounts)
+        amounts = [a for a in taken if not is_unreduced(*a)]
         plans.append(MethodPlan(method, tuple(amounts), skipped))
     return plans
 

@@ -36,7 +36,7 @@ from clipattern import parsed_or_exit, run_or_report
 from .device import AMP_DTYPES, autocast, device_name, resolve_device, synchronize  # noqa: F401 - re-exported for now
 from .graphs import GraphSet, capture_forward, cuda_graphs_available
 from .models import create_model, resolve_model_name
-from .names import UNREDUCED, amount_label, method_spec, methods_help, parse_keep_values
+from .names import UNREDUCED, amount_label, amounts_taken, method_spec, methods_help, parse_keep_values
 from .patch import patch, set_reduction
 from .schedule import parse_r_values
 
@@ -158,25 +158,25 @@ def with_reduction(
     return setting
 
 
-Amount = Tuple[str, Optional[int], Optional[float]]  # (method, r, keep)
+MethodAmount = Tuple[str, Optional[int], Optional[float]]  # (method, r, keep)
 
 
-def amounts_of(methods: Sequence[str], r_values: Sequence[int], keep_values: Sequence[float]) -> List[Amount]:
-    """Every (method, r, keep) the methods take of the amounts given: ``r`` values for the methods that
-    take r, keep ratios for those that take keep (methods in order, r values before keep ratios).
+def amounts_of(
+    methods: Sequence[str], r_values: Sequence[int], keep_values: Sequence[float]
+) -> List[MethodAmount]:
+    """Every (method, r, keep) the methods take of the amounts given (``tomecis.names.amounts_taken``:
+    methods in order, r values before keep ratios); the unreduced model once, at r = 0.
     A method given no amount it takes raises ``ValueError`` naming it and the flags it takes."""
-    out: List[Amount] = []
+    out: List[MethodAmount] = []
     for name in methods:
-        method = method_spec(name)
         if name == UNREDUCED:
             out.append((name, 0, None))
             continue
-        mine = [(name, r, None) for r in r_values if method.takes("r")]
-        mine += [(name, None, k) for k in keep_values if method.takes("keep")]
-        if not mine:
-            flags = " or ".join("--" + a for a in method.amounts)
+        taken, _ = amounts_taken(name, r_values, keep_values)
+        if not taken:
+            flags = " or ".join("--" + a for a in method_spec(name).amounts)
             raise ValueError(f"method {name!r} takes {flags}, and none was given")
-        out += mine
+        out += [(name, r, keep) for r, keep in taken]
     return out
 
 
@@ -184,16 +184,10 @@ def skipped_pairs(methods: Sequence[str], r_values: Sequence[int], keep_values: 
     """One line per method given an amount kind it does not take (those pairs are skipped)."""
     lines = []
     for name in methods:
-        method = method_spec(name)
-        unused = [
-            f"--{kind}"
-            for kind, given in (("r", r_values), ("keep", keep_values))
-            if given and not method.takes(kind)
-        ]
+        unused = amounts_taken(name, r_values, keep_values)[1]
         if unused and name != UNREDUCED:
-            lines.append(
-                f"{name} takes {' or '.join('--' + a for a in method.amounts)}: skipping its {' and '.join(unused)} values"
-            )
+            takes = " or ".join("--" + a for a in method_spec(name).amounts)
+            lines.append(f"{name} takes {takes}: skipping its {' and '.join(unused)} values")
     return lines
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 # (score [B, N, 1] or None, size [B, N, 1]) -> weights [B, N, 1], or None to weight by size itself
 TokenWeight = Callable[[Optional[Any], Any], Optional[Any]]
@@ -161,13 +161,20 @@ def amount_label(r: Optional[int], keep: Optional[float]) -> str:
     return f"r{r}"
 
 
-# Kept for code written before methods (one release): the old names of the table.
-MODES = METHOD_NAMES
-MERGE_MODES = METHODS
-merge_mode = method_spec
-modes_help = methods_help
-MergeMode = Method
-BASELINE_MODE = "tome"
+Amount = Tuple[Optional[int], Optional[float]]  # (r, keep)
+
+
+def amounts_taken(
+    name: str, r_values: Sequence[int], keep_values: Sequence[float]
+) -> Tuple[List[Amount], Tuple[str, ...]]:
+    """What method ``name`` takes of the amounts given: every ``(r, None)`` and ``(None, keep)`` of the
+    kinds it takes (r values first), and the flags (``--r``, ``--keep``) given that it does not take.
+    An empty list means the method was given no amount it takes (callers say so, naming it)."""
+    method = method_spec(name)
+    given = {"r": [(int(r), None) for r in r_values], "keep": [(None, float(k)) for k in keep_values]}
+    taken = [amount for kind in AMOUNTS if method.takes(kind) for amount in given[kind]]
+    skipped = tuple(f"--{kind}" for kind in AMOUNTS if given[kind] and not method.takes(kind))
+    return taken, skipped
 
 
 def parse_keep_values(text: str) -> list:

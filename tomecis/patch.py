@@ -90,7 +90,7 @@ class MergeState:
     def ensure_sizes(self, x: torch.Tensor) -> None:
         """Sizes of ones ``[B, N, 1]`` before the first merge of a forward."""
         if self.size is None:
-            self.size = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=torch.float32)
+            self.size = M.initial_state(x, trace_source=False)[0]
 
 
 # --------------------------------------------------------------------------- modules

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from tomecis.names import REDUCING_METHODS, UNREDUCED, amount_label, is_unreduced, method_spec, short_name
+from tomecis.names import (
+    REDUCING_METHODS,
+    UNREDUCED,
+    Amount,
+    amount_label,
+    is_unreduced,
+    method_spec,
+    short_name,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # the 500 sample photos: beside the checkout (../shared), or inside it (shared/, as a device copy carries it)
@@ -40,7 +48,6 @@ TARGETS = {
 }
 BUDGET_SECONDS = 480.0  # the whole check on one GPU, the CUDA tests included
 
-Amount = Tuple[Optional[int], Optional[float]]  # (r, keep): exactly one set, as tomecis.names has it
 # The one amount each reducing method is checked at by default: r = 13 for the methods whose published
 # settings count tokens (ToMeCIS, ToMe), keep 0.9 for the PiToMe harness's methods, EViT at its paper's 0.7.
 DEFAULT_AMOUNTS: Dict[str, Amount] = {
