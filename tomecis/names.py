@@ -15,9 +15,10 @@ A point's amount is ``(r, keep)``: ``r`` an int and ``keep`` None for the method
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 # (score [B, N, 1] or None, size [B, N, 1]) -> weights [B, N, 1], or None to weight by size itself
 TokenWeight = Callable[[Optional[Any], Any], Optional[Any]]
@@ -36,70 +37,180 @@ def size_weight(score, size):
 
 AMOUNTS = ("r", "keep")  # the amount kinds: tokens removed per block, per-block keep ratio
 
+# Where in a block a method reduces: before the attention (on the block's input; MCTF), between the
+# attention residual and the MLP (ToMe and most others), or after the MLP residual (DCT).
+STAGES = ("before_attn", "after_attn", "after_mlp")
+
+# What a reducing block computes for its method beside the attention output (``tomecis.methods.BlockView``):
+# "keys"     the keys averaged over heads, [B, N, D] (always given; listed for completeness)
+# "score"    the class importance score, [B, N, 1] float32 (ToMeCIS)
+# "cls_attn" the class token's post-softmax attention row averaged over heads, [B, N] float32 (EViT)
+# "attn"     the full post-softmax attention map, [B, H, N, N] (explicit attention; MCTF)
+NEEDS = ("keys", "score", "cls_attn", "attn")
+
+# When a method's attention adds ``log s`` of the token sizes (proportional attention):
+# "no"        never;
+# "reducing"  in the blocks that reduce, once sizes exist (ToMe: a block that removes nothing runs timm's code);
+# "always"    in every block once sizes exist (ATC, MCTF, DiffRate).
+PROP_ATTN = ("no", "reducing", "always")
+
+# A function a declaration names: the object itself, or ``"package.module:attribute"`` imported on first
+# use (the built-in methods name theirs so, which keeps this table importable without torch).
+FunctionRef = Union[Callable[..., Any], str]
+
+
+def resolve_ref(ref: Optional[FunctionRef], what: str) -> Optional[Callable[..., Any]]:
+    """The function ``ref`` names (``"module:attr"`` imported now), or None; a bad reference raises
+    ``ValueError`` naming ``what`` and the reference."""
+    if ref is None or callable(ref):
+        return ref
+    module_name, _, attribute = str(ref).partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{what}: {ref!r} is not a function or a 'package.module:function' reference")
+    try:
+        target = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{what}: cannot import {ref!r} ({err})") from err
+    if not callable(target):
+        raise ValueError(f"{what}: {ref!r} is {type(target).__name__}, not a function")
+    return target
+
 
 @dataclass(frozen=True)
 class Method:
-    """One token-reduction method: what it takes and what its reducing blocks need."""
+    """The declaration of one token-reduction method, built-in or a researcher's own.
+
+    A patched block asks ``count`` how many tokens it removes; where that is 0 (and the method does not
+    ``reduce_at_zero``) it runs timm's own code, else it computes what ``needs`` lists and calls ``reduce``
+    at ``stage`` (``tomecis.methods`` documents the signatures and ``BlockView``):
+
+    * ``count(T, index, depth, r, keep) -> int``: tokens block ``index`` of ``depth`` removes from its ``T``
+      input tokens (class token included), given the per-block ``r`` of the model's schedule and the keep
+      ratio (one of them is set, as the method takes it; ``keep`` None means ``r`` is the amount);
+    * ``reduce(method, view, state) -> x``: ``[B, N, C] -> [B, N - count, C]`` (EViT: one fused token added
+      back), the class token first and untouched, updating ``state.size`` / ``state.source`` where the
+      method tracks them;
+    * ``check(r, keep, depth, patches)``: optional; raises ``ValueError`` for an amount the method cannot
+      take on a model of ``depth`` blocks and ``patches`` patch tokens (name the method, the amount and the
+      valid range).
+    """
 
     name: str
     amounts: Tuple[
         str, ...
     ]  # the amount kinds it takes, of AMOUNTS ("r", "keep"); () for the unreduced model
     summary: str  # one line for help texts and reports
-    needs_score: bool = False  # the block computes the class importance score (ToMeCIS)
-    needs_cls_attn: bool = (
-        False  # the block needs the class token's attention row, averaged over heads (EViT)
-    )
-    prop_attn: bool = (
-        False  # attention adds log(size) once tokens have merged (ToMe's proportional attention)
-    )
+    count: Optional[FunctionRef] = None  # tokens a block removes (see above); None for the unreduced model
+    reduce: Optional[FunctionRef] = None  # the reduction (see above)
+    stage: str = "after_attn"  # where in the block it reduces, of STAGES
+    needs: FrozenSet[str] = frozenset()  # what the block computes for it, of NEEDS
+    prop_attn: str = "no"  # proportional attention, of PROP_ATTN
+    reduce_at_zero: bool = False  # call ``reduce`` also where ``count`` is 0, whenever the amount reduces
+    check: Optional[FunctionRef] = None  # refuses amounts the method cannot take (see above)
+    distill_token: bool = False  # runs on models with a distillation token (kept second, never reduced)
     weight: Optional[TokenWeight] = None  # ToMe-style merges: per-token weights of the average
     source: str = ""  # whose code the method follows
+    origin: str = "builtin"  # where the declaration came from: builtin, a distribution, a module path
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name or not isinstance(self.name, str):
+            problems.append(f"name must be a non-empty string, got {self.name!r}")
+        if not set(self.amounts) <= set(AMOUNTS):
+            problems.append(f"amounts {self.amounts!r} must be of {AMOUNTS}")
+        if self.stage not in STAGES:
+            problems.append(f"stage {self.stage!r} must be one of {STAGES}")
+        if not set(self.needs) <= set(NEEDS):
+            problems.append(f"needs {sorted(self.needs)} must be of {NEEDS}")
+        if self.prop_attn not in PROP_ATTN:
+            problems.append(f"prop_attn {self.prop_attn!r} must be one of {PROP_ATTN}")
+        if self.amounts and (self.count is None or self.reduce is None):
+            problems.append("a method that takes an amount needs count and reduce")
+        if problems:
+            raise ValueError(f"method declaration {self.name!r}: " + "; ".join(problems))
+        object.__setattr__(self, "needs", frozenset(self.needs))
 
     def takes(self, amount: str) -> bool:
         return amount in self.amounts
 
+    @property
+    def needs_score(self) -> bool:
+        return "score" in self.needs
+
+    @property
+    def needs_cls_attn(self) -> bool:
+        return "cls_attn" in self.needs
+
+    def functions(self) -> Tuple[Callable[..., Any], Callable[..., Any], Optional[Callable[..., Any]]]:
+        """``(count, reduce, check)`` as functions, importing the references (``ValueError`` naming the
+        method where one cannot be imported)."""
+        what = f"method {self.name!r}"
+        return (
+            resolve_ref(self.count, f"{what} count"),
+            resolve_ref(self.reduce, f"{what} reduce"),
+            resolve_ref(self.check, f"{what} check"),
+        )
+
 
 UNREDUCED = "none"  # the unreduced model: one baseline point per model, whatever methods are swept
+
+
+def _builtin(name: str, module: str, **fields) -> Method:
+    return Method(
+        name, count=f"tomecis.methods.{module}:count", reduce=f"tomecis.methods.{module}:reduce", **fields
+    )
+
 
 METHODS: Dict[str, Method] = {
     m.name: m
     for m in (
-        Method(UNREDUCED, (), "the unreduced model (timm's own blocks)"),
-        Method(
+        Method(UNREDUCED, (), "the unreduced model (timm's own blocks)", distill_token=True),
+        _builtin(
             "tomecis",
-            ("r", "keep"),
-            "bipartite merge on keys, class-importance-weighted average, proportional attention (ToMeCIS)",
-            needs_score=True,
-            prop_attn=True,
+            "tome",
+            amounts=("r", "keep"),
+            summary="bipartite merge on keys, class-importance-weighted average, proportional attention (ToMeCIS)",
+            needs=frozenset({"keys", "score"}),
+            prop_attn="reducing",
+            distill_token=True,
             weight=class_importance_weight,
             source="SPEC.md (Seol et al., IECON 2023)",
         ),
-        Method(
+        _builtin(
             "tome",
-            ("r", "keep"),
-            "bipartite merge on keys, size-weighted average, proportional attention (ToMe)",
-            prop_attn=True,
+            "tome",
+            amounts=("r", "keep"),
+            summary="bipartite merge on keys, size-weighted average, proportional attention (ToMe)",
+            needs=frozenset({"keys"}),
+            prop_attn="reducing",
+            distill_token=True,
             weight=size_weight,
             source="facebookresearch/ToMe",
         ),
-        Method(
+        _builtin(
             "pitome",
-            ("r", "keep"),
-            "energy-ordered merge, protected high-energy tokens, size-weighted average (PiToMe)",
+            "pitome",
+            amounts=("r", "keep"),
+            summary="energy-ordered merge, protected high-energy tokens, size-weighted average (PiToMe)",
+            needs=frozenset({"keys"}),
             source="hchautran/PiToMe algo/pitome",
         ),
-        Method(
+        _builtin(
             "tofu",
-            ("r", "keep"),
-            "bipartite matching on keys: prune in the first half, norm-preserving merge after (ToFu)",
+            "tofu",
+            amounts=("r", "keep"),
+            summary="bipartite matching on keys: prune in the first half, norm-preserving merge after (ToFu)",
+            needs=frozenset({"keys"}),
             source="hchautran/PiToMe algo/tofu",
         ),
-        Method(
+        _builtin(
             "evit",
-            ("keep",),
-            "keep the tokens the class token attends to most, fuse the rest, at three blocks (EViT)",
-            needs_cls_attn=True,
+            "evit",
+            amounts=("keep",),
+            summary="keep the tokens the class token attends to most, fuse the rest, at three blocks (EViT)",
+            needs=frozenset({"cls_attn"}),
             source="youweiliang/evit",
         ),
     )

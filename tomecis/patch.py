@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, FrozenSet, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from . import merge as M
-from .methods import REDUCERS, BlockView, Reducer
+from .methods import BlockView
 from .names import UNREDUCED, Method, check_amount, method_spec
 from .schedule import RSpec, resolve_schedule
 
@@ -62,8 +62,9 @@ class MergeState:
     size: Optional[torch.Tensor] = None
     source: Optional[torch.Tensor] = None
     tokens: List[int] = field(default_factory=list)
-    spec: Method = field(init=False, repr=False)  # METHODS[method], looked up once per setting
-    reducer: Optional[Reducer] = field(init=False, repr=False)  # its functions; None for the unreduced model
+    spec: Method = field(init=False, repr=False)  # the method's declaration, looked up once per setting
+    count_fn: Optional[Callable] = field(init=False, repr=False)  # its count; None for the unreduced model
+    reduce_fn: Optional[Callable] = field(init=False, repr=False)  # its reduce
 
     def __post_init__(self) -> None:
         self.set_method(self.method)
@@ -71,7 +72,19 @@ class MergeState:
     def set_method(self, name: str) -> None:
         self.spec = method_spec(name)  # an unknown name raises, listing the methods
         self.method = name
-        self.reducer = REDUCERS.get(name)
+        self.count_fn, self.reduce_fn, _ = self.spec.functions()
+
+    @property
+    def reducer(self) -> Optional[Callable]:
+        """The method's reduce, or None for the unreduced model (a method that reduces nothing)."""
+        return self.reduce_fn
+
+    @property
+    def reduces(self) -> bool:
+        """Whether the current amount reduces anything: a method with a keep below 1 or some r > 0."""
+        if self.reduce_fn is None:
+            return False
+        return (self.keep is not None and self.keep < 1.0) or any(self.schedule)
 
     @property
     def mode(self) -> str:
@@ -102,35 +115,75 @@ class ToMeCISAttention(Attention):
     _merge_state: MergeState  # shared with the blocks; ``attention`` picks SDPA or the full matrix
 
     def forward_merge(
-        self, x: torch.Tensor, size: Optional[torch.Tensor], need_score: bool, need_cls_attn: bool = False
-    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Attention (proportional where sizes are given), plus what the reduction needs.
+        self, x: torch.Tensor, size: Optional[torch.Tensor], needs: FrozenSet[str] = frozenset()
+    ) -> Tuple[
+        torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]
+    ]:
+        """Attention (proportional where sizes are given), plus what the reduction ``needs``.
 
         Args:
             x: ``[B, N, C]`` normalised tokens.
             size: ``[B, N, 1]`` token sizes, or None (no bias).
-            need_score: compute the class importance score (ToMeCIS).
-            need_cls_attn: return the class row of attention averaged over heads (EViT).
+            needs: of ``tomecis.names.NEEDS``: ``"score"`` (class importance score), ``"cls_attn"``
+                (the class row of attention averaged over heads), ``"attn"`` (the full map: the
+                attention is then computed explicitly).
 
         Returns:
-            ``out [B, N, C]``, ``metric [B, N, D]`` (keys averaged over heads),
-            ``score [B, N, 1]`` float32 or None, ``cls_attn [B, N]`` float32 or None.
+            ``out [B, N, C]``, ``metric [B, N, D]`` (keys averaged over heads), ``score [B, N, 1]``
+            float32 or None, ``cls_attn [B, N]`` float32 or None, ``attn [B, H, N, N]`` or None.
         """
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # [B, H, N, D] each
-        q, k = self.q_norm(q), self.k_norm(k)
-
-        log_size = None if size is None else size.log().reshape(B, 1, 1, N)  # [B, 1, 1, N] float32: log s
+        q, k, v, log_size = self._qkv(x, size)
         bias = None if log_size is None else M.as_dtype(log_size, q.dtype)
-        if self._merge_state.attention == "explicit":
-            out, cls_row = self._explicit_attention(q, k, v, bias)
+        attn = None
+        if self._merge_state.attention == "explicit" or "attn" in needs:
+            out, attn = self._explicit_attention(q, k, v, bias)
+            cls_row = attn.narrow(2, 0, 1)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
             )  # [B, H, N, D]
             cls_row = None
+        out = self._project(out, gate)
+        score, cls_attn = self._class_products(q, k, v, log_size, cls_row, needs)
+        return out, k.mean(dim=1), score, cls_attn, (attn if "attn" in needs else None)
+
+    def probe(
+        self, x: torch.Tensor, size: Optional[torch.Tensor], needs: FrozenSet[str]
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """What a reduction before the attention needs, without the attention's output: ``x [B, N, C]``
+        normalised tokens -> ``metric [B, N, D]``, ``score``, ``cls_attn``, ``attn [B, H, N, N]`` (as
+        ``forward_merge``)."""
+        q, k, v, log_size = self._qkv(x, size)
+        attn = cls_row = None
+        if "attn" in needs:
+            attn = self._attention_probs(q, k, None if log_size is None else M.as_dtype(log_size, q.dtype))
+            cls_row = attn.narrow(2, 0, 1)
+        score, cls_attn = self._class_products(q, k, v, log_size, cls_row, needs)
+        return k.mean(dim=1), score, cls_attn, attn
+
+    def apply_probs(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """``proj(attn @ v)`` with given attention probabilities: ``x [B, N, C]`` normalised tokens,
+        ``attn [B, H, N, N]`` -> ``[B, N, C]`` (MCTF's one-step-ahead attention)."""
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        v = self._qkv(x, None)[2]
+        return self._project(self.attn_drop(attn).to(v.dtype) @ v, gate)
+
+    def _qkv(self, x: torch.Tensor, size: Optional[torch.Tensor]):
+        """``x [B, N, C]`` -> ``q, k, v [B, H, N, D]`` (q/k normalised as timm does) and ``log s``
+        ``[B, 1, 1, N]`` float32 or None."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [B, H, N, D] each
+        q, k = self.q_norm(q), self.k_norm(k)
+        log_size = None if size is None else size.log().reshape(B, 1, 1, N)  # [B, 1, 1, N] float32: log s
+        return q, k, v, log_size
+
+    def _project(self, out: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
+        """``[B, H, N, D]`` heads -> ``[B, N, C]``: timm's norm, gate and ``proj``."""
+        B, _, N, _ = out.shape
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         out = self.norm(out)
         if gate is not None:
@@ -138,24 +191,32 @@ class ToMeCISAttention(Attention):
         out = self.proj(out)
         if self.training:  # an eval-mode dropout is the identity, but still an operator call
             out = self.proj_drop(out)
+        return out
 
+    def _class_products(self, q, k, v, log_size, cls_row, needs):
+        """The class importance score ``[B, N, 1]`` and the head-mean class row ``[B, N]`` (float32), each
+        where ``needs`` lists it; ``cls_row [B, H, 1, N]`` when the full map was computed, else None."""
         score = cls_attn = None
-        if need_score or need_cls_attn:
+        if "score" in needs or "cls_attn" in needs:
             if cls_row is None:  # only row 0 of the attention matrix: [B, H, 1, N]
                 cls_row = M.class_row(q.narrow(2, 0, 1), k, self.scale, log_size)
-            if need_score:
+            if "score" in needs:
                 score = M.class_importance_of_row(cls_row, v)  # [B, N, 1]
-            if need_cls_attn:
+            if "cls_attn" in needs:
                 cls_attn = M.as_dtype(cls_row, M.accumulation_dtype(cls_row.dtype)).mean(dim=1).squeeze(1)
-        return out, k.mean(dim=1), score, cls_attn
+        return score, cls_attn
 
-    def _explicit_attention(self, q, k, v, bias):
-        """The reference code's formulation: the full ``[B, H, N, N]`` matrix, row 0 read from it."""
+    def _attention_probs(self, q, k, bias):
+        """``softmax(q kᵀ · scale + bias)`` ``[B, H, N, N]``, as the reference code writes it."""
         attn = (q * self.scale) @ k.transpose(-2, -1)
         if bias is not None:
             attn = attn + bias
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        return attn @ v, attn.narrow(2, 0, 1)
+        return attn.softmax(dim=-1)
+
+    def _explicit_attention(self, q, k, v, bias):
+        """The reference code's formulation: the full ``[B, H, N, N]`` matrix; returns ``(out, attn)``."""
+        attn = self._attention_probs(q, k, bias)
+        return self.attn_drop(attn) @ v, attn
 
 
 class ToMeCISBlock(Block):
@@ -168,7 +229,9 @@ class ToMeCISBlock(Block):
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         state = self._merge_state
         count = self._count(state, x.shape[1])
-        if count <= 0:
+        acts = count > 0 or (state.spec.reduce_at_zero and state.reduces)
+        size = self._attention_sizes(state, acts)
+        if not acts and size is None:
             x = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
             state.tokens.append(x.shape[1])
             return x
@@ -176,28 +239,61 @@ class ToMeCISBlock(Block):
             raise ValueError(
                 "token reduction does not support attention masks; call the model without attn_mask"
             )
-
-        method = state.spec
-        size = state.size if state.prop_attn and method.prop_attn else None
-        out, metric, score, cls_attn = self.attn.forward_merge(
-            self.norm1(x), size, method.needs_score, method.needs_cls_attn
-        )
-        x = x + self.drop_path1(self.ls1(out))
-
-        if state.trace_source and state.source is None:
-            state.source = M.initial_state(x, True)[1]
-        view = BlockView(x, metric, score, cls_attn, self._block_index, len(state.schedule), count)
-        x = state.reducer.reduce(method, view, state)
-        x = x + self.drop_path2(self.ls2(self._mlp(self.norm2(x))))
+        if not acts:  # nothing removed here, but the method's proportional attention applies
+            x = x + self.drop_path1(self.ls1(self.attn.forward_merge(self.norm1(x), size)[0]))
+        elif state.spec.stage == "before_attn":
+            x = self._reduce_before_attention(state, x, size, count)
+        else:
+            x = self._attention_and_reduce(state, x, size, count)
+        if not acts or state.spec.stage != "after_mlp":
+            x = x + self.drop_path2(self.ls2(self._mlp(self.norm2(x))))
         state.tokens.append(x.shape[1])
         return x
 
+    def _attention_and_reduce(self, state: MergeState, x: torch.Tensor, size, count: int) -> torch.Tensor:
+        """Attention with what the method needs, its residual, then the reduction (``after_attn``) or the
+        MLP and then the reduction (``after_mlp``, which adds the MLP residual itself)."""
+        needs = state.spec.needs
+        out, metric, score, cls_attn, attn = self.attn.forward_merge(self.norm1(x), size, needs)
+        x = x + self.drop_path1(self.ls1(out))
+        if state.spec.stage == "after_mlp":
+            x = x + self.drop_path2(self.ls2(self._mlp(self.norm2(x))))
+        view = BlockView(x, metric, score, cls_attn, self._block_index, len(state.schedule), count, attn)
+        return self._reduce(state, view)
+
+    def _reduce_before_attention(self, state: MergeState, x: torch.Tensor, size, count: int) -> torch.Tensor:
+        """The reduction on the block's input (with attention products of ``LN1(x)``), then the attention on
+        the reduced tokens: the probabilities the method set (``view.attn_next``), or a fresh attention."""
+        metric, score, cls_attn, attn = self.attn.probe(self.norm1(x), size, state.spec.needs)
+        view = BlockView(x, metric, score, cls_attn, self._block_index, len(state.schedule), count, attn)
+        x = self._reduce(state, view)
+        if view.attn_next is not None:
+            out = self.attn.apply_probs(self.norm1(x), view.attn_next)
+        else:
+            out = self.attn.forward_merge(self.norm1(x), self._attention_sizes(state, True))[0]
+        return x + self.drop_path1(self.ls1(out))
+
+    def _reduce(self, state: MergeState, view: BlockView) -> torch.Tensor:
+        """The method's reduction of ``view.x [B, N, C]``, with source tracing started where asked."""
+        if state.trace_source and state.source is None:
+            state.source = M.initial_state(view.x, True)[1]
+        return state.reduce_fn(state.spec, view, state)
+
+    @staticmethod
+    def _attention_sizes(state: MergeState, acts: bool) -> Optional[torch.Tensor]:
+        """The sizes whose ``log`` this block's attention adds, or None: where the method applies
+        proportional attention (in its reducing blocks, or in every block) and sizes exist."""
+        rule = state.spec.prop_attn
+        if state.size is None or not state.prop_attn or rule == "no":
+            return None
+        return state.size if (rule == "always" or acts) else None
+
     def _count(self, state: MergeState, tokens: int) -> int:
-        """Tokens this block merges or drops for the current method and amount (0: timm's block)."""
-        if state.reducer is None:
+        """Tokens this block removes for the current method and amount (0: timm's block)."""
+        if state.count_fn is None:
             return 0
         index = self._block_index
-        return state.reducer.count(tokens, index, len(state.schedule), state.schedule[index], state.keep)
+        return state.count_fn(tokens, index, len(state.schedule), state.schedule[index], state.keep)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, C] -> [B, N, C]``: timm's ``Mlp``, without its two eval-mode dropouts (identities that
@@ -272,8 +368,7 @@ class ToMeCISVisionTransformer:
         call = inspect.signature(super().forward_intermediates).bind(*args, **kwargs)
         call.apply_defaults()
         state = self._merge_state
-        reduces = state.reducer is not None and (state.keep is not None or any(state.schedule))
-        if call.arguments.get("output_fmt") == "NCHW" and reduces and (state.keep or 0.0) < 1.0:
+        if call.arguments.get("output_fmt") == "NCHW" and state.reduces:
             raise ValueError(
                 f"token merging (r = {self._r_spec!r}) leaves fewer tokens than the patch grid, so intermediates "
                 "cannot be reshaped to NCHW: pass output_fmt='NLC' (or reshape=False), or set model.r = 0"
@@ -371,7 +466,7 @@ def set_reduction(
 def _check_amount_taken(state: MergeState) -> None:
     """Refuse a forward whose amount the method does not take (e.g. EViT with ``r``), naming both."""
     kind = "keep" if state.keep is not None else ("r" if any(state.schedule) else None)
-    if kind is not None and state.reducer is not None and not state.spec.takes(kind):
+    if kind is not None and state.reduce_fn is not None and not state.spec.takes(kind):
         takes = " or ".join(state.spec.amounts) or "no amount"
         raise ValueError(
             f"method {state.method!r} takes {takes}, but the model has {kind} set; "
@@ -380,7 +475,7 @@ def _check_amount_taken(state: MergeState) -> None:
 
 
 def _check_method_supports_distillation(method: str) -> None:
-    if method not in (UNREDUCED, "tomecis", "tome"):
+    if not method_spec(method).distill_token:
         raise ValueError(
             f"method {method!r} supports models with a class token only, not a distillation token; "
             "use a non-distilled model (deit_small rather than deit_small_distilled) or tomecis/tome"

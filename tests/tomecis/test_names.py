@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, tiny_vit
 
 import tomecis
-from tomecis import methods, names
+from tomecis import names
 
 
 def test_every_method_of_the_table_runs_at_each_amount_it_takes_and_unknown_names_are_refused():
@@ -28,7 +28,9 @@ def test_every_method_of_the_table_runs_at_each_amount_it_takes_and_unknown_name
                 assert torch.isfinite(model(x)).all(), (name, amount)
             reduced = model.merge_state.tokens[-1] < 65  # 64 patches + the class token
             assert reduced == (name != names.UNREDUCED), (name, amount, model.merge_state.tokens)
-    assert set(methods.REDUCERS) == set(names.REDUCING_METHODS)
+    for name in names.REDUCING_METHODS:  # every declaration's functions import and are callable
+        count, reduce, _ = names.method_spec(name).functions()
+        assert callable(count) and callable(reduce), name
     for bad in ("dct", None):
         with pytest.raises(ValueError, match="unknown method .*; choose from none, tomecis, tome, pitome"):
             names.method_spec(bad)
@@ -69,10 +71,15 @@ def test_a_method_added_to_the_table_is_run_by_the_patch(monkeypatch):
     """What another merge costs: one entry in each table. Uniform weights (every merged token counts
     alike) differ from both ToMe (size) and ToMeCIS (score) and need no score."""
     uniform = names.Method(
-        "uniform", ("r",), "plain mean", prop_attn=True, weight=lambda score, size: torch.ones_like(size)
+        "uniform",
+        ("r",),
+        "plain mean",
+        count="tomecis.methods.tome:count",
+        reduce="tomecis.methods.tome:reduce",
+        prop_attn="reducing",
+        weight=lambda score, size: torch.ones_like(size),
     )
     monkeypatch.setitem(names.METHODS, "uniform", uniform)
-    monkeypatch.setitem(methods.REDUCERS, "uniform", methods.REDUCERS["tome"])
     model = tomecis.patch(tiny_vit(), r=8, method="uniform")
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
