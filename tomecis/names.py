@@ -1,13 +1,15 @@
 """Names every room shares, importable without torch or timm: the token-reduction methods, autocast
 settings, short model names. Reading results (``orchestrator.report``) needs these and nothing heavier.
 
-The methods are one table (``METHODS``). A method declares which amounts it takes (``r``: tokens removed
-per block; ``keep``: the per-block keep ratio), whether its blocks need the class importance score or the
-class token's attention, whether it applies proportional attention, and, for the ToMe-style merges, how
-merged tokens are weighted. ``tomecis.patch`` looks the method up and runs its reduction
-(``tomecis/methods/<name>.py``); the sweep checks names and amounts with ``method_spec`` and
-``check_amount``; the report compares every method against the unreduced model, ``UNREDUCED``. A new
-method is one more ``Method`` here, one module in ``tomecis/methods/`` (and their tests).
+A method is one declaration, ``Method``: its name, which amounts it takes (``r``: tokens removed per
+block; ``keep``: the per-block keep ratio), where in the block it reduces (``stage``), what its blocks need
+from the attention (``needs``), where proportional attention applies (``prop_attn``), and its ``count``
+and ``reduce`` functions (``tomecis.methods`` gives their signatures and shapes). The built-in methods are
+the table ``METHODS``; their functions are named as ``"module:function"`` references, imported on first
+use, so that this module stays light. ``tomecis.patch`` runs any declared method; the sweep checks names
+and amounts with ``method_spec`` and ``check_amount``; the report compares every method against the
+unreduced model, ``UNREDUCED``. A new built-in method is one more ``Method`` here and one module in
+``tomecis/methods/`` (and their tests).
 
 A point's amount is ``(r, keep)``: ``r`` an int and ``keep`` None for the methods reduced by ``--r``,
 ``r`` None and ``keep`` a float in (0, 1) for ``--keep``; the unreduced model is ``("none", 0, None)``.

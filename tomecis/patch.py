@@ -208,7 +208,7 @@ class ToMeCISAttention(Attention):
 
     def _attention_probs(self, q, k, bias):
         """``softmax(q kᵀ · scale + bias)`` ``[B, H, N, N]``, as the reference code writes it."""
-        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = (q @ k.transpose(-2, -1)) * self.scale  # the order of the methods' reference code
         if bias is not None:
             attn = attn + bias
         return attn.softmax(dim=-1)
@@ -231,7 +231,7 @@ class ToMeCISBlock(Block):
         count = self._count(state, x.shape[1])
         acts = count > 0 or (state.spec.reduce_at_zero and state.reduces)
         size = self._attention_sizes(state, acts)
-        if not acts and size is None:
+        if not acts and size is None and (state.attention == "fused" or state.reduce_fn is None):
             x = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
             state.tokens.append(x.shape[1])
             return x
