@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .listing import (
     ImageFile,
     SourceError,
@@ -48,9 +50,9 @@ def is_gzip_file(path: Path) -> bool:
 
 
 @contextmanager
-def class_index_images(src: Path, out: Path) -> Iterator[SourceListing]:
+def class_index_images(src: Path, out: Path, progress: bool = False) -> Iterator[SourceListing]:
     """The images of a class-index folder, or of a compressed tar of one (its bytes spooled into `out` while the
-    block runs)."""
+    block runs; `progress`: a bar over the tar's bytes while it is read)."""
     if src.is_dir():
         yield list_class_index_folder(src)
         return
@@ -58,7 +60,7 @@ def class_index_images(src: Path, out: Path) -> Iterator[SourceListing]:
     out.mkdir(parents=True, exist_ok=True)
     spool = out / SPOOL_NAME
     try:
-        yield list_class_index_tar(src, spool)
+        yield list_class_index_tar(src, spool, progress)
     finally:
         spool.unlink(missing_ok=True)
         if created and not any(out.iterdir()):
@@ -86,13 +88,26 @@ def list_class_index_folder(root: Path) -> SourceListing:
     return _listing(images, ignored, {"class_index_source": "folder"})
 
 
-def list_class_index_tar(tar_path: Path, spool: Path) -> SourceListing:
+def list_class_index_tar(tar_path: Path, spool: Path, progress: bool = False) -> SourceListing:
     """Every image member of a (compressed) tar whose parent folder is a class index, its bytes appended to
-    `spool`; read as a stream, in one pass. An image outside a class-index folder is an error naming it."""
+    `spool`; read as a stream, in one pass (with a bar over its bytes when `progress`). An image outside a
+    class-index folder is an error naming it."""
     images: list[SourceImage] = []
     ignored: list[str] = []
+    bar = tqdm(
+        total=tar_path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=f"reading {tar_path.name}",
+        disable=not progress,
+    )
     try:
-        with tarfile.open(tar_path, mode="r|*") as tar, open(spool, "wb") as spool_file:
+        with (
+            bar,
+            open(tar_path, "rb") as raw,
+            tarfile.open(fileobj=_CountedReads(raw, bar), mode="r|*") as tar,
+            open(spool, "wb") as spool_file,
+        ):
             for member in tar:
                 if member.isfile():
                     _take_member(tar, member, tar_path, spool, spool_file, images, ignored)
@@ -130,6 +145,19 @@ def _take_member(tar, member, tar_path: Path, spool: Path, spool_file, images: l
         origin=origin,
     )
     images.append(_labelled(image_file, class_index, origin))
+
+
+class _CountedReads:
+    """A binary file whose reads advance a progress bar by the bytes they return (tarfile's stream mode reads
+    only)."""
+
+    def __init__(self, stream, bar: tqdm) -> None:
+        self._stream, self._bar = stream, bar
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._bar.update(len(data))
+        return data
 
 
 def _key(name: str, class_index: int) -> str:

@@ -135,7 +135,12 @@ def write_named_shards(named: NamedSet, tarball: Path, folder: Path, workers: in
         dataclasses.replace(summary.manifest, made=titled).write(partial)
         if is_cached(named):  # another run finished first: its shards are the same bytes
             return
-        shutil.rmtree(folder, ignore_errors=True)  # a folder without a manifest is a leftover
-        os.replace(partial, folder)
+        if folder.exists():  # without a manifest: what is left of a cache someone emptied
+            shutil.rmtree(folder)
+        try:
+            os.replace(partial, folder)
+        except OSError:
+            if not is_cached(named):  # not another run that finished in between
+                raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -78,10 +78,10 @@ def detect_form(src: Path) -> SourceForm:
 
 @contextmanager
 def open_source(
-    src_paths: Sequence[Path], labels: Path | None, split: str | None, out: Path
+    src_paths: Sequence[Path], labels: Path | None, split: str | None, out: Path, progress: bool = False
 ) -> Iterator[SourceListing]:
     """The labelled images of any source form; parquet images and those of a class-index tar.gz are spooled into
-    `out` while the block runs."""
+    `out` while the block runs (`progress`: a bar while a tar.gz is read)."""
     form = detect_form(src_paths[0]) if len(src_paths) == 1 else SourceForm.PARQUET
     if form is not SourceForm.PARQUET and split is not None:
         raise SourceError(f"`split={split}` chooses among parquet files; {src_paths[0]} holds none: drop it")
@@ -90,7 +90,7 @@ def open_source(
             raise SourceError(
                 f"{src_paths[0]} holds class-index folders, whose names are the labels; drop `labels={labels}`"
             )
-        with class_index_images(src_paths[0], out) as listing:
+        with class_index_images(src_paths[0], out, progress) as listing:
             yield listing
         return
     if form is not SourceForm.PARQUET:

@@ -72,17 +72,8 @@ def resolve_data(
     named = named_set(items[0]) if len(items) == 1 else None
     if named is not None:
         items = [str(_named_folder(named, say, default_route))]
-    shards: list[ShardInfo] = []
     beside = IndexCache()
-    try:
-        for item in items:
-            shards.extend(_resolve_item(item, beside))
-    except DataSpecError as error:
-        if default_route and named is None:
-            raise DataSpecError(
-                f"{error}. {HUB_DEFAULT_TRIED}. Other ways to give data: {SPEC_HELP}"
-            ) from None
-        raise
+    shards = _resolve_items(items, beside, named, default_route)
     if not shards:
         raise DataSpecError(f"data spec {spec!r} names no shards; {SPEC_HELP}")
     _check_unique(shards)
@@ -95,6 +86,28 @@ def resolve_data(
             f"data: no --data and no ${TOMECIS_DATA_ENV}, ${HF_TOKEN_ENV} is set: streaming {shardset.description}"
         )
     return shardset
+
+
+def _resolve_items(
+    items: list[str], beside: IndexCache, named: NamedSet | None, default_route: bool
+) -> list[ShardInfo]:
+    """Every item's shards; an error on a named set's cache folder says how to have it rewritten, one on the Hub
+    default what was tried and the other ways to give data."""
+    shards: list[ShardInfo] = []
+    try:
+        for item in items:
+            shards.extend(_resolve_item(item, beside))
+    except DataSpecError as error:
+        if named is not None:  # its cache folder was changed by hand
+            raise DataSpecError(
+                f"{error}; or remove {items[0]} to have {named.title} written again"
+            ) from None
+        if default_route:
+            raise DataSpecError(
+                f"{error}. {HUB_DEFAULT_TRIED}. Other ways to give data: {SPEC_HELP}"
+            ) from None
+        raise
+    return shards
 
 
 def _named_folder(named: NamedSet, say: Callable[[str], None], default_route: bool) -> Path:

@@ -296,7 +296,7 @@ def write_shards(config: WriteConfig) -> WriteSummary:
     """Write the shards and manifest for `config.src` into `config.out`; see the module docstring."""
     started = time.perf_counter()
     existing = check_output_free(config)
-    with open_source(config.src_paths, config.labels, config.split, config.out) as listing:
+    with open_source(config.src_paths, config.labels, config.split, config.out, config.progress) as listing:
         if not listing.images:
             raise SourceError(f"{config.src_text} holds no images")
         config.out.mkdir(parents=True, exist_ok=True)

@@ -199,17 +199,24 @@ def test_a_dropped_download_resumes_where_it_broke_off(hub_repo, images, fresh_m
     assert labels_read(shardset) == expected_labels(images)
 
 
-def test_a_tarball_already_in_the_hub_cache_is_written_without_the_hub(hub_repo, fresh_machine):
+def test_a_damaged_cache_says_what_to_do_and_the_cached_tarball_is_written_again_without_the_hub(
+    hub_repo, fresh_machine
+):
     with serve_hub({REPO: hub_repo}) as hub:
         fresh_machine(hub)
         first = resolve_data(announce=lambda line: None)
     cache = shards_cache_dir() / "imagenetv2"
+    (cache / first.shards[0].name).unlink()
+    with pytest.raises(
+        DataSpecError, match=rf"missing from .*; or remove {cache} to have ImageNetV2 matched"
+    ):
+        resolve_data(announce=lambda line: None)
     for path in cache.iterdir():
         path.unlink()
-    cache.rmdir()
-    assert (
-        resolve_data(announce=lambda line: None) == first
-    )  # offline now: the cached tar.gz, shards rewritten
+    rewritten = resolve_data(
+        announce=lambda line: None
+    )  # the Hub is gone: the tar.gz in its cache, written again
+    assert rewritten == first and (cache / MANIFEST_NAME).is_file()
 
 
 def test_offline_with_nothing_cached_is_one_quick_error_naming_the_ways(fresh_machine, monkeypatch):
