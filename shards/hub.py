@@ -23,7 +23,7 @@ from typing import IO
 
 import httpx2
 from huggingface_hub import HfFileSystem, get_hf_file_metadata, hf_hub_download, hf_hub_url
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 HUB_SCHEME = "hf://"
 HF_ENDPOINT_ENV = "HF_ENDPOINT"
@@ -205,7 +205,8 @@ def _status_of(error: BaseException) -> int | None:
 
 
 def _no_answer(error: BaseException) -> bool:
-    return any(isinstance(link, httpx2.TransportError) for link in _chain(error))
+    """No answer came: the network failed, or $HF_HUB_OFFLINE forbids asking."""
+    return any(isinstance(link, (httpx2.TransportError, OfflineModeIsEnabled)) for link in _chain(error))
 
 
 def _reason(error: BaseException) -> str:
