@@ -34,11 +34,13 @@ def point_row(
     allow_decode_failures: bool,
     retries: int = 0,
     resumed: bool = False,
+    dataset_title: str = "",
 ) -> Tuple[dict, pa.Table, pa.Table]:
     """The points row, predictions and decode failures of one grid point, after checking that nothing
     is missing or counted twice. ``retries``: work items of the pass that were retried; ``resumed``:
     the outcomes come from more than one run of the driver (a pass resumed from its spool), whose wall
-    time from first start to last end would count the pause, so ``eval_samples_per_sec`` is None."""
+    time from first start to last end would count the pause, so ``eval_samples_per_sec`` is None;
+    ``dataset_title``: what the data is called when it is a public set (``ShardSet.title``), else ''."""
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
     top5 = np.concatenate([o.top5[point.key] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
@@ -51,6 +53,7 @@ def point_row(
     top1, top5_acc = accuracy(labels.tolist(), top5.tolist())
     row = dict(
         **point.identity(device),
+        dataset_title=dataset_title or None,
         short_name=point.short_name,
         top1=top1,
         top5=top5_acc,

@@ -22,11 +22,13 @@ from .work import DecodePass, Task, Weights
 
 @dataclass
 class Selection:
-    """The shards a sweep evaluates, their image total (None without counts) and the dataset fingerprint."""
+    """The shards a sweep evaluates, their image total (None without counts) and the dataset fingerprint;
+    title: what the data is called when it is a public set (``shards.ShardSet.title``), else ''."""
 
     shards: Tuple[shards.ShardInfo, ...]
     total: Optional[int]
     fingerprint: str
+    title: str = ""
 
 
 def select_shards(

@@ -40,6 +40,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from clipattern import parsed_or_exit, run_or_report
+from shards.named import caveat_of
 from tomecis.names import AMP_NAMES, METHOD_NAMES, UNREDUCED, methods_help
 
 from . import paper
@@ -115,8 +116,10 @@ class Setting:
             raise ValueError(f"a setting has the columns {names}, got {sorted(values)}")
         return cls(**{f.name: (int if f.type == "int" else str)(values[f.name]) for f in fields(cls)})
 
-    def label(self) -> str:
-        return f"dataset {self.dataset}, amp {self.amp}, batch {self.infer_batch_size}, {self.device}, weights {self.weights}"
+    def label(self, title: str = "") -> str:
+        """The setting in words; ``title`` names the data beside its fingerprint (ImageNetV2 …)."""
+        dataset = f"{title} ({self.dataset})" if title else self.dataset
+        return f"dataset {dataset}, amp {self.amp}, batch {self.infer_batch_size}, {self.device}, weights {self.weights}"
 
 
 @dataclass
@@ -313,7 +316,7 @@ def render_report(
     run = _Run(cfg, parse_reference(cfg.reference), by_file, Report(""), len(settings))
     if cfg.out:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    parts = [f"# Results in {cfg.results}", _summary_line(points, settings, superseded), _how_to_read(run)]
+    parts = [_heading(cfg.results, points), _summary_line(points, settings, superseded), _how_to_read(run)]
     parts.extend(
         _setting_section(index, setting, rows, run) for index, (setting, rows) in enumerate(settings, start=1)
     )
@@ -325,6 +328,23 @@ def render_report(
         path.write_text(run.report.markdown)
         run.report.files.insert(0, str(path))
     return run.report
+
+
+def _heading(results: str, points: pd.DataFrame) -> str:
+    """``# Results in DIR``, naming the public sets the rows ran on (``dataset_title``: ImageNetV2 …) and
+    what a reader must know about them, so that nobody compares them with ImageNet-val figures."""
+    titles = dataset_titles(points)
+    if not titles:
+        return f"# Results in {results}"
+    caveats = " ".join(dict.fromkeys(filter(None, (caveat_of(title) for title in titles))))
+    return f"# Results in {results}, on {' and '.join(titles)}" + (f"\n\n**{caveats}.**" if caveats else "")
+
+
+def dataset_titles(rows: pd.DataFrame) -> List[str]:
+    """The distinct public-set titles of the rows, in order (none for rows written before the column existed)."""
+    if "dataset_title" not in rows:
+        return []
+    return list(dict.fromkeys(title for title in rows["dataset_title"] if isinstance(title, str) and title))
 
 
 def _summary_line(points: pd.DataFrame, settings: list, superseded: int) -> str:
@@ -353,7 +373,8 @@ def _how_to_read(run: _Run) -> str:
 
 def _setting_section(index: int, setting: Setting, rows: pd.DataFrame, run: _Run) -> str:
     """``## Setting i of n``: noisy-timing warnings, then each model's section."""
-    parts = [f"## Setting {index} of {run.n_settings}: {setting.label()}"]
+    label = setting.label(" and ".join(dataset_titles(rows)))
+    parts = [f"## Setting {index} of {run.n_settings}: {label}"]
     parts.extend(f"**Warning:** {note}" for note in unmerged_spread(rows))
     expected = expected_amounts(rows)
     for model in models_of(rows):

@@ -80,6 +80,7 @@ POINT_SCHEMA = _identity_and(
     "weights",
     "device",
     "dataset",
+    ("dataset_title", pa.string()),  # a public set's name (ImageNetV2 matched-frequency), else null
     ("n_shards", pa.int32()),
     ("retries", pa.int32()),
     ("cuda_graphs", pa.bool_()),

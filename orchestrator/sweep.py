@@ -175,7 +175,7 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
     ``ValueError`` before anything else; a flag a method does not take gets one line on stderr."""
     for note in filter(None, (plan.skip_note() for plan in cfg.method_plans())):
         print(note, file=sys.stderr)
-    selection = selection or Selection(*select_shards(shards.resolve_data(cfg.data), cfg.limit))
+    selection = selection or selection_of(shards.resolve_data(cfg.data), cfg.limit)
     weights = weights_for(cfg.models, cfg.checkpoint_dir, cfg.random_weights)
     results = ResultsDir(cfg.out)
     summary = SweepSummary()
@@ -347,6 +347,7 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
                 run.cfg.allow_decode_failures,
                 retries=retries,
                 resumed=resumed,
+                dataset_title=run.selection.title,
             )
         except SweepError as err:
             summary.failed[point] = str(err)
@@ -483,7 +484,7 @@ def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--data",
-        help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://) (default ${shards.spec.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set)",
+        help=f"shards: a directory with manifest.json or _info.json, a brace pattern, a list or URLs (s3://, gs://, http(s)://, hf://), or imagenetv2 (also imagenetv2-threshold0.7, imagenetv2-top-images: public, downloaded and written as shards once) (default ${shards.spec.TOMECIS_DATA_ENV}, else hf://datasets/timm/imagenet-1k-wds when $HF_TOKEN is set, else imagenetv2)",
     )
     p.add_argument(
         "--out", default="results", help="results directory or URI (s3://...) (default %(default)s)"
@@ -673,13 +674,33 @@ def validate_inputs(cfg: SweepConfig) -> Selection:
     """Method, amount, data, weights and r checks that need files or model shapes, done before Ray
     starts; returns the shards to evaluate (resolved once: remote manifests are fetched here only)."""
     check_grid(cfg)
-    selection = Selection(*select_shards(shards.resolve_data(cfg.data), cfg.limit))
+    selection = selection_of(resolve_data_saying_it(cfg.data), cfg.limit)
     if (
         cfg.checkpoint_dir
     ):  # only that each exists: run_sweep hashes them (weights_for), still before Ray starts
         for model in cfg.models:
             find_checkpoint(cfg.checkpoint_dir, model)
     return selection
+
+
+def resolve_data_saying_it(spec: Optional[str]) -> shards.ShardSet:
+    """``shards.resolve_data``, its lines (a download, a named or default set) on stderr as they come; when it
+    says nothing, ``data: <description>``: the sweep's first line always says which data it runs on."""
+    said: List[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        print(line, file=sys.stderr, flush=True)
+
+    shardset = shards.resolve_data(spec, announce=say)
+    if not said:
+        say(f"data: {shardset.description}")
+    return shardset
+
+
+def selection_of(shardset: shards.ShardSet, limit: Optional[int]) -> Selection:
+    """The shards to evaluate (``prepare.select_shards``) and what the data is called."""
+    return Selection(*select_shards(shardset, limit), title=shardset.title)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 `SourceImage`s, each an `ImageFile` and its class), `SourceError`, `SourceForm`, the key rules (`stem_of`,
 `check_keys`) and the file-name tests.
 
-`shards.sources` (ImageFolder, flat folder, val tar; `open_source`, the one entry for every form) and
-`shards.hf_parquet` (Hugging Face parquet files) both build on this module, which imports neither: the
-arrows go sources -> hf_parquet -> listing, and sources -> listing, never back.
+`shards.sources` (ImageFolder, flat folder, val tar; `open_source`, the one entry for every form),
+`shards.hf_parquet` (Hugging Face parquet files) and `shards.class_index` (ImageNetV2's class-index folders and
+tar.gz) all build on this module, which imports none of them: the arrows go sources -> hf_parquet / class_index
+-> listing, and sources -> listing, never back.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class SourceForm(str, Enum):
     PARQUET = (
         "parquet"  # Hugging Face parquet files (ILSVRC/imagenet-1k data/validation-*.parquet): image + label
     )
+    CLASS_INDEX = "class-index"  # SRC/<class index>/*.jpeg, or a .tar.gz of it (ImageNetV2)
 
 
 @dataclass(frozen=True)

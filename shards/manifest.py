@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
+DATASET_TITLE_KEY = (
+    "dataset_title"  # `made` entry naming a public set (shards.named): ImageNetV2 matched-frequency
+)
 MANIFEST_FORMAT = "tomecis-shards/1"
 FINGERPRINT_HEX_CHARS = 16
 

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .manifest import MANIFEST_NAME, Manifest
+from .manifest import DATASET_TITLE_KEY, MANIFEST_NAME, Manifest
 
 FINGERPRINT_HEX_CHARS = 16
 INFO_FINGERPRINT_TAG = "counts-only\n"  # heads the hashed lines when the shards have counts but no sha256s
@@ -41,7 +41,9 @@ class ShardSet:
     fingerprint: 16 hex characters identifying the data: over the manifest records (name, count, sha256) when
     every shard has one, over names and counts for shards counted by an `_info.json`, else over URLs — so the same
     shards give the same fingerprint wherever they are stored. description: what the set is and where it comes
-    from, in a line (`500 images in 5 shards from /data/val (manifest.json)`); not part of equality.
+    from, in a line (`500 images in 5 shards from /data/val (manifest.json)`); title: what the data is called
+    when its manifests name a public set (`ImageNetV2 matched-frequency`, shards.named), else ''; neither is
+    part of equality.
     """
 
     shards: tuple[ShardInfo, ...]
@@ -49,6 +51,7 @@ class ShardSet:
     n_classes: int | None
     fingerprint: str
     description: str = field(default="", compare=False)
+    title: str = field(default="", compare=False)
 
     @property
     def urls(self) -> list[str]:
@@ -92,7 +95,8 @@ class ShardIndex:
 
     where: its path or URL; kind: its file name; listed: the shards a folder spec reads, in order (an `_info.json`:
     the chosen split's); by_name: every shard it counts (an `_info.json`: every split's), for shards named one by
-    one; n_classes: the label-space size it states, else None; about: a few words for descriptions.
+    one; n_classes: the label-space size it states, else None; about: a few words for descriptions; title: the
+    public set a manifest names (its `made.dataset_title`), else ''.
     """
 
     where: str
@@ -101,6 +105,7 @@ class ShardIndex:
     by_name: Mapping[str, IndexedShard]
     n_classes: int | None
     about: str = ""
+    title: str = ""
 
     def shard(self, url: str, entry: IndexedShard) -> ShardInfo:
         """The ShardInfo of a shard this index counts, opened by `url`."""
@@ -133,6 +138,7 @@ def index_of_manifest(manifest: Manifest, where: str) -> ShardIndex:
         by_name={entry.name: entry for entry in entries},
         n_classes=manifest.n_classes,
         about=MANIFEST_NAME,
+        title=str(manifest.made.get(DATASET_TITLE_KEY) or ""),
     )
 
 

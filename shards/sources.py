@@ -1,10 +1,12 @@
-"""Where ImageNet images come from: an ImageFolder tree, a flat folder plus labels, the val tar plus labels, or
-Hugging Face parquet files (listed by `shards.hf_parquet`).
+"""Where ImageNet images come from: an ImageFolder tree, a flat folder plus labels, the val tar plus labels,
+Hugging Face parquet files (listed by `shards.hf_parquet`), or a folder or tar.gz of class-index folders
+(ImageNetV2's layout, listed by `shards.class_index`).
 
 Every form is reduced to the same thing: a list of `SourceImage`s sorted by key (the file stem), each knowing
 its class and how to read its original bytes. The val set in any of its forms therefore gives the same list.
 `open_source` is the one entry for every form (what `shards.write` calls). The types and key rules every form
-shares live in `shards.listing`; this module imports `shards.hf_parquet`, which never imports it back.
+shares live in `shards.listing`; this module imports `shards.hf_parquet` and `shards.class_index`, which never
+import it back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from .class_index import class_index_images, is_class_index_name, is_gzip_file
 from .hf_parquet import spooled_parquet_images
 from .listing import (
     PARQUET_SUFFIX,
@@ -36,7 +39,10 @@ from .synsets import synset_at, synset_index
 TAR_BLOCK = 512  # tar headers and data are laid out in 512-byte blocks; a zero block marks the archive's end
 SYNSET_PATTERN = re.compile(r"^n\d{8}$")
 MAX_NAMED_IN_ERROR = 5
-PASS_A_SOURCE = "pass an ImageFolder tree, a folder of JPEGs, the val tar, or Hugging Face parquet files"
+PASS_A_SOURCE = (
+    "pass an ImageFolder tree, a folder of JPEGs, the val tar, Hugging Face parquet files, or a folder or tar.gz "
+    "of class-index folders (ImageNetV2)"
+)
 
 
 def detect_form(src: Path) -> SourceForm:
@@ -44,6 +50,8 @@ def detect_form(src: Path) -> SourceForm:
     if src.is_file():
         if src.suffix.lower() == PARQUET_SUFFIX:
             return SourceForm.PARQUET
+        if is_gzip_file(src):
+            return SourceForm.CLASS_INDEX  # the one compressed form: ImageNetV2's tar.gz
         if tarfile.is_tarfile(src):
             return SourceForm.VAL_TAR
         raise SourceError(f"{src} is a file but not a tar or parquet file; {PASS_A_SOURCE}")
@@ -59,6 +67,8 @@ def detect_form(src: Path) -> SourceForm:
             f"{src} holds both sub-folders and JPEG files; an ImageFolder tree holds only <synset>/ folders, "
             "a flat folder only JPEGs"
         )
+    if has_dirs and all(is_class_index_name(entry.name) for entry in entries if entry.is_dir()):
+        return SourceForm.CLASS_INDEX
     if has_dirs:
         return SourceForm.IMAGEFOLDER
     if has_images:
@@ -68,14 +78,22 @@ def detect_form(src: Path) -> SourceForm:
 
 @contextmanager
 def open_source(
-    src_paths: Sequence[Path], labels: Path | None, split: str | None, out: Path
+    src_paths: Sequence[Path], labels: Path | None, split: str | None, out: Path, progress: bool = False
 ) -> Iterator[SourceListing]:
-    """The labelled images of any source form; parquet images are spooled into `out` while the block runs."""
-    if len(src_paths) == 1 and detect_form(src_paths[0]) is not SourceForm.PARQUET:
-        if split is not None:
+    """The labelled images of any source form; parquet images and those of a class-index tar.gz are spooled into
+    `out` while the block runs (`progress`: a bar while a tar.gz is read)."""
+    form = detect_form(src_paths[0]) if len(src_paths) == 1 else SourceForm.PARQUET
+    if form is not SourceForm.PARQUET and split is not None:
+        raise SourceError(f"`split={split}` chooses among parquet files; {src_paths[0]} holds none: drop it")
+    if form is SourceForm.CLASS_INDEX:
+        if labels is not None:
             raise SourceError(
-                f"`split={split}` chooses among parquet files; {src_paths[0]} holds none: drop it"
+                f"{src_paths[0]} holds class-index folders, whose names are the labels; drop `labels={labels}`"
             )
+        with class_index_images(src_paths[0], out, progress) as listing:
+            yield listing
+        return
+    if form is not SourceForm.PARQUET:
         yield list_source_images(src_paths[0], labels)
         return
     if labels is not None:
@@ -89,6 +107,10 @@ def list_source_images(src: Path, labels: Path | None) -> SourceListing:
     form = detect_form(src)
     if form is SourceForm.PARQUET:
         raise SourceError(f"{src} holds parquet files: list them with shards.hf_parquet.list_parquet_images")
+    if form is SourceForm.CLASS_INDEX:
+        raise SourceError(
+            f"{src} holds class-index folders: list them with shards.class_index.class_index_images"
+        )
     if form is SourceForm.IMAGEFOLDER:
         if labels is not None:
             raise SourceError(

@@ -6,8 +6,9 @@
 
 The forms (SPEC_HELP): a folder with manifest.json (from `python -m shards.write`) or timm's `_info.json`
 (`DIR#train` for another split than validation), an index path or URL, a brace pattern, a comma list, s3://,
-gs://, http(s)://, hf:// or pipe: URLs. With no spec, no $TOMECIS_DATA and $HF_TOKEN set: timm's ImageNet-1k
-shards on the Hugging Face Hub. Remote indexes are fetched by `shards.remote`; shards are opened by `shards.read`.
+gs://, http(s)://, hf:// or pipe: URLs, or a public set by name (`imagenetv2`, shards.named). With no spec and no
+$TOMECIS_DATA: timm's ImageNet-1k shards on the Hugging Face Hub when $HF_TOKEN is set, else ImageNetV2 (downloaded
+and written as shards once). Remote indexes are fetched by `shards.remote`; shards are opened by `shards.read`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-from .hub import HF_TOKEN_ENV, hub_token
+from .hub import HF_TOKEN_ENV, HubError, hub_token
 from .manifest import MANIFEST_NAME, ManifestError, read_manifest
+from .named import DEFAULT_NAMED_SET, NAMED_SETS, NamedSet, named_folder, named_set, named_shards
 from .remote import describe_origin, is_remote, resolve_remote_item
 from .shardset import (
     DataSpecError,
@@ -40,8 +42,14 @@ TIMM_IMAGENET_WDS = "hf://datasets/timm/imagenet-1k-wds"
 SPEC_HELP = (
     "pass a shard folder holding manifest.json (written by python -m shards.write) or timm's _info.json, "
     "a manifest path or URL, a brace pattern such as DIR/imagenet-val-{000000..000049}.tar, a comma-separated "
-    "list, or s3://, gs://, http(s)://, hf://datasets/OWNER/NAME or pipe: URLs"
+    "list, s3://, gs://, http(s)://, hf://datasets/OWNER/NAME or pipe: URLs, or a public set by name: "
+    f"{', '.join(NAMED_SETS)} (a local folder of one of these names: write ./NAME)"
 )
+HUB_DEFAULT_TRIED = (
+    f"Tried: {TIMM_IMAGENET_WDS} (the default when there is no --data and no ${TOMECIS_DATA_ENV} and "
+    f"${HF_TOKEN_ENV} is set)"
+)
+NAMED_DEFAULT_ROUTE = f"no --data, no ${TOMECIS_DATA_ENV} and no ${HF_TOKEN_ENV}"
 HUB_DEFAULT_HELP = (
     f"or set ${HF_TOKEN_ENV} (a Hugging Face token whose account accepted ImageNet-1k's terms) to stream "
     f"{TIMM_IMAGENET_WDS}"
@@ -53,23 +61,68 @@ def resolve_data(
 ) -> ShardSet:
     """Data spec -> ShardSet. See SPEC_HELP for the accepted forms.
 
-    None reads $TOMECIS_DATA; when that is unset too and $HF_TOKEN is set, timm's ImageNet-1k shards on the Hub
-    (TIMM_IMAGENET_WDS, validation split), said in one line (what, from where, how many images) through
-    `announce` (default: printed to stderr); with neither, a DataSpecError lists the ways to give data.
+    None reads $TOMECIS_DATA; when that is unset too, timm's ImageNet-1k shards on the Hub (TIMM_IMAGENET_WDS,
+    validation split) if $HF_TOKEN is set, else the public ImageNetV2 (`imagenetv2`, shards.named: downloaded and
+    written as shards on first use). A named set, given or by default, and the Hub default are said in a line (what,
+    from where, how many images) through `announce` (default: printed to stderr), as is a download before it;
+    when the Hub cannot be reached, a DataSpecError names what was tried and the other ways to give data.
     """
+    say = announce or _print_to_stderr
     items, default_route = _spec_items(spec)
-    shards: list[ShardInfo] = []
+    named = named_set(items[0]) if len(items) == 1 else None
+    if named is not None:
+        items = [str(_named_folder(named, say, default_route))]
     beside = IndexCache()
-    for item in items:
-        shards.extend(_resolve_item(item, beside))
+    shards = _resolve_items(items, beside, named, default_route)
     if not shards:
         raise DataSpecError(f"data spec {spec!r} names no shards; {SPEC_HELP}")
     _check_unique(shards)
     shardset = _shard_set(tuple(shards), beside.used(), _spec_text(items))
-    if default_route:
-        line = f"data: no --data and no ${TOMECIS_DATA_ENV}, ${HF_TOKEN_ENV} is set: streaming {shardset.description}"
-        (announce or _print_to_stderr)(line)
+    if named is not None:
+        said = f"{NAMED_DEFAULT_ROUTE}: reading " if default_route else ""
+        say(f"data: {said}{shardset.description}; {named.caveat}")
+    elif default_route:
+        say(
+            f"data: no --data and no ${TOMECIS_DATA_ENV}, ${HF_TOKEN_ENV} is set: streaming {shardset.description}"
+        )
     return shardset
+
+
+def _resolve_items(
+    items: list[str], beside: IndexCache, named: NamedSet | None, default_route: bool
+) -> list[ShardInfo]:
+    """Every item's shards; an error on a named set's cache folder says how to have it rewritten, one on the Hub
+    default what was tried and the other ways to give data."""
+    shards: list[ShardInfo] = []
+    try:
+        for item in items:
+            shards.extend(_resolve_item(item, beside))
+    except DataSpecError as error:
+        if named is not None:  # its cache folder was changed by hand
+            raise DataSpecError(
+                f"{error}; or remove {items[0]} to have {named.title} written again"
+            ) from None
+        if default_route:
+            raise DataSpecError(
+                f"{error}. {HUB_DEFAULT_TRIED}. Other ways to give data: {SPEC_HELP}"
+            ) from None
+        raise
+    return shards
+
+
+def _named_folder(named: NamedSet, say: Callable[[str], None], default_route: bool) -> Path:
+    """The folder of a named set's shards (shards.named), or a DataSpecError naming what was tried and the
+    other ways to give data when the Hub cannot be reached or refuses."""
+    try:
+        return named_shards(named.name, say)
+    except HubError as error:
+        why = f" (the default: {NAMED_DEFAULT_ROUTE})" if default_route else ""
+        raise DataSpecError(
+            f"{error}. Tried: {named.title}{why}, from {named.hub_url}; its shards are not cached in "
+            f"{named_folder(named)}. Other ways to give data: --data or ${TOMECIS_DATA_ENV}: {SPEC_HELP}; "
+            f"{HUB_DEFAULT_HELP}; or fetch {named.filename} another way and write it with python -m shards.write "
+            "SRC --out DIR, then pass --data DIR"
+        ) from None
 
 
 def _spec_text(items: list[str]) -> str:
@@ -84,16 +137,14 @@ def _print_to_stderr(line: str) -> None:
 
 
 def _spec_items(spec: str | os.PathLike | Sequence[str] | None) -> tuple[list[str], bool]:
-    """The spec's items, and whether they are the default route (no spec, no $TOMECIS_DATA, $HF_TOKEN set)."""
+    """The spec's items, and whether they are a default route (no spec, no $TOMECIS_DATA: timm's ImageNet on the
+    Hub when $HF_TOKEN is set, else the public ImageNetV2)."""
     default_route = False
     if spec is None:
         spec = os.environ.get(TOMECIS_DATA_ENV, "").strip()
-        if not spec and hub_token() is None:
-            raise DataSpecError(
-                f"no data given and ${TOMECIS_DATA_ENV} is not set; {SPEC_HELP}; {HUB_DEFAULT_HELP}"
-            )
         if not spec:
-            spec, default_route = TIMM_IMAGENET_WDS, True
+            spec = TIMM_IMAGENET_WDS if hub_token() is not None else DEFAULT_NAMED_SET
+            default_route = True
     if isinstance(spec, (str, os.PathLike)):
         items = split_top_level_commas(os.fspath(spec))
     else:
@@ -257,12 +308,16 @@ def _shard_set(shards: tuple[ShardInfo, ...], indexes: list[ShardIndex], spec_te
     total = sum(counts) if all(count is not None for count in counts) else None
     n_classes_seen = {index.n_classes for index in indexes}
     n_classes = n_classes_seen.pop() if total is not None and len(n_classes_seen) == 1 else None
+    titles = {index.title for index in indexes}
+    title = titles.pop() if total is not None and len(titles) == 1 else ""
+    description = _describe(shards, total, indexes, spec_text)
     return ShardSet(
         shards=shards,
         total=total,
         n_classes=n_classes,
         fingerprint=fingerprint_of(shards),
-        description=_describe(shards, total, indexes, spec_text),
+        description=f"{title}: {description}" if title else description,
+        title=title,
     )
 
 

@@ -1,5 +1,5 @@
-"""ImageNet-1k (ImageFolder tree, flat folder + labels, the val tar + labels, or Hugging Face parquet files) ->
-WebDataset tar shards.
+"""ImageNet-1k (ImageFolder tree, flat folder + labels, the val tar + labels, Hugging Face parquet files) or
+ImageNetV2 (a folder or tar.gz of class-index folders) -> WebDataset tar shards.
 
     python -m shards.write SRC [SRC …] --out DIR [--labels FILE] [--split NAME] [--prefix imagenet-val]
                            [--shard-size 1000] [--workers N] [--skip-bad] [--force]
@@ -296,7 +296,7 @@ def write_shards(config: WriteConfig) -> WriteSummary:
     """Write the shards and manifest for `config.src` into `config.out`; see the module docstring."""
     started = time.perf_counter()
     existing = check_output_free(config)
-    with open_source(config.src_paths, config.labels, config.split, config.out) as listing:
+    with open_source(config.src_paths, config.labels, config.split, config.out, config.progress) as listing:
         if not listing.images:
             raise SourceError(f"{config.src_text} holds no images")
         config.out.mkdir(parents=True, exist_ok=True)
@@ -434,14 +434,16 @@ def parse_args(argv: Sequence[str] | None = None) -> WriteConfig:
     parser = argparse.ArgumentParser(
         prog="python -m shards.write",
         description="Write ImageNet-1k (ImageFolder tree, flat folder + labels, ILSVRC2012_img_val.tar + labels, or "
-        "Hugging Face parquet files) as deterministic WebDataset shards plus manifest.json.",
+        "Hugging Face parquet files) or ImageNetV2 (its tar.gz, or a folder of <class index>/ folders) as "
+        "deterministic WebDataset shards plus manifest.json.",
     )
     parser.add_argument(
         "src",
         type=Path,
         nargs="+",
-        help="ImageFolder tree (SRC/<synset>/*.JPEG), flat JPEG folder, val tar, or Hugging Face parquet files "
-        "(a folder of them, e.g. imagenet-1k/data, or the files: data/validation-*.parquet)",
+        help="ImageFolder tree (SRC/<synset>/*.JPEG), flat JPEG folder, val tar, Hugging Face parquet files "
+        "(a folder of them, e.g. imagenet-1k/data, or the files: data/validation-*.parquet), or ImageNetV2's "
+        "class-index layout (imagenetv2-matched-frequency.tar.gz, or its extracted SRC/<class index>/*.jpeg)",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the shards and manifest.json")
     parser.add_argument(

@@ -551,8 +551,10 @@ def write_point(
     device: str = "cpu (2 threads)",
     weights: str = "pretrained",
     graphs: Optional[bool] = False,
+    title: Optional[str] = None,
 ) -> None:
-    """One grid point whose image i (key ``img{i:05d}``, class i % 10) is right exactly when correct[i].
+    """One grid point whose image i (key ``img{i:05d}``, class i % 10) is right exactly when correct[i];
+    ``title``: the public set it ran on (the ``dataset_title`` column), None for any other data.
 
     ``method`` defaults to the unreduced baseline (``none``) at r = 0 and to ``tomecis`` otherwise; a
     ``keep`` point has ``r`` None, as the sweep writes it."""
@@ -592,6 +594,7 @@ def write_point(
         weights=weights,
         device=device,
         dataset=fingerprint,
+        dataset_title=title,
         n_shards=1,
         retries=0,
         cuda_graphs=graphs,

@@ -8,6 +8,7 @@ import datetime
 import numpy as np
 import pytest
 import ray
+from shards_testing import hub_offline
 
 from orchestrator import points, prepare, sweep
 from orchestrator.work import ModelProfile, ShardOutcome
@@ -34,7 +35,7 @@ def test_bad_arguments_are_named(argv, message, capsys):
 
 
 def test_missing_data_and_checkpoint_fail_before_ray(tmp_path, data, capsys, monkeypatch):
-    monkeypatch.delenv("TOMECIS_DATA", raising=False)
+    hub_offline(monkeypatch, tmp_path / "hf")  # no data, no token: the default ImageNetV2, from no Hub
     assert not ray.is_initialized()
     assert sweep.main(["--models", "deit_tiny", "--r", "0", "--out", str(tmp_path)]) == 1
     assert "TOMECIS_DATA" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import REPO, SHARED_ASSETS
 from PIL import Image
-from shards_testing import tiny_dataset, write_tiny_shards
+from shards_testing import hub_offline, tiny_dataset, write_tiny_shards
 from torchvision.transforms.functional import pil_to_tensor
 
 import shards.read as shards_read
@@ -180,10 +180,13 @@ def test_remote_urls_become_readable_urls(monkeypatch):
     )
 
 
-def test_missing_spec_says_what_to_pass(monkeypatch):
-    monkeypatch.delenv("TOMECIS_DATA", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)  # with a token, no spec means timm's shards on the Hub
-    with pytest.raises(DataSpecError, match=r"TOMECIS_DATA is not set.*manifest.json.*brace pattern"):
+def test_missing_spec_with_the_hub_offline_says_what_to_pass(monkeypatch, tmp_path):
+    hub_offline(
+        monkeypatch, tmp_path / "hf"
+    )  # no spec, no token: ImageNetV2 from the Hub, which is not there
+    with pytest.raises(
+        DataSpecError, match=r"Tried: ImageNetV2.*Other ways.*TOMECIS_DATA.*manifest.json.*brace pattern"
+    ):
         resolve_data()
     assert issubclass(DataSpecError, ValueError)
 

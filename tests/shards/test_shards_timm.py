@@ -15,6 +15,7 @@ import torch
 from conftest import SAMPLE_IMAGES
 from shards_testing import (
     TinyImage,
+    hub_offline,
     images_of_imagefolder,
     serve_hub,
     tiny_dataset,
@@ -261,12 +262,11 @@ def test_no_data_with_a_token_streams_timm_imagenet_from_the_hub_and_says_so(
     assert resolve_data().urls == resolve_data(wds).urls and capsys.readouterr().err == ""
 
 
-def test_no_data_and_no_token_lists_the_hub_among_the_ways(monkeypatch):
-    monkeypatch.delenv("TOMECIS_DATA", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+def test_no_data_and_no_token_offline_lists_the_hub_among_the_ways(monkeypatch, tmp_path):
+    hub_offline(monkeypatch, tmp_path / "hf")
     with pytest.raises(
         DataSpecError,
-        match=r"TOMECIS_DATA is not set.*manifest.json.*brace pattern.*set \$HF_TOKEN .*imagenet-1k-wds",
+        match=r"Tried: ImageNetV2.*TOMECIS_DATA.*manifest.json.*brace pattern.*set \$HF_TOKEN .*imagenet-1k-wds",
     ):
         resolve_data()
 
