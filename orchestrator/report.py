@@ -57,11 +57,11 @@ from .tables import (
     model_heading,
     model_table,
     models_of,
-    ok,
     paired_table,
     point_label,
     published_table,
     reduced_points,
+    speedup_cell,
     table_notes,
     unmerged_spread,
     unreduced_mask,
@@ -404,7 +404,12 @@ def _matched_block(model_rows: pd.DataFrame, run: _Run) -> str:
         f"{heading}\n\nEach other method's point nearest the reference in img/s and nearest in GFLOPs (one line "
         "when one point is nearest in both); Δ top-1 and its CI are paired against the reference on the same images."
     )
-    return f"{text}\n\n{matched_table(ref_row, matches, stats, run.cfg.level)}"
+    text += (
+        " Speed-ups carry their 95% interval (median of the paired timing rounds); 'speed vs reference' says "
+        "whether a point's interval and the reference's are apart."
+    )
+    base_speed = baseline_of(model_rows).value("infer_samples_per_sec")
+    return f"{text}\n\n{matched_table(ref_row, matches, stats, run.cfg.level, base_speed)}"
 
 
 def _plot_block(index: int, setting: Setting, model_rows: pd.DataFrame, run: _Run) -> str:
@@ -501,12 +506,12 @@ def _our_cells(row: Optional[pd.Series], why: str, base, method: str) -> str:
         base.value("infer_samples_per_sec"),
         base.value("top1"),
     )
-    speed_up = speed / base_speed if ok(speed) and base_speed else None
+    speed_up = "1.00x" if method == UNREDUCED else speedup_cell(row, base_speed)
     delta = row["top1"] - base_top1 if base_top1 is not None else None
     label = f"baseline ({_base_label(row)})" if method == UNREDUCED else point_label(row)
     return (
         f"| {label} | {cell(row['top1'], '{:.2f}')} | {cell(speed, '{:.1f}')} | "
-        f"{cell(speed_up, '{:.2f}x')} | {cell(delta, '{:+.2f}')} |"
+        f"{speed_up} | {cell(delta, '{:+.2f}')} |"
     )
 
 

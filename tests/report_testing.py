@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -46,8 +46,10 @@ class Frames:
         graphs: Optional[bool] = False,
         minute: int = 0,
         with_predictions: bool = True,
+        speedup: Optional[Tuple[float, float, float]] = None,
     ) -> "Frames":
-        """One point; ``gflops`` defaults to one falling with the amount (4.6 unreduced)."""
+        """One point; ``gflops`` defaults to one falling with the amount (4.6 unreduced); ``speedup``:
+        (speed-up, low, high) as a sweep writes them (without: a row from before those columns)."""
         if method == "none":
             r, keep = 0, None
         n = len(correct)
@@ -79,6 +81,8 @@ class Frames:
                 point_file=stem,
             )
         )
+        if speedup is not None:
+            self.rows[-1].update(zip(("speedup", "speedup_low", "speedup_high"), speedup))
         if with_predictions:
             labels = [i % N_CLASSES for i in range(n)]
             self.preds.append(
