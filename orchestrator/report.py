@@ -17,7 +17,8 @@ settings are never compared with one another) and each model, the report has:
   results from before that point existed, the first method's r = 0 row, named in the notes): images
   fixed / broken, Δ top-1 with a 95% paired-bootstrap CI, the exact McNemar p-value, the classes that
   lose most;
-- a PNG: top-1 against img/s beside top-1 against GFLOPs, one line per method.
+- a PNG: top-1 against the speed-up over the baseline (with its 95% intervals) beside top-1 against
+  GFLOPs, one curve per method along x, the reference and matched points ringed.
 
 ``--paper`` adds the published ToMeCIS numbers and the published DeiT-S comparison at a similar
 throughput (``orchestrator.paper``) beside our matched points, marked as figures from another machine.
@@ -419,11 +420,11 @@ def _plot_block(index: int, setting: Setting, model_rows: pd.DataFrame, run: _Ru
     short = model_rows["short_name"].iloc[0]
     name = f"{short}.png" if run.n_settings == 1 else f"{short}-setting{index}.png"
     title = f"{short}, setting {index}: {setting.label()}"
-    written = plot_model(model_rows, str(Path(run.cfg.out) / name), title, run.cfg.paper)
+    written = plot_model(model_rows, str(Path(run.cfg.out) / name), title, run.cfg.paper, run.reference)
     if not written:
         return "(no plot: no point has img/s or GFLOPs; the sweep ran with --no-bench)"
     run.report.files.append(written)
-    return f"![{short}: top-1 against img/s and GFLOPs]({name})"
+    return f"![{short}: top-1 against speed-up and GFLOPs]({name})"
 
 
 # --------------------------------------------------------------------------- --paper

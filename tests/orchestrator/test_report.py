@@ -334,32 +334,7 @@ def test_a_plot_per_model_is_written(tmp_path):
         assert Path(name).stat().st_size > 10_000
         assert png_size(name) == (PLOT_SIZE_INCHES[0] * PLOT_DPI, PLOT_SIZE_INCHES[1] * PLOT_DPI)
     assert (tmp_path / "rep" / "report.md").read_text() == rep.markdown
-    assert "![deit_small: top-1 against img/s and GFLOPs](deit_small.png)" in rep.markdown
-
-
-def test_plot_draws_a_line_per_method_from_the_shared_baseline(tmp_path, monkeypatch):
-    """The figure's axes hold one line per method, each starting at the baseline, and one baseline star."""
-    from orchestrator import plot
-
-    drawn = []
-    original = plot._draw_line
-
-    def record(ax, points, label, *args, **kwargs):
-        drawn.append((label, points))
-        original(ax, points, label, *args, **kwargs)
-
-    monkeypatch.setattr(plot, "_draw_line", record)
-    rows = grid_frames().points
-    assert plot.plot_model(rows[rows["model"] == SMALL], str(tmp_path / "p.png"), "t") == str(
-        tmp_path / "p.png"
-    )
-    img_s = dict(drawn[:3])
-    assert sorted(img_s) == ["evit", "tome", "tomecis"]
-    assert all((100.0, 80.0, "") in points for points in img_s.values())
-    assert img_s["tomecis"] == [(100.0, 80.0, ""), (150.0, 75.0, "r8"), (200.0, 60.0, "r16")]
-    gflops = dict(drawn[3:])
-    assert gflops["evit"] == [(3.2, 72.0, "keep0.7"), (4.6, 80.0, "")]  # sorted by GFLOPs, baseline last
-    assert (tmp_path / "p.png").stat().st_size > 10_000
+    assert "![deit_small: top-1 against speed-up and GFLOPs](deit_small.png)" in rep.markdown
 
 
 def test_settings_get_their_own_plots(tmp_path):
