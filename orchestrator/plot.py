@@ -36,6 +36,7 @@ AXIS_LABELS = {
     SPEEDUP: "speed-up over the unreduced model (model alone; bars: 95% interval)",
     FLOPS: "GFLOPs per image (fewer to the right)",
 }
+PUBLISHED_COMPARISON = "methods at a similar throughput, published"  # points, not a curve
 COLLAPSE_SPAN = 15.0  # top-1 points below the best beyond which a point goes to the bottom strip
 
 PLOT_SIZE_INCHES = (14.0, 6.0)
@@ -163,8 +164,11 @@ def published_curves(model: str) -> Dict[str, List[PlotPoint]]:
         ]
     if model == paper.COMPARISON_MODEL:
         _, _, _, base_speed = paper.PUBLISHED_COMPARISON_DEIT_S[0]
-        for method, label, top1, speed in paper.PUBLISHED_COMPARISON_DEIT_S[1:]:
-            curves[f"{label}, published"] = [PlotPoint(speed / base_speed, top1, f"{label} (pub.)")]
+        comparison = [
+            PlotPoint(speed / base_speed, top1, f"{label} (pub.)")
+            for _, label, top1, speed in paper.PUBLISHED_COMPARISON_DEIT_S[1:]
+        ]
+        curves[PUBLISHED_COMPARISON] = sorted(comparison, key=lambda p: p.x)
     return curves
 
 
@@ -243,8 +247,8 @@ def _draw_panel(ax, panel: str, curves, published: Dict[str, List[PlotPoint]], s
         colour = colours.get(method, "black")
         labels += _draw_curve(ax, points, method, colour, markers.get(method, "x"), scale, unit)
     for name, points in published.items():
-        marker = "o" if len(points) == 1 else "D"
-        labels += _draw_curve(ax, points, name, "0.5", marker, scale, unit, hollow=True)
+        marker, style = ("o", "none") if name == PUBLISHED_COMPARISON else ("D", "--")
+        labels += _draw_curve(ax, points, name, "0.5", marker, scale, unit, style, hollow=True)
     starts = [p for points in curves.values() for p in points if not p.label]
     if starts:
         ax.plot(
@@ -275,7 +279,15 @@ def _draw_panel(ax, panel: str, curves, published: Dict[str, List[PlotPoint]], s
 
 
 def _draw_curve(
-    ax, points: List[PlotPoint], name: str, colour, marker: str, scale: Scale, unit: str, hollow: bool = False
+    ax,
+    points: List[PlotPoint],
+    name: str,
+    colour,
+    marker: str,
+    scale: Scale,
+    unit: str,
+    style: str = "-",  # a matplotlib linestyle: "-", "--", "none" (points only)
+    hollow: bool = False,
 ) -> list:
     """One method's line along x, its markers, its intervals as horizontal bars; a collapsed point (below
     the scale's floor) is drawn on the bottom strip as a downward triangle, its label giving its top-1
@@ -295,7 +307,7 @@ def _draw_curve(
     ax.plot(
         [x for x, _ in kept],
         [y for _, y in kept],
-        "--" if hollow else "-",
+        linestyle=style,
         marker=marker,
         color=colour,
         markerfacecolor="none" if hollow else colour,
@@ -381,17 +393,7 @@ def place_labels(ax, items: Sequence[tuple]) -> None:
     for x, y, text, colour in sorted(items, key=lambda item: (item[0], item[1])):
         best = None
         for dx, dy in OFFSETS:
-            label = ax.annotate(
-                text,
-                (x, y),
-                textcoords="offset points",
-                xytext=(dx, dy),
-                ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                va="bottom" if dy > 0 else "top" if dy < 0 else "center",
-                fontsize=7,
-                color=colour,
-                annotation_clip=False,
-            )
+            label = _annotate(ax, text, x, y, dx, dy, colour)
             box = label.get_window_extent(renderer)
             overlap = sum(_overlap(box, other) for other in taken) + _outside(box, frame)
             if best is None or overlap < best[0]:
@@ -403,15 +405,38 @@ def place_labels(ax, items: Sequence[tuple]) -> None:
             if overlap == 0:
                 break
         _, label, box, (dx, dy) = best
-        if abs(dx) > 7 or abs(dy) > 9:  # a leader line from the marker to a label placed further out
-            ax.annotate(
-                "",
-                (x, y),
-                xytext=(dx, dy),
-                textcoords="offset points",
-                arrowprops=dict(arrowstyle="-", color=colour, linewidth=0.5, shrinkA=0, shrinkB=3),
-            )
+        if (dx, dy) != OFFSETS[0] and max(abs(dx), abs(dy)) > OFFSETS[0][0]:  # moved away: a leader line
+            label.remove()
+            _annotate(ax, text, x, y, dx, dy, colour, leader=True)
         taken.append(box)
+
+
+def _annotate(ax, text: str, x: float, y: float, dx: float, dy: float, colour, leader: bool = False):
+    """``text`` at ``(dx, dy)`` points from the data point ``(x, y)``, anchored by its corner (or side)
+    nearest the point; ``leader``: a thin line from that corner to the point."""
+    ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+    va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+    arrow = None
+    if leader:
+        corner = (
+            {"left": 0.0, "right": 1.0, "center": 0.5}[ha],
+            {"bottom": 0.0, "top": 1.0, "center": 0.5}[va],
+        )
+        arrow = dict(
+            arrowstyle="-", color=colour, linewidth=0.6, alpha=0.8, shrinkA=1, shrinkB=4, relpos=corner
+        )
+    return ax.annotate(
+        text,
+        (x, y),
+        textcoords="offset points",
+        xytext=(dx, dy),
+        ha=ha,
+        va=va,
+        fontsize=7,
+        color=colour,
+        annotation_clip=False,
+        arrowprops=arrow,
+    )
 
 
 def _marker_boxes(ax) -> list:
