@@ -344,7 +344,8 @@ def _how_to_read(run: _Run) -> str:
     cfg = run.cfg
     return (
         "How to read: img/s is the model alone (random input, no data loading); speed-up and Δ top-1 are "
-        "against the model's one unreduced baseline. Paired statistics compare two points on the same images: "
+        "against the model's one unreduced baseline; a speed-up `1.52x [1.49, 1.55]` is the median of the "
+        "per-round ratios to the baseline timed beside it, with its 95% order-statistics interval. Paired statistics compare two points on the same images: "
         f"fixed = wrong before, right after; broken = the reverse; Δ top-1 in points; {100 * cfg.level:g}% CI: "
         f"paired bootstrap ({cfg.bootstrap_samples} resamples, seed {cfg.seed}); p: exact McNemar test on the "
         "fixed/broken images. A CI spanning 0 (large p) means these images cannot tell the two apart; with "
