@@ -32,6 +32,7 @@ from tomecis.graphs import GraphSet, capture_forward, cuda_graphs_available
 from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
 from tomecis.names import UNREDUCED, amount_label
 
+from .grid import BASELINE_AMOUNT
 from .work import (
     ActorShape,
     DecodePass,
@@ -44,7 +45,7 @@ from .work import (
     Weights,
 )
 
-BASELINE: Reduction = (UNREDUCED, 0, None)  # the unreduced point every speed-up is paired against
+BASELINE: Reduction = (UNREDUCED, *BASELINE_AMOUNT)  # the unreduced point every speed-up is paired against
 
 # --------------------------------------------------------------------------- building models
 

@@ -23,7 +23,7 @@ from tomecis.names import UNREDUCED
 from tomecis.speedup import speedup_interval
 
 from .errors import SweepError
-from .grid import GridPoint
+from .grid import BASELINE_AMOUNT, GridPoint
 from .results import FAILURES_DIR, accuracy, failures_table, predictions_table
 from .work import ModelProfile, PointKey, Reduction, ShardOutcome
 
@@ -115,7 +115,7 @@ def speedup_columns(profile: ModelProfile, reduction: Reduction) -> dict:
     of the per-round paired ratios and its order-statistics interval) and ``bench_seconds``, the point's
     seconds per timed round; all null without timing (``--no-bench``), the bounds null with under 6 rounds."""
     seconds = profile.bench_seconds.get(reduction)
-    baseline = profile.bench_seconds.get((UNREDUCED, 0, None))
+    baseline = profile.bench_seconds.get((UNREDUCED, *BASELINE_AMOUNT))
     if not seconds or not baseline:
         return dict(speedup=None, speedup_low=None, speedup_high=None, bench_seconds=seconds or None)
     interval = speedup_interval(seconds, baseline)
