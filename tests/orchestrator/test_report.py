@@ -405,6 +405,9 @@ def test_cli_prints_and_writes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| method | r | keep | top-1 |" in printed and "Paired statistics" in printed
     assert "Matched speed: every method against tomecis r13" in printed
+    # files from before the speed-up columns: the speed-up is the img/s ratio, without an interval
+    rows = [line for line in printed.splitlines() if line.startswith("|")]
+    assert "| 150.0 | 1.50x | -" in printed and not any("x [" in line for line in rows)
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [
         "deit_small.png",
         "deit_tiny.png",
