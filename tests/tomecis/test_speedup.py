@@ -4,7 +4,6 @@ sides of a round does not."""
 
 import math
 import random
-import time
 
 import pytest
 import torch
@@ -57,45 +56,59 @@ def test_rounds_for_a_half_width():
     assert rounds_for_half_width(0.5, 0.01) == 6  # never below the fewest that give an interval
 
 
-class Sleeper(nn.Module):
+class FakeClock:
+    """Stands in for the ``time`` module inside ``tomecis.benchmark``: ``perf_counter`` reads a clock that
+    only the stand-in models advance, so a timing is exactly what they were told to take."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class StandIn(nn.Module):
     """A stand-in model whose forward takes ``seconds`` x a factor drawn per call (noise) x the machine's
-    current slowness (drift, shared by every setting of a round)."""
+    current slowness (drift, shared by every setting of a round), on ``clock``."""
 
     pretrained_cfg = {"input_size": (3, 2, 2)}
 
-    def __init__(self, seconds: float, noise: float, machine: dict, seed: int):
+    def __init__(self, seconds: float, noise: float, machine: dict, clock: FakeClock, seed: int):
         super().__init__()
-        self.seconds, self.noise, self.machine = seconds, noise, machine
+        self.seconds, self.noise, self.machine, self.clock = seconds, noise, machine, clock
         self.rng = random.Random(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = math.exp(self.rng.gauss(0.0, self.noise)) if self.noise else 1.0
-        time.sleep(self.seconds * factor * self.machine["slowness"])
+        self.clock.now += self.seconds * factor * self.machine["slowness"]
         return x
 
 
-def timed_speedup(noise: float, drift: float = 0.0, rounds: int = 20):
-    """The speed-up of a 4 ms stand-in over an 8 ms one, timed in turns; the machine slows by ``drift``
-    (relative) every round."""
-    machine = {"slowness": 1.0}
-    base, point = Sleeper(0.008, noise, machine, 1), Sleeper(0.004, noise, machine, 2)
+def timed_speedup(monkeypatch, noise: float, drift: float = 0.0, rounds: int = 20):
+    """The speed-up of a 4 ms stand-in over an 8 ms one, timed in turns by ``time_in_turns`` on a fake
+    clock; the machine slows by ``drift`` (relative) at the start of every round."""
+    clock, machine = FakeClock(), {"slowness": 1.0}
+    monkeypatch.setattr(bm, "time", clock)
+    base, point = StandIn(0.008, noise, machine, clock, 1), StandIn(0.004, noise, machine, clock, 2)
 
     def drifting_base():
         machine["slowness"] += drift  # the start of a round: everything after it runs slower
         return base
 
     timings = bm.time_in_turns([drifting_base, lambda: point], 1, torch.device("cpu"), warmup=0, runs=rounds)
-    return speedup_interval(timings.seconds[1], timings.seconds[0])
+    return speedup_interval(timings.seconds[1], timings.seconds[0]), timings
 
 
-def test_injected_noise_widens_the_interval_and_shared_drift_does_not():
-    quiet, noisy = timed_speedup(0.0), timed_speedup(0.3)
-    assert quiet.low <= quiet.speedup <= quiet.high and noisy.low <= noisy.speedup <= noisy.high
-    assert noisy.high - noisy.low > 2 * (quiet.high - quiet.low)
-    assert noisy.spread > quiet.spread
-    assert (
-        quiet.low <= 2.0 * 1.05 and quiet.high >= 2.0 * 0.95
-    )  # the known 2x, give or take sleep's own jitter
-    drifting = timed_speedup(0.0, drift=0.05)  # 5% slower each round: 2x slower by the end
-    assert drifting.high - drifting.low < (noisy.high - noisy.low) / 2  # paired: the drift divides out
-    assert drifting.speedup == pytest.approx(2.0, rel=0.1)
+def test_injected_noise_widens_the_interval_and_shared_drift_does_not(monkeypatch):
+    quiet, _ = timed_speedup(monkeypatch, 0.0)
+    noisy, _ = timed_speedup(monkeypatch, 0.2)
+    assert (quiet.speedup, quiet.low, quiet.high) == (
+        pytest.approx(2.0),
+        pytest.approx(2.0),
+        pytest.approx(2.0),
+    )
+    assert noisy.low <= noisy.speedup <= noisy.high and noisy.high - noisy.low > 0.2
+    assert noisy.low < 2.0 < noisy.high and noisy.spread > 0.1 > quiet.spread
+    drifting, timings = timed_speedup(monkeypatch, 0.0, drift=0.05)  # slower by 5% of its start each round
+    assert max(timings.seconds[0]) > 1.5 * min(timings.seconds[0])  # the baseline alone drifted ~80%
+    assert (drifting.low, drifting.high) == (pytest.approx(2.0), pytest.approx(2.0))  # paired: it divides out
