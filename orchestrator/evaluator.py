@@ -30,8 +30,9 @@ from tomecis import benchmark as bm
 from tomecis import device as dev
 from tomecis.graphs import GraphSet, capture_forward, cuda_graphs_available
 from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
-from tomecis.names import amount_label
+from tomecis.names import UNREDUCED, amount_label
 
+from .grid import BASELINE_AMOUNT
 from .work import (
     ActorShape,
     DecodePass,
@@ -43,6 +44,8 @@ from .work import (
     Task,
     Weights,
 )
+
+BASELINE: Reduction = (UNREDUCED, *BASELINE_AMOUNT)  # the unreduced point every speed-up is paired against
 
 # --------------------------------------------------------------------------- building models
 
@@ -321,7 +324,9 @@ def profile_model(
 ) -> ModelProfile:
     """GFLOPs, tokens left and tokens removed per block at each ``(method, r, keep)``; img/s too when
     ``bench_batch_size`` is given, every reduction timed in turns (on CUDA with ``cuda_graphs``:
-    CUDA-graph replays, as ``tomecis.benchmark`` times them)."""
+    CUDA-graph replays, as ``tomecis.benchmark`` times them), with every round's seconds in
+    ``bench_seconds``: the unreduced model's too, timed in the same turns even where it is not among
+    ``reductions`` (a rerun that adds points to a finished baseline), so that every speed-up is paired."""
     cfg = shards.data_config(model)
     profile = ModelProfile(
         model=model.pretrained_cfg.get("architecture", ""),
@@ -339,9 +344,13 @@ def profile_model(
         profile.schedule[reduction] = removed_per_block(model, r)
     if bench_batch_size:
         bm.measure_throughput(model, bench_batch_size, device, amp, warmup, 1)  # device warm-up, untimed
-        settings = [reduction_setting(model, reduction) for reduction in reductions]  # timed in turns
+        timed = list(reductions) + ([] if BASELINE in reductions else [BASELINE])  # speed-ups need it
+        settings = [reduction_setting(model, reduction) for reduction in timed]  # timed in turns
         timings = bm.time_in_turns(settings, bench_batch_size, device, amp, warmup, runs, cuda_graphs)
-        for i, reduction in enumerate(reductions):
+        for i, reduction in enumerate(timed):
+            profile.bench_seconds[reduction] = timings.seconds[i]
+            if reduction not in reductions:
+                continue  # the baseline, timed only as the others' reference
             profile.infer_samples_per_sec[reduction] = bm.img_per_s(bench_batch_size, timings.seconds[i])
             profile.cuda_graphs[reduction] = timings.cuda_graphs[i]
             if timings.graph_errors[i]:

@@ -18,7 +18,7 @@ import pandas as pd
 from tomecis.names import METHOD_NAMES, UNREDUCED, amount_label, check_amount
 
 from .stats import PairedStats
-from .tables import amount_of, cell, ci_cell, method_order, p_cell, reduced_points
+from .tables import amount_of, cell, ci_cell, method_order, p_cell, reduced_points, speedup_cell, speedup_of
 
 DEFAULT_REFERENCE = "tomecis:r13"
 SPEED, FLOPS = "infer_samples_per_sec", "gflops"
@@ -141,28 +141,59 @@ def matched_table(
     matches: Sequence[Match],
     stats: Sequence[Optional[PairedStats]],
     level: float = 0.95,
+    base_speed: Optional[float] = None,
 ) -> str:
-    """Markdown: method | matched on | amount | img/s | GFLOPs | top-1 | Δ top-1 | CI | McNemar p | images,
-    the reference first; ``stats[i]``: ``matches[i]``'s paired statistics against the reference (None: no
-    predictions for one of the two). Δ top-1 is the paired difference on the images both scored."""
+    """Markdown: method | matched on | amount | img/s | GFLOPs | top-1 | Δ top-1 | CI | McNemar p | images |
+    speed-up | speed vs reference, the reference first; ``stats[i]``: ``matches[i]``'s paired
+    statistics against the reference (None: no predictions for one of the two). Δ top-1 is the paired
+    difference on the images both scored. The speed-up (over the baseline, whose img/s is ``base_speed``:
+    ``tables.speedup_of``) carries its 95% interval, and ``speed_versus`` says whether the point's speed
+    differs from the reference's beyond the two intervals."""
     pct = f"{100 * level:g}% CI"
     lines = [
-        f"| method | matched on | amount | img/s | GFLOPs | top-1 | Δ top-1 vs reference | {pct} | McNemar p | images |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
-        _match_line(reference_row["method"], "(reference)", reference_row, None, reference=True),
+        f"| method | matched on | amount | img/s | GFLOPs | top-1 | Δ top-1 vs reference | {pct} | McNemar p | images "
+        "| speed-up | speed vs reference |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        _match_line(reference_row["method"], "(reference)", reference_row, None, base_speed, reference=True),
     ]
     for match, paired in zip(matches, stats):
         if match.row is None:
             lines.append(
-                f"| {match.method} | — | — | — | — | — | — | — | — | no point with img/s or GFLOPs |"
+                f"| {match.method} | — | — | — | — | — | — | — | — | no point with img/s or GFLOPs | — | — |"
             )
         else:
-            lines.append(_match_line(match.method, " and ".join(match.by), match.row, paired))
+            speed = speed_versus(match.row, reference_row, base_speed)
+            lines.append(
+                _match_line(match.method, " and ".join(match.by), match.row, paired, base_speed, speed)
+            )
     return "\n".join(lines)
 
 
+def speed_versus(row: pd.Series, reference_row: pd.Series, base_speed: Optional[float] = None) -> str:
+    """Whether ``row``'s speed-up differs from the reference's beyond their 95% intervals: ``faster`` or
+    ``slower (intervals apart)`` when the intervals do not overlap, ``same within the intervals`` when they
+    do (the two cannot be told apart), ``no interval`` where either row has none (older results, or fewer
+    than 6 timing rounds). Non-overlap of two 95% intervals is a conservative test: a real gap slightly
+    smaller than the intervals' reach is called the same."""
+    speed, low, high = speedup_of(row, base_speed)
+    _, ref_low, ref_high = speedup_of(reference_row, base_speed)
+    if speed is None or None in (low, high, ref_low, ref_high):
+        return "no interval"
+    if low > ref_high:
+        return "faster (intervals apart)"
+    if high < ref_low:
+        return "slower (intervals apart)"
+    return "same within the intervals"
+
+
 def _match_line(
-    method: str, by: str, row: pd.Series, paired: Optional[PairedStats], reference: bool = False
+    method: str,
+    by: str,
+    row: pd.Series,
+    paired: Optional[PairedStats],
+    base_speed: Optional[float],
+    speed: str = "",
+    reference: bool = False,
 ) -> str:
     stats_cells = ["+0.00", "—", "—", "—"] if reference else ["—", "—", "—", "no predictions"]
     if paired is not None:
@@ -180,5 +211,7 @@ def _match_line(
         cell(row[FLOPS], "{:.2f}"),
         cell(row["top1"], "{:.2f}"),
         *stats_cells,
+        speedup_cell(row, base_speed),
+        "—" if reference else speed,
     ]
     return "| " + " | ".join(cells) + " |"

@@ -19,9 +19,11 @@ import torch
 
 import shards
 import tomecis
+from tomecis.names import UNREDUCED
+from tomecis.speedup import speedup_interval
 
 from .errors import SweepError
-from .grid import GridPoint
+from .grid import BASELINE_AMOUNT, GridPoint
 from .results import FAILURES_DIR, accuracy, failures_table, predictions_table
 from .work import ModelProfile, PointKey, Reduction, ShardOutcome
 
@@ -101,12 +103,28 @@ def _profile_columns(profile: ModelProfile, reduction: Reduction) -> dict:
     return dict(
         schedule=profile.schedule[reduction],
         infer_samples_per_sec=profile.infer_samples_per_sec.get(reduction),
+        **speedup_columns(profile, reduction),
         gflops=profile.gflops[reduction],
         tokens_out=profile.tokens_out[reduction],
         param_count=round(profile.param_count, 3),
         img_size=profile.img_size,
         crop_pct=profile.crop_pct,
         interpolation=profile.interpolation,
+    )
+
+
+def speedup_columns(profile: ModelProfile, reduction: Reduction) -> dict:
+    """``speedup`` over the model's unreduced point with its 95% interval (``tomecis.speedup``: the median
+    of the per-round paired ratios and its order-statistics interval) and ``bench_seconds``, the point's
+    seconds per timed round; all null without timing (``--no-bench``), the bounds null with under 6 rounds."""
+    seconds = profile.bench_seconds.get(reduction)
+    baseline = profile.bench_seconds.get((UNREDUCED, *BASELINE_AMOUNT))
+    if not seconds or not baseline:
+        return dict(speedup=None, speedup_low=None, speedup_high=None, bench_seconds=seconds or None)
+    interval = speedup_interval(seconds, baseline)
+    bounds = (interval.low, interval.high) if interval.has_interval else (None, None)
+    return dict(
+        speedup=interval.speedup, speedup_low=bounds[0], speedup_high=bounds[1], bench_seconds=list(seconds)
     )
 
 

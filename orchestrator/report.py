@@ -17,7 +17,8 @@ settings are never compared with one another) and each model, the report has:
   results from before that point existed, the first method's r = 0 row, named in the notes): images
   fixed / broken, Δ top-1 with a 95% paired-bootstrap CI, the exact McNemar p-value, the classes that
   lose most;
-- a PNG: top-1 against img/s beside top-1 against GFLOPs, one line per method.
+- a PNG: top-1 against the speed-up over the baseline (with its 95% intervals) beside top-1 against
+  GFLOPs, one curve per method along x, the reference and matched points ringed.
 
 ``--paper`` adds the published ToMeCIS numbers and the published DeiT-S comparison at a similar
 throughput (``orchestrator.paper``) beside our matched points, marked as figures from another machine.
@@ -58,11 +59,11 @@ from .tables import (
     model_heading,
     model_table,
     models_of,
-    ok,
     paired_table,
     point_label,
     published_table,
     reduced_points,
+    speedup_cell,
     table_notes,
     unmerged_spread,
     unreduced_mask,
@@ -363,7 +364,8 @@ def _how_to_read(run: _Run) -> str:
     cfg = run.cfg
     return (
         "How to read: img/s is the model alone (random input, no data loading); speed-up and Δ top-1 are "
-        "against the model's one unreduced baseline. Paired statistics compare two points on the same images: "
+        "against the model's one unreduced baseline; a speed-up `1.52x [1.49, 1.55]` is the median of the "
+        "per-round ratios to the baseline timed beside it, with its 95% order-statistics interval. Paired statistics compare two points on the same images: "
         f"fixed = wrong before, right after; broken = the reverse; Δ top-1 in points; {100 * cfg.level:g}% CI: "
         f"paired bootstrap ({cfg.bootstrap_samples} resamples, seed {cfg.seed}); p: exact McNemar test on the "
         "fixed/broken images. A CI spanning 0 (large p) means these images cannot tell the two apart; with "
@@ -425,7 +427,12 @@ def _matched_block(model_rows: pd.DataFrame, run: _Run) -> str:
         f"{heading}\n\nEach other method's point nearest the reference in img/s and nearest in GFLOPs (one line "
         "when one point is nearest in both); Δ top-1 and its CI are paired against the reference on the same images."
     )
-    return f"{text}\n\n{matched_table(ref_row, matches, stats, run.cfg.level)}"
+    text += (
+        " Speed-ups carry their 95% interval (median of the paired timing rounds); 'speed vs reference' says "
+        "whether a point's interval and the reference's are apart."
+    )
+    base_speed = baseline_of(model_rows).value("infer_samples_per_sec")
+    return f"{text}\n\n{matched_table(ref_row, matches, stats, run.cfg.level, base_speed)}"
 
 
 def _plot_block(index: int, setting: Setting, model_rows: pd.DataFrame, run: _Run) -> str:
@@ -435,11 +442,11 @@ def _plot_block(index: int, setting: Setting, model_rows: pd.DataFrame, run: _Ru
     short = model_rows["short_name"].iloc[0]
     name = f"{short}.png" if run.n_settings == 1 else f"{short}-setting{index}.png"
     title = f"{short}, setting {index}: {setting.label()}"
-    written = plot_model(model_rows, str(Path(run.cfg.out) / name), title, run.cfg.paper)
+    written = plot_model(model_rows, str(Path(run.cfg.out) / name), title, run.cfg.paper, run.reference)
     if not written:
         return "(no plot: no point has img/s or GFLOPs; the sweep ran with --no-bench)"
     run.report.files.append(written)
-    return f"![{short}: top-1 against img/s and GFLOPs]({name})"
+    return f"![{short}: top-1 against speed-up and GFLOPs]({name})"
 
 
 # --------------------------------------------------------------------------- --paper
@@ -522,12 +529,12 @@ def _our_cells(row: Optional[pd.Series], why: str, base, method: str) -> str:
         base.value("infer_samples_per_sec"),
         base.value("top1"),
     )
-    speed_up = speed / base_speed if ok(speed) and base_speed else None
+    speed_up = "1.00x" if method == UNREDUCED else speedup_cell(row, base_speed)
     delta = row["top1"] - base_top1 if base_top1 is not None else None
     label = f"baseline ({_base_label(row)})" if method == UNREDUCED else point_label(row)
     return (
         f"| {label} | {cell(row['top1'], '{:.2f}')} | {cell(speed, '{:.1f}')} | "
-        f"{cell(speed_up, '{:.2f}x')} | {cell(delta, '{:+.2f}')} |"
+        f"{speed_up} | {cell(delta, '{:+.2f}')} |"
     )
 
 

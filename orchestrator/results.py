@@ -68,6 +68,10 @@ POINT_SCHEMA = _identity_and(
     ("n_images", pa.int64()),
     ("n_failed", pa.int64()),
     ("infer_samples_per_sec", pa.float64()),
+    ("speedup", pa.float64()),  # over the model's unreduced point: median of the paired per-round ratios
+    ("speedup_low", pa.float64()),  # its 95% order-statistics interval (tomecis.speedup)
+    ("speedup_high", pa.float64()),
+    ("bench_seconds", pa.list_(pa.float64())),  # seconds of each timed round, in round order
     "infer_batch_size",
     ("eval_samples_per_sec", pa.float64()),
     ("gflops", pa.float64()),

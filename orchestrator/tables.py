@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import pandas as pd
 
 from tomecis.names import METHOD_NAMES, METHODS, UNREDUCED, amount_label
+from tomecis.speedup import speedup_text
 
 from . import paper
 from .stats import ClassLoss, Comparison
@@ -205,7 +206,7 @@ def _point_line(row: pd.Series, base: Baseline, baseline: bool = False) -> str:
         cell(row["top1"], "{:.2f}"),
         cell(row["top5"], "{:.2f}"),
         cell(speed, "{:.1f}"),
-        cell(speed / base_speed if ok(speed) and base_speed else None, "{:.2f}x"),
+        "1.00x" if baseline else speedup_cell(row, base_speed),
         cell(row["top1"] - base_top1 if base_top1 is not None else None, "{:+.2f}"),
         cell(row["gflops"], "{:.2f}"),
         cell(row["tokens_out"], "{:.0f}"),
@@ -383,11 +384,9 @@ def versus_published_table(model_rows: pd.DataFrame, model: str) -> Optional[str
     for _, row in sorted_points(ours).iterrows():
         r = int(row["r"])
         ptop, pspeed = by_r[r]
-        speed = row["infer_samples_per_sec"]
-        ours_speed = speed / base_speed if ok(speed) and base_speed else None
         lines.append(
             f"| {r} | {row['top1'] - base.value('top1'):+.2f} | {ptop - by_r[0][0]:+.2f} | "
-            f"{cell(ours_speed, '{:.2f}x')} | {pspeed / by_r[0][1]:.2f}x |"
+            f"{speedup_cell(row, base_speed)} | {pspeed / by_r[0][1]:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -436,6 +435,27 @@ def _class_name(label: int) -> str:
 
 
 # --------------------------------------------------------------------------- cells
+
+
+def speedup_of(
+    row: Mapping, base_speed: Optional[float]
+) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """``(speed-up, low, high)`` of a points row over its model's baseline: the row's paired speed-up and
+    95% interval (``speedup``, ``speedup_low``, ``speedup_high``: the median per-round ratio, timed in turns
+    with the baseline); for rows without them (results from before, or ``--bench-runs`` under 6: no bounds)
+    the ratio of img/s to ``base_speed`` and no bounds; None where there is no number at all."""
+    paired = row.get("speedup")
+    if ok(paired):
+        low, high = row.get("speedup_low"), row.get("speedup_high")
+        return float(paired), (float(low) if ok(low) else None), (float(high) if ok(high) else None)
+    speed = row.get("infer_samples_per_sec")
+    return (float(speed) / base_speed if ok(speed) and base_speed else None), None, None
+
+
+def speedup_cell(row: Mapping, base_speed: Optional[float]) -> str:
+    """``1.52x [1.49, 1.55]`` (``speedup_of``); ``1.52x`` without an interval; "—" without a speed-up."""
+    speedup, low, high = speedup_of(row, base_speed)
+    return "—" if speedup is None else speedup_text(speedup, low, high)
 
 
 def ci_cell(low: float, high: float) -> str:

@@ -133,5 +133,8 @@ class ModelProfile:
     gflops: Dict[Reduction, float] = field(default_factory=dict)
     tokens_out: Dict[Reduction, int] = field(default_factory=dict)
     infer_samples_per_sec: Dict[Reduction, float] = field(default_factory=dict)
+    bench_seconds: Dict[Reduction, List[float]] = field(
+        default_factory=dict
+    )  # seconds of each timed round (round i of every reduction, the baseline's too, timed side by side)
     cuda_graphs: Dict[Reduction, bool] = field(default_factory=dict)  # img/s timed as graph replays
     graph_errors: Dict[Reduction, str] = field(default_factory=dict)  # why its capture failed (timed eagerly)

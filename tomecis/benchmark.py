@@ -14,6 +14,8 @@ kernel counted too (stock torch skips it).
 Every method is timed at each amount it takes of those given (``--r`` for tomecis, tome, pitome, tofu;
 ``--keep`` for all five), in turns with the unpatched model; the table adds the FLOP ratio (unpatched
 GFLOPs / GFLOPs) and the speed-up divided by it, which says how much of the saved compute became speed.
+A speed-up is the median of the per-round ratios (round i of the setting against round i of the unpatched
+model) with its 95% order-statistics interval (``tomecis.speedup``): ``1.52x [1.49, 1.55]``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .models import create_model, resolve_model_name
 from .names import UNREDUCED, amount_label, amounts_taken, method_spec, methods_help, parse_keep_values
 from .patch import patch, set_reduction
 from .schedule import parse_r_values
+from .speedup import LEVEL, SpeedupInterval, min_rounds, rounds_for_half_width, speedup_interval
 
 # --------------------------------------------------------------------------- measuring
 
@@ -262,7 +265,7 @@ class BenchmarkConfig:
     methods: List[str] = field(default_factory=lambda: ["tomecis"])
     keep_values: List[float] = field(default_factory=list)
     warmup: int = 3
-    runs: int = 10
+    runs: int = 20  # paired rounds: 20 give a 95% speed-up interval between the 6th and 15th ratio
     pretrained: bool = False
     checkpoint: Optional[str] = None
     explicit: bool = False  # also time the full-attention-matrix formulation at every setting
@@ -290,6 +293,7 @@ class BenchmarkRow:
     graph_error: Optional[str] = None  # why this setting's capture failed (then timed eagerly)
     keep: Optional[float] = None  # the keep ratio, or None for an r setting
     unpatched_gflops: float = 0.0  # the unpatched model's GFLOPs
+    interval: Optional[SpeedupInterval] = None  # the speed-up from the paired rounds, with its interval
 
     @property
     def mode(self) -> str:
@@ -302,8 +306,16 @@ class BenchmarkRow:
 
     @property
     def speedup(self) -> float:
-        """Over the unpatched timm model."""
+        """Over the unpatched timm model: the median of the per-round ratios (``interval``), or the ratio of
+        the two img/s where the rounds were not kept."""
+        if self.interval is not None:
+            return self.interval.speedup
         return self.img_per_s / self.unpatched_img_per_s
+
+    @property
+    def speedup_text(self) -> str:
+        """``1.52x [1.49, 1.55]`` (``1.52x`` without an interval)."""
+        return self.interval.text() if self.interval is not None else f"{self.speedup:.2f}x"
 
     @property
     def flop_ratio(self) -> float:
@@ -378,6 +390,7 @@ def run_benchmark(
                 graph_error=timings.graph_errors[1 + i],
                 keep=keep,
                 unpatched_gflops=unpatched_gflops,
+                interval=speedup_interval(fused[i], unpatched),
             )
         )
     return rows
@@ -411,12 +424,13 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "|".join("--:" for _ in head) + "|",
     ]
+    note = interval_note(rows)
     for row in rows:
         cells = [
             row.method,
             row.amount,
             f"{row.img_per_s:.1f}",
-            f"{row.speedup:.2f}x",
+            row.speedup_text,
             f"{row.gflops:.2f}",
             f"{row.flop_ratio:.2f}x",
             f"{row.speedup_per_flop_ratio:.2f}",
@@ -428,7 +442,26 @@ def format_table(rows: Sequence[BenchmarkRow]) -> str:
             e = row.explicit_img_per_s
             cells += [f"{e:.1f}", f"{row.img_per_s / e:.2f}x"] if e else ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ([note] if note else []))
+
+
+def interval_note(rows: Sequence[BenchmarkRow], half_width: float = 0.01) -> str:
+    """One line under the table: how the speed-up intervals were made, how much the per-round ratios
+    scatter, and the rounds an interval of ``±half_width`` would need (``tomecis.speedup``)."""
+    intervals = [row.interval for row in rows if row.interval is not None]
+    if not intervals:
+        return ""
+    n = intervals[0].rounds
+    if not all(i.has_interval for i in intervals):
+        return f"speed-up: median of {n} per-round ratios; no interval: {LEVEL:.0%} needs at least {min_rounds()} --runs"
+    widest = max(intervals, key=lambda i: (i.high - i.low) / i.speedup)
+    spread = max(i.spread for i in intervals)
+    return (
+        f"speed-up [{LEVEL:.0%} interval]: median of {n} per-round paired ratios with its order-statistics "
+        f"interval (distribution-free, covers {intervals[0].coverage:.1%}); the widest is "
+        f"±{(widest.high - widest.low) / widest.speedup / 2:.1%}; the ratios scatter by up to {spread:.1%} a round, "
+        f"so ±{half_width:.0%} would take ~{rounds_for_half_width(half_width, spread)} --runs"
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -464,7 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"methods, comma-separated, from: {methods_help()} (default %(default)s)",
     )
     p.add_argument("--warmup", type=int, default=3, help="untimed passes per setting")
-    p.add_argument("--runs", type=int, default=10, help="timed passes per setting (median reported)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=20,
+        help="timed rounds, every setting once per round (median reported, with a 95%% interval from 6 rounds on; default %(default)s)",
+    )
     p.add_argument(
         "--pretrained", action="store_true", help="timm's published weights (needs the Hugging Face Hub)"
     )

@@ -98,6 +98,34 @@ def test_the_matched_table_reads_as_constructed():
     assert "tomecis img/s" not in rows and not any(key.startswith("none") for key in rows)
 
 
+def test_speedups_print_their_intervals_and_say_whether_a_method_differs_from_the_reference():
+    """With the sweep's speed-up columns: the model table and the matched table print ``2.00x [1.95, 2.05]``,
+    and 'speed vs reference' is apart only where the intervals do not overlap; rows without the columns
+    (pitome here, older results) fall back on the img/s ratio and say there is no interval."""
+    f, _ = matched_frames()
+    intervals = {
+        ("tomecis", 13, None): (2.0, 1.95, 2.05),
+        ("tome", 12, None): (1.95, 1.9, 2.0),  # overlaps the reference's
+        ("tome", 16, None): (2.6, 2.5, 2.7),
+        ("evit", None, 0.9): (1.8, 1.75, 1.85),
+    }
+    for row in f.rows:
+        found = intervals.get((row["method"], row["r"], row["keep"]))
+        if found:
+            row.update(speedup=found[0], speedup_low=found[1], speedup_high=found[2])
+    md = run_frames(f)
+    rows = table_rows(matched_section(md), key_cells=2)
+    assert rows["tomecis (reference)"][10:] == ["2.00x [1.95, 2.05]", "—"]
+    assert rows["tome img/s"][10:] == ["1.95x [1.90, 2.00]", "same within the intervals"]
+    assert rows["tome GFLOPs"][10:] == ["2.60x [2.50, 2.70]", "faster (intervals apart)"]
+    assert rows["evit img/s"][10:] == ["1.80x [1.75, 1.85]", "slower (intervals apart)"]
+    assert rows["pitome img/s and GFLOPs"][10:] == ["2.05x", "no interval"]  # 205 / 100 img/s
+    model_rows = table_rows(section(md, "deit_small (deit_small_patch16_224)"), key_cells=2)
+    assert model_rows["tomecis 13"][6] == "2.00x [1.95, 2.05]" and model_rows["tomecis 8"][6] == "1.50x"
+    old = table_rows(matched_section(run_frames(matched_frames()[0])), key_cells=2)  # no columns at all
+    assert old["tome img/s"][10:] == ["1.95x", "no interval"]
+
+
 def test_the_paired_difference_against_the_reference_and_its_ci():
     """Δ top-1 is tome r12 − tomecis r13 on the same images (their top-1 difference, exactly: the
     constructed −2.0), and its 95% CI contains it with about the width 4,000 images give."""

@@ -289,6 +289,29 @@ def test_a_new_r_only_computes_the_missing_point(ray_local, data, tmp_path):
     assert len(summary.skipped) == 1
 
 
+def test_every_reduced_point_has_a_speedup_inside_its_interval_even_when_its_baseline_was_done_before(
+    ray_local, data, tmp_path
+):
+    """Six paired timing rounds: every reduced point's speed-up (median per-round ratio over the baseline)
+    lies in its 95% interval and keeps its six rounds' seconds; the baseline is 1 against itself; a rerun
+    that adds r = 4 to a finished baseline times the baseline again beside it, so r = 4 is paired too; the
+    report prints the intervals."""
+    from orchestrator.report import ReportConfig, build_report
+
+    sweep.run_sweep(config(data, tmp_path / "out", r_values=[0, 8, 16], bench_runs=6, num_actors=1))
+    sweep.run_sweep(config(data, tmp_path / "out", r_values=[0, 4], bench_runs=6, num_actors=1))
+    points = pd.read_parquet(tmp_path / "out" / "points").set_index("r").sort_index()
+    assert list(points.index) == [0, 4, 8, 16]
+    reduced = points.loc[[4, 8, 16]]
+    assert (reduced["speedup_low"] <= reduced["speedup"]).all(), reduced[["speedup_low", "speedup"]]
+    assert (reduced["speedup"] <= reduced["speedup_high"]).all(), reduced[["speedup", "speedup_high"]]
+    assert (reduced["speedup_low"] > 0).all() and points["bench_seconds"].map(len).eq(6).all()
+    assert points.loc[0, ["speedup", "speedup_low", "speedup_high"]].tolist() == [1.0, 1.0, 1.0]
+    report = build_report(ReportConfig(str(tmp_path / "out"), out=None))
+    r16 = reduced.loc[16]
+    assert f"{r16['speedup']:.2f}x [{r16['speedup_low']:.2f}, {r16['speedup_high']:.2f}]" in report.markdown
+
+
 def test_eval_rate_of_a_single_r_on_one_actor_is_images_over_the_pass(ray_local, data, tmp_path):
     """One actor, one point (r = 0: the baseline alone): eval_samples_per_sec is n_images over the wall time
     from the first item's start (started) to the last item's end (finished); with several points (the

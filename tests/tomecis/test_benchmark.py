@@ -1,5 +1,7 @@
 """tomecis.benchmark: FLOP counting, token counts, the table and the CLI."""
 
+import re
+
 import pytest
 import timm
 import torch
@@ -71,7 +73,8 @@ def test_run_benchmark_rows_and_table():
         if line.startswith("| ") and "img/s" not in line
     ] == [("tomecis", "r0"), ("tomecis", "r8"), ("tomecis", "keep0.9"), ("evit", "keep0.9")]
     assert all(row.unpatched_early > 0 and row.unpatched_late > 0 for row in rows)
-    assert rows[1].speedup == pytest.approx(rows[1].img_per_s / rows[1].unpatched_img_per_s)
+    assert all(row.interval.rounds == 2 and not row.interval.has_interval for row in rows)  # too few rounds
+    assert "no interval: 95% needs at least 6 --runs" in table
     assert rows[0].flop_ratio == pytest.approx(1.0) and rows[3].flop_ratio > 1.1  # r = 0 is timm's forward
 
 
@@ -130,7 +133,7 @@ def test_cli_prints_the_table(capsys):
                 "--device",
                 "cpu",
                 "--runs",
-                "1",
+                "6",
                 "--warmup",
                 "0",
             ]
@@ -140,6 +143,13 @@ def test_cli_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "deit_tiny_patch16_224, batch 2" in out
     assert "| tomecis | r16 |" in out and "| 11 |" in out
+    assert re.search(
+        r"\| tomecis \| r16 \| [\d.]+ \| [\d.]+x \[[\d.]+, [\d.]+\] \|", out
+    )  # 1.52x [1.49, 1.55]
+    assert (
+        "median of 6 per-round paired ratios with its order-statistics interval (distribution-free, covers 96.9%)"
+        in out
+    )
 
 
 def test_cli_rejects_bad_arguments(capsys):
