@@ -120,6 +120,7 @@ def _attention(block, x, size):
     h = block.norm1(x)
     qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
+    q, k = attn.q_norm(q), attn.k_norm(k)  # identities on DeiT; a qk-norm ViT's keys as its attention uses
     logits = (q @ k.transpose(-2, -1)) * attn.scale
     if size is not None:
         logits = logits + size.log()[:, None, None, :]
