@@ -107,3 +107,28 @@ def test_images_of_a_batch_are_clustered_independently():
     together = linkage.complete_linkage(dist, 5)
     for b in range(4):
         assert torch.equal(together[b], linkage.complete_linkage(dist[b : b + 1], 5)[0])
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_of(points, clusters):
+    counter = _OpCounter()
+    with counter:
+        linkage.complete_linkage(random_distances(2, points, seed=0), clusters)
+    return counter.count
+
+
+def test_each_step_dispatches_the_same_few_operators():
+    """One joined pair costs 18 operators whatever the step (the host's share on a GPU; the benchmark's
+    ceiling for ATC counts on it); the loop runs ``M - K`` times, the pointer jumping ``ceil(log2 M)``."""
+    per_step = ops_of(64, 60) - ops_of(64, 61)
+    assert per_step == 18
+    assert ops_of(64, 40) - ops_of(64, 61) == 21 * per_step
