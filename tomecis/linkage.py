@@ -6,7 +6,8 @@ batch, ``M`` points, ``K`` clusters.
 Complete linkage joins, again and again, the two clusters whose largest pairwise distance is smallest,
 until ``K`` clusters remain. The cluster distance after joining ``u`` and ``v`` is, towards any ``w``,
 ``max(d(u, w), d(v, w))`` (the Lance-Williams update for complete linkage), so one ``[B, M, M]`` matrix
-of cluster distances holds everything: per step one ``argmin`` per image over the live pairs, then the
+of cluster distances holds everything: per step the closest live pair per image (row minima, then the
+first row and column holding the smallest: a flat ``argmin``'s pair), then the
 row and column of the joined cluster become the element-wise maximum of the two and the absorbed one is
 masked with ``+inf``. The number of steps, ``M - K``, is a Python int, so the whole clustering traces as
 one graph under ``torch.compile(fullgraph=True)`` and captures as one CUDA graph.
