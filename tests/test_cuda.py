@@ -70,6 +70,7 @@ METHOD_AMOUNTS = [("tomecis", {"r": r}) for r in R_VALUES] + [
     ("tofu", {"keep": 0.9}),
     ("tofu", {"r": 13}),
     ("evit", {"keep": 0.7}),
+    ("atc", {"keep": 0.7}),
 ]
 
 
@@ -215,7 +216,7 @@ def headline_amounts(method):
 
 
 @pytest.mark.parametrize("amp", ["none", "fp16"])
-@pytest.mark.parametrize("method", ["tomecis", "tome", "pitome", "tofu", "evit"])
+@pytest.mark.parametrize("method", ["tomecis", "tome", "pitome", "tofu", "evit", "atc"])
 @pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_graph_replay_equals_eager_on_the_headline_grid(strict_fp32, name, method, amp):
     base = MODEL_FACTORIES[name]().to(CUDA)

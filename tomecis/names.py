@@ -90,7 +90,9 @@ class Method:
 
     * ``count(T, index, depth, r, keep) -> int``: tokens block ``index`` of ``depth`` removes from its ``T``
       input tokens (class token included), given the per-block ``r`` of the model's schedule and the keep
-      ratio (one of them is set, as the method takes it; ``keep`` None means ``r`` is the amount);
+      ratio (one of them is set, as the method takes it; ``keep`` None means ``r`` is the amount); a
+      ``count`` with a parameter named ``patches`` is also given the model's patch count ``P`` (for
+      counts relative to ``P`` rather than to ``T``, e.g. ATC's);
     * ``reduce(method, view, state) -> x``: ``[B, N, C] -> [B, N - count, C]`` (EViT: one fused token added
       back), the class token first and untouched, updating ``state.size`` / ``state.source`` where the
       method tracks them;
@@ -214,6 +216,15 @@ METHODS: Dict[str, Method] = {
             summary="keep the tokens the class token attends to most, fuse the rest, at three blocks (EViT)",
             needs=frozenset({"cls_attn"}),
             source="youweiliang/evit",
+        ),
+        _builtin(
+            "atc",
+            "atc",
+            amounts=("keep",),
+            summary="complete-linkage clustering of the keys at three blocks, size-weighted cluster means (ATC)",
+            needs=frozenset({"keys"}),
+            prop_attn="always",
+            source="JoakimHaurum/ATC",
         ),
     )
 }

@@ -49,6 +49,8 @@ class MergeState:
     ``size``: ``[B, N, 1]`` float32 token sizes, None before the first merge (methods that track sizes).
     ``source``: ``[B, N, N0]`` source map when tracing, else None.
     ``tokens``: token count after each block of the last forward (for benchmarks and tests).
+    ``patches``: the model's patch count ``P`` (``patch_embed.num_patches``), set by ``patch()``; passed to
+    a method's ``count`` that takes a ``patches`` argument (counts relative to ``P``, e.g. ATC's).
     """
 
     schedule: List[int]
@@ -62,9 +64,11 @@ class MergeState:
     size: Optional[torch.Tensor] = None
     source: Optional[torch.Tensor] = None
     tokens: List[int] = field(default_factory=list)
+    patches: int = 0
     spec: Method = field(init=False, repr=False)  # the method's declaration, looked up once per setting
     count_fn: Optional[Callable] = field(init=False, repr=False)  # its count; None for the unreduced model
     reduce_fn: Optional[Callable] = field(init=False, repr=False)  # its reduce
+    count_takes_patches: bool = field(init=False, repr=False)  # its count has a ``patches`` argument
 
     def __post_init__(self) -> None:
         self.set_method(self.method)
@@ -73,6 +77,7 @@ class MergeState:
         self.spec = method_spec(name)  # an unknown name raises, listing the methods
         self.method = name
         self.count_fn, self.reduce_fn, _ = self.spec.functions()
+        self.count_takes_patches = self.count_fn is not None and _takes_argument(self.count_fn, "patches")
 
     @property
     def reducer(self) -> Optional[Callable]:
@@ -293,7 +298,10 @@ class ToMeCISBlock(Block):
         if state.count_fn is None:
             return 0
         index = self._block_index
-        return state.count_fn(tokens, index, len(state.schedule), state.schedule[index], state.keep)
+        args = (tokens, index, len(state.schedule), state.schedule[index], state.keep)
+        if state.count_takes_patches:
+            return state.count_fn(*args, patches=state.patches)
+        return state.count_fn(*args)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, C] -> [B, N, C]``: timm's ``Mlp``, without its two eval-mode dropouts (identities that
@@ -425,6 +433,7 @@ def patch(
         attention=attention,
         class_token=True,
         distill_token=distill_token,
+        patches=model.patch_embed.num_patches,
     )
     if not isinstance(model, ToMeCISVisionTransformer):
         model.__class__ = type(
@@ -461,6 +470,14 @@ def set_reduction(
     else:
         model.r = r
     return model
+
+
+def _takes_argument(function: Callable, name: str) -> bool:
+    """Whether ``function`` has a parameter called ``name`` (a method's ``count`` may take ``patches``)."""
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
 
 
 def _check_amount_taken(state: MergeState) -> None:

@@ -56,6 +56,7 @@ DEFAULT_AMOUNTS: Dict[str, Amount] = {
     "pitome": (None, 0.9),
     "tofu": (None, 0.9),
     "evit": (None, 0.7),
+    "atc": (None, 0.7),
 }
 
 

@@ -122,8 +122,9 @@ def test_the_default_points_are_the_baseline_and_every_reduction_method_once():
         ("a", "pitome", "keep0.9"),
         ("a", "tofu", "keep0.9"),
         ("a", "evit", "keep0.7"),
+        ("a", "atc", "keep0.7"),
     ]
-    assert [p.unreduced for p in points] == [True] + [False] * 5 + [True] + [False] * 5
+    assert [p.unreduced for p in points] == [True] + [False] * 6 + [True] + [False] * 6
     assert points[0].key == ("a", "none", 0, None) and points[3].key == ("a", "pitome", None, 0.9)
     assert methods_of(points, "b")["evit"] == [(None, 0.7)] and method_amounts(GpuCheckConfig())[1] == []
 
@@ -139,8 +140,12 @@ def test_r_and_keep_replace_the_defaults_of_the_methods_that_take_them():
         ("a", "pitome", "r13"),
         ("a", "tofu", "r13"),
         ("a", "evit", "keep0.7"),
+        ("a", "atc", "keep0.7"),
     ]
-    assert method_amounts(cfg)[1] == ["evit takes --keep, none given: at its default keep0.7"]
+    assert method_amounts(cfg)[1] == [
+        "evit takes --keep, none given: at its default keep0.7",
+        "atc takes --keep, none given: at its default keep0.7",
+    ]
     # --keep alone: every method at it, the r methods too
     assert {
         m for _, m, a in labels(GpuCheckConfig(models=["a"], keep_values=[0.8])) if a == "keep0.8"
@@ -179,6 +184,7 @@ def test_all_amounts_runs_every_method_at_every_amount_it_takes():
         ("tofu", "r8"),
         ("tofu", "keep0.9"),
         ("evit", "keep0.9"),
+        ("atc", "keep0.9"),
     ]
 
 

@@ -169,7 +169,7 @@ def test_cli_rejects_bad_arguments(capsys):
 # ToMe's counts (DeiT-S, 2 images, fp32, r = 13) before the lean merge were 1,227 (tomecis) and 979 (tome);
 # issue #19's ceilings for those two. Issue #25: every method at r = 13 (where it takes r) and at keep 0.9
 # stays at or under 900. A regression in what a reducing block dispatches fails here, not on a GPU.
-OP_CEILINGS = {"tomecis": 800, "tome": 700, "pitome": 900, "tofu": 900, "evit": 900}
+OP_CEILINGS = {"tomecis": 800, "tome": 700, "pitome": 900, "tofu": 900, "evit": 900, "atc": 1400}
 
 
 @pytest.mark.parametrize("method", sorted(OP_CEILINGS))
@@ -186,6 +186,15 @@ def test_a_reducing_forward_dispatches_few_operators(method):
         )
     tomecis.set_reduction(patched, method, keep=1.0)
     assert bm.count_aten_ops(patched, CPU) == unpatched  # keep 1 is timm's own code
+
+
+def test_atc_default_amount_dispatches_under_its_ceiling():
+    """ATC's complete linkage joins one pair per step (18 operators, tests/tomecis/test_linkage.py), over
+    ``N - 1 - K`` steps per reducing block: 54 steps at keep 0.9 (196 -> 176 -> 158 -> 142), 129 at its
+    default keep 0.7 (196 -> 137 -> 96 -> 67): 1,363 and 2,712 operators per forward (DeiT-S, batch 2)."""
+    patched = tomecis.patch(timm.create_model("deit_small_patch16_224").eval(), method="atc", keep=0.7)
+    count = bm.count_aten_ops(patched, CPU)
+    assert count <= 2750, f"atc keep 0.7: {count} ATen ops (ceiling 2750)"
 
 
 def test_amounts_of_the_methods_and_the_pairs_skipped():
