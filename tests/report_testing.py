@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -46,8 +46,11 @@ class Frames:
         graphs: Optional[bool] = False,
         minute: int = 0,
         with_predictions: bool = True,
+        matched: Optional[Tuple[str, float, float]] = None,
     ) -> "Frames":
-        """One point; ``gflops`` defaults to one falling with the amount (4.6 unreduced)."""
+        """One point; ``gflops`` defaults to one falling with the amount (4.6 unreduced); ``matched``:
+        ``(matched_to, the reference's value, the point's)`` of a point ``--match`` found (the columns
+        are absent otherwise, as in results written before them)."""
         if method == "none":
             r, keep = 0, None
         n = len(correct)
@@ -79,6 +82,8 @@ class Frames:
                 point_file=stem,
             )
         )
+        if matched is not None:
+            self.rows[-1].update(zip(("matched_to", "matched_reference_value", "matched_value"), matched))
         if with_predictions:
             labels = [i % N_CLASSES for i in range(n)]
             self.preds.append(
