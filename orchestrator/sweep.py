@@ -229,7 +229,13 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
             ray.shutdown()
     done = results.read_points_of(grid).to_pandas()
     summary.table = tables.sweep_tables(
-        done, [p.model for p in grid], selection.fingerprint, cfg.table_methods(), cfg.amp, cfg.batch_size
+        done,
+        [p.model for p in grid],
+        selection.fingerprint,
+        cfg.table_methods(),
+        cfg.amp,
+        cfg.batch_size,
+        planned_amounts(grid),
     )
     if summary.failed:
         lines = "\n".join(f"  {p.label}: {why}" for p, why in summary.failed.items())
@@ -239,6 +245,16 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
             + (f"\n{left_out}" if left_out else "")
         )
     return summary
+
+
+def planned_amounts(grid: Sequence[GridPoint]) -> Dict[str, Dict[str, List[Amount]]]:
+    """Model -> method -> the amounts the grid plans for it (the baseline left out): what the final
+    table calls missing when a point is not written."""
+    planned: Dict[str, Dict[str, List[Amount]]] = {}
+    for point in grid:
+        if point.method != "none":
+            planned.setdefault(point.model, {}).setdefault(point.method, []).append((point.r, point.keep))
+    return planned
 
 
 def match_points(

@@ -233,3 +233,17 @@ def test_the_paper_comparison_uses_the_point_matched_by_speed():
     ref = parse_reference("tomecis:r13")
     row, why = report._our_point(rows, "tome", ref)
     assert why == "" and row["r"] == 13 and row["matched_to"] == "tomecis:r13 by speed"
+
+
+def test_amounts_planned_per_method_say_what_is_missing_and_matched_points_are_nobody_elses():
+    from orchestrator.tables import expected_amounts, missing_amounts
+
+    f = Frames()
+    f.add(SMALL, "none", correctness(10, range(8)))
+    f.add(SMALL, "tome", correctness(10, range(7)), r=8)
+    f.add(SMALL, "evit", correctness(10, range(6)), keep=0.7)
+    f.add(SMALL, "evit", correctness(10, range(6)), keep=0.62, matched=("tomecis:r13 by gflops", 1.47, 1.471))
+    planned = {"tome": [(8, None), (13, None)], "evit": [(None, 0.7), (None, 0.62)]}
+    assert missing_amounts(f.points, planned) == {"tome": [(13, None)]}
+    assert expected_amounts(f.points) == [(8, None), (None, 0.7)]  # keep0.62 is evit's own
+    assert missing_amounts(f.points, expected_amounts(f.points)) == {"tome": [(None, 0.7)]}
