@@ -1,5 +1,9 @@
-"""Parse ``--models``, ``--method``, ``--r`` and ``--keep`` into grid points, and say what makes a point's
-identity (``IDENTITY``: the columns every results file of the point carries, and its file name). No I/O.
+"""Parse ``--models``, ``--method``, ``--r``, ``--keep`` and per-method ``--amounts`` into grid points, and say
+what makes a point's identity (``IDENTITY``: the columns every results file of the point carries, and its file
+name). No I/O (``gridfile`` reads a TOML grid into the same amounts).
+
+Amounts per method: ``--amounts evit=keep:0.5-0.9:0.1`` gives EViT its own keep ratios; a method named so
+joins the sweep and runs at those amounts only, while the other methods keep the ``--r`` / ``--keep`` rule.
 
 A point is one model at one (method, amount): ``r`` (tokens removed per block) for a method that takes
 ``--r``, ``keep`` (per-block keep ratio) for one that takes ``--keep``, the other one None. The unreduced
@@ -9,15 +13,19 @@ however many methods are swept; an r of 0 or a keep of 1 asked for any method is
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tomecis.names import (
+    AMOUNTS,
     AMP_NAMES,
     METHOD_NAMES,
     UNREDUCED,
     amount_label,
     amounts_taken,
+    check_amount,
     is_unreduced,
     method_spec,
     short_name,
@@ -135,6 +143,99 @@ def parse_methods(text: str) -> List[str]:
     return methods
 
 
+KEEP_DECIMALS = 6  # keep ratios from a range are rounded to this many decimals (0.5-0.9:0.1 gives 0.8, not 0.8000000000000002)
+_KEEP_RANGE = re.compile(r"^([0-9.]+)-([0-9.]+):([0-9.]+)$")
+
+
+def parse_keep_spec(text: str) -> List[float]:
+    """``"0.7,0.9"`` -> ``[0.7, 0.9]``; ``"0.5-0.9:0.1"`` -> ``[0.5, 0.6, 0.7, 0.8, 0.9]`` (inclusive, each
+    ``low + i * step`` rounded to ``KEEP_DECIMALS``); items may mix. First-seen order, duplicates dropped,
+    each in (0, 1]; a malformed item raises ``ValueError`` naming it."""
+    items = [item.strip() for item in str(text).split(",")]
+    if not any(items):
+        raise ValueError("keep values are empty; give ratios such as 0.7,0.9 or 0.5-0.9:0.1")
+    values: List[float] = []
+    for item in items:
+        for value in _keep_item(item):
+            if not (0.0 < value <= 1.0):
+                culprit = repr(item) if _KEEP_RANGE.match(item) is None else f"{value:g} (from {item!r})"
+                raise ValueError(f"keep ratio {culprit} must lie in (0, 1]")
+            if value not in values:
+                values.append(value)
+    return values
+
+
+def _keep_item(item: str) -> List[float]:
+    """One item of a keep spec: a ratio, or an inclusive range ``LOW-HIGH:STEP``."""
+    match = _KEEP_RANGE.match(item)
+    try:
+        if match is None:
+            return [float(item)]
+        low, high, step = (float(g) for g in match.groups())
+    except ValueError:
+        raise ValueError(
+            f"cannot read keep item {item!r}: give a ratio (0.7) or an inclusive range LOW-HIGH:STEP (0.5-0.9:0.1)"
+        ) from None
+    if step <= 0 or high < low:
+        raise ValueError(f"keep range {item!r} needs LOW <= HIGH and a STEP > 0, e.g. 0.5-0.9:0.1")
+    steps = math.floor((high - low) / step + 1e-9)  # the steps that fit, counted once, not accumulated
+    return [round(low + i * step, KEEP_DECIMALS) for i in range(steps + 1)]
+
+
+def parse_amount_spec(method: str, kind: str, spec: str, where: str) -> List[Amount]:
+    """The amounts ``spec`` gives ``method`` of ``kind`` (``r``: as ``--r`` reads it; ``keep``: as
+    ``parse_keep_spec``), as ``(r, None)`` / ``(None, keep)``. ``where`` names the source in errors
+    (``--amounts evit=keep:0.5-0.9:0.1``, ``g.toml: methods.evit.keep = "0.5-0.9:0.1"``): an unknown
+    method, a kind the method does not take and a malformed spec raise ``ValueError`` starting with it."""
+    try:
+        taken = method_spec(method).amounts
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if method == UNREDUCED:
+        raise ValueError(
+            f"{where}: {UNREDUCED!r} is the unreduced model, in every grid once; it takes no amount"
+        )
+    if kind not in AMOUNTS:
+        raise ValueError(f"{where}: amount kind {kind!r} is neither r nor keep")
+    if kind not in taken:
+        raise ValueError(f"{where}: {method} takes {' or '.join(taken)}, not {kind}")
+    try:
+        if kind == "r":
+            return [(r, None) for r in parse_r_values(spec)]
+        return [(None, keep) for keep in parse_keep_spec(spec)]
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def parse_amounts_flag(text: str) -> Tuple[str, List[Amount]]:
+    """``--amounts METHOD=KIND:SPEC``: ``"evit=keep:0.5-0.9:0.1"`` -> ``("evit", [(None, 0.5), ...])``."""
+    method, eq, rest = str(text).partition("=")
+    kind, colon, spec = rest.partition(":")
+    if not (eq and colon and method.strip() and spec.strip()):
+        raise ValueError(
+            f"--amounts {text!r} is not METHOD=KIND:SPEC (e.g. evit=keep:0.5-0.9:0.1 or tomecis=r:8-16)"
+        )
+    method = method.strip()
+    return method, parse_amount_spec(method, kind.strip(), spec.strip(), str(text))
+
+
+def merge_amounts(entries: Sequence[Tuple[str, Sequence[Amount]]]) -> Dict[str, List[Amount]]:
+    """Method -> its amounts, entries for one method together (r and keep from two entries, say), in
+    first-seen order without duplicates."""
+    merged: Dict[str, List[Amount]] = {}
+    for method, amounts in entries:
+        mine = merged.setdefault(method, [])
+        mine.extend(a for a in amounts if a not in mine)
+    return merged
+
+
+def sweep_methods(
+    methods: Sequence[str], method_amounts: Optional[Mapping[str, Sequence[Amount]]]
+) -> List[str]:
+    """``methods``, then every method given its own amounts that is not among them yet (it joins the sweep)."""
+    return list(methods) + [m for m in (method_amounts or {}) if m not in methods]
+
+
 # --------------------------------------------------------------------------- which amounts each method gets
 
 
@@ -156,16 +257,26 @@ class MethodPlan:
 
 
 def plan_methods(
-    methods: Sequence[str], r_values: Sequence[int] = (), keep_values: Sequence[float] = ()
+    methods: Sequence[str],
+    r_values: Sequence[int] = (),
+    keep_values: Sequence[float] = (),
+    method_amounts: Optional[Mapping[str, Sequence[Amount]]] = None,
 ) -> List[MethodPlan]:
-    """Each method with every amount it takes among ``r_values`` and ``keep_values``; a method given no
+    """Each method with every amount it takes among ``r_values`` and ``keep_values``, or, for a method of
+    ``method_amounts`` (which joins ``methods`` if absent), its own amounts only; a method given no
     amount it takes raises ``ValueError`` naming it and the flags it takes. ``none`` (the unreduced
     model, in every grid anyway) takes no amount and gets none."""
     plans = []
-    for method in methods:
+    own = dict(method_amounts or {})
+    for method in sweep_methods(methods, own):
         spec = method_spec(method)
         if method == UNREDUCED:
             plans.append(MethodPlan(method, ()))
+            continue
+        if method in own:
+            for r, keep in own[method]:
+                check_amount(method, r, keep)
+            plans.append(MethodPlan(method, tuple(a for a in own[method] if not is_unreduced(*a))))
             continue
         taken, skipped = amounts_taken(method, r_values, keep_values)
         if not taken:
@@ -194,13 +305,14 @@ def build_grid(
     *,
     dataset: str,
     keep_values: Sequence[float] = (),
+    method_amounts: Optional[Mapping[str, Sequence[Amount]]] = None,
 ) -> List[GridPoint]:
     """Every model's baseline (``none``, r = 0) and every (method, amount) of ``plan_methods``, on
     ``dataset`` (the shards' fingerprint): models outermost, then the baseline, then the methods in
-    order, each at its r values, then its keep values. ``weights`` maps a model to its weights tag
-    (default pretrained)."""
+    order, each at its r values, then its keep values (a method of ``method_amounts``: its own amounts,
+    in their order). ``weights`` maps a model to its weights tag (default pretrained)."""
     methods = [methods] if isinstance(methods, str) else list(methods)
-    plans = plan_methods(methods, r_values, keep_values)  # unknown names and missing amounts raise
+    plans = plan_methods(methods, r_values, keep_values, method_amounts)  # bad names and amounts raise
     if amp not in AMPS:
         raise ValueError(f"--amp must be one of {AMPS}, got {amp!r}")
     if batch_size < 1:
@@ -261,8 +373,13 @@ __all__ = [
     "MethodPlan",
     "build_grid",
     "describe_grid",
+    "merge_amounts",
+    "parse_amount_spec",
+    "parse_amounts_flag",
+    "parse_keep_spec",
     "parse_methods",
     "parse_models",
     "parse_r_values",
     "plan_methods",
+    "sweep_methods",
 ]

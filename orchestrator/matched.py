@@ -1,5 +1,7 @@
 """Methods compared at matched speed: a reference point (default ToMeCIS r = 13) and, for every other
-method of the same model and setting, its point nearest in measured img/s and its point nearest in GFLOPs.
+method of the same model and setting, its point nearest in measured img/s and its point nearest in GFLOPs;
+where the sweep found a method's point by ``--match`` (its row's ``matched_to`` names this reference), that
+point takes the place of the nearest one, and the table says its remaining gap at calibration.
 
 ``parse_reference`` reads ``--reference METHOD:AMOUNT``; ``matched_points`` picks the points;
 ``matched_table`` writes them with the paired Δ top-1 against the reference (``orchestrator.stats``,
@@ -26,6 +28,7 @@ MATCH_COLUMNS = {
     SPEED: "img/s",
     FLOPS: "GFLOPs",
 }  # the columns a point is matched on, as the table names them
+MATCH_BY = {SPEED: "speed", FLOPS: "gflops"}  # the column -> the sweep's --match-by that calibrates it
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,11 @@ class Reference:
     def label(self) -> str:
         """``tomecis r13``."""
         return f"{self.method} {amount_label(self.r, self.keep)}"
+
+    def matched_to(self, column: str) -> str:
+        """``tomecis:r13 by speed``: the ``matched_to`` of a point the sweep calibrated to this reference
+        on ``column`` (``SPEED`` or ``FLOPS``)."""
+        return f"{self.method}:{amount_label(self.r, self.keep)} by {MATCH_BY[column]}"
 
     def find(self, model_rows: pd.DataFrame) -> Optional[pd.Series]:
         """This reference's row among one model's rows of one setting (None when it has none)."""
@@ -100,6 +108,18 @@ class Match:
     method: str
     by: Tuple[str, ...]
     row: Optional[pd.Series]
+    calibrated: Tuple[str, ...] = ()  # of ``by``: those the sweep matched by construction (``--match``)
+
+    @property
+    def gap(self) -> Optional[float]:
+        """The calibrated point's remaining gap to the reference at calibration, in %: (its value over
+        the reference's, measured together) − 1; None for a point only nearest in the grid."""
+        if not self.calibrated or self.row is None:
+            return None
+        value, reference = self.row.get("matched_value"), self.row.get("matched_reference_value")
+        if value is None or reference is None or pd.isna(value) or pd.isna(reference) or not reference:
+            return None
+        return 100.0 * (float(value) / float(reference) - 1.0)
 
 
 def nearest(candidates: pd.DataFrame, column: str, target: float) -> Optional[pd.Series]:
@@ -112,24 +132,39 @@ def nearest(candidates: pd.DataFrame, column: str, target: float) -> Optional[pd
     return valued.iloc[int(np.argmin(distance))]
 
 
+def calibrated(candidates: pd.DataFrame, reference: Reference, column: str) -> Optional[pd.Series]:
+    """The candidate the sweep matched to ``reference`` on ``column`` (``--match``, its ``matched_to``),
+    the last when several are; None when none is (or the results predate the column)."""
+    if "matched_to" not in candidates.columns:
+        return None
+    hits = candidates[candidates["matched_to"] == reference.matched_to(column)]
+    return hits.iloc[-1] if not hits.empty else None
+
+
 def matched_points(model_rows: pd.DataFrame, reference: Reference, reference_row: pd.Series) -> List[Match]:
-    """For every reduced method of the model but the reference's, its point nearest the reference in
-    img/s and its point nearest in GFLOPs (one ``Match`` when the same point is nearest on both)."""
+    """For every reduced method of the model but the reference's, its point matched to the reference in
+    img/s and in GFLOPs: the one the sweep calibrated (``calibrated``), else the nearest (one ``Match``
+    when the same point serves both)."""
     reduced = reduced_points(model_rows)
     matches: List[Match] = []
     for method in sorted(set(reduced["method"]) - {reference.method}, key=method_order):
         candidates = reduced[reduced["method"] == method]
-        picked: Dict[str, Optional[pd.Series]] = {
-            label: nearest(candidates, column, reference_row[column])
-            for column, label in MATCH_COLUMNS.items()
-        }
+        picked: Dict[str, Optional[pd.Series]] = {}
+        built: List[str] = []
+        for column, label in MATCH_COLUMNS.items():
+            row = calibrated(candidates, reference, column)
+            if row is not None:
+                built.append(label)
+            picked[label] = row if row is not None else nearest(candidates, column, reference_row[column])
         rows = [(label, row) for label, row in picked.items() if row is not None]
         if not rows:
             matches.append(Match(method, (), None))
         elif len(rows) == 2 and rows[0][1].name == rows[1][1].name:
-            matches.append(Match(method, tuple(label for label, _ in rows), rows[0][1]))
+            matches.append(Match(method, tuple(label for label, _ in rows), rows[0][1], tuple(built)))
         else:
-            matches.extend(Match(method, (label,), row) for label, row in rows)
+            matches.extend(
+                Match(method, (label,), row, (label,) if label in built else ()) for label, row in rows
+            )
     return matches
 
 
@@ -163,9 +198,7 @@ def matched_table(
             )
         else:
             speed = speed_versus(match.row, reference_row, base_speed)
-            lines.append(
-                _match_line(match.method, " and ".join(match.by), match.row, paired, base_speed, speed)
-            )
+            lines.append(_match_line(match.method, _matched_on(match), match.row, paired, base_speed, speed))
     return "\n".join(lines)
 
 
@@ -184,6 +217,16 @@ def speed_versus(row: pd.Series, reference_row: pd.Series, base_speed: Optional[
     if high < ref_low:
         return "slower (intervals apart)"
     return "same within the intervals"
+
+
+def _matched_on(match: Match) -> str:
+    """``img/s``, ``img/s and GFLOPs``, ``img/s (calibrated, gap +0.8%)``: how the point was chosen."""
+    text = " and ".join(match.by)
+    if not match.calibrated:
+        return text
+    gap = match.gap
+    gap_text = f", gap {gap:+.1f}%" if gap is not None else ""
+    return f"{text} (calibrated by {' and '.join(match.calibrated)}{gap_text})"
 
 
 def _match_line(

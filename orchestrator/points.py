@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +22,7 @@ import tomecis
 from tomecis.names import UNREDUCED
 from tomecis.speedup import speedup_interval
 
+from .calibrate import unmatched_columns
 from .errors import SweepError
 from .grid import BASELINE_AMOUNT, GridPoint
 from .results import FAILURES_DIR, accuracy, failures_table, predictions_table
@@ -37,12 +38,14 @@ def point_row(
     retries: int = 0,
     resumed: bool = False,
     dataset_title: str = "",
+    matched: Optional[Mapping[str, object]] = None,
 ) -> Tuple[dict, pa.Table, pa.Table]:
     """The points row, predictions and decode failures of one grid point, after checking that nothing
     is missing or counted twice. ``retries``: work items of the pass that were retried; ``resumed``:
     the outcomes come from more than one run of the driver (a pass resumed from its spool), whose wall
     time from first start to last end would count the pause, so ``eval_samples_per_sec`` is None;
-    ``dataset_title``: what the data is called when it is a public set (``ShardSet.title``), else ''."""
+    ``dataset_title``: what the data is called when it is a public set (``ShardSet.title``), else '';
+    ``matched``: the point's ``calibrate.MATCHED_COLUMNS`` when ``--match`` found it (else null)."""
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
     top5 = np.concatenate([o.top5[point.key] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
@@ -64,6 +67,7 @@ def point_row(
         **_profile_columns(profile, point.key[1:]),
         **_pass_columns(outcomes, point.key, len(keys), resumed),
         **graph_columns(outcomes, profile, point.key),
+        **(dict(matched) if matched else unmatched_columns()),
         retries=retries,
         torch_version=torch.__version__,
         timm_version=timm.__version__,

@@ -425,7 +425,9 @@ def _matched_block(model_rows: pd.DataFrame, run: _Run) -> str:
     stats = [_paired(run, ref_row, m.row)[0] if m.row is not None else None for m in matches]
     text = (
         f"{heading}\n\nEach other method's point nearest the reference in img/s and nearest in GFLOPs (one line "
-        "when one point is nearest in both); Δ top-1 and its CI are paired against the reference on the same images."
+        "when one point is nearest in both); a point the sweep matched to the reference by construction (--match) "
+        "takes the nearest one's place, with its remaining gap to the reference at calibration. Δ top-1 and its CI "
+        "are paired against the reference on the same images."
     )
     text += (
         " Speed-ups carry their 95% interval (median of the paired timing rounds); 'speed vs reference' says "
@@ -463,8 +465,8 @@ def _paper_section(settings: Sequence[Tuple[Setting, pd.DataFrame]], run: _Run) 
         parts.append(f"### {name} ({model}), published\n\n{published_table(model)}")
     parts.append(
         "### DeiT-S at a similar throughput: published (RTX 3090, batch 128, no training) beside ours\n\n"
-        f"Ours: the baseline, the reference ({run.reference.label()}) and each other method's point nearest it "
-        "in img/s, per setting. Published img/s come from another machine: compare speed-ups and Δ top-1."
+        f"Ours: the baseline, the reference ({run.reference.label()}) and each other method's point matched to it "
+        "in img/s (the one the sweep calibrated with --match, else the nearest), per setting. Published img/s come from another machine: compare speed-ups and Δ top-1."
     )
     ours = [
         (i, s, rows[rows["model"] == paper.COMPARISON_MODEL]) for i, (s, rows) in enumerate(settings, start=1)

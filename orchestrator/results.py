@@ -76,6 +76,9 @@ POINT_SCHEMA = _identity_and(
     ("eval_samples_per_sec", pa.float64()),
     ("gflops", pa.float64()),
     ("tokens_out", pa.int32()),
+    ("matched_to", pa.string()),  # "tomecis:r13 by speed": the point was found by --match (null otherwise)
+    ("matched_reference_value", pa.float64()),  # the reference's img/s or GFLOPs at calibration
+    ("matched_value", pa.float64()),  # the point's, measured with it
     ("param_count", pa.float64()),
     ("img_size", pa.int32()),
     ("crop_pct", pa.float64()),
@@ -150,6 +153,15 @@ class ResultsDir:
         table = pa.Table.from_pylist([row], schema=POINT_SCHEMA)
         path = self.point_path(point)
         self._write_atomic(table, path)
+        return path
+
+    def update_point_row(self, point: GridPoint, columns: Dict[str, object]) -> str:
+        """Set ``columns`` of a finished point's row (a point found again by ``--match``: its row says so),
+        the file rewritten atomically; the predictions stay as they are. Returns the file's path."""
+        path = self.point_path(point)
+        row = _cast_points(_read_normalised(self.fs, path, None)).to_pylist()[0]
+        row.update(columns)
+        self._write_atomic(pa.Table.from_pylist([row], schema=POINT_SCHEMA), path)
         return path
 
     def _write_atomic(self, table: pa.Table, path: str) -> None:

@@ -25,7 +25,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import ray
 import torch
@@ -35,22 +35,30 @@ import shards
 import tomecis
 from clipattern import parsed_or_exit, run_or_report
 from tomecis.models import find_checkpoint, max_r
-from tomecis.names import methods_help, parse_keep_values
+from tomecis.names import methods_help
 
 from . import tables
+from .calibrate import MATCH_BY, Calibration, MatchTarget, add_matched
 from .cluster import connect
 from .errors import SweepError, WorkFailed
 from .grid import (
     AMPS,
+    Amount,
     GridPoint,
     MethodPlan,
     build_grid,
     describe_grid,
+    merge_amounts,
+    parse_amounts_flag,
+    parse_keep_spec,
     parse_methods,
     parse_models,
     parse_r_values,
     plan_methods,
+    sweep_methods,
 )
+from .gridfile import apply_to_parser, file_amounts, read_grid_file
+from .matched import parse_reference
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
 from .pool import EvaluatorPool, group_shards
@@ -99,11 +107,18 @@ class SweepConfig:
     allow_decode_failures: bool = False
     progress: bool = True
     dry_run: bool = False  # print the grid and its decode passes, then stop (no data read, no Ray)
+    method_amounts: Dict[str, List[Amount]] = field(default_factory=dict)  # --amounts / --grid's [methods]
+    match: Optional[MatchTarget] = None  # --match METHOD:AMOUNT with --match-by
 
     def method_plans(self) -> List[MethodPlan]:
-        """Each method with the amounts it takes (``grid.plan_methods``); ``ValueError`` naming a method
-        given no amount it takes."""
-        return plan_methods(self.methods, self.r_values, self.keep_values)
+        """Each method with the amounts it takes (``grid.plan_methods``: a method of ``method_amounts``
+        at its own); ``ValueError`` naming a method given no amount it takes."""
+        return plan_methods(self.methods, self.r_values, self.keep_values, self.method_amounts)
+
+    def table_methods(self) -> List[str]:
+        """The sweep's methods (those of ``--amounts`` and the ``--match`` reference's included)."""
+        methods = sweep_methods(self.methods, self.method_amounts)
+        return methods + [self.match.method] if self.match and self.match.method not in methods else methods
 
     def grid(
         self, dataset: str, weights: Optional[Dict[str, str]] = None, device: str = "cpu"
@@ -118,6 +133,7 @@ class SweepConfig:
             device,
             dataset=dataset,
             keep_values=self.keep_values,
+            method_amounts=self.method_amounts,
         )
 
 
@@ -165,6 +181,7 @@ class SweepRun:
     summary: SweepSummary
     bar: tqdm
     session: str = field(default_factory=lambda: uuid.uuid4().hex)  # marks the spool records of this run
+    matched: Dict[GridPoint, Calibration] = field(default_factory=dict)  # --match's points
 
 
 def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepSummary:
@@ -187,6 +204,11 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
         grid = cfg.grid(
             selection.fingerprint, {m: w.tag for m, w in weights.items()}, plan.device if plan else cfg.device
         )
+        matched: Dict[GridPoint, Calibration] = {}
+        if cfg.match is not None:  # before the decode pass: the matched points are ordinary points of it
+            if cfg.match.by == "speed" and plan is None:
+                started_ray, plan = connect(cfg.address), make_plan(cfg)
+            grid, matched = match_points(cfg, grid, plan)
         todo = []
         for point in grid:
             (todo if cfg.force or not results.is_done(point) else summary.skipped).append(point)
@@ -194,11 +216,12 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
             f"grid: {len(grid)} point(s), {len(summary.skipped)} already in {cfg.out}\n{describe_grid(grid)}",
             file=sys.stderr,
         )
+        _mark_done_points(results, summary.skipped, matched)
         if todo:
             if plan is None:
                 started_ray, plan = connect(cfg.address), make_plan(cfg)
             passes = plan_passes(todo, ship_weights(weights))
-            _evaluate(SweepRun(cfg, selection, results, summary, None), plan, passes, todo)
+            _evaluate(SweepRun(cfg, selection, results, summary, None, matched=matched), plan, passes, todo)
     except KeyboardInterrupt:
         raise SweepPaused(summary.paused or "no work item had finished") from None
     finally:
@@ -206,7 +229,13 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
             ray.shutdown()
     done = results.read_points_of(grid).to_pandas()
     summary.table = tables.sweep_tables(
-        done, [p.model for p in grid], selection.fingerprint, cfg.methods, cfg.amp, cfg.batch_size
+        done,
+        [p.model for p in grid],
+        selection.fingerprint,
+        cfg.table_methods(),
+        cfg.amp,
+        cfg.batch_size,
+        planned_amounts(grid),
     )
     if summary.failed:
         lines = "\n".join(f"  {p.label}: {why}" for p, why in summary.failed.items())
@@ -216,6 +245,49 @@ def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepS
             + (f"\n{left_out}" if left_out else "")
         )
     return summary
+
+
+def planned_amounts(grid: Sequence[GridPoint]) -> Dict[str, Dict[str, List[Amount]]]:
+    """Model -> method -> the amounts the grid plans for it (the baseline left out): what the final
+    table calls missing when a point is not written."""
+    planned: Dict[str, Dict[str, List[Amount]]] = {}
+    for point in grid:
+        if point.method != "none":
+            planned.setdefault(point.model, {}).setdefault(point.method, []).append((point.r, point.keep))
+    return planned
+
+
+def match_points(
+    cfg: SweepConfig,
+    grid: List[GridPoint],
+    plan: Optional[ActorPlan],
+    say=lambda line: print(line, file=sys.stderr),
+) -> Tuple[List[GridPoint], Dict[GridPoint, Calibration]]:
+    """``--match``: every other reducing method of the sweep calibrated to the reference, per model
+    (``orchestrator.matching``: by GFLOPs here, by speed in a Ray task shaped like one of ``plan``'s
+    actors), one line each to ``say``; returns the grid with the reference and the matched points, and
+    point -> its calibration."""
+    from . import matching  # torch and the models: only a sweep that matches needs them
+
+    methods = matching.methods_to_match(cfg.method_plans(), cfg.match)
+    if cfg.match.by == "gflops":
+        found = [c for model in cfg.models for c in matching.calibrate_here(model, methods, cfg.match)]
+    else:
+        config = EvaluatorConfig(cfg.device, cfg.amp, cfg.batch_size, cfg.cuda_graphs)
+        timing = matching.Timing(config, cfg.bench_runs, cfg.bench_warmup)
+        found = matching.calibrate_on_cluster(plan, cfg.models, methods, cfg.match, timing)
+    for calibration in found:
+        say(calibration.line())
+    return add_matched(grid, (cfg.match.method, cfg.match.amount), found)
+
+
+def _mark_done_points(
+    results: ResultsDir, done: Sequence[GridPoint], matched: Dict[GridPoint, Calibration]
+) -> None:
+    """A point ``--match`` found that an earlier run already wrote: its row now says it was matched."""
+    for point in done:
+        if point in matched:
+            results.update_point_row(point, matched[point].columns())
 
 
 def _evaluate(run: SweepRun, plan: ActorPlan, passes: List[DecodePass], todo: List[GridPoint]) -> None:
@@ -348,6 +420,7 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
                 retries=retries,
                 resumed=resumed,
                 dataset_title=run.selection.title,
+                matched=run.matched[point].columns() if point in run.matched else None,
             )
         except SweepError as err:
             summary.failed[point] = str(err)
@@ -466,9 +539,9 @@ def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
         "--mode",
         dest="methods",
         metavar="METHOD[,METHOD]",
-        default="tomecis",
+        default=None,
         help=f"token-reduction methods, comma-separated, each run at every amount it takes of --r and --keep "
-        f"(every model's unreduced baseline is always in the grid, once): {methods_help()} (default %(default)s)",
+        f"(every model's unreduced baseline is always in the grid, once): {methods_help()} (default tomecis, or none beside those of --amounts)",
     )
     p.add_argument(
         "--r",
@@ -480,7 +553,32 @@ def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
         "--keep",
         dest="keep_values",
         metavar="RATIO",
-        help="per-block keep ratios, for the methods that take --keep: 0.7,0.9 (1 is the baseline)",
+        help="per-block keep ratios, for the methods that take --keep: 0.7,0.9 or 0.5-0.9:0.1 (1 is the baseline)",
+    )
+    p.add_argument(
+        "--amounts",
+        action="append",
+        default=[],
+        metavar="METHOD=KIND:SPEC",
+        help="a method's own amounts (repeatable): evit=keep:0.5-0.9:0.1, tomecis=r:8-16, pitome=keep:0.9,0.95; "
+        "the method joins the sweep at these amounts only (the others keep --r / --keep)",
+    )
+    p.add_argument(
+        "--grid",
+        metavar="FILE.toml",
+        help="models, [methods] with their r / keep, and any option by name (batch_size = 64); the command line overrides the file",
+    )
+    p.add_argument(
+        "--match",
+        metavar="METHOD:AMOUNT",
+        help="a reference such as tomecis:r13: every other method of the sweep gets, per model, the amount nearest "
+        "its speed (or GFLOPs, --match-by), found before the decode pass and evaluated as one more point",
+    )
+    p.add_argument(
+        "--match-by",
+        default="speed",
+        choices=list(MATCH_BY),
+        help="speed: img/s timed in turns with the reference on an actor's device; gflops: from the token counts (default %(default)s)",
     )
     p.add_argument(
         "--data",
@@ -570,16 +668,33 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
-    """Parse and validate everything before any Ray work; errors name the argument (``clipattern``'s pattern)."""
+    """Parse and validate everything before any Ray work; errors name the argument (``clipattern``'s pattern).
+    A ``--grid`` file's options become the parser's defaults (the command line overrides them)."""
     parser = build_parser()
+    grid_path = _grid_path(argv)
+    grid_file = None
+    if grid_path is not None:
+        grid_file = parsed_or_exit(parser, "--grid", read_grid_file, grid_path)
+        parsed_or_exit(
+            parser, "--grid", lambda g: apply_to_parser(parser, g, reserved=("amounts",)), grid_file
+        )
     args = parser.parse_args(argv)
+    command_line = merge_amounts(
+        [parsed_or_exit(parser, "--amounts", parse_amounts_flag, a) for a in args.amounts]
+    )
+    method_amounts = file_amounts(grid_file, command_line) if grid_file else command_line
+    methods = args.methods or ("" if method_amounts else "tomecis")  # --amounts alone: its methods only
     parsed = dict(
         models=parsed_or_exit(parser, "--models", parse_models, args.models),
-        methods=parsed_or_exit(parser, "--method", parse_methods, args.methods),
+        methods=parsed_or_exit(parser, "--method", parse_methods, methods) if methods else [],
         r_values=parsed_or_exit(parser, "--r", parse_r_values, args.r_values) if args.r_values else [],
-        keep_values=parsed_or_exit(parser, "--keep", parse_keep_values, args.keep_values)
+        keep_values=parsed_or_exit(parser, "--keep", parse_keep_spec, args.keep_values)
         if args.keep_values
         else [],
+        method_amounts=method_amounts,
+        match=parsed_or_exit(parser, "--match", lambda t: _match_target(t, args.match_by), args.match)
+        if args.match
+        else None,
     )
     for name in ("batch_size", "bench_runs", "limit", "num_actors"):
         value = getattr(args, name)
@@ -593,7 +708,22 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
         parser.error(f"--cpus-per-actor must be > 0, got {args.cpus_per_actor:g}")
     if args.checkpoint_dir and not Path(args.checkpoint_dir).is_dir():
         parser.error(f"--checkpoint-dir {args.checkpoint_dir} is not a directory")
-    return SweepConfig(**{**vars(args), **parsed})
+    options = {k: v for k, v in vars(args).items() if k not in ("amounts", "grid", "match_by")}
+    return SweepConfig(**{**options, **parsed})
+
+
+def _grid_path(argv: Optional[Sequence[str]]) -> Optional[str]:
+    """``--grid FILE`` of the command line, read before the rest (its options are the defaults)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--grid")
+    known, _ = early.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    return known.grid
+
+
+def _match_target(text: str, by: str) -> MatchTarget:
+    """``--match tomecis:r13`` -> the reference to match every other method to, on ``by``."""
+    reference = parse_reference(text)
+    return MatchTarget(reference.method, (reference.r, reference.keep), by)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -641,7 +771,8 @@ def check_grid(cfg: SweepConfig) -> List[MethodPlan]:
     (else ``ValueError`` naming it and its flags), every model can be patched, and every r a method
     will run fits every model. Returns the methods' plans."""
     plans = cfg.method_plans()
-    r_values = sorted({a[0] for plan in plans for a in plan.amounts if a[0] is not None})
+    reference = [MethodPlan(cfg.match.method, (cfg.match.amount,))] if cfg.match else []
+    r_values = sorted({a[0] for plan in plans + reference for a in plan.amounts if a[0] is not None})
     for model in cfg.models:
         patched = check_supported(model)  # one meta-device build for every check
         limit = max_r(patched)
@@ -650,7 +781,7 @@ def check_grid(cfg: SweepConfig) -> List[MethodPlan]:
             raise ValueError(
                 f"--r {too_big[0]} is impossible for {model}: a block can merge at most {limit} of its tokens"
             )
-        for plan in plans:
+        for plan in plans + reference:
             for r, keep in plan.amounts:
                 try:  # on the meta device: nothing runs, the method only says whether it takes the model
                     tomecis.set_reduction(patched, plan.method, r=r, keep=keep)
@@ -666,6 +797,14 @@ def describe_plan(cfg: SweepConfig) -> str:
     grid = cfg.grid(dataset="dry-run")
     groups = group_by_transform(cfg.models)
     lines = [plan.skip_note() for plan in plans if plan.skip_note()]
+    if cfg.match is not None and cfg.match.by == "gflops":  # token counts: no timing, no data, no Ray
+        grid, _ = match_points(cfg, grid, None, lines.append)
+    elif cfg.match is not None:
+        grid, _ = add_matched(grid, (cfg.match.method, cfg.match.amount), [])
+        lines.append(
+            f"match: every other method's amount nearest {cfg.match.label} in speed is timed on an actor before "
+            "the decode pass (not in a dry run; --match-by gflops shows matched amounts here)"
+        )
     lines.append(
         f"grid: {len(grid)} point(s) in {len(groups)} decode pass(es), each image decoded once per pass"
     )

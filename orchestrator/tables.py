@@ -14,7 +14,7 @@ same unreduced network, and the first of them in the method table (``METHOD_NAME
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 
@@ -139,14 +139,24 @@ def baseline_of(model_rows: pd.DataFrame) -> Baseline:
 
 
 def expected_amounts(rows: pd.DataFrame) -> List[Amount]:
-    """Every amount a reduced point of these rows has, in amount order."""
-    amounts = {amount_of(row) for _, row in rows[~unreduced_mask(rows)].iterrows()}
+    """Every amount a reduced point of these rows has, in amount order; a point ``--match`` found
+    (``matched_to`` set) is its method's own and expected of no other."""
+    chosen = rows[~unreduced_mask(rows)]
+    if "matched_to" in chosen.columns:
+        chosen = chosen[chosen["matched_to"].isna()]
+    amounts = {amount_of(row) for _, row in chosen.iterrows()}
     return sorted(amounts, key=amount_order)
 
 
-def missing_amounts(model_rows: pd.DataFrame, expected: Iterable[Amount]) -> Dict[str, List[Amount]]:
+Expected = Union[Iterable[Amount], Mapping[str, Sequence[Amount]]]  # shared amounts, or per method
+
+
+def missing_amounts(model_rows: pd.DataFrame, expected: Expected) -> Dict[str, List[Amount]]:
     """Per method of the model, the ``expected`` amounts of a kind it takes (unknown methods: of a kind
-    it has) without a row."""
+    it has) without a row; with ``expected`` a mapping (method -> its amounts, as a sweep with
+    ``--amounts`` planned them), exactly that method's amounts without a row."""
+    if isinstance(expected, Mapping):
+        return _missing_per_method(model_rows, expected)
     missing = {}
     reduced = reduced_points(model_rows)
     for method, rows in reduced.groupby("method", sort=False):
@@ -162,7 +172,20 @@ def missing_amounts(model_rows: pd.DataFrame, expected: Iterable[Amount]) -> Dic
     return missing
 
 
-def model_table(model_rows: pd.DataFrame, expected: Optional[Iterable[Amount]] = None) -> str:
+def _missing_per_method(
+    model_rows: pd.DataFrame, expected: Mapping[str, Sequence[Amount]]
+) -> Dict[str, List[Amount]]:
+    reduced = reduced_points(model_rows)
+    missing = {}
+    for method, amounts in expected.items():
+        have = {amount_of(row) for _, row in reduced[reduced["method"] == method].iterrows()}
+        lacking = [a for a in amounts if a not in have]
+        if lacking:
+            missing[method] = lacking
+    return missing
+
+
+def model_table(model_rows: pd.DataFrame, expected: Optional[Expected] = None) -> str:
     """One model's points of one setting in the paper's format, the baseline first:
     method | r | keep | top-1 | top-5 | img/s | speed-up | Δ top-1 | GFLOPs | tokens.
 
@@ -229,11 +252,14 @@ def sweep_tables(
     methods: Sequence[str],
     amp: str,
     batch_size: int,
+    planned: Optional[Mapping[str, Mapping[str, Sequence[Amount]]]] = None,
 ) -> str:
     """A table per model (``model_table``: its baseline, then each of ``methods`` at every amount) for the
     points of one sweep's settings (all rows, this run's and earlier ones).
 
-    ``methods``: a list of method names or a single name; the unreduced baseline is always shown."""
+    ``methods``: a list of method names or a single name; the unreduced baseline is always shown.
+    ``planned``: model -> method -> the amounts the sweep planned (what a missing point is measured
+    against; without it, every amount any method has)."""
     if points.empty:
         return "(no results)"
     # the setting columns a sweep names for all its points (weights are per model; its device is a kind,
@@ -248,7 +274,8 @@ def sweep_tables(
         if rows.empty:
             continue
         head = f"{model_heading(rows)}, amp {amp}, batch {batch_size}, {rows['device'].iloc[0]}"
-        blocks.append(head + "\n" + model_table(rows, expected_amounts(rows)))
+        expected = planned[model] if planned is not None and model in planned else expected_amounts(rows)
+        blocks.append(head + "\n" + model_table(rows, expected))
     return "\n\n".join(blocks) if blocks else "(no results for these settings)"
 
 

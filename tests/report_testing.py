@@ -47,9 +47,12 @@ class Frames:
         minute: int = 0,
         with_predictions: bool = True,
         speedup: Optional[Tuple[float, float, float]] = None,
+        matched: Optional[Tuple[str, float, float]] = None,
     ) -> "Frames":
         """One point; ``gflops`` defaults to one falling with the amount (4.6 unreduced); ``speedup``:
-        (speed-up, low, high) as a sweep writes them (without: a row from before those columns)."""
+        (speed-up, low, high) as a sweep writes them (without: a row from before those columns); ``matched``:
+        ``(matched_to, the reference's value, the point's)`` of a point ``--match`` found (the columns
+        are absent otherwise, as in results written before them)."""
         if method == "none":
             r, keep = 0, None
         n = len(correct)
@@ -83,6 +86,8 @@ class Frames:
         )
         if speedup is not None:
             self.rows[-1].update(zip(("speedup", "speedup_low", "speedup_high"), speedup))
+        if matched is not None:
+            self.rows[-1].update(zip(("matched_to", "matched_reference_value", "matched_value"), matched))
         if with_predictions:
             labels = [i % N_CLASSES for i in range(n)]
             self.preds.append(

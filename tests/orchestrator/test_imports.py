@@ -34,6 +34,10 @@ def test_the_types_that_travel_to_the_actors_import_neither_ray_nor_torch():
     assert imported("orchestrator.work, orchestrator.errors, orchestrator.grid") == []
 
 
+def test_the_grid_file_and_the_calibration_search_import_neither_ray_nor_torch():
+    assert imported("orchestrator.gridfile, orchestrator.calibrate") == []
+
+
 # --------------------------------------------------------------------------- the house's arrows, read from the source
 
 PACKAGES = ("shards", "tomecis", "orchestrator", "clipattern")

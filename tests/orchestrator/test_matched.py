@@ -198,3 +198,80 @@ def test_the_cli_refuses_a_bad_reference_before_reading_anything(tmp_path, capsy
     assert "--reference: reference 'evit:r13': method 'evit' takes --keep, not --r" in err
     with pytest.raises(ValueError, match="unknown method 'fast'"):
         report.build_report(report.ReportConfig(results=str(tmp_path), reference="fast:r1"))
+
+
+# --------------------------------------------------------------------------- points matched by construction
+
+
+def calibrated_frames() -> Frames:
+    """``matched_frames`` plus the points a sweep with ``--match tomecis:r13`` found: tome r13 by speed
+    (199 img/s at calibration against the reference's 201: −1.0%), evit keep0.66 by GFLOPs (3.03 against
+    3.00: +1.0%), and a tome r14 matched to another reference (ignored here)."""
+    rng = np.random.default_rng(8)
+    f, _ = matched_frames()
+    f.add(
+        SMALL,
+        "tome",
+        drawn(rng, 0.74),
+        r=13,
+        speed=198.0,
+        gflops=3.2,
+        matched=("tomecis:r13 by speed", 201.0, 199.0),
+    )
+    f.add(
+        SMALL,
+        "evit",
+        drawn(rng, 0.7),
+        keep=0.66,
+        speed=240.0,
+        gflops=3.02,
+        matched=("tomecis:r13 by gflops", 3.0, 3.03),
+    )
+    f.add(
+        SMALL,
+        "tome",
+        drawn(rng, 0.7),
+        r=14,
+        speed=199.5,
+        gflops=3.1,
+        matched=("tomecis:r8 by speed", 150.0, 150.0),
+    )
+    return f
+
+
+def test_points_matched_by_construction_take_the_nearest_ones_place_and_say_their_gap():
+    rows = table_rows(matched_section(run_frames(calibrated_frames())), key_cells=2)
+    tome = rows["tome img/s (calibrated by img/s, gap -1.0%)"]
+    assert tome[2:4] == ["r13", "198.0"]  # not r14 (nearest in img/s, but matched to another reference)
+    assert rows["tome GFLOPs"][2] == "r16"  # no tome point calibrated by GFLOPs: the nearest
+    assert rows["evit GFLOPs (calibrated by GFLOPs, gap +1.0%)"][2] == "keep0.66"
+    assert rows["evit img/s"][2] == "keep0.9"
+    assert rows["pitome img/s and GFLOPs"][2] == "r13"  # no matched point: as before
+
+
+def test_results_without_the_matched_columns_still_report():
+    f, _ = matched_frames()
+    assert "matched_to" not in f.points.columns
+    assert "tome img/s" in table_rows(matched_section(run_frames(f)), key_cells=2)
+
+
+def test_the_paper_comparison_uses_the_point_matched_by_speed():
+    f = calibrated_frames()
+    rows = f.points
+    ref = parse_reference("tomecis:r13")
+    row, why = report._our_point(rows, "tome", ref)
+    assert why == "" and row["r"] == 13 and row["matched_to"] == "tomecis:r13 by speed"
+
+
+def test_amounts_planned_per_method_say_what_is_missing_and_matched_points_are_nobody_elses():
+    from orchestrator.tables import expected_amounts, missing_amounts
+
+    f = Frames()
+    f.add(SMALL, "none", correctness(10, range(8)))
+    f.add(SMALL, "tome", correctness(10, range(7)), r=8)
+    f.add(SMALL, "evit", correctness(10, range(6)), keep=0.7)
+    f.add(SMALL, "evit", correctness(10, range(6)), keep=0.62, matched=("tomecis:r13 by gflops", 1.47, 1.471))
+    planned = {"tome": [(8, None), (13, None)], "evit": [(None, 0.7), (None, 0.62)]}
+    assert missing_amounts(f.points, planned) == {"tome": [(13, None)]}
+    assert expected_amounts(f.points) == [(8, None), (None, 0.7)]  # keep0.62 is evit's own
+    assert missing_amounts(f.points, expected_amounts(f.points)) == {"tome": [(None, 0.7)]}

@@ -14,6 +14,7 @@ from shards_testing import tiny_dataset
 import shards
 import tomecis
 from orchestrator import prepare, sweep
+from orchestrator.calibrate import MatchTarget
 from orchestrator.errors import SweepError
 from orchestrator.placement import NodeResources
 from shards.write import write_manifest_for, write_raw_shard
@@ -605,3 +606,61 @@ def test_methods_at_an_r_and_a_keep_share_one_baseline_per_model_and_match_direc
             ]
             assert len(mine) == 22 and mine["key"].is_unique, (model_name, method, r, keep)
             assert dict(zip(mine["key"], mine["pred"])) == expected, (model_name, method, r, keep)
+
+
+def test_match_by_gflops_adds_one_matched_point_per_other_method_in_the_same_pass(
+    ray_local, data, tmp_path, capsys
+):
+    """--match tomecis:r13 --match-by gflops with tome and evit at their own amounts: the reference joins
+    the grid, tome's matched r (tome counts tokens as tomecis does: r13) and evit's matched keep are
+    evaluated in the one decode pass with the planned points, their rows say so, and their GFLOPs are
+    within 2% of the reference's (or a line says it cannot be reached). A point an earlier run wrote
+    that the match finds again is marked, not evaluated twice."""
+    out = tmp_path / "out"
+    amounts = {"tome": [(13, None)], "evit": [(None, 0.5)]}
+    first = sweep.run_sweep(config(data, out, methods=[], r_values=[], method_amounts=amounts, bench=False))
+    assert len(first.written) == 3
+    target = MatchTarget("tomecis", (13, None), "gflops")
+    cfg = config(data, out, methods=[], r_values=[], method_amounts=amounts, bench=False, match=target)
+    summary = sweep.run_sweep(cfg)
+    err = capsys.readouterr().err
+    assert (summary.decode_passes, len(summary.written), len(summary.skipped)) == (1, 2, 3)
+    points = pd.read_parquet(out / "points").set_index("method")
+    assert sorted(points.index) == ["evit", "evit", "none", "tome", "tomecis"]
+    reference = points.loc["tomecis"]
+    assert reference["r"] == 13 and pd.isna(reference["matched_to"])
+    tome = points.loc["tome"]
+    assert tome["r"] == 13 and tome["matched_to"] == "tomecis:r13 by gflops"  # written first, now marked
+    evit = points.loc["evit"].set_index("keep")
+    matched_keep = [k for k in evit.index if k != 0.5]
+    assert len(matched_keep) == 1 and pd.isna(evit.loc[0.5, "matched_to"])
+    matched = evit.loc[matched_keep[0]]
+    assert matched["matched_to"] == "tomecis:r13 by gflops"
+    for method, row in (("tome", tome), ("evit", matched)):
+        assert row["matched_reference_value"] == pytest.approx(reference["gflops"], rel=1e-6)
+        assert row["matched_value"] == pytest.approx(row["gflops"], rel=1e-6)
+        line = next(text for text in err.splitlines() if text.startswith(f"match: {MODEL} {method}"))
+        assert abs(row["gflops"] / reference["gflops"] - 1) <= 0.02 or "cannot reach" in line, line
+    assert "| tomecis | 13 | — |" in summary.table  # the reference is in the sweep's table
+
+
+def test_match_by_speed_times_the_candidates_on_an_actor_shaped_task(ray_local, data, tmp_path, capsys):
+    """--match-by speed on CPU actors: each other method's amount is found by timing it in turns with the
+    reference (in a Ray task shaped like an actor), and the row keeps both img/s of that measurement."""
+    target = MatchTarget("tomecis", (13, None), "speed")
+    cfg = config(
+        data, tmp_path / "out", methods=["evit"], r_values=[], keep_values=[0.7], bench=False, match=target
+    )
+    summary = sweep.run_sweep(cfg)
+    err = capsys.readouterr().err
+    assert summary.decode_passes == 1
+    points = pd.read_parquet(tmp_path / "out" / "points")
+    matched = points[points["matched_to"].notna()]
+    assert len(matched) == 1 and matched["method"].iloc[0] == "evit"
+    row = matched.iloc[0]
+    assert row["matched_to"] == "tomecis:r13 by speed"
+    assert row["matched_value"] > 0 and row["matched_reference_value"] > 0
+    assert f"match: {MODEL} evit keep{row['keep']:g} by speed" in err
+    assert sorted(points["method"]) == sorted(
+        ["none", "tomecis", "evit"] + (["evit"] if row["keep"] != 0.7 else [])
+    )
