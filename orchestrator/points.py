@@ -39,6 +39,7 @@ def point_row(
     is missing or counted twice. ``retries``: work items of the pass that were retried; ``resumed``:
     the outcomes come from more than one run of the driver (a pass resumed from its spool), whose wall
     time from first start to last end would count the pause, so ``eval_samples_per_sec`` is None."""
+    _check_method_errors(point, outcomes, profile)
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
     top5 = np.concatenate([o.top5[point.key] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
@@ -66,6 +67,15 @@ def point_row(
         tomecis_version=tomecis.__version__,
     )
     return row, predictions, failures
+
+
+def _check_method_errors(point: GridPoint, outcomes: List[ShardOutcome], profile: ModelProfile) -> None:
+    """A point whose method failed on an actor (``tomecis.MethodError``) fails, with the method's error."""
+    errors = [o.point_errors[point.key] for o in outcomes if point.key in o.point_errors]
+    if point.key[1:] in profile.point_errors:
+        errors.append(f"timing: {profile.point_errors[point.key[1:]]}")
+    if errors:
+        raise SweepError(f"{point.label}: {errors[0]}")
 
 
 def _ray_version() -> Optional[str]:

@@ -95,6 +95,8 @@ class ActorSet:
         options = dict(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, max_restarts=0)
         if slot.node_id is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
+        if self.config.py_modules:  # import-path methods reach every node with the job, not by hand
+            options["runtime_env"] = {"py_modules": list(self.config.py_modules)}
         handle = self._remote.options(**options).remote(
             self.config, ActorShape(slot.threads, slot.loader_workers)
         )
@@ -125,6 +127,9 @@ class ActorSet:
                     self._failed_starts = 0
                 except RayActorError as err:
                     self._start_failed(actor, err)
+                    continue
+                if actor.info.get("method_error"):  # the same on a fresh actor there: no retry
+                    raise SweepError(f"{describe_actor(actor)}: {actor.info['method_error']}")
         ready = [a for a in self.actors if a.info is not None]
         if self.on_wait is not None and len(ready) < len(self.actors):
             oldest = min(a.requested for a in self.actors if a.info is None)
