@@ -102,6 +102,13 @@ class Method:
     * ``check(r, keep, depth, patches)``: optional; raises ``ValueError`` for an amount the method cannot
       take on a model of ``depth`` blocks and ``patches`` patch tokens (name the method, the amount and the
       valid range).
+
+    A researcher's own method is declared the same way (``from tomecis import Method, BlockView``) and
+    found by ``method_spec`` through an entry point or an import path, which set its ``origin``. Being
+    foreign, every block checks it (``tomecis.patch.check_reduction``): ``count`` must give an int in
+    ``[0, N - prefix tokens]`` and ``reduce`` exactly ``[B, N - count, C]`` of its input's dtype and
+    device, the class (and distillation) token first and unchanged, no NaN or inf from finite input;
+    else ``MethodError`` names the method, its origin, the block and what was wrong.
     """
 
     name: str

@@ -592,6 +592,7 @@ def write_point(
         weights=weights,
         device=device,
         dataset=fingerprint,
+        method_source="builtin",
         n_shards=1,
         retries=0,
         cuda_graphs=graphs,

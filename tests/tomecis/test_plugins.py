@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import tiny_vit
+from conftest import REPO, tiny_vit
 from plugin_testing import BREAKS, malformed_module, readme_example, write_package
 
 import tomecis
@@ -130,3 +133,17 @@ def test_method_source_is_part_of_a_points_identity_and_old_files_read_as_builti
     pq.write_table(old, tmp_path / "points" / "old.parquet")
     assert results.read_points().column("method_source").to_pylist() == ["builtin"]
     assert results.read_point_rows()["method_source"].tolist() == ["builtin"]
+
+
+def test_finding_methods_imports_no_torch(tmp_path):
+    """``tomecis.names`` lists and looks up methods without torch (a results reader needs no more)."""
+    write_package(
+        tmp_path, "lazypkg", {"m": "X = 1\n"}, dist="lazypkg-1.0", entry_points={"lazy": "lazypkg.m:X"}
+    )
+    code = (
+        "import sys; from tomecis import names; "
+        "assert [ep.name for ep in names.entry_points()] == ['lazy']; names.method_spec('tome'); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)
