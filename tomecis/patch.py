@@ -359,6 +359,13 @@ def check_reduction(state: MergeState, view: BlockView, x) -> None:
             view.index,
             f"reduce returned {x.dtype} on {x.device}, expected {before.dtype} on {before.device}",
         )
+    if state.source is not None and state.source.shape[1] != x.shape[1]:
+        raise _method_error(
+            state,
+            view.index,
+            f"state.source has {state.source.shape[1]} rows for {x.shape[1]} tokens: when tracing sources "
+            "(tomecis.visualize), reduce must update state.source [B, N', N0] as it reduces x",
+        )
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     if not bool(torch.isfinite(x).all()) and bool(torch.isfinite(before).all()):

@@ -147,3 +147,54 @@ def test_finding_methods_imports_no_torch(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)
+
+
+def test_gpucheck_runs_a_method_of_ones_own_at_a_default_amount(tmp_path, monkeypatch):
+    from orchestrator.gpucheck.config import GpuCheckConfig, method_amounts
+
+    (tmp_path / "gpu_l2prune.py").write_text(readme_example().replace('name="l2prune"', 'name="l2gpu"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = names.method_spec("gpu_l2prune:METHOD").name
+    plan, _ = method_amounts(GpuCheckConfig(models=["a"], methods=["tome", name]))
+    assert plan[name] == [(13, None)]
+    plan, _ = method_amounts(GpuCheckConfig(models=["a"], methods=[name], r_values=[4, 8]))
+    assert plan[name] == [(4, None), (8, None)]
+
+
+def test_every_command_takes_a_method_of_ones_own_by_import_path_and_by_name(tmp_path, monkeypatch):
+    from orchestrator import report
+    from tomecis import benchmark, visualize
+
+    (tmp_path / "cli_l2prune.py").write_text(readme_example().replace('name="l2prune"', 'name="l2cli"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert benchmark.parse_methods("tome,cli_l2prune:METHOD") == ["tome", "l2cli"]
+    assert report.parse_methods("cli_l2prune:METHOD,l2cli,evit") == ["l2cli", "evit"]
+    assert sweep.config_from_args(
+        ["--models", "deit_tiny", "--method", "cli_l2prune:METHOD", "--r", "8"]
+    ).methods == ["l2cli"]
+    cfg = visualize.config_from_args(
+        ["x.jpg", "--method", "cli_l2prune:METHOD", "--r", "8", "--random-weights"]
+    )
+    assert cfg.method == "l2cli"
+    with pytest.raises(SystemExit):
+        visualize.config_from_args(
+            ["x.jpg", "--method", "cli_l2prune:METHOD", "--keep", "0.7", "--random-weights"]
+        )
+
+
+def test_source_maps_of_a_method_of_ones_own(tmp_path, monkeypatch):
+    """The README's method keeps ``state.source`` in step (``tomecis.visualize`` draws it); one that does
+    not is told so, by name."""
+    (tmp_path / "src_l2prune.py").write_text(readme_example().replace('name="l2prune"', 'name="l2src"'))
+    (tmp_path / "src_untracked.py").write_text(malformed_module("untracked", "none"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = tomecis.patch(tiny_vit(depth=4), trace_source=True)
+    tomecis.set_reduction(model, names.method_spec("src_l2prune:METHOD").name, r=8)
+    with torch.inference_mode():
+        model(torch.randn(2, 3, 64, 64))
+    source = model.merge_state.source  # [B, N, N0]: each kept token is one of the 65 it started as
+    assert source.shape == (2, 33, 65) and (source.sum(-1) == 1).all() and (source[:, 0, 0] == 1).all()
+    tomecis.set_reduction(model, names.method_spec("src_untracked:METHOD").name, r=8)
+    with pytest.raises(names.MethodError, match="block 0: state.source has 65 rows for 57 tokens"):
+        with torch.inference_mode():
+            model(torch.randn(2, 3, 64, 64))
