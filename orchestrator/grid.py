@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tomecis.names import (
     AMP_NAMES,
+    BUILTIN_ORIGIN,
     METHOD_NAMES,
     UNREDUCED,
     amount_label,
@@ -69,7 +70,9 @@ class GridPoint:
     device: str = "cpu"
     keep: Optional[float] = None
     dataset: str = field(kw_only=True)  # the shards' fingerprint (``shards.ShardSet.fingerprint``)
-    method_source: str = field(default="builtin", kw_only=True)  # the method's origin (``Method.origin``)
+    method_source: str = field(
+        default=BUILTIN_ORIGIN, kw_only=True
+    )  # the method's origin (``Method.origin``)
 
     @property
     def short_name(self) -> str:
@@ -108,7 +111,7 @@ class GridPoint:
             f"{self.short_name}-{self.method}-{self.amount}-{self.amp}-bs{self.batch_size}"
             f"-{self.weights}-{self.device}-{self.dataset}"
         )
-        if self.method_source == "builtin":
+        if self.method_source == BUILTIN_ORIGIN:
             return stem
         return f"{stem}-src{hashlib.sha256(self.method_source.encode()).hexdigest()[:10]}"
 

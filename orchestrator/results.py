@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tomecis.names import BUILTIN_ORIGIN
+
 from .grid import IDENTITY_FIELDS, GridPoint
 
 POINTS_DIR = "points"
@@ -274,7 +276,9 @@ def normalise(table: pa.Table) -> pa.Table:
 
 def _with_builtin_source(table: pa.Table) -> pa.Table:
     """A file written before methods could come from outside (``method_source``) held built-in ones."""
-    return table.append_column(pa.field("method_source", pa.string()), pa.array(["builtin"] * table.num_rows))
+    return table.append_column(
+        pa.field("method_source", pa.string()), pa.array([BUILTIN_ORIGIN] * table.num_rows)
+    )
 
 
 def _read_normalised(fs: pafs.FileSystem, path: str, columns: Optional[List[str]]) -> pa.Table:

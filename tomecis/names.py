@@ -65,6 +65,8 @@ PROP_ATTN = ("no", "reducing", "always")
 # use (the built-in methods name theirs so, which keeps this table importable without torch).
 FunctionRef = Union[Callable[..., Any], str]
 
+BUILTIN_ORIGIN = "builtin"  # the origin of the methods of METHODS (a point's ``method_source``)
+
 
 def resolve_ref(ref: Optional[FunctionRef], what: str) -> Optional[Callable[..., Any]]:
     """The function ``ref`` names (``"module:attr"`` imported now), or None; a bad reference raises
@@ -126,7 +128,7 @@ class Method:
     distill_token: bool = False  # runs on models with a distillation token (kept second, never reduced)
     weight: Optional[TokenWeight] = None  # ToMe-style merges: per-token weights of the average
     source: str = ""  # whose code the method follows
-    origin: str = "builtin"  # where the declaration came from: builtin, a distribution, a module path
+    origin: str = BUILTIN_ORIGIN  # where the declaration came from: builtin, a distribution, a module path
 
     def __post_init__(self) -> None:
         problems = []
@@ -374,7 +376,6 @@ def short_name(timm_name: str) -> str:
 # model's ``set_reduction`` never scans the installed packages again.
 
 ENTRY_POINT_GROUP = "tomecis.methods"
-BUILTIN = "builtin"  # the origin of the methods in tomecis.names.METHODS
 
 HOW_TO_ADD_A_METHOD = (
     "add one with an entry point in your package's pyproject.toml "
@@ -612,13 +613,3 @@ def methods_table(rows: List[Found]) -> str:
             f"{r.name:<{width[0]}}  {r.amounts:<{width[1]}}  {r.origin:<{width[2]}}  {text}".rstrip()
         )
     return "\n".join(lines)
-
-
-def origin_of(name: str) -> Optional[str]:
-    """The origin of the method ``name`` (``builtin`` for the built-in table), None where not found."""
-    if name in METHODS:
-        return METHODS[name].origin
-    try:
-        return find_method(name).origin
-    except ValueError:
-        return None

@@ -32,7 +32,7 @@ from torch import nn
 
 from . import merge as M
 from .methods import BlockView
-from .names import UNREDUCED, Method, MethodError, check_amount, method_spec
+from .names import BUILTIN_ORIGIN, UNREDUCED, Method, MethodError, check_amount, method_spec
 from .schedule import RSpec, resolve_schedule
 
 ATTENTIONS = ("fused", "explicit")
@@ -75,7 +75,7 @@ class MergeState:
         self.spec = method_spec(name)  # an unknown name raises, listing the methods
         self.method = name
         self.count_fn, self.reduce_fn, _ = self.spec.functions()
-        self.checked = self.spec.origin != "builtin"
+        self.checked = self.spec.origin != BUILTIN_ORIGIN
 
     @property
     def reducer(self) -> Optional[Callable]:
