@@ -42,10 +42,11 @@ def photos(tmp_path_factory, request):
     return data / "shards", data / "ckpt", None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def installed(tmp_path_factory):
     """A package made outside the repository, installed as pip leaves one (a ``*.dist-info`` declaring
-    its methods), on the driver's path and on every worker's (``PYTHONPATH``, as a cluster's setup does)."""
+    its methods), on the driver's path and on every worker's (``PYTHONPATH``, as a cluster's setup does);
+    a local Ray started with that path, shut down after the test."""
     root = write_package(
         tmp_path_factory.mktemp("site"),
         "mypkg",
@@ -152,7 +153,9 @@ def can_import(module: str) -> bool:
 def test_an_import_path_method_is_shipped_to_nodes_that_do_not_have_it(
     data, tmp_path, monkeypatch, two_nodes
 ):
-    root = write_package(tmp_path / "only_here", "labpkg", {"l2prune": readme_example()})
+    # its own name: this process (the test session) has loaded the installed l2prune already
+    lab = readme_example().replace('name="l2prune"', 'name="l2lab"')
+    root = write_package(tmp_path / "only_here", "labpkg", {"l2prune": lab})
     monkeypatch.syspath_prepend(str(root))  # the driver's path only: no node's workers have it
     assert ray.get([can_import.remote("labpkg") for _ in range(2)]) == [False, False]
     cfg = sweep.config_from_args(
@@ -168,16 +171,16 @@ def test_an_import_path_method_is_shipped_to_nodes_that_do_not_have_it(
         + ["--batch-size", "4", "--num-actors", "2", "--cpus-per-actor", "1", "--device", "cpu"]
         + ["--no-bench", "--no-progress"]
     )
-    assert cfg.methods == ["l2prune"]
+    assert cfg.methods == ["l2lab"]
     sweep.run_sweep(cfg)
     points = pd.read_parquet(tmp_path / "out" / "points")
-    assert sorted(zip(points["method"], points["r"])) == [("l2prune", 4), ("l2prune", 8), ("none", 0)]
+    assert sorted(zip(points["method"], points["r"])) == [("l2lab", 4), ("l2lab", 8), ("none", 0)]
     assert {len(nodes) for nodes in points["nodes"]} == {2}  # both nodes evaluated every point
-    source = points.loc[points["method"] == "l2prune", "method_source"].iloc[0]
+    source = points.loc[points["method"] == "l2lab", "method_source"].iloc[0]
     assert source.startswith(str((root / "labpkg" / "l2prune.py").resolve()) + " sha256:")
     swept = pd.read_parquet(tmp_path / "out" / "predictions")
-    swept = swept[swept["method"] == "l2prune"].sort_values(["r", "key"]).reset_index(drop=True)
-    expected = by_hand(data / "shards", data / "ckpt", None, "l2prune", [4, 8])
+    swept = swept[swept["method"] == "l2lab"].sort_values(["r", "key"]).reset_index(drop=True)
+    expected = by_hand(data / "shards", data / "ckpt", None, "l2lab", [4, 8])
     assert (
         swept["pred"].tolist() == expected["pred"].tolist()
         and swept["key"].tolist() == expected["key"].tolist()
