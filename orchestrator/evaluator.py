@@ -30,7 +30,7 @@ from tomecis import benchmark as bm
 from tomecis import device as dev
 from tomecis.graphs import GraphSet, capture_forward, cuda_graphs_available
 from tomecis.models import create_model, load_state_dict, state_dict_from_bytes
-from tomecis.names import UNREDUCED, amount_label
+from tomecis.names import UNREDUCED, MethodError, amount_label, load_on_actor
 
 from .grid import BASELINE_AMOUNT
 from .work import (
@@ -136,7 +136,9 @@ class PointRunner:
     On CUDA with graphs, each point is captured once at ``batch_size`` (``tomecis.graphs.GraphSet``: one
     static input, one memory pool for all points), in task order, which is also the replay order. A
     shorter batch (a work item's last) is padded with zeros and its padded rows dropped. A point whose
-    capture fails is named in ``graph_errors`` and a warning, and runs eagerly."""
+    capture fails is named in ``graph_errors`` and a warning, and runs eagerly. A point whose method fails
+    (``tomecis.MethodError``: a method not built in returned a wrong shape, NaN, ...) is named in
+    ``point_errors`` and not run again; its columns hold zeros, which no point row ever reads."""
 
     def __init__(
         self,
@@ -151,6 +153,7 @@ class PointRunner:
         self.models, self.tasks, self.device = models, list(tasks), device
         self.graphs: Optional[GraphSet] = None
         self.graph_errors: Dict[PointKey, str] = {}
+        self.point_errors: Dict[PointKey, str] = {}
         capture = cuda_graphs and cuda_graphs_available(device)
         if not self.tasks or not (capture or device.type == "cuda"):
             return  # nothing to capture or warm up (a CPU)
@@ -208,11 +211,23 @@ class PointRunner:
             if self.graphed(key):
                 top5 = self.graphs.replay(key)[:n].clone()
             else:
-                top5 = top5_indices(set_point(self.models[key[0]], key)(images))
+                top5 = self._eager(key, images)
             outputs.append(top5)
             spans.append((key, start, clock.mark()))
         host = torch.cat(outputs, dim=1).to("cpu", non_blocking=True)
         return host, [o.shape[1] for o in outputs], spans, clock.mark()
+
+    def _eager(self, key: PointKey, images: torch.Tensor) -> torch.Tensor:
+        """``images [n, 3, H, W]`` -> top-5 ``[n, 5]`` int32 of the point ``key``, eagerly; zeros for a
+        point whose method failed (recorded in ``point_errors``, with the image count of the batch)."""
+        n = images.shape[0]
+        if key not in self.point_errors:
+            try:
+                return top5_indices(set_point(self.models[key[0]], key)(images))
+            except MethodError as err:
+                self.point_errors[key] = f"{err} (on a batch of {n} images)"
+        width = min(5, self.models[key[0]].num_classes)
+        return torch.zeros(n, width, dtype=torch.int32, device=self.device)
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -309,6 +324,7 @@ def evaluate_shards(
         device=dev.device_name(device),
         cuda_graphs={key: runner.graphed(key) for key in runner.point_keys},
         graph_errors=dict(runner.graph_errors),
+        point_errors=dict(runner.point_errors),
     )
 
 
@@ -339,9 +355,16 @@ def profile_model(
     for reduction in reductions:
         method, r, keep = reduction
         tomecis.set_reduction(model, method, r=r, keep=keep)
-        profile.gflops[reduction] = bm.count_gflops(model, device)  # one forward: merge_state.tokens is its
-        profile.tokens_out[reduction] = bm.tokens_left(model, device)
+        try:
+            profile.gflops[reduction] = bm.count_gflops(
+                model, device
+            )  # one forward: merge_state.tokens is its
+            profile.tokens_out[reduction] = bm.tokens_left(model, device)
+        except MethodError as err:  # a foreign method's point fails alone; the others are profiled
+            profile.point_errors[reduction] = str(err)
+            continue
         profile.schedule[reduction] = removed_per_block(model, r)
+    reductions = [reduction for reduction in reductions if reduction not in profile.point_errors]
     if bench_batch_size:
         bm.measure_throughput(model, bench_batch_size, device, amp, warmup, 1)  # device warm-up, untimed
         timed = list(reductions) + ([] if BASELINE in reductions else [BASELINE])  # speed-ups need it
@@ -392,6 +415,8 @@ class Evaluator:
         self.transform = None
         self.runner: Optional[PointRunner] = None  # the pass's points, captured once (CUDA graphs)
         self.items_started = 0
+        where = f"node {socket.gethostname()} ({_node_id()[:8]})"
+        self.method_error = load_on_actor(config.methods, where)  # "" when every method loads
 
     def ready(self) -> Dict[str, str]:
         """Where this actor runs: node id, hostname, device (also proves the actor started)."""
@@ -400,7 +425,13 @@ class Evaluator:
             "hostname": socket.gethostname(),
             "device": dev.device_name(self.device),
             "pid": str(os.getpid()),
+            "method_error": self.method_error,
         }
+
+    def _check_methods(self) -> None:
+        """Refuse work where a method of the sweep could not be loaded (``ready`` reports it first)."""
+        if self.method_error:
+            raise RuntimeError(self.method_error)
 
     def _ensure(self, decode_pass: DecodePass) -> Dict[str, nn.Module]:
         """The pass's models on the device (built once per pass; the previous pass's are freed first).
@@ -423,6 +454,7 @@ class Evaluator:
         return self.models
 
     def evaluate(self, decode_pass: DecodePass, items: Sequence[shards.ShardInfo]) -> ShardOutcome:
+        self._check_methods()
         self.items_started += 1
         models = self._ensure(decode_pass)
         tasks = [t for t in decode_pass.tasks if t.model in models]
@@ -451,6 +483,7 @@ class Evaluator:
     ) -> ModelProfile:
         """``model``'s profile at every point it has in ``decode_pass`` (its baseline and every method's
         amounts, timed in turns against each other)."""
+        self._check_methods()
         cfg = self.config
         profile = profile_model(
             self._ensure(decode_pass)[model],

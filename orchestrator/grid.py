@@ -13,6 +13,7 @@ however many methods are swept; an r of 0 or a keep of 1 asked for any method is
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from tomecis.names import (
     AMOUNTS,
     AMP_NAMES,
+    BUILTIN_ORIGIN,
     METHOD_NAMES,
     UNREDUCED,
     amount_label,
@@ -51,9 +53,10 @@ IDENTITY_FIELDS: Dict[str, str] = {
     "weights": "weights",
     "device": "device",  # the point knows the kind (cpu, cuda); its files hold the exact device name
     "dataset": "dataset",
+    "method_source": "method_source",  # builtin, "<distribution> <version>" or "<module file> sha256:<hex>"
 }
 IDENTITY = tuple(IDENTITY_FIELDS)
-KEY_COLUMNS = ("model", "method", "r", "keep")  # one model at one method and amount
+KEY_COLUMNS = ("model", "method", "r", "keep", "method_source")  # one model at one method and amount
 SETTING_COLUMNS = tuple(c for c in IDENTITY if c not in KEY_COLUMNS)  # rows of one setting can be compared
 
 
@@ -62,7 +65,9 @@ class GridPoint:
     """One (model, method, amount) evaluation, with what makes results comparable: amp, batch size, the
     weights (``random``, ``pretrained`` or ``ckpt_<sha256 prefix>``), the device kind (cpu, cuda) and
     the dataset (the fingerprint of the shards evaluated). ``r`` is set for the methods reduced by
-    ``--r`` (0 for the unreduced model), ``keep`` for those reduced by ``--keep``."""
+    ``--r`` (0 for the unreduced model), ``keep`` for those reduced by ``--keep``. ``method_source`` says
+    which code the method was (``builtin``, a distribution and its version, a module file and its hash),
+    so that a changed method's results are neither mixed with nor skipped as the old one's."""
 
     model: str  # timm name
     r: Optional[int]
@@ -73,6 +78,9 @@ class GridPoint:
     device: str = "cpu"
     keep: Optional[float] = None
     dataset: str = field(kw_only=True)  # the shards' fingerprint (``shards.ShardSet.fingerprint``)
+    method_source: str = field(
+        default=BUILTIN_ORIGIN, kw_only=True
+    )  # the method's origin (``Method.origin``)
 
     @property
     def short_name(self) -> str:
@@ -105,11 +113,15 @@ class GridPoint:
     def file_stem(self) -> str:
         """A file name that identifies the point, its weights, device kind and dataset (a rerun finds it
         again): ``deit_tiny-tomecis-r8-...`` (the names r points have always had), ``deit_tiny-evit-keep0.7-...``,
-        the baseline ``deit_tiny-none-r0-...``."""
-        return (
+        the baseline ``deit_tiny-none-r0-...``; a method not built in ends with ``-src`` and 10 hex of a
+        sha256 of its ``method_source``."""
+        stem = (
             f"{self.short_name}-{self.method}-{self.amount}-{self.amp}-bs{self.batch_size}"
             f"-{self.weights}-{self.device}-{self.dataset}"
         )
+        if self.method_source == BUILTIN_ORIGIN:
+            return stem
+        return f"{stem}-src{hashlib.sha256(self.method_source.encode()).hexdigest()[:10]}"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -130,12 +142,13 @@ def parse_models(text: str) -> List[str]:
 
 
 def parse_methods(text: str) -> List[str]:
-    """``"tomecis,evit"`` -> ``["tomecis", "evit"]``, in order, without duplicates; unknown methods raise."""
+    """``"tomecis,evit"`` -> ``["tomecis", "evit"]``, in order, without duplicates; unknown methods raise.
+    A method of an installed package is named as built-in ones are; an import path
+    (``mypkg.l2prune:METHOD``) gives its method's name (``l2prune``), which finds it from then on."""
     methods: List[str] = []
     for item in str(text).split(","):
-        method = item.strip()
         try:
-            method_spec(method)
+            method = method_spec(item.strip()).name
         except ValueError as err:
             raise ValueError(f"{err} (comma-separated, in {text!r})") from None
         if method not in methods:
@@ -321,9 +334,19 @@ def build_grid(
         raise ValueError(f"device kind must be one of {DEVICE_KINDS}, got {device!r}")
     tags = dict(weights or {})
     keys = [(UNREDUCED, *BASELINE_AMOUNT)] + [(p.method, *a) for p in plans for a in p.amounts]
+    sources = {method: method_spec(method).origin for method, _, _ in keys}
     return [
         GridPoint(
-            model, r, method, amp, batch_size, tags.get(model, "pretrained"), device, keep, dataset=dataset
+            model,
+            r,
+            method,
+            amp,
+            batch_size,
+            tags.get(model, "pretrained"),
+            device,
+            keep,
+            dataset=dataset,
+            method_source=sources[method],
         )
         for model in models
         for method, r, keep in keys

@@ -46,6 +46,7 @@ def point_row(
     time from first start to last end would count the pause, so ``eval_samples_per_sec`` is None;
     ``dataset_title``: what the data is called when it is a public set (``ShardSet.title``), else '';
     ``matched``: the point's ``calibrate.MATCHED_COLUMNS`` when ``--match`` found it (else null)."""
+    _check_method_errors(point, outcomes, profile)
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
     top5 = np.concatenate([o.top5[point.key] for o in outcomes]) if outcomes else np.zeros((0, 5), np.int32)
@@ -75,6 +76,15 @@ def point_row(
         tomecis_version=tomecis.__version__,
     )
     return row, predictions, failures
+
+
+def _check_method_errors(point: GridPoint, outcomes: List[ShardOutcome], profile: ModelProfile) -> None:
+    """A point whose method failed on an actor (``tomecis.MethodError``) fails, with the method's error."""
+    errors = [o.point_errors[point.key] for o in outcomes if point.key in o.point_errors]
+    if point.key[1:] in profile.point_errors:
+        errors.append(f"timing: {profile.point_errors[point.key[1:]]}")
+    if errors:
+        raise SweepError(f"{point.label}: {errors[0]}")
 
 
 def _ray_version() -> Optional[str]:

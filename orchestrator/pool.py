@@ -15,6 +15,7 @@ counted twice.
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,26 @@ def group_shards(shard_list, size: int) -> List[tuple]:
     return [shard_list[i : i + size] for i in range(0, len(shard_list), max(1, size))]
 
 
+def shipped_modules(paths: Tuple[str, ...]) -> Optional[Dict[str, list]]:
+    """A ``runtime_env`` whose ``py_modules`` are ``paths`` (the import-path methods' files or package
+    directories) uploaded to the cluster, or None without paths. An actor's ``runtime_env`` takes only
+    uploaded URIs (Ray uploads local paths for ``ray.init``'s job-level one alone, and the sweep may join a
+    running job), so this runs Ray's own upload step, the one ``ray.init`` runs for its ``py_modules``."""
+    if not paths:
+        return None
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            return upload_py_modules_if_needed(
+                {"py_modules": list(paths)}, include_gitignore=True, scratch_dir=scratch
+            )
+        except Exception as err:  # noqa: BLE001 - Ray's upload errors vary; the modules are named
+            raise SweepError(
+                f"cannot ship the method module(s) {', '.join(paths)} to the cluster: {err}"
+            ) from err
+
+
 def fetch(ref):
     """``ray.get`` of one result (a seam: tests make it lose a result in transit)."""
     return ray.get(ref)
@@ -88,6 +109,7 @@ class ActorSet:
         self.replaced = 0
         self._reported_wait = False
         self._failed_starts = 0  # actors that died before becoming ready, since the last one that did
+        self._runtime_env = shipped_modules(config.py_modules)
         for slot in plan.slots:
             self._start(slot)
 
@@ -95,6 +117,8 @@ class ActorSet:
         options = dict(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, max_restarts=0)
         if slot.node_id is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
+        if self._runtime_env:  # import-path methods reach every node with the job, not by hand
+            options["runtime_env"] = self._runtime_env
         handle = self._remote.options(**options).remote(
             self.config, ActorShape(slot.threads, slot.loader_workers)
         )
@@ -125,6 +149,9 @@ class ActorSet:
                     self._failed_starts = 0
                 except RayActorError as err:
                     self._start_failed(actor, err)
+                    continue
+                if actor.info.get("method_error"):  # the same on a fresh actor there: no retry
+                    raise SweepError(f"{describe_actor(actor)}: {actor.info['method_error']}")
         ready = [a for a in self.actors if a.info is not None]
         if self.on_wait is not None and len(ready) < len(self.actors):
             oldest = min(a.requested for a in self.actors if a.info is None)

@@ -42,7 +42,7 @@ import pyarrow.fs as pafs
 
 from clipattern import parsed_or_exit, run_or_report
 from shards.named import caveat_of
-from tomecis.names import AMP_NAMES, METHOD_NAMES, UNREDUCED, methods_help
+from tomecis.names import AMP_NAMES, METHOD_NAMES, UNREDUCED, method_spec, methods_help
 
 from . import paper
 from .matched import DEFAULT_REFERENCE, Match, Reference, matched_points, matched_table, parse_reference
@@ -587,13 +587,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_methods(text: str) -> List[str]:
     """``"tomecis,evit"`` -> ``["tomecis", "evit"]``; an unknown name raises ``ValueError`` naming it."""
-    names = list(dict.fromkeys(m.strip() for m in str(text).split(",") if m.strip()))
-    unknown = [m for m in names if m not in METHOD_NAMES]
+    names, unknown = [], []
+    for item in dict.fromkeys(m.strip() for m in str(text).split(",") if m.strip()):
+        try:  # a researcher's method by name (an installed entry point) or import path gives its name
+            names.append(method_spec(item).name)
+        except ValueError:
+            unknown.append(item)
     if not names or unknown:
         raise ValueError(
-            f"unknown method {','.join(unknown) or repr(text)}; choose from {', '.join(METHOD_NAMES)}"
+            f"unknown method {','.join(unknown) or repr(text)}; choose from {', '.join(METHOD_NAMES)}, or a "
+            "method of your own by its entry point's name or import path (python -m orchestrator.sweep --list-methods)"
         )
-    return names
+    return list(dict.fromkeys(names))
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> ReportConfig:

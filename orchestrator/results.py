@@ -13,7 +13,8 @@ A point's failures and predictions are written before its ``points`` row, so a
 
 Files written before methods and keep ratios existed hold ``mode`` where they now hold ``method``, and no
 ``keep``: every read here (points, predictions, failures) gives them as ``method`` with a null ``keep``
-(``normalise``), so nothing that reads through ``ResultsDir`` sees the old layout.
+(``normalise``), so nothing that reads through ``ResultsDir`` sees the old layout. Files written before a
+method could come from outside the project have no ``method_source``: they read as ``builtin``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from tomecis.names import BUILTIN_ORIGIN
 
 from .grid import IDENTITY_FIELDS, GridPoint
 
@@ -271,6 +274,7 @@ def _with_point_file(tables: Iterable[Tuple[str, pa.Table]], columns: Optional[L
 
 
 OLD_COLUMNS = {"method": "mode"}  # a column's name in files written before it was renamed
+ADDED_COLUMNS = ("keep", "method_source")  # columns older files lack; a read fills them in
 
 
 def normalise(table: pa.Table) -> pa.Table:
@@ -282,7 +286,16 @@ def normalise(table: pa.Table) -> pa.Table:
     if "method" in table.column_names and "keep" not in table.column_names:
         at = table.column_names.index("r") + 1 if "r" in table.column_names else table.num_columns
         table = table.add_column(at, pa.field("keep", pa.float64()), pa.nulls(table.num_rows, pa.float64()))
+    if "method" in table.column_names and "method_source" not in table.column_names:
+        table = _with_builtin_source(table)
     return table
+
+
+def _with_builtin_source(table: pa.Table) -> pa.Table:
+    """A file written before methods could come from outside (``method_source``) held built-in ones."""
+    return table.append_column(
+        pa.field("method_source", pa.string()), pa.array([BUILTIN_ORIGIN] * table.num_rows)
+    )
 
 
 def _read_normalised(fs: pafs.FileSystem, path: str, columns: Optional[List[str]]) -> pa.Table:
@@ -294,11 +307,15 @@ def _read_normalised(fs: pafs.FileSystem, path: str, columns: Optional[List[str]
     old = {c: OLD_COLUMNS[c] for c in columns if c not in present and OLD_COLUMNS.get(c) in present}
     table = normalise(
         pq.read_table(
-            path, columns=[old.get(c, c) for c in columns if c != "keep" or c in present], filesystem=fs
+            path,
+            columns=[old.get(c, c) for c in columns if c in present or c not in ADDED_COLUMNS],
+            filesystem=fs,
         )
     )
     if "keep" in columns and "keep" not in table.column_names:
         table = table.append_column(pa.field("keep", pa.float64()), pa.nulls(table.num_rows, pa.float64()))
+    if "method_source" in columns and "method_source" not in table.column_names:
+        table = _with_builtin_source(table)
     return table.select(columns)
 
 

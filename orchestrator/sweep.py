@@ -34,6 +34,7 @@ from tqdm import tqdm
 import shards
 import tomecis
 from clipattern import parsed_or_exit, run_or_report
+from tomecis import names
 from tomecis.models import find_checkpoint, max_r
 from tomecis.names import methods_help
 
@@ -109,6 +110,7 @@ class SweepConfig:
     dry_run: bool = False  # print the grid and its decode passes, then stop (no data read, no Ray)
     method_amounts: Dict[str, List[Amount]] = field(default_factory=dict)  # --amounts / --grid's [methods]
     match: Optional[MatchTarget] = None  # --match METHOD:AMOUNT with --match-by
+    list_methods: bool = False  # print the methods found and where they came from, then stop
 
     def method_plans(self) -> List[MethodPlan]:
         """Each method with the amounts it takes (``grid.plan_methods``: a method of ``method_amounts``
@@ -300,7 +302,11 @@ def _evaluate(run: SweepRun, plan: ActorPlan, passes: List[DecodePass], todo: Li
         total=n_total, unit="img", desc=f"sweep {len(todo)} points", disable=not cfg.progress, file=sys.stderr
     )
     evaluator_config = EvaluatorConfig(
-        device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size, cuda_graphs=cfg.cuda_graphs
+        device=cfg.device,
+        amp=cfg.amp,
+        batch_size=cfg.batch_size,
+        cuda_graphs=cfg.cuda_graphs,
+        **methods_to_ship(cfg.methods),
     )
     pool = EvaluatorPool(
         evaluator_config,
@@ -319,6 +325,14 @@ def _evaluate(run: SweepRun, plan: ActorPlan, passes: List[DecodePass], todo: Li
         run.summary.actors_replaced = pool.replaced
         run.summary.retries = pool.retries
         pool.shutdown()
+
+
+def methods_to_ship(methods: Sequence[str]) -> Dict[str, tuple]:
+    """What every actor needs of the methods not built in: ``methods``, the references it loads (an
+    installed entry point by name, an import path as given), and ``py_modules``, the import-path methods'
+    files or package directories, which Ray's ``runtime_env`` ships to nodes that lack them."""
+    refs = names.shipped_refs(methods)
+    return dict(methods=refs, py_modules=names.module_paths(refs))
 
 
 def _say(line: str) -> None:
@@ -533,7 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
     """What to evaluate: models, methods and their amounts, data, weights, and where the results go."""
-    p.add_argument("--models", required=True, help="comma-separated: deit_tiny,deit_small or timm names")
+    p.add_argument("--models", help="comma-separated: deit_tiny,deit_small or timm names (required)")
+    p.add_argument(
+        "--list-methods",
+        action="store_true",
+        help="print every method found (built in, installed packages' entry points, import paths given to "
+        "--method) and where each came from, then stop",
+    )
     p.add_argument(
         "--method",
         "--mode",
@@ -679,6 +699,10 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
             parser, "--grid", lambda g: apply_to_parser(parser, g, reserved=("amounts",)), grid_file
         )
     args = parser.parse_args(argv)
+    if args.list_methods:
+        return SweepConfig(models=[], methods=[args.methods] if args.methods else [], list_methods=True)
+    if not args.models:
+        parser.error("the following arguments are required: --models")
     command_line = merge_amounts(
         [parsed_or_exit(parser, "--amounts", parse_amounts_flag, a) for a in args.amounts]
     )
@@ -736,6 +760,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run_and_print(cfg: SweepConfig, argv: Sequence[str]) -> int:
     """Run the sweep and print its tables and counts; Ctrl-C: say what was kept and how to resume (130).
     With ``--dry-run``, print the plan instead."""
+    if cfg.list_methods:
+        print(list_methods(cfg.methods))
+        return 0
     if cfg.dry_run:
         print(describe_plan(cfg))
         return 0
@@ -756,6 +783,13 @@ def _run_and_print(cfg: SweepConfig, argv: Sequence[str]) -> int:
     print(f"\n{done}" + (f"; {decoding}" if decoding else ""))
     print(describe_retries(summary))
     return 0
+
+
+def list_methods(method_args: Sequence[str] = ()) -> str:
+    """``--list-methods``: a table of every method found, its amounts and where it came from (the import
+    paths among ``method_args``, raw ``--method`` texts, listed too)."""
+    refs = [m.strip() for text in method_args for m in str(text).split(",") if names.is_import_path(m)]
+    return names.methods_table(names.list_methods(refs))
 
 
 def check_supported(model: str) -> torch.nn.Module:

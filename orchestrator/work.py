@@ -30,6 +30,8 @@ class EvaluatorConfig:
     amp: str = "none"
     batch_size: int = 128
     cuda_graphs: bool = True  # on CUDA: capture each point once, replay it per batch (False: eager)
+    methods: Tuple[str, ...] = ()  # methods not built in, each actor loads: entry-point names, import paths
+    py_modules: Tuple[str, ...] = ()  # the import-path methods' files or package dirs (Ray's runtime_env)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ class ShardOutcome:
     graph_errors: Dict[PointKey, str] = field(
         default_factory=dict
     )  # point -> why its capture failed (ran eagerly)
+    point_errors: Dict[PointKey, str] = field(
+        default_factory=dict
+    )  # point -> why its method failed (tomecis.MethodError): the point fails, the others go on
 
 
 @dataclass
@@ -138,3 +143,4 @@ class ModelProfile:
     )  # seconds of each timed round (round i of every reduction, the baseline's too, timed side by side)
     cuda_graphs: Dict[Reduction, bool] = field(default_factory=dict)  # img/s timed as graph replays
     graph_errors: Dict[Reduction, str] = field(default_factory=dict)  # why its capture failed (timed eagerly)
+    point_errors: Dict[Reduction, str] = field(default_factory=dict)  # why its method failed (not profiled)

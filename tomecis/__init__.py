@@ -3,6 +3,10 @@
 The public names below are loaded on first use, so that ``tomecis.names`` (what a results reader needs)
 imports without torch or timm. ``tomecis.patch`` is the function, as always, even after the submodule of the
 same name has been imported.
+
+A researcher's own method is declared with the same class as the built-in ones::
+
+    from tomecis import BlockView, Method  # Method: torch-free; BlockView: what a block hands reduce
 """
 
 from __future__ import annotations
@@ -27,10 +31,15 @@ _EXPORTS = {  # public name -> submodule that defines it
     "set_reduction": "patch",
     "parse_r_values": "schedule",
     "resolve_schedule": "schedule",
+    "BlockView": "methods",
+    "TokenState": "methods",
+    "Method": "names",
+    "MethodError": "names",
     "METHODS": "names",
     "METHOD_NAMES": "names",
     "UNREDUCED": "names",
     "method_spec": "names",
+    "list_methods": "names",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,6 +20,7 @@ traced sources) are reset at every forward.
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, FrozenSet, List, Optional, Tuple
 
@@ -31,7 +32,7 @@ from torch import nn
 
 from . import merge as M
 from .methods import BlockView
-from .names import UNREDUCED, Method, check_amount, method_spec
+from .names import BUILTIN_ORIGIN, UNREDUCED, Method, MethodError, check_amount, method_spec
 from .schedule import RSpec, resolve_schedule
 
 ATTENTIONS = ("fused", "explicit")
@@ -69,6 +70,7 @@ class MergeState:
     count_fn: Optional[Callable] = field(init=False, repr=False)  # its count; None for the unreduced model
     reduce_fn: Optional[Callable] = field(init=False, repr=False)  # its reduce
     count_takes_patches: bool = field(init=False, repr=False)  # its count has a ``patches`` argument
+    checked: bool = field(init=False, repr=False)  # not built in: every count and reduce is checked
 
     def __post_init__(self) -> None:
         self.set_method(self.method)
@@ -78,6 +80,7 @@ class MergeState:
         self.method = name
         self.count_fn, self.reduce_fn, _ = self.spec.functions()
         self.count_takes_patches = self.count_fn is not None and _takes_argument(self.count_fn, "patches")
+        self.checked = self.spec.origin != BUILTIN_ORIGIN
 
     @property
     def reducer(self) -> Optional[Callable]:
@@ -282,7 +285,14 @@ class ToMeCISBlock(Block):
         """The method's reduction of ``view.x [B, N, C]``, with source tracing started where asked."""
         if state.trace_source and state.source is None:
             state.source = M.initial_state(view.x, True)[1]
-        return state.reduce_fn(state.spec, view, state)
+        if not state.checked:  # the built-in methods: no check, no sync
+            return state.reduce_fn(state.spec, view, state)
+        try:
+            x = state.reduce_fn(state.spec, view, state)
+        except Exception as err:  # noqa: BLE001 - a foreign method's error, named and failing its points
+            raise _method_error(state, view.index, f"reduce raised {type(err).__name__}: {err}") from err
+        check_reduction(state, view, x)
+        return x
 
     @staticmethod
     def _attention_sizes(state: MergeState, acts: bool) -> Optional[torch.Tensor]:
@@ -299,9 +309,25 @@ class ToMeCISBlock(Block):
             return 0
         index = self._block_index
         args = (tokens, index, len(state.schedule), state.schedule[index], state.keep)
-        if state.count_takes_patches:
-            return state.count_fn(*args, patches=state.patches)
-        return state.count_fn(*args)
+        kwargs = dict(patches=state.patches) if state.count_takes_patches else {}
+        if not state.checked:
+            return state.count_fn(*args, **kwargs)
+        try:
+            count = state.count_fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - a foreign method's error, named and failing its points
+            raise _method_error(state, index, f"count raised {type(err).__name__}: {err}") from err
+        prefix = 1 + int(state.distill_token)
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, numbers.Integral)
+            or not 0 <= count <= tokens - prefix
+        ):
+            raise _method_error(
+                state,
+                index,
+                f"count returned {count!r} for {tokens} tokens: need an int in [0, {tokens - prefix}]",
+            )
+        return int(count)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, C] -> [B, N, C]``: timm's ``Mlp``, without its two eval-mode dropouts (identities that
@@ -310,6 +336,51 @@ class ToMeCISBlock(Block):
         if self.training or type(mlp) is not Mlp:
             return mlp(x)
         return mlp.fc2(mlp.norm(mlp.act(mlp.fc1(x))))
+
+
+def _method_error(state: MergeState, index: int, what: str) -> MethodError:
+    spec = state.spec
+    return MethodError(f"method {spec.name!r} ({spec.origin}), block {index}: {what}")
+
+
+def check_reduction(state: MergeState, view: BlockView, x) -> None:
+    """Raise ``MethodError`` unless a foreign method's ``reduce`` gave ``view.x [B, N, C] ->
+    [B, N - count, C]`` of the same dtype and device, the class (and distillation) token first and
+    untouched, and only finite values where its input was finite. Shapes cost nothing; the value checks
+    synchronise (they are skipped while a CUDA graph is captured; its warm-up forwards run them)."""
+    before = view.x
+    B, N, C = before.shape
+    if not isinstance(x, torch.Tensor):
+        raise _method_error(state, view.index, f"reduce returned a {type(x).__name__}, not a tensor")
+    expected = (B, N - view.count, C)
+    if tuple(x.shape) != expected:
+        what = "the batch size changed" if x.dim() and x.shape[0] != B else "the token count is not N - count"
+        raise _method_error(
+            state,
+            view.index,
+            f"reduce returned shape {list(x.shape)}, expected [B, N - count, C] = {list(expected)} ({what})",
+        )
+    if x.dtype != before.dtype or x.device != before.device:
+        raise _method_error(
+            state,
+            view.index,
+            f"reduce returned {x.dtype} on {x.device}, expected {before.dtype} on {before.device}",
+        )
+    if state.source is not None and state.source.shape[1] != x.shape[1]:
+        raise _method_error(
+            state,
+            view.index,
+            f"state.source has {state.source.shape[1]} rows for {x.shape[1]} tokens: when tracing sources "
+            "(tomecis.visualize), reduce must update state.source [B, N', N0] as it reduces x",
+        )
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if not bool(torch.isfinite(x).all()) and bool(torch.isfinite(before).all()):
+        raise _method_error(state, view.index, "reduce returned NaN or inf from finite input")
+    prefix = 1 + int(state.distill_token)
+    if not torch.equal(x[:, :prefix], before[:, :prefix]):
+        token = "class token" if prefix == 1 else "class and distillation tokens"
+        raise _method_error(state, view.index, f"the {token} moved or changed: keep it first and untouched")
 
 
 class ToMeCISVisionTransformer:

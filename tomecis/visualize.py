@@ -24,7 +24,7 @@ from torch import nn
 from clipattern import parsed_or_exit, run_or_report
 
 from .models import create_model
-from .names import METHOD_NAMES, check_amount, methods_help
+from .names import check_amount, method_spec, methods_help
 from .patch import patch, set_reduction
 
 PANEL_PX = 400  # each panel is PANEL_PX square, under a TITLE_PX band for the titles
@@ -292,7 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         dest="method",
         default="tomecis",
-        choices=list(METHOD_NAMES),
         help=methods_help(),
     )
     p.add_argument("--keep", type=float, help="per-block keep ratio in (0, 1], in place of --r")
@@ -317,6 +316,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> VisualizeConfig:
         parser.error(f"--r must be >= 0, got {args.r}")
     amount = (None, args.keep) if args.keep is not None else (args.r, None)
     parsed_or_exit(parser, "--method", lambda m: check_amount(m, *amount), args.method)
+    args.method = method_spec(args.method).name  # an import path's method, by its name from now on
     if not (args.checkpoint or args.pretrained or args.random_weights):
         parser.error("pick the weights: --checkpoint PATH, --pretrained, or --random-weights (a smoke test)")
     blocks = parsed_or_exit(parser, "--blocks", parse_blocks, args.blocks) if args.blocks else None

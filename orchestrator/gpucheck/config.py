@@ -59,6 +59,16 @@ DEFAULT_AMOUNTS: Dict[str, Amount] = {
     "atc": (None, 0.7),
 }
 
+FOREIGN_DEFAULT_AMOUNTS = {"r": (13, None), "keep": (None, 0.9)}  # a method of your own, by its first kind
+
+
+def default_amount(method: str) -> Amount:
+    """The amount a method runs at when none is given: ``DEFAULT_AMOUNTS``'s, or for a method not built in
+    r 13 where it takes ``--r``, else keep 0.9."""
+    if method in DEFAULT_AMOUNTS:
+        return DEFAULT_AMOUNTS[method]
+    return FOREIGN_DEFAULT_AMOUNTS[method_spec(method).amounts[0]]
+
 
 @dataclass
 class GpuCheckConfig:
@@ -142,17 +152,15 @@ def method_amounts(cfg: GpuCheckConfig) -> Tuple[Dict[str, List[Amount]], List[s
     given = {"r": cfg.r_values, "keep": cfg.keep_values}
     chosen = [m for m in cfg.methods if m != UNREDUCED]
     defaults = {
-        "r": list(dict.fromkeys(DEFAULT_AMOUNTS[m][0] for m in chosen if DEFAULT_AMOUNTS[m][0] is not None)),
-        "keep": list(
-            dict.fromkeys(DEFAULT_AMOUNTS[m][1] for m in chosen if DEFAULT_AMOUNTS[m][1] is not None)
-        ),
+        "r": list(dict.fromkeys(default_amount(m)[0] for m in chosen if default_amount(m)[0] is not None)),
+        "keep": list(dict.fromkeys(default_amount(m)[1] for m in chosen if default_amount(m)[1] is not None)),
     }
     explicit = any(v is not None for v in given.values())
     plan: Dict[str, List[Amount]] = {}
     notes: List[str] = []
     for method in chosen:
         spec = method_spec(method)
-        default = DEFAULT_AMOUNTS[method]
+        default = default_amount(method)
         kind = "r" if default[0] is not None else "keep"
         if cfg.all_amounts:
             values = {k: given[k] if given[k] is not None else defaults[k] for k in ("r", "keep")}

@@ -135,6 +135,7 @@ def test_identity_is_one_list_of_columns_that_every_results_file_carries():
         "weights": "pretrained",
         "device": "cuda",
         "dataset": "f1",
+        "method_source": "builtin",
     }
     assert point.identity("NVIDIA H200")["device"] == "NVIDIA H200"  # the files hold the device's name
     assert tuple(point.identity()) == IDENTITY

@@ -580,6 +580,7 @@ def write_point(
         device=device,
         dataset=fingerprint,
         dataset_title=title,
+        method_source="builtin",
         n_shards=1,
         retries=0,
         cuda_graphs=graphs,
