@@ -213,6 +213,15 @@ METHODS: Dict[str, Method] = {
             needs=frozenset({"cls_attn"}),
             source="youweiliang/evit",
         ),
+        _builtin(
+            "dct",
+            "dct",
+            amounts=("keep",),
+            summary="keep the lowest DCT-II coefficients along the tokens after each MLP, float16-rounded (DCT)",
+            stage="after_mlp",
+            reduce_at_zero=True,
+            source="hchautran/PiToMe algo/dct",
+        ),
     )
 }
 METHOD_NAMES: Tuple[str, ...] = tuple(METHODS)
