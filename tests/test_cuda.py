@@ -70,6 +70,8 @@ METHOD_AMOUNTS = [("tomecis", {"r": r}) for r in R_VALUES] + [
     ("tofu", {"keep": 0.9}),
     ("tofu", {"r": 13}),
     ("evit", {"keep": 0.7}),
+    ("dct", {"keep": 0.9}),
+    ("diffrate", {"keep": 0.9}),
 ]
 
 
@@ -215,7 +217,7 @@ def headline_amounts(method):
 
 
 @pytest.mark.parametrize("amp", ["none", "fp16"])
-@pytest.mark.parametrize("method", ["tomecis", "tome", "pitome", "tofu", "evit"])
+@pytest.mark.parametrize("method", ["tomecis", "tome", "pitome", "tofu", "evit", "dct", "diffrate"])
 @pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_graph_replay_equals_eager_on_the_headline_grid(strict_fp32, name, method, amp):
     base = MODEL_FACTORIES[name]().to(CUDA)

@@ -222,6 +222,17 @@ METHODS: Dict[str, Method] = {
             reduce_at_zero=True,
             source="hchautran/PiToMe algo/dct",
         ),
+        _builtin(
+            "diffrate",
+            "diffrate",
+            amounts=("keep",),
+            summary="sort by class attention, prune, merge into the most similar kept token, fixed-ratio schedule (DiffRate)",
+            needs=frozenset({"cls_attn"}),
+            prop_attn="always",
+            reduce_at_zero=True,
+            check="tomecis.methods.diffrate:check",
+            source="hchautran/PiToMe algo/DiffRate",
+        ),
     )
 }
 METHOD_NAMES: Tuple[str, ...] = tuple(METHODS)

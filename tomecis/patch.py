@@ -49,6 +49,8 @@ class MergeState:
     ``size``: ``[B, N, 1]`` float32 token sizes, None before the first merge (methods that track sizes).
     ``source``: ``[B, N, N0]`` source map when tracing, else None.
     ``tokens``: token count after each block of the last forward (for benchmarks and tests).
+    ``patches``: the model's patch count ``P`` (``patch_embed.num_patches``), for methods whose amounts
+    depend on it (the declaration's ``check``; 0 where unknown).
     """
 
     schedule: List[int]
@@ -62,9 +64,11 @@ class MergeState:
     size: Optional[torch.Tensor] = None
     source: Optional[torch.Tensor] = None
     tokens: List[int] = field(default_factory=list)
+    patches: int = 0
     spec: Method = field(init=False, repr=False)  # the method's declaration, looked up once per setting
     count_fn: Optional[Callable] = field(init=False, repr=False)  # its count; None for the unreduced model
     reduce_fn: Optional[Callable] = field(init=False, repr=False)  # its reduce
+    check_fn: Optional[Callable] = field(init=False, repr=False)  # its check of amounts, or None
 
     def __post_init__(self) -> None:
         self.set_method(self.method)
@@ -72,7 +76,7 @@ class MergeState:
     def set_method(self, name: str) -> None:
         self.spec = method_spec(name)  # an unknown name raises, listing the methods
         self.method = name
-        self.count_fn, self.reduce_fn, _ = self.spec.functions()
+        self.count_fn, self.reduce_fn, self.check_fn = self.spec.functions()
 
     @property
     def reducer(self) -> Optional[Callable]:
@@ -425,6 +429,7 @@ def patch(
         attention=attention,
         class_token=True,
         distill_token=distill_token,
+        patches=int(model.patch_embed.num_patches),
     )
     if not isinstance(model, ToMeCISVisionTransformer):
         model.__class__ = type(
@@ -460,11 +465,14 @@ def set_reduction(
         model.keep = keep
     else:
         model.r = r
+    _check_amount_taken(model.merge_state)  # the method's own limits, before any image
     return model
 
 
 def _check_amount_taken(state: MergeState) -> None:
-    """Refuse a forward whose amount the method does not take (e.g. EViT with ``r``), naming both."""
+    """Refuse a forward whose amount the method does not take (e.g. EViT with ``r``), naming both, or
+    whose amount the method's ``check`` refuses on this model's depth and patch count (e.g. DiffRate at
+    keep 0.5)."""
     kind = "keep" if state.keep is not None else ("r" if any(state.schedule) else None)
     if kind is not None and state.reduce_fn is not None and not state.spec.takes(kind):
         takes = " or ".join(state.spec.amounts) or "no amount"
@@ -472,6 +480,9 @@ def _check_amount_taken(state: MergeState) -> None:
             f"method {state.method!r} takes {takes}, but the model has {kind} set; "
             f"use tomecis.set_reduction(model, {state.method!r}, ...) with an amount it takes"
         )
+    if kind is not None and state.check_fn is not None:
+        r = None if state.keep is not None else max(state.schedule, default=0)
+        state.check_fn(r, state.keep, len(state.schedule), state.patches)
 
 
 def _check_method_supports_distillation(method: str) -> None:

@@ -56,6 +56,8 @@ DEFAULT_AMOUNTS: Dict[str, Amount] = {
     "pitome": (None, 0.9),
     "tofu": (None, 0.9),
     "evit": (None, 0.7),
+    "dct": (None, 0.9),
+    "diffrate": (None, 0.9),
 }
 
 

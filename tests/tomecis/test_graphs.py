@@ -50,6 +50,7 @@ def test_every_method_and_amount_traces_whole_without_a_host_sync():
     settings += [(m, {"keep": 0.9}) for m in ("tomecis", "pitome", "tofu", "evit")] + [
         ("evit", {"keep": 0.7})
     ]
+    settings += [(m, {"keep": k}) for m in ("dct", "diffrate") for k in (0.7, 0.9)]  # torch.fft traces too
     for method, amount in settings:
         tomecis.set_reduction(model, method, **amount)
         with torch.inference_mode():
