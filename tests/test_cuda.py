@@ -71,6 +71,8 @@ METHOD_AMOUNTS = [("tomecis", {"r": r}) for r in R_VALUES] + [
     ("tofu", {"r": 13}),
     ("evit", {"keep": 0.7}),
     ("atc", {"keep": 0.7}),
+    ("dct", {"keep": 0.9}),
+    ("diffrate", {"keep": 0.9}),
 ]
 
 
@@ -216,7 +218,7 @@ def headline_amounts(method):
 
 
 @pytest.mark.parametrize("amp", ["none", "fp16"])
-@pytest.mark.parametrize("method", ["tomecis", "tome", "pitome", "tofu", "evit", "atc"])
+@pytest.mark.parametrize("method", ["tomecis", "tome", "pitome", "tofu", "evit", "atc", "dct", "diffrate"])
 @pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_graph_replay_equals_eager_on_the_headline_grid(strict_fp32, name, method, amp):
     base = MODEL_FACTORIES[name]().to(CUDA)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import sys
 import time
@@ -198,12 +199,23 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
     return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _fft_flops(input_shape, dim, *args, **kwargs) -> int:
+    """``5 n log2 n`` real operations per complex FFT of length ``n`` (the usual count; ``dim`` the
+    transformed axes), for every such transform in the batch of ``input_shape``."""
+    n = math.prod(input_shape[d] for d in dim)
+    return int(5 * (math.prod(input_shape) // max(n, 1)) * n * math.log2(max(n, 2)))
+
+
 def _flop_mapping() -> dict:
-    """Formulas for attention kernels the stock counter misses (the CPU flash kernel)."""
+    """Formulas for kernels the stock counter misses: the CPU flash attention kernel, and the FFTs (the
+    ``dct`` method's transforms; half the count for a real input's one-sided transform is not claimed:
+    the harness's ``fft`` of a real signal computes both halves)."""
     mapping = {}
     cpu_kernel = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_kernel is not None:
         mapping[cpu_kernel] = _sdpa_flops
+    for name in ("_fft_r2c", "_fft_c2c", "_fft_c2r"):
+        mapping[getattr(torch.ops.aten, name)] = _fft_flops
     return mapping
 
 

@@ -242,6 +242,26 @@ METHODS: Dict[str, Method] = {
             prop_attn="always",
             source="JoakimHaurum/ATC",
         ),
+        _builtin(
+            "dct",
+            "dct",
+            amounts=("keep",),
+            summary="keep the lowest DCT-II coefficients along the tokens after each MLP, float16-rounded (DCT)",
+            stage="after_mlp",
+            reduce_at_zero=True,
+            source="hchautran/PiToMe algo/dct",
+        ),
+        _builtin(
+            "diffrate",
+            "diffrate",
+            amounts=("keep",),
+            summary="sort by class attention, prune, merge into the most similar kept token, fixed-ratio schedule (DiffRate)",
+            needs=frozenset({"cls_attn"}),
+            prop_attn="always",
+            reduce_at_zero=True,
+            check="tomecis.methods.diffrate:check",
+            source="hchautran/PiToMe algo/DiffRate",
+        ),
     )
 }
 METHOD_NAMES: Tuple[str, ...] = tuple(METHODS)  # the built-in methods; method_spec finds others too

@@ -51,7 +51,8 @@ class MergeState:
     ``source``: ``[B, N, N0]`` source map when tracing, else None.
     ``tokens``: token count after each block of the last forward (for benchmarks and tests).
     ``patches``: the model's patch count ``P`` (``patch_embed.num_patches``), set by ``patch()``; passed to
-    a method's ``count`` that takes a ``patches`` argument (counts relative to ``P``, e.g. ATC's).
+    a method's ``count`` that takes a ``patches`` argument (counts relative to ``P``, e.g. ATC's) and to its
+    ``check`` (amounts that depend on it, e.g. DiffRate's); 0 where unknown.
     """
 
     schedule: List[int]
@@ -71,6 +72,7 @@ class MergeState:
     reduce_fn: Optional[Callable] = field(init=False, repr=False)  # its reduce
     count_takes_patches: bool = field(init=False, repr=False)  # its count has a ``patches`` argument
     checked: bool = field(init=False, repr=False)  # not built in: every count and reduce is checked
+    check_fn: Optional[Callable] = field(init=False, repr=False)  # its check of amounts, or None
 
     def __post_init__(self) -> None:
         self.set_method(self.method)
@@ -78,7 +80,7 @@ class MergeState:
     def set_method(self, name: str) -> None:
         self.spec = method_spec(name)  # an unknown name raises, listing the methods
         self.method = name
-        self.count_fn, self.reduce_fn, _ = self.spec.functions()
+        self.count_fn, self.reduce_fn, self.check_fn = self.spec.functions()
         self.count_takes_patches = self.count_fn is not None and _takes_argument(self.count_fn, "patches")
         self.checked = self.spec.origin != BUILTIN_ORIGIN
 
@@ -504,7 +506,7 @@ def patch(
         attention=attention,
         class_token=True,
         distill_token=distill_token,
-        patches=model.patch_embed.num_patches,
+        patches=int(model.patch_embed.num_patches),
     )
     if not isinstance(model, ToMeCISVisionTransformer):
         model.__class__ = type(
@@ -540,6 +542,7 @@ def set_reduction(
         model.keep = keep
     else:
         model.r = r
+    _check_amount_taken(model.merge_state)  # the method's own limits, before any image
     return model
 
 
@@ -552,7 +555,9 @@ def _takes_argument(function: Callable, name: str) -> bool:
 
 
 def _check_amount_taken(state: MergeState) -> None:
-    """Refuse a forward whose amount the method does not take (e.g. EViT with ``r``), naming both."""
+    """Refuse a forward whose amount the method does not take (e.g. EViT with ``r``), naming both, or
+    whose amount the method's ``check`` refuses on this model's depth and patch count (e.g. DiffRate at
+    keep 0.5)."""
     kind = "keep" if state.keep is not None else ("r" if any(state.schedule) else None)
     if kind is not None and state.reduce_fn is not None and not state.spec.takes(kind):
         takes = " or ".join(state.spec.amounts) or "no amount"
@@ -560,6 +565,9 @@ def _check_amount_taken(state: MergeState) -> None:
             f"method {state.method!r} takes {takes}, but the model has {kind} set; "
             f"use tomecis.set_reduction(model, {state.method!r}, ...) with an amount it takes"
         )
+    if kind is not None and state.check_fn is not None:
+        r = None if state.keep is not None else max(state.schedule, default=0)
+        state.check_fn(r, state.keep, len(state.schedule), state.patches)
 
 
 def _check_method_supports_distillation(method: str) -> None:

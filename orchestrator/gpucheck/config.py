@@ -57,6 +57,8 @@ DEFAULT_AMOUNTS: Dict[str, Amount] = {
     "tofu": (None, 0.9),
     "evit": (None, 0.7),
     "atc": (None, 0.7),
+    "dct": (None, 0.9),
+    "diffrate": (None, 0.9),
 }
 
 FOREIGN_DEFAULT_AMOUNTS = {"r": (13, None), "keep": (None, 0.9)}  # a method of your own, by its first kind

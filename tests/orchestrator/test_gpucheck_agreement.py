@@ -123,8 +123,10 @@ def test_the_default_points_are_the_baseline_and_every_reduction_method_once():
         ("a", "tofu", "keep0.9"),
         ("a", "evit", "keep0.7"),
         ("a", "atc", "keep0.7"),
+        ("a", "dct", "keep0.9"),
+        ("a", "diffrate", "keep0.9"),
     ]
-    assert [p.unreduced for p in points] == [True] + [False] * 6 + [True] + [False] * 6
+    assert [p.unreduced for p in points] == [True] + [False] * 8 + [True] + [False] * 8
     assert points[0].key == ("a", "none", 0, None) and points[3].key == ("a", "pitome", None, 0.9)
     assert methods_of(points, "b")["evit"] == [(None, 0.7)] and method_amounts(GpuCheckConfig())[1] == []
 
@@ -141,10 +143,12 @@ def test_r_and_keep_replace_the_defaults_of_the_methods_that_take_them():
         ("a", "tofu", "r13"),
         ("a", "evit", "keep0.7"),
         ("a", "atc", "keep0.7"),
+        ("a", "dct", "keep0.9"),
+        ("a", "diffrate", "keep0.9"),
     ]
     assert method_amounts(cfg)[1] == [
-        "evit takes --keep, none given: at its default keep0.7",
-        "atc takes --keep, none given: at its default keep0.7",
+        f"{m} takes --keep, none given: at its default keep{k}"
+        for m, k in (("evit", 0.7), ("atc", 0.7), ("dct", 0.9), ("diffrate", 0.9))
     ]
     # --keep alone: every method at it, the r methods too
     assert {
@@ -185,6 +189,8 @@ def test_all_amounts_runs_every_method_at_every_amount_it_takes():
         ("tofu", "keep0.9"),
         ("evit", "keep0.9"),
         ("atc", "keep0.9"),
+        ("dct", "keep0.9"),
+        ("diffrate", "keep0.9"),
     ]
 
 
@@ -214,12 +220,13 @@ def test_the_default_plan_fits_the_budget_and_benchmarks_methods_sharing_amounts
     assert sum(estimate.values()) <= BUDGET_SECONDS, estimate
     assert benchmark_groups(points, "deit_small_patch16_224") == [
         dict(methods=["none", "tomecis", "tome"], r_values=[13], keep_values=[]),
-        dict(methods=["pitome", "tofu"], r_values=[], keep_values=[0.9]),
+        dict(methods=["pitome", "tofu", "dct", "diffrate"], r_values=[], keep_values=[0.9]),
         dict(methods=["evit"], r_values=[], keep_values=[0.7]),
     ]
     lines = plan_lines(cfg, points)
     assert lines[0] == (
-        "plan: deit_small: 6 point(s): none r0, tomecis r13, tome r13, pitome keep0.9, tofu keep0.9, evit keep0.7"
+        "plan: deit_small: 8 point(s): none r0, tomecis r13, tome r13, pitome keep0.9, tofu keep0.9, evit keep0.7, "
+        "dct keep0.9, diffrate keep0.9"
     ).replace("deit_small", "deit_tiny")
     assert lines[-1].startswith("plan: about ") and "OVER BUDGET" not in lines[-1]
     assert (

@@ -1,6 +1,6 @@
 """The CPU rehearsal of issue #26, with Ray unimportable and the real assets: the shared DeiT-Tiny checkpoint
 is found without a flag and named first, top-1 on the sample photos is that of a trained model, and every
-point (the baseline, every method that takes r at r = 13, EViT at its default keep) has its agreement line
+point (the baseline, every method that takes r at r = 13, EViT, DCT and DiffRate at their default keep) has its agreement line
 against the CPU fp32 run (few photos and passes, to stay within CI's time)."""
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def test_cpu_rehearsal_finds_the_shared_checkpoint_and_reports_top1_and_agreemen
     figures = json.loads((out / "results.json").read_text())
     points = {(p["method"], _amount(p)): p for p in figures["decode_pass"]["in-process"]["points"]}
     expected = (
-        [("none", "r0")] + [(m, "r13") for m in ("tomecis", "tome", "pitome", "tofu")] + [("evit", "keep0.7")]
+        [("none", "r0")]
+        + [(m, "r13") for m in ("tomecis", "tome", "pitome", "tofu")]
+        + [("evit", "keep0.7"), ("dct", "keep0.9"), ("diffrate", "keep0.9")]
     )
     assert list(points) == expected and all(p["n_images"] == 32 for p in points.values())
     assert points["none", "r0"]["top1"] > 60.0, text  # a trained DeiT-Ti: about 72% on ImageNet val
@@ -75,7 +77,7 @@ def test_cpu_rehearsal_finds_the_shared_checkpoint_and_reports_top1_and_agreemen
         "| deit_tiny_patch16_224 evit keep0.7 (none): top-1 agreement with CPU fp32, 12 images | 100.00% | >= 99.00% | PASS |"
         in text
     )
-    assert "CPU fp32 reference: 12 images at 6 point(s)" in text
+    assert "CPU fp32 reference: 12 images at 8 point(s)" in text
 
 
 def _amount(row: dict) -> str:

@@ -51,6 +51,7 @@ def test_every_method_and_amount_traces_whole_without_a_host_sync():
         ("evit", {"keep": 0.7})
     ]
     settings += [("atc", {"keep": 0.7}), ("atc", {"keep": 0.1})]  # keep 0.1: block 9 does not reduce
+    settings += [(m, {"keep": k}) for m in ("dct", "diffrate") for k in (0.7, 0.9)]  # torch.fft traces too
     for method, amount in settings:
         tomecis.set_reduction(model, method, **amount)
         with torch.inference_mode():

@@ -31,7 +31,7 @@ def test_every_method_of_the_table_runs_at_each_amount_it_takes_and_unknown_name
     for name in names.REDUCING_METHODS:  # every declaration's functions import and are callable
         count, reduce, _ = names.method_spec(name).functions()
         assert callable(count) and callable(reduce), name
-    for bad in ("dct", None):
+    for bad in ("dtc", None):
         with pytest.raises(ValueError, match="unknown method .*; choose from none, tomecis, tome, pitome"):
             names.method_spec(bad)
         with pytest.raises(ValueError, match="unknown method"):

@@ -173,10 +173,10 @@ def test_bad_r_is_rejected_with_the_culprit_named(r, message):
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match="unknown method 'dct'"):
-        tomecis.patch(tiny_vit(), method="dct")
-    with pytest.raises(ValueError, match="unknown method 'dct'"):
-        tomecis.patch(tiny_vit(), mode="dct")  # the old keyword
+    with pytest.raises(ValueError, match="unknown method 'dtc'"):
+        tomecis.patch(tiny_vit(), method="dtc")
+    with pytest.raises(ValueError, match="unknown method 'dtc'"):
+        tomecis.patch(tiny_vit(), mode="dtc")  # the old keyword
 
 
 @pytest.mark.parametrize(
