@@ -213,6 +213,17 @@ METHODS: Dict[str, Method] = {
             needs=frozenset({"cls_attn"}),
             source="youweiliang/evit",
         ),
+        _builtin(
+            "mctf",
+            "mctf",
+            amounts=("r",),
+            summary="multi-criteria bidirectional merge on the block input before attention, "
+            "one-step-ahead attention (MCTF)",
+            stage="before_attn",
+            needs=frozenset({"attn"}),
+            prop_attn="always",
+            source="mlvlab/MCTF",
+        ),
     )
 }
 METHOD_NAMES: Tuple[str, ...] = tuple(METHODS)
