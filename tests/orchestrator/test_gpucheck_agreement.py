@@ -122,8 +122,9 @@ def test_the_default_points_are_the_baseline_and_every_reduction_method_once():
         ("a", "pitome", "keep0.9"),
         ("a", "tofu", "keep0.9"),
         ("a", "evit", "keep0.7"),
+        ("a", "mctf", "r16"),
     ]
-    assert [p.unreduced for p in points] == [True] + [False] * 5 + [True] + [False] * 5
+    assert [p.unreduced for p in points] == [True] + [False] * 6 + [True] + [False] * 6
     assert points[0].key == ("a", "none", 0, None) and points[3].key == ("a", "pitome", None, 0.9)
     assert methods_of(points, "b")["evit"] == [(None, 0.7)] and method_amounts(GpuCheckConfig())[1] == []
 
@@ -139,12 +140,13 @@ def test_r_and_keep_replace_the_defaults_of_the_methods_that_take_them():
         ("a", "pitome", "r13"),
         ("a", "tofu", "r13"),
         ("a", "evit", "keep0.7"),
+        ("a", "mctf", "r13"),
     ]
     assert method_amounts(cfg)[1] == ["evit takes --keep, none given: at its default keep0.7"]
-    # --keep alone: every method at it, the r methods too
-    assert {
-        m for _, m, a in labels(GpuCheckConfig(models=["a"], keep_values=[0.8])) if a == "keep0.8"
-    } == set(REDUCING_METHODS)
+    # --keep alone: every method that takes keep at it, the r methods too; mctf (r only) at its default r16
+    keep_only = labels(GpuCheckConfig(models=["a"], keep_values=[0.8]))
+    assert {m for _, m, a in keep_only if a == "keep0.8"} == set(REDUCING_METHODS) - {"mctf"}
+    assert ("a", "mctf", "r16") in keep_only
     # both: each method at the kind of its default amount
     both = GpuCheckConfig(models=["a"], r_values=[8, 16], keep_values=[0.8], methods=["tome", "tofu", "evit"])
     assert labels(both) == [
@@ -179,6 +181,7 @@ def test_all_amounts_runs_every_method_at_every_amount_it_takes():
         ("tofu", "r8"),
         ("tofu", "keep0.9"),
         ("evit", "keep0.9"),
+        ("mctf", "r8"),
     ]
 
 
@@ -210,10 +213,12 @@ def test_the_default_plan_fits_the_budget_and_benchmarks_methods_sharing_amounts
         dict(methods=["none", "tomecis", "tome"], r_values=[13], keep_values=[]),
         dict(methods=["pitome", "tofu"], r_values=[], keep_values=[0.9]),
         dict(methods=["evit"], r_values=[], keep_values=[0.7]),
+        dict(methods=["mctf"], r_values=[16], keep_values=[]),
     ]
     lines = plan_lines(cfg, points)
     assert lines[0] == (
-        "plan: deit_small: 6 point(s): none r0, tomecis r13, tome r13, pitome keep0.9, tofu keep0.9, evit keep0.7"
+        "plan: deit_small: 7 point(s): none r0, tomecis r13, tome r13, pitome keep0.9, tofu keep0.9, evit keep0.7, "
+        "mctf r16"
     ).replace("deit_small", "deit_tiny")
     assert lines[-1].startswith("plan: about ") and "OVER BUDGET" not in lines[-1]
     assert (

@@ -26,7 +26,7 @@ The reduction sits at the *start* of the block (stage ``before_attn``), on the b
 
 Proportional attention applies in every block once sizes exist (``prop_attn="always"``): blocks that remove
 nothing still add ``log s``. Sums are taken as the code takes them: step-1 sources added into their B
-destinations, then the step-2 groups into their A destinations (``scatter_reduce`` sum, two steps), so a
+destinations, then the step-2 groups into their A destinations (two ``index_add`` steps, in the code's order), so a
 group may chain ``a -> b -> a'``.
 
 Departures from the paper, kept because the published numbers come from the code (METHODS.md):
@@ -69,42 +69,34 @@ def count(tokens: int, index: int, depth: int, r: int, keep: Optional[float]) ->
 
 
 class TwoStepMerge:
-    """MCTF's bidirectional merge of one block, applied to any per-token tensor along its token axis.
+    """MCTF's bidirectional merge of one block, applied to any per-token tensor ``[B, N, c] -> [B, N', c]``.
 
     Built from ``[B, k]`` indices: ``src_a`` (A indices merged away in step 1), ``dst_b`` (their B
     destinations), ``keep_a`` (A indices kept, ascending), ``src_b`` / ``dst_a`` (B indices merged away in
-    step 2, and their destinations as indices into ``keep_a``), ``keep_b`` (B indices kept, in output order).
-    ``t [B, *, N, c] -> [B, *, N', c]``: step-1 sums into B, step-2 sums into the kept A, then
-    ``[kept A, kept B]``.
-    """
+    step 2, and their destinations as indices into ``keep_a``), ``keep_b`` (B indices kept, in output order),
+    and ``N``. Rows are addressed in the flattened ``[B * N, c]`` tensor (one index per operator): step 1
+    adds the A sources into their B rows, step 2 adds those B rows (with what they now hold) into their A
+    rows, then the output rows ``[kept A, kept B]`` are picked. Each sum is taken in the code's order
+    (destination first, then its sources in their sorted order), so the values equal its two
+    ``scatter_reduce`` steps."""
 
-    def __init__(self, src_a, dst_b, keep_a, src_b, dst_a, keep_b) -> None:
-        self.src_a, self.dst_b, self.keep_a = src_a, dst_b, keep_a
-        self.src_b, self.dst_a, self.keep_b = src_b, dst_a, keep_b
+    def __init__(self, src_a, dst_b, keep_a, src_b, dst_a, keep_b, tokens: int) -> None:
+        batch = src_a.shape[0]
+        base = torch.arange(0, batch * tokens, tokens, device=src_a.device).unsqueeze(1)  # [B, 1] first rows
+        self.tokens = tokens
+        self.src1 = (base + 2 * src_a).flatten()  # rows of the step-1 sources (A: even positions)
+        self.dst1 = (base + 1 + 2 * dst_b).flatten()  # their B rows (odd positions)
+        self.src2 = (base + 1 + 2 * src_b).flatten()
+        self.dst2 = (base + 2 * keep_a.gather(1, dst_a)).flatten()
+        self.out = (base + torch.cat([2 * keep_a, 1 + 2 * keep_b], dim=1)).flatten()  # [B * N']
+        self.batch = batch
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        a, b = t[..., ::2, :], t[..., 1::2, :]  # [B, *, |A|, c], [B, *, |B|, c]
-        kept_a = _take(a, self.keep_a)
-        b = _add_into(b, self.dst_b, _take(a, self.src_a))
-        kept_a = _add_into(kept_a, self.dst_a, _take(b, self.src_b))
-        return torch.cat([kept_a, _take(b, self.keep_b)], dim=-2)
-
-
-def _spread(index: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``index [B, k]`` -> ``[B, *, k, c]`` for gathering along ``t``'s token axis ``-2`` (``t [B, *, n, c]``)."""
-    view = index.reshape(index.shape[0], *([1] * (t.dim() - 3)), index.shape[1], 1)
-    return view.expand(*t.shape[:-2], index.shape[1], t.shape[-1])
-
-
-def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index [B, k]`` of ``t [B, *, n, c]`` -> ``[B, *, k, c]``."""
-    return t.gather(-2, _spread(index, t))
-
-
-def _add_into(t: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``t [B, *, n, c]`` with ``rows [B, *, k, c]`` added into rows ``index [B, k]`` (the row's own value
-    included)."""
-    return t.scatter_reduce(-2, _spread(index, rows), rows, reduce="sum")
+        """``t [B, N, c] -> [B, N', c]`` (any float dtype)."""
+        flat = t.reshape(self.batch * self.tokens, -1)
+        flat = flat.index_add(0, self.dst1, flat.index_select(0, self.src1))
+        flat.index_add_(0, self.dst2, flat.index_select(0, self.src2))  # flat is the fresh sum of step 1
+        return flat.index_select(0, self.out).reshape(self.batch, -1, flat.shape[-1])
 
 
 def scores(x: torch.Tensor, received: torch.Tensor, size: Optional[torch.Tensor]) -> torch.Tensor:
@@ -117,7 +109,7 @@ def scores(x: torch.Tensor, received: torch.Tensor, size: Optional[torch.Tensor]
     """
     metric = x / x.norm(dim=-1, keepdim=True)
     similarity = metric[:, ::2] @ metric[:, 1::2].transpose(-1, -2)  # [B, |A|, |B|]
-    w = ((similarity + 1) / 2) ** (1 / TAU_SIM)
+    w = (similarity + 1) / 2  # to the power 1 / TAU_SIM = 1: the identity, exactly as the code's ** 1.0
     info = 1 / received  # [B, N]
     info = (info / info.amax(dim=1, keepdim=True)).unsqueeze(-1)  # [B, N, 1]
     w = w * (info[:, ::2] * info[:, 1::2].transpose(1, 2)) ** (1 / TAU_INFO)
@@ -147,7 +139,7 @@ def bidirectional_matching(w: torch.Tensor, r: int) -> TwoStepMerge:
     src_b = order2.narrow(1, 0, r2)  # [B, r2]
     keep_b = order2.narrow(1, r2, order2.shape[1] - r2)  # [B, |B| - r2] by descending best2
     dst_a = best_a.gather(1, src_b)  # [B, r2] indices into keep_a
-    return TwoStepMerge(src_a, dst_b, keep_a, src_b, dst_a, keep_b)
+    return TwoStepMerge(src_a, dst_b, keep_a, src_b, dst_a, keep_b, w.shape[1] + w.shape[2])
 
 
 def pool(
@@ -174,9 +166,12 @@ def pool(
     merged = merge(torch.cat([x * received * relative, weight, size], dim=-1))  # [B, N', C + 2]
     norm = merged.narrow(-1, C, 1)  # [B, N', 1]
     x_new = merged.narrow(-1, 0, C) / norm
-    keys_summed = merge(attn.transpose(-1, -2)).transpose(-1, -2)  # [B, H, N, N']: each group's keys summed
-    attn_new = merge(keys_summed * received.unsqueeze(1) * relative.unsqueeze(1))  # [B, H, N', N']
-    return x_new, merged.narrow(-1, C + 1, 1), attn_new / norm.unsqueeze(1)
+    B, H, N, _ = attn.shape
+    by_key = attn.permute(0, 3, 2, 1)  # [B, N_k, N_q, H]
+    keys_summed = merge(by_key).reshape(B, -1, N, H).transpose(1, 2)  # [B, N_q, N', H]: group keys summed
+    weighted = keys_summed * received.unsqueeze(-1) * relative.unsqueeze(-1)  # (A ā_q) ŝ_q
+    attn_new = merge(weighted).reshape(B, -1, keys_summed.shape[2], H)  # [B, N'_q, N'_k, H]
+    return x_new, merged.narrow(-1, C + 1, 1), (attn_new / norm.unsqueeze(-1)).permute(0, 3, 1, 2)
 
 
 def reduce(method: Method, view: BlockView, state: TokenState) -> torch.Tensor:
