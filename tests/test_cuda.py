@@ -73,6 +73,8 @@ METHOD_AMOUNTS = [("tomecis", {"r": r}) for r in R_VALUES] + [
     ("atc", {"keep": 0.7}),
     ("dct", {"keep": 0.9}),
     ("diffrate", {"keep": 0.9}),
+    ("mctf", {"r": 8}),
+    ("mctf", {"r": 16}),
 ]
 
 
@@ -210,15 +212,18 @@ def graphed_and_eager(model, x, amp):
 
 
 def headline_amounts(method):
-    """ToMe and ToMeCIS at the paper's r values; the other methods at r 13 (where taken), keep 0.7 and 0.9."""
+    """ToMe and ToMeCIS at the paper's r values; the other methods at r 13 (MCTF also 16), keep 0.7 and 0.9, as taken."""
     if method in ("tomecis", "tome"):
         return [{"r": r} for r in R_VALUES] + [{"keep": 0.9}]
-    r = [{"r": 13}] if tomecis.METHODS[method].takes("r") else []
-    return r + [{"keep": 0.7}, {"keep": 0.9}]
+    takes = tomecis.METHODS[method].takes
+    r = [{"r": 13}] + ([{"r": 16}] if method == "mctf" else []) if takes("r") else []
+    return r + ([{"keep": 0.7}, {"keep": 0.9}] if takes("keep") else [])
 
 
 @pytest.mark.parametrize("amp", ["none", "fp16"])
-@pytest.mark.parametrize("method", ["tomecis", "tome", "pitome", "tofu", "evit", "atc", "dct", "diffrate"])
+@pytest.mark.parametrize(
+    "method", ["tomecis", "tome", "pitome", "tofu", "evit", "atc", "dct", "diffrate", "mctf"]
+)
 @pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_graph_replay_equals_eager_on_the_headline_grid(strict_fp32, name, method, amp):
     base = MODEL_FACTORIES[name]().to(CUDA)

@@ -262,6 +262,17 @@ METHODS: Dict[str, Method] = {
             check="tomecis.methods.diffrate:check",
             source="hchautran/PiToMe algo/DiffRate",
         ),
+        _builtin(
+            "mctf",
+            "mctf",
+            amounts=("r",),
+            summary="multi-criteria bidirectional merge on the block input before attention, "
+            "one-step-ahead attention (MCTF)",
+            stage="before_attn",
+            needs=frozenset({"attn"}),
+            prop_attn="always",
+            source="mlvlab/MCTF",
+        ),
     )
 }
 METHOD_NAMES: Tuple[str, ...] = tuple(METHODS)  # the built-in methods; method_spec finds others too

@@ -164,8 +164,20 @@ class ToMeCISAttention(Attention):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
         """What a reduction before the attention needs, without the attention's output: ``x [B, N, C]``
         normalised tokens -> ``metric [B, N, D]``, ``score``, ``cls_attn``, ``attn [B, H, N, N]`` (as
-        ``forward_merge``)."""
-        q, k, v, log_size = self._qkv(x, size)
+        ``forward_merge``).
+
+        ``q`` and ``k`` come from the first ``2C`` rows of ``qkv`` as their own product ``x @ W_qkᵀ + b_qk``
+        (MCTF's code computes them so; no value vectors are computed unless ``"score"`` needs them)."""
+        B, N, _ = x.shape
+        if "score" in needs:
+            q, k, v, _ = self._qkv(x, None)
+        else:
+            qk = (
+                self._qkv_rows(x, 0, 2).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            )
+            q, k = qk.unbind(0)  # [B, H, N, D] each
+            q, k, v = self.q_norm(q), self.k_norm(k), None
+        log_size = None if size is None else size.log().reshape(B, 1, 1, N)  # [B, 1, 1, N] float32: log s
         attn = cls_row = None
         if "attn" in needs:
             attn = self._attention_probs(q, k, None if log_size is None else M.as_dtype(log_size, q.dtype))
@@ -175,11 +187,23 @@ class ToMeCISAttention(Attention):
 
     def apply_probs(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """``proj(attn @ v)`` with given attention probabilities: ``x [B, N, C]`` normalised tokens,
-        ``attn [B, H, N, N]`` -> ``[B, N, C]`` (MCTF's one-step-ahead attention)."""
+        ``attn [B, H, N, N]`` -> ``[B, N, C]`` (MCTF's one-step-ahead attention). ``v`` comes from the last
+        ``C`` rows of ``qkv`` as their own product ``x @ W_vᵀ + b_v`` (as MCTF's code; no q, k computed)."""
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
-        v = self._qkv(x, None)[2]
+        v = (
+            self._qkv_rows(x, 2, 1).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        )  # [B, H, N, D]
         return self._project(self.attn_drop(attn).to(v.dtype) @ v, gate)
+
+    def _qkv_rows(self, x: torch.Tensor, first: int, parts: int) -> torch.Tensor:
+        """``x @ Wᵀ + b`` for ``parts`` of ``qkv``'s three ``C``-row blocks from block ``first`` (0: q, 1: k,
+        2: v) as a product of their own: ``x [B, N, C]`` -> ``[B, N, parts * C]``."""
+        rows = self.attn_dim
+        out = x @ self.qkv.weight.narrow(0, first * rows, parts * rows).t()
+        if self.qkv.bias is not None:
+            out = out + self.qkv.bias.narrow(0, first * rows, parts * rows)
+        return out
 
     def _qkv(self, x: torch.Tensor, size: Optional[torch.Tensor]):
         """``x [B, N, C]`` -> ``q, k, v [B, H, N, D]`` (q/k normalised as timm does) and ``log s``

@@ -49,7 +49,8 @@ TARGETS = {
 BUDGET_SECONDS = 480.0  # the whole check on one GPU, the CUDA tests included
 
 # The one amount each reducing method is checked at by default: r = 13 for the methods whose published
-# settings count tokens (ToMeCIS, ToMe), keep 0.9 for the PiToMe harness's methods, EViT at its paper's 0.7.
+# settings count tokens (ToMeCIS, ToMe), keep 0.9 for the PiToMe harness's methods, EViT at its paper's 0.7,
+# MCTF at its authors' scripts' r 16.
 DEFAULT_AMOUNTS: Dict[str, Amount] = {
     "tomecis": (13, None),
     "tome": (13, None),
@@ -59,6 +60,7 @@ DEFAULT_AMOUNTS: Dict[str, Amount] = {
     "atc": (None, 0.7),
     "dct": (None, 0.9),
     "diffrate": (None, 0.9),
+    "mctf": (16, None),  # the authors' DeiT-T/S eval scripts
 }
 
 FOREIGN_DEFAULT_AMOUNTS = {"r": (13, None), "keep": (None, 0.9)}  # a method of your own, by its first kind

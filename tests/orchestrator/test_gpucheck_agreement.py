@@ -125,8 +125,9 @@ def test_the_default_points_are_the_baseline_and_every_reduction_method_once():
         ("a", "atc", "keep0.7"),
         ("a", "dct", "keep0.9"),
         ("a", "diffrate", "keep0.9"),
+        ("a", "mctf", "r16"),
     ]
-    assert [p.unreduced for p in points] == [True] + [False] * 8 + [True] + [False] * 8
+    assert [p.unreduced for p in points] == [True] + [False] * 9 + [True] + [False] * 9
     assert points[0].key == ("a", "none", 0, None) and points[3].key == ("a", "pitome", None, 0.9)
     assert methods_of(points, "b")["evit"] == [(None, 0.7)] and method_amounts(GpuCheckConfig())[1] == []
 
@@ -145,15 +146,16 @@ def test_r_and_keep_replace_the_defaults_of_the_methods_that_take_them():
         ("a", "atc", "keep0.7"),
         ("a", "dct", "keep0.9"),
         ("a", "diffrate", "keep0.9"),
+        ("a", "mctf", "r13"),
     ]
     assert method_amounts(cfg)[1] == [
         f"{m} takes --keep, none given: at its default keep{k}"
         for m, k in (("evit", 0.7), ("atc", 0.7), ("dct", 0.9), ("diffrate", 0.9))
     ]
-    # --keep alone: every method at it, the r methods too
-    assert {
-        m for _, m, a in labels(GpuCheckConfig(models=["a"], keep_values=[0.8])) if a == "keep0.8"
-    } == set(REDUCING_METHODS)
+    # --keep alone: every method that takes keep at it, the r methods too; mctf (r only) at its default r16
+    keep_only = labels(GpuCheckConfig(models=["a"], keep_values=[0.8]))
+    assert {m for _, m, a in keep_only if a == "keep0.8"} == set(REDUCING_METHODS) - {"mctf"}
+    assert ("a", "mctf", "r16") in keep_only
     # both: each method at the kind of its default amount
     both = GpuCheckConfig(models=["a"], r_values=[8, 16], keep_values=[0.8], methods=["tome", "tofu", "evit"])
     assert labels(both) == [
@@ -191,6 +193,7 @@ def test_all_amounts_runs_every_method_at_every_amount_it_takes():
         ("atc", "keep0.9"),
         ("dct", "keep0.9"),
         ("diffrate", "keep0.9"),
+        ("mctf", "r8"),
     ]
 
 
@@ -221,12 +224,13 @@ def test_the_default_plan_fits_the_budget_and_benchmarks_methods_sharing_amounts
     assert benchmark_groups(points, "deit_small_patch16_224") == [
         dict(methods=["none", "tomecis", "tome"], r_values=[13], keep_values=[]),
         dict(methods=["pitome", "tofu", "dct", "diffrate"], r_values=[], keep_values=[0.9]),
-        dict(methods=["evit"], r_values=[], keep_values=[0.7]),
+        dict(methods=["evit", "atc"], r_values=[], keep_values=[0.7]),
+        dict(methods=["mctf"], r_values=[16], keep_values=[]),
     ]
     lines = plan_lines(cfg, points)
     assert lines[0] == (
-        "plan: deit_small: 8 point(s): none r0, tomecis r13, tome r13, pitome keep0.9, tofu keep0.9, evit keep0.7, "
-        "dct keep0.9, diffrate keep0.9"
+        "plan: deit_small: 10 point(s): none r0, tomecis r13, tome r13, pitome keep0.9, tofu keep0.9, evit keep0.7, "
+        "atc keep0.7, dct keep0.9, diffrate keep0.9, mctf r16"
     ).replace("deit_small", "deit_tiny")
     assert lines[-1].startswith("plan: about ") and "OVER BUDGET" not in lines[-1]
     assert (

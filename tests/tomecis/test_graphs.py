@@ -47,6 +47,7 @@ def test_every_method_and_amount_traces_whole_without_a_host_sync():
     x = torch.randn(2, 3, 224, 224)
     settings = [(m, {"r": r}) for m in ("tomecis", "tome") for r in (0, 8, 13, 16)]
     settings += [(m, {"r": 13}) for m in ("pitome", "tofu")]
+    settings += [("mctf", {"r": r}) for r in (8, 16, 100)]  # 100: blocks that remove nothing, sizes kept
     settings += [(m, {"keep": 0.9}) for m in ("tomecis", "pitome", "tofu", "evit")] + [
         ("evit", {"keep": 0.7})
     ]
