@@ -133,6 +133,9 @@ class Method:
     weight: Optional[TokenWeight] = None  # ToMe-style merges: per-token weights of the average
     source: str = ""  # whose code the method follows
     origin: str = BUILTIN_ORIGIN  # where the declaration came from: builtin, a distribution, a module path
+    default_amount: Optional[Tuple[Optional[int], Optional[float]]] = (
+        None  # (r, keep) its check/benchmark uses
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -148,12 +151,26 @@ class Method:
             problems.append(f"prop_attn {self.prop_attn!r} must be one of {PROP_ATTN}")
         if self.amounts and (self.count is None or self.reduce is None):
             problems.append("a method that takes an amount needs count and reduce")
+        if self.default_amount is not None:
+            r, keep = self.default_amount
+            kind = "keep" if keep is not None else "r"
+            if (r is None) == (keep is None) or kind not in self.amounts:
+                problems.append(
+                    f"default_amount {self.default_amount!r} must be one (r, keep) amount it takes"
+                )
         if problems:
             raise ValueError(f"method declaration {self.name!r}: " + "; ".join(problems))
         object.__setattr__(self, "needs", frozenset(self.needs))
 
     def takes(self, amount: str) -> bool:
         return amount in self.amounts
+
+    def default(self) -> Tuple[Optional[int], Optional[float]]:
+        """The amount it is checked and benchmarked at when none is given: its ``default_amount``, else
+        r = 13 or keep 0.9, by the first kind it takes (a method of your own that declares none)."""
+        if self.default_amount is not None:
+            return self.default_amount
+        return (13, None) if self.amounts[0] == "r" else (None, 0.9)
 
     @property
     def needs_score(self) -> bool:
@@ -196,6 +213,7 @@ METHODS: Dict[str, Method] = {
             prop_attn="reducing",
             distill_token=True,
             weight=class_importance_weight,
+            default_amount=(13, None),
             source="SPEC.md (Seol et al., IECON 2023)",
         ),
         _builtin(
@@ -207,6 +225,7 @@ METHODS: Dict[str, Method] = {
             prop_attn="reducing",
             distill_token=True,
             weight=size_weight,
+            default_amount=(13, None),
             source="facebookresearch/ToMe",
         ),
         _builtin(
@@ -215,6 +234,7 @@ METHODS: Dict[str, Method] = {
             amounts=("r", "keep"),
             summary="energy-ordered merge, protected high-energy tokens, size-weighted average (PiToMe)",
             needs=frozenset({"keys"}),
+            default_amount=(None, 0.9),
             source="hchautran/PiToMe algo/pitome",
         ),
         _builtin(
@@ -223,6 +243,7 @@ METHODS: Dict[str, Method] = {
             amounts=("r", "keep"),
             summary="bipartite matching on keys: prune in the first half, norm-preserving merge after (ToFu)",
             needs=frozenset({"keys"}),
+            default_amount=(None, 0.9),
             source="hchautran/PiToMe algo/tofu",
         ),
         _builtin(
@@ -231,6 +252,7 @@ METHODS: Dict[str, Method] = {
             amounts=("keep",),
             summary="keep the tokens the class token attends to most, fuse the rest, at three blocks (EViT)",
             needs=frozenset({"cls_attn"}),
+            default_amount=(None, 0.7),
             source="youweiliang/evit",
         ),
         _builtin(
@@ -240,6 +262,7 @@ METHODS: Dict[str, Method] = {
             summary="complete-linkage clustering of the keys at three blocks, size-weighted cluster means (ATC)",
             needs=frozenset({"keys"}),
             prop_attn="always",
+            default_amount=(None, 0.7),
             source="JoakimHaurum/ATC",
         ),
         _builtin(
@@ -249,6 +272,7 @@ METHODS: Dict[str, Method] = {
             summary="keep the lowest DCT-II coefficients along the tokens after each MLP, float16-rounded (DCT)",
             stage="after_mlp",
             reduce_at_zero=True,
+            default_amount=(None, 0.9),
             source="hchautran/PiToMe algo/dct",
         ),
         _builtin(
@@ -260,6 +284,7 @@ METHODS: Dict[str, Method] = {
             prop_attn="always",
             reduce_at_zero=True,
             check="tomecis.methods.diffrate:check",
+            default_amount=(None, 0.9),
             source="hchautran/PiToMe algo/DiffRate",
         ),
         _builtin(
@@ -271,6 +296,7 @@ METHODS: Dict[str, Method] = {
             stage="before_attn",
             needs=frozenset({"attn"}),
             prop_attn="always",
+            default_amount=(16, None),
             source="mlvlab/MCTF",
         ),
     )

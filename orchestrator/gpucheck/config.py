@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from tomecis.names import (
+    METHODS,
     REDUCING_METHODS,
     UNREDUCED,
     Amount,
@@ -50,30 +51,16 @@ TARGETS = {
 # machine's start takes about 3; nine methods (issue #29) at one amount each need about 8.5 minutes.
 BUDGET_SECONDS = 540.0
 
-# The one amount each reducing method is checked at by default: r = 13 for the methods whose published
-# settings count tokens (ToMeCIS, ToMe), keep 0.9 for the PiToMe harness's methods, EViT at its paper's 0.7,
-# MCTF at its authors' scripts' r 16.
-DEFAULT_AMOUNTS: Dict[str, Amount] = {
-    "tomecis": (13, None),
-    "tome": (13, None),
-    "pitome": (None, 0.9),
-    "tofu": (None, 0.9),
-    "evit": (None, 0.7),
-    "atc": (None, 0.7),
-    "dct": (None, 0.9),
-    "diffrate": (None, 0.9),
-    "mctf": (16, None),  # the authors' DeiT-T/S eval scripts
-}
-
-FOREIGN_DEFAULT_AMOUNTS = {"r": (13, None), "keep": (None, 0.9)}  # a method of your own, by its first kind
+# The one amount each reducing method is checked at by default, as its declaration says
+# (``Method.default_amount``): r = 13 for the methods whose published settings count tokens (ToMeCIS, ToMe),
+# keep 0.9 for the PiToMe harness's methods, EViT and ATC at 0.7, MCTF at its authors' scripts' r 16; a
+# method of your own at its declared default, else r 13 or keep 0.9 by the first kind it takes.
+DEFAULT_AMOUNTS: Dict[str, Amount] = {name: METHODS[name].default() for name in REDUCING_METHODS}
 
 
 def default_amount(method: str) -> Amount:
-    """The amount a method runs at when none is given: ``DEFAULT_AMOUNTS``'s, or for a method not built in
-    r 13 where it takes ``--r``, else keep 0.9."""
-    if method in DEFAULT_AMOUNTS:
-        return DEFAULT_AMOUNTS[method]
-    return FOREIGN_DEFAULT_AMOUNTS[method_spec(method).amounts[0]]
+    """The amount a method runs at when none is given (``Method.default``)."""
+    return method_spec(method).default()
 
 
 @dataclass
