@@ -51,6 +51,7 @@ from .grid import (
     parse_r_values,
     plan_methods,
 )
+from .lease import ResultsLease
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
 from .pool import EvaluatorPool, group_shards
@@ -91,6 +92,7 @@ class SweepConfig:
     bench_runs: int = 10
     bench_warmup: int = 3
     force: bool = False
+    force_unlock: bool = False  # take the results folder's lease even from a live holder
     num_actors: Optional[int] = None
     cpus_per_actor: Optional[float] = None
     loader_workers: Optional[int] = None
@@ -167,7 +169,17 @@ class SweepRun:
     session: str = field(default_factory=lambda: uuid.uuid4().hex)  # marks the spool records of this run
 
 
-def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepSummary:
+def run_sweep(
+    cfg: SweepConfig, selection: Optional[Selection] = None, command: Optional[str] = None
+) -> SweepSummary:
+    """``_run_sweep`` holding the lease on ``cfg.out`` (``lease``): taken before anything is evaluated or
+    Ray starts (``LeaseHeld`` naming the holder when another sweep writes there), released however it ends.
+    ``command``: what the lease record says runs (default: this process's command line)."""
+    with ResultsLease(cfg.out, command=command, force=cfg.force_unlock):
+        return _run_sweep(cfg, selection)
+
+
+def _run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepSummary:
     """Evaluate every grid point not yet in ``cfg.out``; raises ``SweepError`` if any point fails.
 
     Ray starts only when there is work, or with ``--device auto`` (the device kind, part of the
@@ -526,6 +538,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="recompute points already in --out")
     p.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="take --out's lease (_lease.json) even when another sweep seems to hold it (only when you know it is gone)",
+    )
+    p.add_argument(
         "--num-actors",
         type=int,
         help="actors to start (default: one per GPU of each node, else as many CPU actors as the nodes hold); with --device cuda, more than the GPUs that exist asks the autoscaler for GPU nodes",
@@ -603,7 +620,7 @@ def _run_and_print(cfg: SweepConfig, argv: Sequence[str]) -> int:
         print(describe_plan(cfg))
         return 0
     try:
-        summary = run_sweep(cfg, validate_inputs(cfg))
+        summary = run_sweep(cfg, validate_inputs(cfg), command=resume_command(argv))
     except SweepPaused as paused:
         print(
             f"paused (Ctrl-C): the actors are stopped; {paused}\nresume with: {resume_command(argv)}",
