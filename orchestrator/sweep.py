@@ -545,7 +545,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num-actors",
         type=int,
-        help="actors to start (default: one per GPU of each node, else as many CPU actors as the nodes hold); with --device cuda, more than the GPUs that exist asks the autoscaler for GPU nodes",
+        help="actors to start (default: one per GPU of each node, else as many CPU actors as the nodes hold); more than the nodes hold asks Ray's autoscaler for nodes (GPU or CPU actors alike)",
     )
     p.add_argument(
         "--cpus-per-actor",
