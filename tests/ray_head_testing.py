@@ -39,6 +39,19 @@ class RayHead:
     def log(self) -> str:
         return (self.folder / "head.log").read_text(errors="replace")
 
+    def node_pids(self, node_id: str) -> List[int]:
+        """The processes of one node the autoscaler started (its raylet, agents and workers: each carries
+        the node's id, which Ray's fake provider hands it in ``RAY_OVERRIDE_NODE_ID_FOR_TESTING``)."""
+        marker = f"RAY_OVERRIDE_NODE_ID_FOR_TESTING={node_id}".encode()
+        pids = []
+        for pid in self.session_pids():
+            try:
+                if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    pids.append(pid)
+            except OSError:  # ended meanwhile
+                continue
+        return pids
+
     def session_pids(self) -> List[int]:
         """Every process of the head's session (its own, the GCS, raylets of every node it started, workers)."""
         pids = []
@@ -53,11 +66,14 @@ class RayHead:
 
 
 @contextmanager
-def ray_head(env: Dict[str, str], *args: str, timeout: float = 180.0) -> Iterator[RayHead]:
+def ray_head(
+    env: Dict[str, str], *args: str, port: Optional[int] = None, timeout: float = 180.0
+) -> Iterator[RayHead]:
     """``ray start --head --block ARGS`` with ``env`` (over this process's, HOME set to a folder of its own
-    unless ``env`` names one); yields once its GCS answers, and ends the whole session on the way out."""
+    unless ``env`` names one) and its GCS at ``port`` (default: a free one); yields once it has started,
+    and ends the whole session on the way out."""
     folder = Path(tempfile.mkdtemp(prefix="rayhead", dir="/tmp"))  # short: Ray's socket paths have a limit
-    port = free_port()
+    port = port or free_port()
     command = [
         RAY,
         "start",
