@@ -286,8 +286,8 @@ def _evaluate_pass(
     def accept(outcome) -> None:  # on disk before it counts
         urls = tuple(outcome.shards)
         record = SpoolRecord(urls, outcome, run.session, pool.attempts.get((decode_pass.name, urls), 0))
+        records.append(record)  # before the put: Ctrl-C amid it is settled by what is on disk (below)
         spool.put(urls, outcome, record.retries)
-        records.append(record)
         run.bar.update(len(outcome.keys) + outcome.n_failed)
 
     try:
@@ -304,6 +304,8 @@ def _evaluate_pass(
             run.summary.failed.setdefault(point, str(err))
         return
     except KeyboardInterrupt:
+        if records and records[-1].session == run.session and not spool.holds(records[-1].urls):
+            records.pop()  # Ctrl-C came while its file was being written: not kept, so not counted
         done = sum(len(r.urls) for r in records)
         run.summary.paused = f"{decode_pass.name}: {done} of {len(run.selection.shards)} shard(s) evaluated, kept in {spool.uri}"
         raise
