@@ -81,15 +81,15 @@ class LeaseRecord:
 
     def describe(self, now: float) -> str:
         """``pid 812 on host gpu-1, started 2026-12-06T08:40:01Z, renewed 3s ago (python -m ...)``."""
-        return (
-            f"pid {self.pid} on host {self.host}, started {self.started}, renewed {now - self.renewed:.0f}s ago "
-            f"({self.command})"
-        )
+        renewed = f"renewed {now - self.renewed:.0f}s ago" if self.renewed else "never renewed"
+        return f"pid {self.pid} on host {self.host}, started {self.started}, {renewed} ({self.command})"
 
     def gone(self, now: float) -> str:
         """Why this holder is gone (its pid is dead on this host, or it stopped renewing), else ``""``."""
         if self.host == socket.gethostname() and not _pid_alive(self.pid):
             return f"its process {self.pid} is no longer running on this host"
+        if not self.renewed:
+            return "its record is unreadable"
         if now - self.renewed > self.lease_seconds:
             return f"not renewed for {now - self.renewed:.0f}s, longer than its {self.lease_seconds:g}s lease"
         return ""

@@ -138,7 +138,8 @@ def test_a_damaged_record_is_taken_over(tmp_path):
     (tmp_path / LEASE_FILE).write_text('{"host": "gpu-no')
     said = Lines()
     ResultsLease(tmp_path, say=said).acquire()
-    assert len(said) == 1 and "unreadable lease record" in said[0]
+    assert len(said) == 1 and "unreadable lease record" in said[0] and "never renewed" in said[0]
+    assert said[0].endswith(": its record is unreadable")
 
 
 def test_the_lease_is_renewed_while_held(tmp_path):
