@@ -6,10 +6,12 @@ rule here is tested without a cluster:
 - GPU actors: one per GPU of each node, each reserving its share of that node's CPUs
   (node CPUs / node GPUs) and running one DataLoader worker per CPU but one (which feeds the GPU:
   collating, copying, launching kernels), unless ``cpus_per_actor`` /
-  ``loader_workers`` say otherwise. An explicit ``num_actors`` above the GPUs that exist asks for the
-  rest without a node: their pending demand is what makes Ray's autoscaler start GPU nodes.
+  ``loader_workers`` say otherwise.
 - CPU actors: up to 4 CPUs each, never more than a node has, as many per node as fit.
-- A request that fits no node that exists is an error at once, naming the request and the biggest node.
+- An explicit ``num_actors`` above what the nodes hold, GPU or CPU alike, asks for the rest without a
+  node: their pending demand is what makes Ray's autoscaler start nodes (a cluster may start with none).
+- Without ``num_actors``, a request that fits no node that exists is an error at once, naming the
+  request and the biggest node.
 """
 
 from __future__ import annotations
@@ -181,23 +183,29 @@ def _cpu_slots(nodes, num_actors, cpus_per_actor, loader_workers) -> List[ActorS
             * int(node.cpus // cpus)
         )
     slots = _interleave(per_node)
-    if not slots:
-        raise PlacementError(_no_cpu_fits(nodes, cpus_per_actor))
-    if num_actors is not None and num_actors > len(slots):
-        raise PlacementError(
-            f"--num-actors {num_actors}: the nodes hold only {len(slots)} CPU actor(s) of {slots[0].num_cpus:g} CPU each "
-            f"({_describe_nodes(nodes)}); ask for at most {len(slots)}, or fewer CPUs each with --cpus-per-actor"
-        )
-    return slots[:num_actors] if num_actors is not None else slots
+    if num_actors is None:
+        if not slots:
+            raise PlacementError(_no_cpu_fits(nodes, cpus_per_actor))
+        return slots
+    missing = num_actors - len(slots)
+    if missing > 0:  # nodes that do not exist yet: their demand makes the autoscaler start them
+        cpus = cpus_per_actor if cpus_per_actor is not None else (slots[0].num_cpus if slots else 1.0)
+        workers = loader_workers if loader_workers is not None else 0
+        slots += [ActorSlot(None, "", cpus, 0, max(1, int(cpus)), workers)] * missing
+    return slots[:num_actors]
 
 
 def _no_cpu_fits(nodes, cpus_per_actor) -> str:
     if not nodes or max(n.cpus for n in nodes) < 1:
-        return f"no node of the Ray cluster has a CPU for an actor ({_describe_nodes(nodes)}); add a worker node with CPUs"
+        return (
+            f"no node of the Ray cluster has a CPU for an actor ({_describe_nodes(nodes)}); add a worker node with "
+            "CPUs, or pass --num-actors N to have the autoscaler start nodes for N actors"
+        )
     biggest = max(nodes, key=lambda n: n.cpus)
     return (
         f"--cpus-per-actor {cpus_per_actor:g}: no node has {cpus_per_actor:g} CPUs; the biggest has {biggest.cpus:g} "
-        f"(node {biggest.address}); ask for at most {biggest.cpus:g}"
+        f"(node {biggest.address}); ask for at most {biggest.cpus:g}, or pass --num-actors N to have the autoscaler "
+        "start nodes that fit"
     )
 
 

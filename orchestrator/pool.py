@@ -181,17 +181,23 @@ class ActorSet:
             if ready:
                 return ready
             if time.monotonic() > deadline:
-                raise SweepError(f"no evaluator actor became ready within {self.start_timeout:.0f}s")
+                raise SweepError(self.not_started())
             try:
                 ray.get([a.ready_ref for a in self.actors], timeout=1.0)
             except (GetTimeoutError, RayActorError):
                 pass  # checked again at the top of the loop
 
     def not_started(self) -> str:
-        slot = self.plan.slots[0]
+        """What never came within ``--actor-start-timeout``: the actors still waiting, what each asks for
+        and where, and what to check."""
+        waiting = [a for a in self.actors if a.info is None] or self.actors
+        slot = waiting[0].slot
+        where = f"on node {slot.address} ({slot.node_id[:8]})" if slot.node_id else "on any node"
         return (
-            f"no evaluator actor could start within {self.start_timeout:.0f}s (each asks for {slot.num_cpus:g} CPU, "
-            f"{slot.num_gpus:g} GPU); check the cluster's resources with `ray status`"
+            f"--actor-start-timeout {self.start_timeout:g}: {len(waiting)} of {len(self.actors)} evaluator actor(s) "
+            f"never started; each asks for {slot.num_cpus:g} CPU, {slot.num_gpus:g} GPU {where}, and no node with "
+            "that much free came (busy, or the autoscaler started none: no node type that fits, or max_workers "
+            "reached); check `ray status`, or give the autoscaler longer with a bigger --actor-start-timeout"
         )
 
     def shutdown(self) -> None:

@@ -214,6 +214,10 @@ class Spool:
         record = SpoolRecord(tuple(urls), outcome, self.session, retries)
         self.results.write_bytes(self._path(urls), encode(record, self.key))
 
+    def holds(self, urls: Sequence[str]) -> bool:
+        """Whether the item of these shards is in the spool (its file was written whole)."""
+        return self.results.fs.get_file_info(self._path(urls)).type == pafs.FileType.File
+
     def load(self, point_keys: Sequence[PointKey], say: Callable[[str], None]) -> List[SpoolRecord]:
         """Every record in the spool, each checked (``decode``) and against its file's name; a file
         that fails is left out with a line through ``say`` (its shards are then evaluated again)."""

@@ -60,6 +60,7 @@ from .grid import (
 )
 from .gridfile import apply_to_parser, file_amounts, read_grid_file
 from .matched import parse_reference
+from .lease import ResultsLease
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
 from .pool import EvaluatorPool, group_shards
@@ -100,6 +101,7 @@ class SweepConfig:
     bench_runs: int = 20  # paired timing rounds: from 6 on, each speed-up gets a 95% interval
     bench_warmup: int = 3
     force: bool = False
+    force_unlock: bool = False  # take the results folder's lease even from a live holder
     num_actors: Optional[int] = None
     cpus_per_actor: Optional[float] = None
     loader_workers: Optional[int] = None
@@ -186,7 +188,17 @@ class SweepRun:
     matched: Dict[GridPoint, Calibration] = field(default_factory=dict)  # --match's points
 
 
-def run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepSummary:
+def run_sweep(
+    cfg: SweepConfig, selection: Optional[Selection] = None, command: Optional[str] = None
+) -> SweepSummary:
+    """``_run_sweep`` holding the lease on ``cfg.out`` (``lease``): taken before anything is evaluated or
+    Ray starts (``LeaseHeld`` naming the holder when another sweep writes there), released however it ends.
+    ``command``: what the lease record says runs (default: this process's command line)."""
+    with ResultsLease(cfg.out, command=command, force=cfg.force_unlock):
+        return _run_sweep(cfg, selection)
+
+
+def _run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> SweepSummary:
     """Evaluate every grid point not yet in ``cfg.out``; raises ``SweepError`` if any point fails.
 
     Ray starts only when there is work, or with ``--device auto`` (the device kind, part of the
@@ -360,8 +372,8 @@ def _evaluate_pass(
     def accept(outcome) -> None:  # on disk before it counts
         urls = tuple(outcome.shards)
         record = SpoolRecord(urls, outcome, run.session, pool.attempts.get((decode_pass.name, urls), 0))
+        records.append(record)  # before the put: Ctrl-C amid it is settled by what is on disk (below)
         spool.put(urls, outcome, record.retries)
-        records.append(record)
         run.bar.update(len(outcome.keys) + outcome.n_failed)
 
     try:
@@ -378,6 +390,8 @@ def _evaluate_pass(
             run.summary.failed.setdefault(point, str(err))
         return
     except KeyboardInterrupt:
+        if records and records[-1].session == run.session and not spool.holds(records[-1].urls):
+            records.pop()  # Ctrl-C came while its file was being written: not kept, so not counted
         done = sum(len(r.urls) for r in records)
         run.summary.paused = f"{decode_pass.name}: {done} of {len(run.selection.shards)} shard(s) evaluated, kept in {spool.uri}"
         raise
@@ -651,9 +665,14 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="recompute points already in --out")
     p.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="take --out's lease (_lease.json) even when another sweep seems to hold it (only when you know it is gone)",
+    )
+    p.add_argument(
         "--num-actors",
         type=int,
-        help="actors to start (default: one per GPU of each node, else as many CPU actors as the nodes hold); with --device cuda, more than the GPUs that exist asks the autoscaler for GPU nodes",
+        help="actors to start (default: one per GPU of each node, else as many CPU actors as the nodes hold); more than the nodes hold asks Ray's autoscaler for nodes (GPU or CPU actors alike)",
     )
     p.add_argument(
         "--cpus-per-actor",
@@ -767,7 +786,7 @@ def _run_and_print(cfg: SweepConfig, argv: Sequence[str]) -> int:
         print(describe_plan(cfg))
         return 0
     try:
-        summary = run_sweep(cfg, validate_inputs(cfg))
+        summary = run_sweep(cfg, validate_inputs(cfg), command=resume_command(argv))
     except SweepPaused as paused:
         print(
             f"paused (Ctrl-C): the actors are stopped; {paused}\nresume with: {resume_command(argv)}",

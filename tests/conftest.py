@@ -124,24 +124,49 @@ def sample_photos():
 def actor_dies_on_item(monkeypatch, tmp_path):
     """``actor_dies_on_item(n)``: the sweep's actors become a subclass of the evaluator of which exactly
     one process dies (``os._exit``, like a crashed or preempted worker) when it starts its n-th work item.
-    A marker file, created atomically, makes it one death in all: replacement actors live."""
+    A marker file, created atomically, makes it one death in all: replacement actors live.
+
+    It dies only once the driver holds every result it made before (a marker per result the driver
+    fetched): a process that exits at once can take the reply of its previous item with it, which would
+    make that item a retry too, as it may on a real cluster; the tests count retries exactly."""
+    import hashlib
     import os
+    import time
 
     from orchestrator import evaluator, pool
 
     marker = tmp_path / "an-actor-died"
+    received = tmp_path / "results-the-driver-holds"
+    received.mkdir()
+
+    def name(urls) -> str:
+        return hashlib.sha1("|".join(urls).encode()).hexdigest()
+
+    real_fetch = pool.fetch
+
+    def fetch_and_note(ref):
+        outcome = real_fetch(ref)
+        (received / name(outcome.shards)).touch()
+        return outcome
 
     def arm(n: int) -> None:
         class DyingEvaluator(evaluator.Evaluator):
             def evaluate(self, decode_pass, items):
-                if self.items_started + 1 == n:
+                if self.items_started + 1 == n and not marker.exists():
+                    made = [name(urls) for urls in getattr(self, "made", [])]
+                    deadline = time.monotonic() + 300
+                    while not all((received / m).exists() for m in made) and time.monotonic() < deadline:
+                        time.sleep(0.01)  # the driver is fetching them: a wait for that, not a guess
                     try:
                         os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
                         os._exit(17)
                     except FileExistsError:
                         pass
-                return super().evaluate(decode_pass, items)
+                outcome = super().evaluate(decode_pass, items)
+                self.made = [*getattr(self, "made", []), [s.url for s in items]]
+                return outcome
 
         monkeypatch.setattr(pool, "Evaluator", DyingEvaluator)
+        monkeypatch.setattr(pool, "fetch", fetch_and_note)
 
     return arm

@@ -372,3 +372,24 @@ def test_actors_that_die_before_starting_end_the_sweep_with_their_error(data, tm
     ):
         sweep.run_sweep(sweep_config(data, tmp_path / "out", c.address, device="cuda", max_retries=3))
     assert capfd.readouterr().err.count("SchedulingCancelled") <= 5
+
+
+@pytest.mark.slow
+def test_demand_no_node_ever_meets_ends_at_the_start_timeout_naming_what_never_came(
+    data, tmp_path, make_cluster
+):
+    """--num-actors beyond the nodes is demand for the autoscaler; where none comes (this cluster has no
+    autoscaler), the sweep stops after --actor-start-timeout, naming the actors and what each asked for."""
+    c = make_cluster(0, {"num_cpus": 1})
+    cfg = sweep_config(data, tmp_path / "out", c.address, device="cpu", num_actors=1, cpus_per_actor=2)
+    cfg.actor_start_timeout = 5
+    start = time.monotonic()
+    with pytest.raises(sweep.SweepError) as stopped:
+        sweep.run_sweep(cfg)
+    elapsed = time.monotonic() - start
+    print(f"after {elapsed:.0f}s: {stopped.value}")
+    assert str(stopped.value).startswith(
+        "--actor-start-timeout 5: 1 of 1 evaluator actor(s) never started; each asks for 2 CPU, 0 GPU on any "
+        "node, and no node with that much free came"
+    )
+    assert elapsed < 120 and not (tmp_path / "out" / "points").exists()

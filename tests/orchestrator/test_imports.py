@@ -24,6 +24,7 @@ def imported(modules: str, watched=("ray", "torch", "timm")) -> list:
         "orchestrator.prepare",
         "orchestrator.results",
         "orchestrator.gpucheck",
+        "orchestrator.lease",
     ],
 )
 def test_the_driver_side_of_a_point_imports_no_ray(module):

@@ -45,13 +45,29 @@ def test_a_head_without_cpus_gets_no_actor():
     assert per_node(plan) == {"worker": 1} and plan.slots[0].num_cpus == 2
 
 
-def test_num_actors_spreads_over_nodes_and_cannot_exceed_them():
+def test_num_actors_spreads_over_nodes_and_asks_the_autoscaler_for_the_rest():
     plan = plan_actors([node("a", 4), node("b", 4)], "cpu", num_actors=2, cpus_per_actor=1)
     assert per_node(plan) == {"a": 1, "b": 1}  # interleaved, not both on the first node
-    with pytest.raises(
-        PlacementError, match=r"--num-actors 9: the nodes hold only 8 CPU actor\(s\) of 1 CPU each"
-    ):
-        plan_actors([node("a", 4), node("b", 4)], "cpu", num_actors=9, cpus_per_actor=1)
+    beyond = plan_actors([node("a", 4), node("b", 4)], "cpu", num_actors=9, cpus_per_actor=1)
+    assert per_node(beyond) == {"a": 4, "b": 4, "": 1} and beyond.slots[-1].node_id is None
+    assert "pending (no node yet: the autoscaler must start one): 1 actor(s) x (1 CPU" in beyond.describe()
+    unsized = plan_actors([node("a", 2)], "cpu", num_actors=3)  # pending ones as big as the planned ones
+    assert [(s.node_id, s.num_cpus) for s in unsized.slots] == [("id-a", 2), (None, 2), (None, 2)]
+
+
+def test_cpu_with_num_actors_on_a_cluster_without_workers_asks_the_autoscaler():
+    """A ``ray up`` cluster with no idle worker: a head with no CPUs, and demand for two 1-CPU actors."""
+    plan = plan_actors([node("head", 0)], "cpu", num_actors=2, cpus_per_actor=1)
+    assert plan.device == "cpu"
+    assert [(s.node_id, s.num_cpus, s.num_gpus, s.threads) for s in plan.slots] == [(None, 1, 0, 1)] * 2
+    assert plan.describe().splitlines() == [
+        "plan: 2 CPU actor(s) on 0 node(s)",
+        "  pending (no node yet: the autoscaler must start one): 2 actor(s) x (1 CPU, 0 loader worker(s), 1 torch thread(s))",
+    ]
+    big = plan_actors([node("a", 2)], "cpu", num_actors=1, cpus_per_actor=8)  # no node fits: one may come
+    assert [(s.node_id, s.num_cpus) for s in big.slots] == [(None, 8)]
+    with pytest.raises(PlacementError, match="or pass --num-actors N to have the autoscaler start nodes"):
+        plan_actors([node("head", 0)], "cpu", cpus_per_actor=1)  # without --num-actors: the nodes decide
 
 
 def test_an_impossible_cpu_request_names_the_biggest_node():
