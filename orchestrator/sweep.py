@@ -59,8 +59,8 @@ from .grid import (
     sweep_methods,
 )
 from .gridfile import apply_to_parser, file_amounts, read_grid_file
-from .matched import parse_reference
 from .lease import ResultsLease
+from .matched import parse_reference
 from .placement import ActorPlan, alive_nodes, plan_actors
 from .points import describe_decode_failures, point_row
 from .pool import EvaluatorPool, group_shards
