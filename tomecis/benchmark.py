@@ -166,15 +166,19 @@ MethodAmount = Tuple[str, Optional[int], Optional[float]]  # (method, r, keep)
 
 
 def amounts_of(
-    methods: Sequence[str], r_values: Sequence[int], keep_values: Sequence[float]
+    methods: Sequence[str], r_values: Sequence[int], keep_values: Sequence[float], defaults: bool = False
 ) -> List[MethodAmount]:
     """Every (method, r, keep) the methods take of the amounts given (``tomecis.names.amounts_taken``:
-    methods in order, r values before keep ratios); the unreduced model once, at r = 0.
+    methods in order, r values before keep ratios), or with ``defaults`` each method at its declared
+    default amount (``Method.default``); the unreduced model once, at r = 0.
     A method given no amount it takes raises ``ValueError`` naming it and the flags it takes."""
     out: List[MethodAmount] = []
     for name in methods:
         if name == UNREDUCED:
             out.append((name, 0, None))
+            continue
+        if defaults:
+            out.append((name, *method_spec(name).default()))
             continue
         taken, _ = amounts_taken(name, r_values, keep_values)
         if not taken:
@@ -282,6 +286,7 @@ class BenchmarkConfig:
     checkpoint: Optional[str] = None
     explicit: bool = False  # also time the full-attention-matrix formulation at every setting
     cuda_graphs: bool = True  # on CUDA, time CUDA-graph replays (False: eager forwards)
+    default_amounts: bool = False  # every method at its declared default amount (not r_values/keep_values)
 
 
 @dataclass
@@ -357,7 +362,9 @@ def run_benchmark(
     The unpatched model's median over the first and over the second half of its passes are kept
     (``unpatched_early`` / ``unpatched_late``): a gap between them shows the machine drifted."""
     device = resolve_device(cfg.device)
-    amounts = amounts_of(cfg.methods, cfg.r_values, cfg.keep_values)  # bad names or amounts raise here
+    amounts = amounts_of(
+        cfg.methods, cfg.r_values, cfg.keep_values, cfg.default_amounts
+    )  # bad ones raise here
     if model is None:
         model = create_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
     model = model.to(device).eval()
@@ -498,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="per-block keep ratios, for the methods that take keep: 0.7,0.9",
     )
+    p.add_argument(
+        "--default-amounts",
+        action="store_true",
+        help="every method at its declared default amount (tomecis/tome r13, mctf r16, evit/atc keep 0.7, "
+        "pitome/tofu/dct/diffrate keep 0.9), with the unreduced model; instead of --r and --keep",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
@@ -533,6 +546,12 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> BenchmarkConfig:
     """Parse and check the arguments (``clipattern``'s pattern: each ``dest`` is a BenchmarkConfig field)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.default_amounts:
+        if args.r_values is not None or args.keep_values:
+            parser.error("--default-amounts sets every method's amount: give it without --r and --keep")
+        args.r_values = ""
+        if UNREDUCED not in args.methods.split(","):
+            args.methods = f"{UNREDUCED},{args.methods}"
     if args.r_values is None:
         args.r_values = "" if args.keep_values else "0,8-16"
     r_values = parsed_or_exit(parser, "--r", parse_r_values, args.r_values) if args.r_values else []
@@ -540,11 +559,13 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> BenchmarkConfig:
         parsed_or_exit(parser, "--keep", parse_keep_values, args.keep_values) if args.keep_values else []
     )
     methods = parsed_or_exit(parser, "--method", parse_methods, args.methods)
-    parsed_or_exit(parser, "--method", lambda m: amounts_of(m, r_values, keep_values), methods)
+    parsed_or_exit(
+        parser, "--method", lambda m: amounts_of(m, r_values, keep_values, args.default_amounts), methods
+    )
     parsed_or_exit(parser, "--model", resolve_model_name, args.model)
     if args.batch_size < 1 or args.runs < 1 or args.warmup < 0:
         parser.error("--batch-size and --runs must be >= 1, --warmup >= 0")
-    for line in skipped_pairs(methods, r_values, keep_values):
+    for line in [] if args.default_amounts else skipped_pairs(methods, r_values, keep_values):
         print(line, file=sys.stderr)
     return BenchmarkConfig(
         **{**vars(args), "r_values": r_values, "keep_values": keep_values, "methods": methods}
@@ -569,7 +590,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run_and_print(cfg: BenchmarkConfig) -> int:
     from tqdm import tqdm
 
-    n = len(amounts_of(cfg.methods, cfg.r_values, cfg.keep_values))
+    n = len(amounts_of(cfg.methods, cfg.r_values, cfg.keep_values, cfg.default_amounts))
     bar = tqdm(total=n + 2, desc=f"benchmark {cfg.model}", file=sys.stderr)
 
     def progress(what: str) -> None:

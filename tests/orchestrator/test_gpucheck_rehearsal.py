@@ -54,7 +54,8 @@ def test_cpu_rehearsal_finds_the_shared_checkpoint_and_reports_top1_and_agreemen
     expected = (
         [("none", "r0")]
         + [(m, "r13") for m in ("tomecis", "tome", "pitome", "tofu")]
-        + [("evit", "keep0.7"), ("dct", "keep0.9"), ("diffrate", "keep0.9")]
+        + [("evit", "keep0.7"), ("atc", "keep0.7"), ("dct", "keep0.9"), ("diffrate", "keep0.9")]
+        + [("mctf", "r13")]
     )
     assert list(points) == expected and all(p["n_images"] == 32 for p in points.values())
     assert points["none", "r0"]["top1"] > 60.0, text  # a trained DeiT-Ti: about 72% on ImageNet val

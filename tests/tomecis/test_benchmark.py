@@ -158,7 +158,7 @@ def test_cli_rejects_bad_arguments(capsys):
         (["--r", ","], "--r: r values are empty"),
         (["--model", "deit_tinny"], "did you mean"),
         (["--method", "evit", "--r", "8"], "--method: method 'evit' takes --keep, and none was given"),
-        (["--method", "dct"], "--method: unknown method 'dct'"),
+        (["--method", "dtc"], "--method: unknown method 'dtc'"),
         (["--keep", "1.5"], "--keep: keep ratio '1.5' must lie in (0, 1]"),
     ):
         with pytest.raises(SystemExit):
@@ -244,3 +244,18 @@ def test_ffts_are_counted_as_5_n_log2_n_per_transform():
     model.pretrained_cfg = {"input_size": (3, 8, 16)}  # what input_shape reads
     flops = bm.count_gflops(model, CPU) * 1e9
     assert flops == 2 * 5 * 8 * 16 * 4  # two transforms of 8 rows of length 16 (log2 16 = 4)
+
+
+def test_default_amounts_put_every_method_at_its_declared_amount_beside_the_baseline(capsys):
+    cfg = bm.config_from_args(["--method", "tomecis,evit,mctf,dct", "--default-amounts"])
+    assert cfg.methods == ["none", "tomecis", "evit", "mctf", "dct"] and cfg.default_amounts
+    assert bm.amounts_of(cfg.methods, cfg.r_values, cfg.keep_values, cfg.default_amounts) == [
+        ("none", 0, None),
+        ("tomecis", 13, None),
+        ("evit", None, 0.7),
+        ("mctf", 16, None),
+        ("dct", None, 0.9),
+    ]
+    with pytest.raises(SystemExit):
+        bm.config_from_args(["--default-amounts", "--r", "8"])
+    assert "--default-amounts sets every method's amount" in capsys.readouterr().err
