@@ -107,6 +107,8 @@ def calibrate_model(
     found = []
     for method, kind in methods:
         candidates = r_candidates(max_r(model)) if kind == "r" else keep_candidates()
+        candidates = [a for a in candidates if _takes(model, method, a)]  # e.g. diffrate: keep > 0.5 only
+        candidates = _reducing(candidates, counts, method)
         key = (lambda a, m=method: counts(m, a)[1]) if kind == "keep" else None
         if target.by == "gflops":
             reference = counts(target.method, target.amount)[0]
@@ -132,6 +134,27 @@ def calibrate_model(
             )
         )
     return found
+
+
+def _reducing(candidates: List[Amount], counts: "_Counts", method: str) -> List[Amount]:
+    """``candidates`` less the smallest keeps that reduce nothing: an amount whose token counts are the
+    unreduced model's is the baseline, and would break the search's ordering (ATC: below keep 1/196 no
+    stage has a cluster to make, so keep 0.005 is the unreduced model while keep 0.01 leaves 2 tokens)."""
+    unreduced = counts(UNREDUCED, (0, None))[1]
+    start = 0
+    while start < len(candidates) and counts(method, candidates[start])[1] == unreduced:
+        start += 1
+    return candidates[start:]
+
+
+def _takes(model: nn.Module, method: str, amount: Amount) -> bool:
+    """Whether ``method`` takes ``amount`` on ``model`` (its declaration's ``check``: DiffRate refuses
+    keep <= 0.5 on a DeiT); calibration searches only the amounts a method can run at."""
+    try:
+        tomecis.set_reduction(model, method, r=amount[0], keep=amount[1])
+    except ValueError:
+        return False
+    return True
 
 
 def calibration_model(model_name: str, device: torch.device) -> nn.Module:

@@ -48,3 +48,19 @@ def tokens(model, method: str, keep: float) -> list:
     with torch.inference_mode():
         model(torch.randn(1, 3, 64, 64))
     return list(model.merge_state.tokens)
+
+
+def test_calibration_searches_only_amounts_a_method_takes_and_that_reduce_something():
+    """DiffRate refuses keep <= 0.5 (its check), and ATC below keep 1/P has no cluster to make at any stage
+    (the unreduced model, which would break the bisection's order): on DeiT-Tiny's architecture both
+    still reach ToMeCIS r13's GFLOPs within the tolerance."""
+    import timm
+
+    model = tomecis.patch(timm.create_model("deit_tiny_patch16_224").eval(), r=0)
+    target = MatchTarget("tomecis", (13, None), "gflops")
+    atc, diffrate = calibrate_model(
+        model, "deit_tiny", [("atc", "keep"), ("diffrate", "keep")], target, torch.device("cpu")
+    )
+    for calibration in (atc, diffrate):
+        assert calibration.reached and abs(calibration.gap) <= TOLERANCE, calibration.line()
+    assert diffrate.amount[1] > 0.5 and 0.1 < atc.amount[1] < 0.9
