@@ -31,6 +31,7 @@ from .listing import (
     check_keys,
     is_hidden,
     is_image_name,
+    spool_in,
     stem_of,
 )
 from .synsets import N_IMAGENET_CLASSES, synset_at
@@ -56,15 +57,8 @@ def class_index_images(src: Path, out: Path, progress: bool = False) -> Iterator
     if src.is_dir():
         yield list_class_index_folder(src)
         return
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    spool = out / SPOOL_NAME
-    try:
+    with spool_in(out, SPOOL_NAME) as spool:
         yield list_class_index_tar(src, spool, progress)
-    finally:
-        spool.unlink(missing_ok=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
 
 
 def list_class_index_folder(root: Path) -> SourceListing:

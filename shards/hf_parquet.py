@@ -28,6 +28,7 @@ from .listing import (
     SourceListing,
     check_keys,
     parquet_folder_files,
+    spool_in,
     stem_of,
 )
 from .synsets import N_IMAGENET_CLASSES, synset_at
@@ -50,15 +51,8 @@ def spooled_parquet_images(
     """The rows of the parquet files (or folder) `src_paths`, of `split`, as a listing whose bytes are spooled
     into `out` while the block runs (`shards.sources.open_source`, which imports this module, dispatches here for the parquet form)."""
     files, chosen_split = parquet_files(src_paths, split)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    spool = out / SPOOL_NAME
-    try:
+    with spool_in(out, SPOOL_NAME) as spool:
         yield list_parquet_images(files, chosen_split, spool)
-    finally:
-        spool.unlink(missing_ok=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
 
 
 def parquet_files(src_paths: Sequence[Path], split: str | None) -> tuple[list[Path], str | None]:

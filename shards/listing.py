@@ -11,7 +11,8 @@ tar.gz) all build on this module, which imports none of them: the arrows go sour
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -141,3 +142,18 @@ def check_keys(images: tuple[SourceImage, ...]) -> None:
                 f"{previous.describe()} and {current.describe()} share the key {current.key!r}; "
                 "sample keys (file stems) must be unique"
             )
+
+
+@contextmanager
+def spool_in(out: Path, name: str) -> Iterator[Path]:
+    """The file `out/name` into which a source form copies the image bytes it reads (a parquet file's, a
+    tar.gz's), removed when the block ends, and `out` with it if the block created it and it is still empty."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    spool = out / name
+    try:
+        yield spool
+    finally:
+        spool.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
