@@ -98,6 +98,17 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def deit_tiny_real():
+    """The real DeiT-Tiny (``../shared/assets``) in eval mode, one per test module; skips when absent."""
+    import timm
+
+    require_assets(DEIT_TINY_WEIGHTS)
+    model = timm.create_model("deit_tiny_patch16_224")
+    model.load_state_dict(torch.load(DEIT_TINY_WEIGHTS, map_location="cpu")["model"], strict=True)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def sample_photos():
     """The 500 real ImageNet photos, decoded once with DeiT's eval transform: (images, labels)."""

@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import DEIT_TINY_WEIGHTS, MODEL_FACTORIES, require_assets, tiny_vit
+from conftest import MODEL_FACTORIES, tiny_vit
 from reference_atc import atc_forward
 
 import tomecis
@@ -170,14 +170,6 @@ def test_keep_one_is_timm_and_refusals(deit_tiny):
 
 N_PHOTOS = 64  # spread evenly over the 500 photos
 BATCH = 32
-
-
-@pytest.fixture(scope="module")
-def deit_tiny_real():
-    require_assets(DEIT_TINY_WEIGHTS)
-    model = timm.create_model("deit_tiny_patch16_224")
-    model.load_state_dict(torch.load(DEIT_TINY_WEIGHTS, map_location="cpu")["model"], strict=True)
-    return model.eval()
 
 
 @pytest.mark.assets

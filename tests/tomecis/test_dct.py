@@ -9,7 +9,7 @@ import math
 import pytest
 import timm
 import torch
-from conftest import CPU_AUTOCAST_DTYPES, DEIT_TINY_WEIGHTS, MODEL_FACTORIES, require_assets, tiny_vit
+from conftest import CPU_AUTOCAST_DTYPES, MODEL_FACTORIES, tiny_vit
 from reference_dct import dct_forward, transform
 
 import tomecis
@@ -164,14 +164,6 @@ def test_product_matches_reference_on_random_vits(keep):
 
 N_PHOTOS = 64
 BATCH = 32
-
-
-@pytest.fixture(scope="module")
-def deit_tiny_real():
-    require_assets(DEIT_TINY_WEIGHTS)
-    model = timm.create_model("deit_tiny_patch16_224")
-    model.load_state_dict(torch.load(DEIT_TINY_WEIGHTS, map_location="cpu")["model"], strict=True)
-    return model.eval()
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import copy
 import pytest
 import timm
 import torch
-from conftest import DEIT_TINY_WEIGHTS, MODEL_FACTORIES, require_assets, tiny_vit
+from conftest import MODEL_FACTORIES, tiny_vit
 from reference_diffrate import diffrate_forward, kept_numbers
 
 import tomecis
@@ -138,14 +138,6 @@ def test_sort_runs_where_nothing_is_removed():
 
 N_PHOTOS = 64
 BATCH = 32
-
-
-@pytest.fixture(scope="module")
-def deit_tiny_real():
-    require_assets(DEIT_TINY_WEIGHTS)
-    model = timm.create_model("deit_tiny_patch16_224")
-    model.load_state_dict(torch.load(DEIT_TINY_WEIGHTS, map_location="cpu")["model"], strict=True)
-    return model.eval()
 
 
 @pytest.mark.slow

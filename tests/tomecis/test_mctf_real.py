@@ -10,9 +10,7 @@ agreement, for the record."""
 import copy
 
 import pytest
-import timm
 import torch
-from conftest import DEIT_TINY_WEIGHTS, require_assets
 from reference_mctf import mctf_forward
 
 import tomecis
@@ -21,14 +19,6 @@ pytestmark = [pytest.mark.assets, pytest.mark.slow]
 
 N_PHOTOS = 96  # spread evenly over the 500 photos (and so over the 500 classes)
 BATCH = 32
-
-
-@pytest.fixture(scope="module")
-def deit_tiny_real():
-    require_assets(DEIT_TINY_WEIGHTS)
-    model = timm.create_model("deit_tiny_patch16_224")
-    model.load_state_dict(torch.load(DEIT_TINY_WEIGHTS, map_location="cpu")["model"], strict=True)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ same class image by image (issue #25). Prints each method's top-1 at each amount
 import copy
 
 import pytest
-import timm
 import torch
-from conftest import DEIT_TINY_WEIGHTS, require_assets
 from reference_methods import method_forward
 
 import tomecis
@@ -24,14 +22,6 @@ SETTINGS = [
     ("evit", dict(keep=0.7)),
     ("evit", dict(keep=0.9)),
 ]
-
-
-@pytest.fixture(scope="module")
-def deit_tiny_real():
-    require_assets(DEIT_TINY_WEIGHTS)
-    model = timm.create_model("deit_tiny_patch16_224")
-    model.load_state_dict(torch.load(DEIT_TINY_WEIGHTS, map_location="cpu")["model"], strict=True)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

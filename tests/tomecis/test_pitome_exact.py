@@ -15,10 +15,8 @@ import copy
 import math
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
-from conftest import DEIT_TINY_WEIGHTS, require_assets
 
 import tomecis
 
@@ -108,14 +106,6 @@ def harness_pitome(model, images, keep):
         x = x / size
         x = x + block.mlp(block.norm2(x))
     return model.forward_head(model.norm(x))
-
-
-@pytest.fixture(scope="module")
-def deit_tiny_real():
-    require_assets(DEIT_TINY_WEIGHTS)
-    model = timm.create_model("deit_tiny_patch16_224")
-    model.load_state_dict(torch.load(DEIT_TINY_WEIGHTS, map_location="cpu")["model"], strict=True)
-    return model.eval()
 
 
 @pytest.mark.parametrize("keep", [0.7, 0.9])
