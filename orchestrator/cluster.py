@@ -55,7 +55,7 @@ def _join_or_start() -> str:
     if os.environ.get("RAY_ADDRESS"):
         source = f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} (--address auto)"
         _check_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
-        _check_token(os.environ["RAY_ADDRESS"], source, auto=True)
+        _check_token(os.environ["RAY_ADDRESS"], source, auto=False)  # ray.init: RAY_ADDRESS never turns it on
         _join(None, source)
         return f"joined the cluster at {source}"
     running = _running_cluster()
@@ -100,8 +100,10 @@ def _join(address: Optional[str], source: str) -> None:
 def _check_token(address: str, source: str, auto: bool) -> None:
     """Ask the cluster's GCS once whether it takes this driver's token (``ray.init`` would retry a refusal
     for 20 s, then say only that it failed to connect); ``SweepError`` saying how to fix it when it does not.
-    ``auto``: as ``ray.init`` does for ``auto`` and ``RAY_ADDRESS``, a token in ``~/.ray/auth_token`` turns
-    token mode on when ``RAY_AUTH_MODE`` is unset. Only the refusal is decided here: anything else is
+    ``auto``: as ``ray.init`` does for a cluster it finds running on this machine (never for an address
+    given, as an argument or in ``RAY_ADDRESS``), a token in ``~/.ray/auth_token`` turns token mode on when
+    ``RAY_AUTH_MODE`` is unset (for this process and its children: turned on for an address given, it
+    left a cluster without token authentication unable to start this driver's actors). Only the refusal is decided here: anything else is
     left to ``ray.init``."""
     if address.startswith("ray://"):  # Ray Client: its own server and errors
         return
