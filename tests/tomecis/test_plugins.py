@@ -117,7 +117,8 @@ def test_a_malformed_method_raises_naming_itself_the_block_and_what_was_wrong(tm
 def test_built_in_methods_are_not_checked():
     model = tomecis.patch(tiny_vit(depth=4))
     for name in names.REDUCING_METHODS:
-        tomecis.set_reduction(model, name, keep=0.9)
+        r, keep = names.METHODS[name].default()  # mctf takes r only
+        tomecis.set_reduction(model, name, r=r, keep=keep)
         assert not model.merge_state.checked, name
 
 
