@@ -98,6 +98,21 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def method_registry_of_the_test():
+    """Each test starts with the methods loaded before it (``tomecis.names.REGISTRY``) and leaves none it
+    loaded behind: a process holds one method per name, so a method one test loads from a temp package
+    would otherwise clash with the same name another test loads from elsewhere."""
+    from tomecis.names import REGISTRY
+
+    methods, refs = dict(REGISTRY.methods), dict(REGISTRY.refs)
+    yield
+    REGISTRY.methods.clear()
+    REGISTRY.methods.update(methods)
+    REGISTRY.refs.clear()
+    REGISTRY.refs.update(refs)
+
+
 @pytest.fixture(scope="module")
 def deit_tiny_real():
     """The real DeiT-Tiny (``../shared/assets``) in eval mode, one per test module; skips when absent."""

@@ -169,7 +169,9 @@ def test_num_actors_on_a_cluster_without_workers_starts_nodes_finishes_and_they_
     points = assert_exact_counts(run["out"])
     used = {node for nodes in points["nodes"] for node in nodes}
     started = {n["NodeID"] for n in run["started"]}
-    assert len(started) >= 2 and used <= started and len(used) == 2  # both actors' nodes, started for them
+    # two nodes started for the two actors; which of them evaluated items is timing (under load the actor that
+    # starts first may take every item before the other is up), so only: the work ran on nodes started for it
+    assert len(started) >= 2 and used and used <= started
     assert {n["NodeID"] for n in run["removed"]} >= started  # every node started is gone again
     assert run["summary"].retries == 0
     print(
