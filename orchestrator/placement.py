@@ -145,12 +145,9 @@ def _gpu_slots(nodes, num_actors, cpus_per_actor, loader_workers) -> List[ActorS
         if not slots:
             raise PlacementError(_no_gpu_fits(nodes, cpus_per_actor))
         return slots
-    missing = num_actors - len(slots)
-    if missing > 0:  # nodes that do not exist yet: their demand makes the autoscaler start them
-        cpus = cpus_per_actor if cpus_per_actor is not None else 1.0
-        workers = loader_workers if loader_workers is not None else PENDING_LOADER_WORKERS
-        slots += [ActorSlot(None, "", cpus, 1, max(1, int(cpus)), workers)] * missing
-    return slots[:num_actors]
+    cpus = cpus_per_actor if cpus_per_actor is not None else 1.0
+    workers = loader_workers if loader_workers is not None else PENDING_LOADER_WORKERS
+    return _with_pending(slots, num_actors, ActorSlot(None, "", cpus, 1, max(1, int(cpus)), workers))
 
 
 def _no_gpu_fits(nodes, cpus_per_actor) -> str:
@@ -187,12 +184,16 @@ def _cpu_slots(nodes, num_actors, cpus_per_actor, loader_workers) -> List[ActorS
         if not slots:
             raise PlacementError(_no_cpu_fits(nodes, cpus_per_actor))
         return slots
+    cpus = cpus_per_actor if cpus_per_actor is not None else (slots[0].num_cpus if slots else 1.0)
+    workers = loader_workers if loader_workers is not None else 0
+    return _with_pending(slots, num_actors, ActorSlot(None, "", cpus, 0, max(1, int(cpus)), workers))
+
+
+def _with_pending(slots: List[ActorSlot], num_actors: int, pending: ActorSlot) -> List[ActorSlot]:
+    """The first ``num_actors`` of ``slots``, topped up with ``pending`` (no node yet: their demand makes the
+    autoscaler start nodes for them) where the nodes hold fewer."""
     missing = num_actors - len(slots)
-    if missing > 0:  # nodes that do not exist yet: their demand makes the autoscaler start them
-        cpus = cpus_per_actor if cpus_per_actor is not None else (slots[0].num_cpus if slots else 1.0)
-        workers = loader_workers if loader_workers is not None else 0
-        slots += [ActorSlot(None, "", cpus, 0, max(1, int(cpus)), workers)] * missing
-    return slots[:num_actors]
+    return (slots + [pending] * max(0, missing))[:num_actors]
 
 
 def _no_cpu_fits(nodes, cpus_per_actor) -> str:
