@@ -39,13 +39,15 @@ def point_row(
     resumed: bool = False,
     dataset_title: str = "",
     matched: Optional[Mapping[str, object]] = None,
+    planned: Optional[str] = None,
 ) -> Tuple[dict, pa.Table, pa.Table]:
     """The points row, predictions and decode failures of one grid point, after checking that nothing
     is missing or counted twice. ``retries``: work items of the pass that were retried; ``resumed``:
     the outcomes come from more than one run of the driver (a pass resumed from its spool), whose wall
     time from first start to last end would count the pause, so ``eval_samples_per_sec`` is None;
     ``dataset_title``: what the data is called when it is a public set (``ShardSet.title``), else '';
-    ``matched``: the point's ``calibrate.MATCHED_COLUMNS`` when ``--match`` found it (else null)."""
+    ``matched``: the point's ``calibrate.MATCHED_COLUMNS`` when ``--match`` found it (else null);
+    ``planned``: the model's planned amounts (``sweep.planned_json``), so the report can say what is missing."""
     _check_method_errors(point, outcomes, profile)
     keys = [k for o in outcomes for k in o.keys]
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, np.int32)
@@ -69,6 +71,7 @@ def point_row(
         **_pass_columns(outcomes, point.key, len(keys), resumed),
         **graph_columns(outcomes, profile, point.key),
         **(dict(matched) if matched else unmatched_columns()),
+        planned=planned,
         retries=retries,
         torch_version=torch.__version__,
         timm_version=timm.__version__,

@@ -82,6 +82,7 @@ POINT_SCHEMA = _identity_and(
     ("matched_to", pa.string()),  # "tomecis:r13 by speed": the point was found by --match (null otherwise)
     ("matched_reference_value", pa.float64()),  # the reference's img/s or GFLOPs at calibration
     ("matched_value", pa.float64()),  # the point's, measured with it
+    ("planned", pa.string()),  # JSON {method: [[r, keep], ...]}: the model's amounts the sweep planned
     ("param_count", pa.float64()),
     ("img_size", pa.int32()),
     ("crop_pct", pa.float64()),

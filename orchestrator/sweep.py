@@ -20,6 +20,7 @@ the command that resumes. Every retried item gets a line (which actor, Ray's rea
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import uuid
@@ -186,6 +187,7 @@ class SweepRun:
     bar: tqdm
     session: str = field(default_factory=lambda: uuid.uuid4().hex)  # marks the spool records of this run
     matched: Dict[GridPoint, Calibration] = field(default_factory=dict)  # --match's points
+    planned: Dict[str, str] = field(default_factory=dict)  # model -> planned_json of the grid
 
 
 def run_sweep(
@@ -235,7 +237,10 @@ def _run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> Sweep
             if plan is None:
                 started_ray, plan = connect(cfg.address), make_plan(cfg)
             passes = plan_passes(todo, ship_weights(weights))
-            _evaluate(SweepRun(cfg, selection, results, summary, None, matched=matched), plan, passes, todo)
+            run = SweepRun(
+                cfg, selection, results, summary, None, matched=matched, planned=planned_json(grid)
+            )
+            _evaluate(run, plan, passes, todo)
     except KeyboardInterrupt:
         raise SweepPaused(summary.paused or "no work item had finished") from None
     finally:
@@ -269,6 +274,13 @@ def planned_amounts(grid: Sequence[GridPoint]) -> Dict[str, Dict[str, List[Amoun
         if point.method != "none":
             planned.setdefault(point.model, {}).setdefault(point.method, []).append((point.r, point.keep))
     return planned
+
+
+def planned_json(grid: Sequence[GridPoint]) -> Dict[str, str]:
+    """Model -> ``planned_amounts`` as the points rows' ``planned`` column holds it:
+    ``{"tome": [[8, null], [16, null]], "evit": [[null, 0.7]]}`` (the report reads it back with
+    ``tables.planned_of``: with per-method amounts no method is expected to have another's)."""
+    return {model: json.dumps(methods) for model, methods in planned_amounts(grid).items()}
 
 
 def match_points(
@@ -380,6 +392,9 @@ def _evaluate_pass(
         pool.evaluate(items, decode_pass, accept)
         records = disjoint_in_order(records, [s.url for s in run.selection.shards])
         healthy = _drop_broken_models(decode_pass, [r.outcome for r in records], points, run.summary)
+        run.bar.set_postfix_str(
+            _profile_note(run.cfg, healthy), refresh=True
+        )  # the bar stands still meanwhile
         profiles = (
             pool.profile(healthy, run.cfg.bench, run.cfg.bench_runs, run.cfg.bench_warmup)
             if healthy.tasks
@@ -449,6 +464,7 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
                 resumed=resumed,
                 dataset_title=run.selection.title,
                 matched=run.matched[point].columns() if point in run.matched else None,
+                planned=run.planned.get(point.model),
             )
         except SweepError as err:
             summary.failed[point] = str(err)
@@ -461,6 +477,14 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
         if len(failures):
             summary.decode_failures[point.model] = [f for o in outcomes for f in o.failures]
     return written
+
+
+def _profile_note(cfg: SweepConfig, decode_pass: DecodePass) -> str:
+    """What the profile step after a pass's decoding does: ``timing 22 point(s) in turns, 20 rounds``."""
+    n = len(decode_pass.point_keys())
+    if not cfg.bench:
+        return f"counting GFLOPs of {n} point(s)"
+    return f"timing {n} point(s) in turns, {cfg.bench_runs} rounds"
 
 
 def _drop_broken_models(

@@ -13,6 +13,7 @@ same unreduced network, and the first of them in the method table (``METHOD_NAME
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -149,6 +150,21 @@ def expected_amounts(rows: pd.DataFrame) -> List[Amount]:
 
 
 Expected = Union[Iterable[Amount], Mapping[str, Sequence[Amount]]]  # shared amounts, or per method
+
+
+def planned_of(model_rows: pd.DataFrame) -> Optional[Dict[str, List[Amount]]]:
+    """Method -> the amounts the sweeps that wrote these rows planned for it (their ``planned`` column,
+    every run's plan joined), or None for rows from before the column (``expected_amounts`` then)."""
+    if "planned" not in model_rows.columns:
+        return None
+    plans = [json.loads(text) for text in model_rows["planned"].dropna().unique()]
+    if not plans:
+        return None
+    joined: Dict[str, set] = {}
+    for plan in plans:
+        for method, amounts in plan.items():
+            joined.setdefault(method, set()).update((r, keep) for r, keep in amounts)
+    return {method: sorted(amounts, key=amount_order) for method, amounts in joined.items()}
 
 
 def missing_amounts(model_rows: pd.DataFrame, expected: Expected) -> Dict[str, List[Amount]]:

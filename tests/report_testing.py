@@ -48,6 +48,7 @@ class Frames:
         with_predictions: bool = True,
         speedup: Optional[Tuple[float, float, float]] = None,
         matched: Optional[Tuple[str, float, float]] = None,
+        planned: Optional[str] = None,
     ) -> "Frames":
         """One point; ``gflops`` defaults to one falling with the amount (4.6 unreduced); ``speedup``:
         (speed-up, low, high) as a sweep writes them (without: a row from before those columns); ``matched``:
@@ -88,6 +89,8 @@ class Frames:
             self.rows[-1].update(zip(("speedup", "speedup_low", "speedup_high"), speedup))
         if matched is not None:
             self.rows[-1].update(zip(("matched_to", "matched_reference_value", "matched_value"), matched))
+        if planned is not None:  # the sweep's plan of the model (JSON, ``sweep.planned_json``)
+            self.rows[-1]["planned"] = planned
         if with_predictions:
             labels = [i % N_CLASSES for i in range(n)]
             self.preds.append(

@@ -23,7 +23,7 @@ from ray_head_testing import free_port, ray_head
 
 from orchestrator import pool, sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 MODEL = "deit_tiny_patch16_224"
 N_IMAGES = 22  # the ``data`` fixture: 22 images in 5 shards

@@ -124,6 +124,7 @@ def predictions(out: Path) -> pd.DataFrame:
     return frame.sort_values(["r", "key"]).reset_index(drop=True)
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_sweep_spreads_over_nodes_and_equals_a_single_node_run(data, tmp_path, cluster):
     c, _ = cluster
@@ -150,6 +151,7 @@ def test_sweep_spreads_over_nodes_and_equals_a_single_node_run(data, tmp_path, c
     assert (points.set_index("r")["top1"] == single["top1"]).all()
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_worker_node_removed_mid_sweep(data, tmp_path, cluster, monkeypatch):
     c, workers = cluster
@@ -209,6 +211,7 @@ def make_cluster():
     [(1, [{"num_cpus": 1}], {1: 2}), (1, [{"num_cpus": 3}], {1: 1, 3: 1}), (0, [{"num_cpus": 2}], {2: 1})],
     ids=["two-1-cpu-nodes", "1-cpu-and-3-cpu", "head-without-cpus"],
 )
+@pytest.mark.ray
 def test_cpu_actors_fit_the_nodes_that_exist(
     data, tmp_path, make_cluster, capsys, head_cpus, workers, expected_actors
 ):
@@ -237,6 +240,7 @@ def test_cpu_actors_fit_the_nodes_that_exist(
     assert preds.groupby("r")["key"].apply(lambda k: k.is_unique and len(k) == 40).all()
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_an_impossible_request_fails_in_seconds_naming_the_biggest_node(data, tmp_path, make_cluster, capsys):
     c = make_cluster(1, {"num_cpus": 2})
@@ -267,6 +271,7 @@ def test_an_impossible_request_fails_in_seconds_naming_the_biggest_node(data, tm
     print(f"impossible request failed after {elapsed:.1f}s: {err.strip().splitlines()[-1]}")
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_plan_for_two_gpu_nodes_with_different_cpu_counts(make_cluster, capsys):
     """The plan printed before a sweep: each GPU actor takes its own node's CPUs / GPUs as loader workers."""
@@ -281,6 +286,7 @@ def test_plan_for_two_gpu_nodes_with_different_cpu_counts(make_cluster, capsys):
     assert "plan: 3 CUDA actor(s) on 2 node(s)" in text
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_waiting_actors_show_one_line_and_no_ray_noise(data, tmp_path, make_cluster, capfd):
     """One of the two planned actors cannot start (another job holds its node's CPU): the sweep finishes on
@@ -324,6 +330,7 @@ def test_waiting_actors_show_one_line_and_no_ray_noise(data, tmp_path, make_clus
     assert (points["n_images"] == 40).all() and all(len(nodes) == 1 for nodes in points["nodes"])
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_address_local_never_joins_another_cluster_and_auto_says_which_it_joined(
     data, tmp_path, make_cluster, capsys, monkeypatch
@@ -366,6 +373,7 @@ def test_address_local_never_joins_another_cluster_and_auto_says_which_it_joined
     assert list(nodes_auto) == [other.head_node.node_id] and list(nodes_local) != list(nodes_auto)
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_actors_that_die_before_starting_end_the_sweep_with_their_error(data, tmp_path, cluster, capfd):
     """--device cuda on nodes whose GPUs torch cannot see: every actor dies in its constructor. The sweep

@@ -125,6 +125,7 @@ def _step_name(evaluator: str) -> str:
     return "decode pass, in-process" if evaluator == "in-process" else "decode pass, Ray actors"
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_cpu_rehearsal_with_ray_runs_the_gpu_actor_sweep(tmp_path):
     """With Ray installed, the default decode pass is a sweep on (here: CPU) actors, as on a GPU cluster."""

@@ -223,6 +223,7 @@ def test_run_sweep_holds_the_lease_and_releases_it_on_ctrl_c(tmp_path, monkeypat
     assert not (tmp_path / LEASE_FILE).exists()
 
 
+@pytest.mark.ray
 def test_a_second_sweep_into_the_same_folder_stops_in_seconds_before_ray(data, tmp_path):
     """A real ``python -m orchestrator.sweep`` into a folder whose lease another sweep holds: exit 1, one
     line naming the holder, no Ray started; with --force-unlock it would go on (not run here)."""

@@ -275,3 +275,27 @@ def test_amounts_planned_per_method_say_what_is_missing_and_matched_points_are_n
     assert missing_amounts(f.points, planned) == {"tome": [(13, None)]}
     assert expected_amounts(f.points) == [(8, None), (None, 0.7)]  # keep0.62 is evit's own
     assert missing_amounts(f.points, expected_amounts(f.points)) == {"tome": [(None, 0.7)]}
+
+
+def test_the_report_reads_what_each_method_was_planned_from_the_rows():
+    """A sweep with per-method amounts (``--amounts``, ``--grid``) writes its plan in every row: the report
+    calls missing only a planned amount without a row, never another method's amounts."""
+    import json
+
+    plan = json.dumps({"tome": [[8, None], [16, None]], "evit": [[None, 0.7]], "pitome": [[None, 0.9]]})
+    f = Frames()
+    f.add(SMALL, "none", correctness(10, range(8)), planned=plan)
+    f.add(SMALL, "tome", correctness(10, range(7)), r=8, planned=plan)
+    f.add(SMALL, "evit", correctness(10, range(6)), keep=0.7, planned=plan)
+    f.add(SMALL, "pitome", correctness(10, range(6)), keep=0.9, planned=plan)
+    markdown = run_frames(f)
+    missing = [line for line in markdown.splitlines() if line.startswith("- missing")]
+    assert missing == [
+        "- missing: tome at r16 (not in the results; rerun the sweep with these amounts to fill them)"
+    ], missing
+    old = Frames()  # rows from before the column: amounts shared by every method that takes their kind
+    for method, amount in (("tome", dict(r=8)), ("pitome", dict(keep=0.9)), ("evit", dict(keep=0.7))):
+        old.add(SMALL, method, correctness(10, range(7)), **amount)
+    old.add(SMALL, "none", correctness(10, range(8)))
+    missing_old = [line for line in run_frames(old).splitlines() if line.startswith("- missing")]
+    assert any(line.startswith("- missing: evit at keep0.9") for line in missing_old), missing_old

@@ -26,7 +26,7 @@ import ray
 
 from orchestrator import sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 REPO = Path(__file__).resolve().parents[2]
 N_ITEMS, N_IMAGES, N_POINTS = 5, 22, 17

@@ -19,7 +19,7 @@ from orchestrator.errors import SweepError
 from orchestrator.placement import NodeResources
 from shards.write import write_manifest_for, write_raw_shard
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 MODEL = "deit_tiny_patch16_224"
 R_VALUES = [0, 8, 16]

@@ -4,8 +4,10 @@ point's row is assembled from its work items' outcomes (no Ray)."""
 from __future__ import annotations
 
 import datetime
+import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import ray
 from shards_testing import hub_offline
@@ -84,6 +86,7 @@ def test_unsupported_models_fail_before_ray(model, kind, data, capsys):
     assert not ray.is_initialized()
 
 
+@pytest.mark.ray
 def test_unreachable_address_is_a_clear_error(data, tmp_path, capsys):
     argv = [
         "--models",
@@ -107,6 +110,7 @@ def test_unreachable_address_is_a_clear_error(data, tmp_path, capsys):
     assert "expected HOST:PORT" in capsys.readouterr().err
 
 
+@pytest.mark.ray
 def test_cli_runs_a_sweep_end_to_end(data, tmp_path, capsys):
     """The real command line, starting (and stopping) its own local Ray."""
     assert not ray.is_initialized()
@@ -133,6 +137,8 @@ def test_cli_runs_a_sweep_end_to_end(data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "deit_tiny (deit_tiny_patch16_224)" in out and "2 point(s) written" in out
     assert not ray.is_initialized()
+    planned = pd.read_parquet(tmp_path / "points")["planned"]  # the plan the report reads "missing" from
+    assert [json.loads(text) for text in planned] == [{"tomecis": [[16, None]]}] * 2
     assert sweep.main(argv) == 0
     assert "0 point(s) written, 2 already done" in capsys.readouterr().out
 

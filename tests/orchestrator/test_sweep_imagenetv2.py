@@ -71,6 +71,7 @@ def shard_state(folder) -> dict[str, int]:
     return {path.name: path.stat().st_mtime_ns for path in sorted(folder.iterdir())}
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_the_sweep_with_nothing_prepared_downloads_imagenetv2_once_and_sweeps(tmp_path):
     photos = imagenetv2_photos()

@@ -22,7 +22,7 @@ from orchestrator import sweep
 from orchestrator.errors import SweepError
 from orchestrator.prepare import select_shards
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 MODEL = "deit_tiny_patch16_224"
 DIST = "mypkg-l2prune 0.1"

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from ray_head_testing import REPO, free_port, ray_head, sweep_subprocess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 AUTH_VARIABLES = ["RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"]
 FIX = (

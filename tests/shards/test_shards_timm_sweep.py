@@ -11,7 +11,7 @@ from shards_testing import serve_hub, tiny_dataset, write_timm_wds
 from orchestrator import sweep
 from shards.spec import resolve_data
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 MODEL = "deit_tiny_patch16_224"
 REPO = "timm/imagenet-1k-wds"
