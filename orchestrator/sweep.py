@@ -301,6 +301,10 @@ def match_points(
     else:
         config = EvaluatorConfig(cfg.device, cfg.amp, cfg.batch_size, cfg.cuda_graphs)
         timing = matching.Timing(config, cfg.bench_runs, cfg.bench_warmup)
+        say(
+            f"match: timing {len(methods)} method(s) of {', '.join(cfg.models)} against {cfg.match.label} in turns "
+            f"({cfg.bench_runs} rounds per step, batch {cfg.batch_size}, where the actors run): minutes per method"
+        )
         found = matching.calibrate_on_cluster(plan, cfg.models, methods, cfg.match, timing)
     for calibration in found:
         say(calibration.line())
@@ -481,7 +485,7 @@ def _write_points(run: SweepRun, points: List[GridPoint], records: List[SpoolRec
 
 def _profile_note(cfg: SweepConfig, decode_pass: DecodePass) -> str:
     """What the profile step after a pass's decoding does: ``timing 22 point(s) in turns, 20 rounds``."""
-    n = len(decode_pass.point_keys())
+    n = len(decode_pass.point_keys)
     if not cfg.bench:
         return f"counting GFLOPs of {n} point(s)"
     return f"timing {n} point(s) in turns, {cfg.bench_runs} rounds"

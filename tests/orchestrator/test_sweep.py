@@ -661,6 +661,9 @@ def test_match_by_speed_times_the_candidates_on_an_actor_shaped_task(ray_local, 
     assert row["matched_to"] == "tomecis:r13 by speed"
     assert row["matched_value"] > 0 and row["matched_reference_value"] > 0
     assert f"match: {MODEL} evit keep{row['keep']:g} by speed" in err
+    assert (
+        f"match: timing 1 method(s) of {MODEL} against tomecis:r13 in turns" in err
+    )  # said before it starts
     assert sorted(points["method"]) == sorted(
         ["none", "tomecis", "evit"] + (["evit"] if row["keep"] != 0.7 else [])
     )
