@@ -6,14 +6,19 @@ and falls with keep; GFLOPs the other way): it measures both ends of the amounts
 bisects, and stops as soon as a measurement is within ``TOLERANCE`` of the target. r is searched over the
 integers, keep over multiples of ``KEEP_STEP``; two keeps that give the same token counts (``key``) are
 one point, the larger keep. A target outside what the method reaches gives the nearest end.
-``add_matched`` puts the found amounts in a grid. No torch, no Ray (``orchestrator.matching`` measures).
+``add_matched`` puts the found amounts in a grid. ``CalibrationStore`` keeps speed calibrations in the
+results folder, so that a rerun (after a crash, Ctrl-C or a failed point) matches the same amounts as the
+run it resumes, instead of timing again and perhaps landing on other amounts. No torch, no Ray
+(``orchestrator.matching`` measures).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 from tomecis.names import amount_label
 
@@ -198,6 +203,49 @@ class Calibration:
             )
         within = "" if self.reached else f" (not within {TOLERANCE:.0%}: the nearest amount)"
         return f"{head}: {figures}{within}"
+
+
+@dataclass(frozen=True)
+class CalibrationStore:
+    """Speed calibrations kept in ``<out>/calibrations/<setting>.json``, one file per timing setting
+    (reference, device, batch size, amp, CUDA graphs: what the timed speed depends on). ``results`` is an
+    ``orchestrator.results.ResultsDir`` (``path``, ``read_bytes``, ``write_bytes``: atomic, also on object
+    stores); the sweep's lease makes it the folder's one writer."""
+
+    results: object
+    setting: Tuple[Tuple[str, object], ...]  # (name, value) pairs, in a fixed order
+
+    @classmethod
+    def of(cls, results, target: "MatchTarget", device: str, batch_size: int, amp: str, cuda_graphs: bool):
+        setting = dict(
+            reference=target.label, by=target.by, device=device, batch_size=batch_size, amp=amp,
+            cuda_graphs=cuda_graphs,
+        )  # fmt: skip
+        return cls(results, tuple(setting.items()))
+
+    @property
+    def path(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.setting).encode()).hexdigest()[:16]
+        return self.results.path("calibrations", f"{digest}.json")
+
+    def load(self) -> Dict[Tuple[str, str], Calibration]:
+        """(model, method) -> the calibration kept for this setting; empty when none is."""
+        try:
+            record = json.loads(self.results.read_bytes(self.path))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"{self.path}: cannot read the kept calibrations ({err}); delete the file to time again"
+            ) from err
+        found = [Calibration(**{**c, "amount": tuple(c["amount"])}) for c in record["calibrations"]]
+        return {(c.model, c.method): c for c in found}
+
+    def save(self, calibrations: Iterable[Calibration]) -> None:
+        """Keep ``calibrations`` with those already kept (a new one of a (model, method) replaces the old)."""
+        kept = {**self.load(), **{(c.model, c.method): c for c in calibrations}}
+        record = dict(setting=dict(self.setting), calibrations=[dataclasses.asdict(c) for c in kept.values()])
+        self.results.write_bytes(self.path, json.dumps(record, indent=1).encode())
 
 
 def unmatched_columns() -> Dict[str, object]:

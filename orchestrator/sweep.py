@@ -40,7 +40,7 @@ from tomecis.models import find_checkpoint, max_r
 from tomecis.names import methods_help
 
 from . import tables
-from .calibrate import MATCH_BY, Calibration, MatchTarget, add_matched
+from .calibrate import MATCH_BY, Calibration, CalibrationStore, MatchTarget, add_matched
 from .cluster import connect
 from .errors import SweepError, WorkFailed
 from .grid import (
@@ -224,7 +224,7 @@ def _run_sweep(cfg: SweepConfig, selection: Optional[Selection] = None) -> Sweep
         if cfg.match is not None:  # before the decode pass: the matched points are ordinary points of it
             if cfg.match.by == "speed" and plan is None:
                 started_ray, plan = connect(cfg.address), make_plan(cfg)
-            grid, matched = match_points(cfg, grid, plan)
+            grid, matched = match_points(cfg, grid, plan, results=results)
         todo = []
         for point in grid:
             (todo if cfg.force or not results.is_done(point) else summary.skipped).append(point)
@@ -288,27 +288,61 @@ def match_points(
     grid: List[GridPoint],
     plan: Optional[ActorPlan],
     say=lambda line: print(line, file=sys.stderr),
+    results: Optional[ResultsDir] = None,
 ) -> Tuple[List[GridPoint], Dict[GridPoint, Calibration]]:
     """``--match``: every other reducing method of the sweep calibrated to the reference, per model
     (``orchestrator.matching``: by GFLOPs here, by speed in a Ray task shaped like one of ``plan``'s
-    actors), one line each to ``say``; returns the grid with the reference and the matched points, and
-    point -> its calibration."""
+    actors, kept in ``results`` for reruns), one line each to ``say``; returns the grid with the reference
+    and the matched points, and point -> its calibration."""
     from . import matching  # torch and the models: only a sweep that matches needs them
 
     methods = matching.methods_to_match(cfg.method_plans(), cfg.match)
     if cfg.match.by == "gflops":
         found = [c for model in cfg.models for c in matching.calibrate_here(model, methods, cfg.match)]
+        for calibration in found:
+            say(calibration.line())
     else:
+        found = _matched_by_speed(cfg, methods, plan, results or ResultsDir(cfg.out), say)
+    return add_matched(grid, (cfg.match.method, cfg.match.amount), found)
+
+
+def _matched_by_speed(
+    cfg: SweepConfig, methods, plan: ActorPlan, results: ResultsDir, say
+) -> List[Calibration]:
+    """Speed calibrations of every (model, method): those an earlier run into ``results`` kept for this
+    setting (``CalibrationStore``; ``--force`` times them again), the others timed now and kept."""
+    from . import matching
+
+    store = CalibrationStore.of(results, cfg.match, plan.device, cfg.batch_size, cfg.amp, cfg.cuda_graphs)
+    kept = {} if cfg.force else store.load()
+    todo: Dict[Tuple, List[str]] = {}  # the methods still to time -> the models that lack them
+    for model in cfg.models:
+        lacking = tuple(m for m in methods if (model, m[0]) not in kept)
+        if lacking:
+            todo.setdefault(lacking, []).append(model)
+    timed: Dict[Tuple[str, str], Calibration] = {}
+    for lacking, models in todo.items():
         config = EvaluatorConfig(cfg.device, cfg.amp, cfg.batch_size, cfg.cuda_graphs)
         timing = matching.Timing(config, cfg.bench_runs, cfg.bench_warmup)
         say(
-            f"match: timing {len(methods)} method(s) of {', '.join(cfg.models)} against {cfg.match.label} in turns "
+            f"match: timing {len(lacking)} method(s) of {', '.join(models)} against {cfg.match.label} in turns "
             f"({cfg.bench_runs} rounds per step, batch {cfg.batch_size}, where the actors run): minutes per method"
         )
-        found = matching.calibrate_on_cluster(plan, cfg.models, methods, cfg.match, timing)
-    for calibration in found:
-        say(calibration.line())
-    return add_matched(grid, (cfg.match.method, cfg.match.amount), found)
+        found = matching.calibrate_on_cluster(plan, models, list(lacking), cfg.match, timing)
+        store.save(found)
+        timed.update(((c.model, c.method), c) for c in found)
+    calibrations = []
+    for model in cfg.models:
+        for method, _ in methods:
+            if (model, method) in timed:
+                calibrations.append(timed[(model, method)])
+                say(timed[(model, method)].line())
+            else:
+                calibrations.append(kept[(model, method)])
+                say(
+                    f"{kept[(model, method)].line()} (timed by an earlier run, kept in {store.path}; --force times again)"
+                )
+    return calibrations
 
 
 def _mark_done_points(

@@ -8,12 +8,15 @@ import pytest
 from orchestrator.calibrate import (
     TOLERANCE,
     Calibration,
+    CalibrationStore,
+    MatchTarget,
     add_matched,
     keep_candidates,
     r_candidates,
     search,
 )
 from orchestrator.grid import build_grid
+from orchestrator.results import ResultsDir
 
 
 def speed_of_r(amount) -> float:
@@ -130,3 +133,29 @@ def test_a_calibration_says_what_it_matched_and_when_the_reference_is_out_of_rea
     assert "-1.0%" in ok.line()
     far = Calibration("m", "evit", (None, 0.005), "gflops", "tomecis:r13", 0.78, 0.5, False, False)
     assert "evit cannot reach tomecis:r13 at any amount it takes" in far.line() and "keep0.005" in far.line()
+
+
+def test_speed_calibrations_are_kept_per_timing_setting_for_reruns(tmp_path):
+    """A rerun finds what an earlier run timed, for the same reference, device, batch, amp and CUDA graphs
+    only; a newer calibration of a (model, method) replaces the kept one; a damaged file names itself."""
+    results = ResultsDir(str(tmp_path / "out"))
+    target = MatchTarget("tomecis", (13, None), "speed")
+    store = CalibrationStore.of(results, target, "cpu", 16, "none", True)
+    assert store.load() == {}
+    tome = Calibration("deit_tiny", "tome", (12, None), "speed", "tomecis:r13", 53.0, 53.7, True, True)
+    evit = Calibration("deit_tiny", "evit", (None, 0.715), "speed", "tomecis:r13", 69.6, 68.3, True, True)
+    store.save([tome, evit])
+    again = CalibrationStore.of(ResultsDir(str(tmp_path / "out")), target, "cpu", 16, "none", True)
+    assert again.load() == {("deit_tiny", "tome"): tome, ("deit_tiny", "evit"): evit}
+    for other in (
+        CalibrationStore.of(results, target, "cpu", 32, "none", True),
+        CalibrationStore.of(results, target, "cuda", 16, "none", True),
+        CalibrationStore.of(results, MatchTarget("tomecis", (16, None), "speed"), "cpu", 16, "none", True),
+    ):
+        assert other.load() == {} and other.path != store.path
+    newer = Calibration("deit_tiny", "tome", (13, None), "speed", "tomecis:r13", 55.0, 55.2, True, True)
+    store.save([newer])
+    assert store.load()[("deit_tiny", "tome")] == newer and ("deit_tiny", "evit") in store.load()
+    (tmp_path / "out" / "calibrations" / store.path.rsplit("/", 1)[1]).write_text("{not json")
+    with pytest.raises(ValueError, match=r"calibrations/.*\.json: cannot read the kept calibrations"):
+        store.load()

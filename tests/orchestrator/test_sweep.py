@@ -661,9 +661,11 @@ def test_match_by_speed_times_the_candidates_on_an_actor_shaped_task(ray_local, 
     assert row["matched_to"] == "tomecis:r13 by speed"
     assert row["matched_value"] > 0 and row["matched_reference_value"] > 0
     assert f"match: {MODEL} evit keep{row['keep']:g} by speed" in err
-    assert (
-        f"match: timing 1 method(s) of {MODEL} against tomecis:r13 in turns" in err
-    )  # said before it starts
+    assert f"match: timing 1 method(s) of {MODEL} against tomecis:r13" in err  # said before it starts
+    again = sweep.run_sweep(cfg)  # a rerun matches what this run timed, without timing again
+    err = capsys.readouterr().err
+    assert again.points_evaluated == 0 and "match: timing" not in err
+    assert f"match: {MODEL} evit keep{row['keep']:g} by speed" in err and "timed by an earlier run" in err
     assert sorted(points["method"]) == sorted(
         ["none", "tomecis", "evit"] + (["evit"] if row["keep"] != 0.7 else [])
     )
