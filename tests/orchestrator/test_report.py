@@ -571,6 +571,7 @@ def write_point(
         matched_to=None,
         matched_reference_value=None,
         matched_value=None,
+        planned=None,
         param_count=5.7,
         img_size=224,
         crop_pct=0.875,
