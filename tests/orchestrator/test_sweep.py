@@ -492,6 +492,7 @@ def test_one_decode_pass_for_two_models_and_two_methods_equals_separate_runs(
             )
             assert alone.decoded_images == 22 and len(alone.written) == (2 if method == "tomecis" else 1)
     timing = ["eval_samples_per_sec", "started", "finished", "nodes", "hostnames", "n_shards", "retries"]
+    timing.append("planned")  # each run's own plan: both methods together, one alone
     point_key = ["model", "method", "r"]
     assert (pd.read_parquet(tmp_path / "together" / "points")["retries"] >= 1).all()  # the death shows
     assert (pd.read_parquet(tmp_path / "alone" / "points")["retries"] == 0).all()
