@@ -10,6 +10,7 @@ this process, as a driver on a head node does."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -210,9 +211,13 @@ def test_a_worker_node_taken_away_mid_pass_is_replaced_and_its_items_retried_the
     err = capsys.readouterr().err
     retried = [line for line in err.splitlines() if line.startswith("retry: ")]
     assert taken and summary.retries == len(retried) >= 1 and summary.actors_replaced >= 1, err
-    assert all("died (" in line for line in retried), retried
+    # how Ray reports the reclaim depends on what the node was doing at the kill: an item it was running
+    # comes back as the actor's death; one it had finished, whose result the driver had not fetched yet,
+    # as a result lost in transit (and may go back to the dead actor once more before its death is seen)
+    assert all("died (" in line or "lost in transit" in line for line in retried), retried
     points = assert_exact_counts(tmp_path / "out")
-    assert (points["retries"] == len(retried)).all()
+    items = {re.search(r"shard\(s\) ([^:]+):", line).group(1) for line in retried}
+    assert (points["retries"] == len(items)).all(), (points["retries"].tolist(), retried)
     nodes = {node for row in points["nodes"] for node in row}
     replacement = nodes - {taken[0]["node"]}
     assert taken[0]["node"] in nodes and len(replacement) == 1, nodes  # the rest ran on the new node
