@@ -13,6 +13,7 @@ it. Every way of joining ends in one line (``SweepError``), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -117,13 +118,30 @@ def _check_token(address: str, source: str, auto: bool) -> None:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
         ensure_token_if_auth_enabled(None, create_token_if_missing=False)  # token mode without a token
-        GcsClient(address=address.split("://", 1)[-1])
+        with _native_stderr_silenced():
+            GcsClient(address=address.split("://", 1)[-1])
     except AuthenticationError as err:
         raise SweepError(_token_refused(source, err)) from None
     except RpcError as err:  # something answers there, but not a Ray GCS
         raise SweepError(
             f"{source}: no Ray cluster answers there ({_first_line(err)}); {_ADDRESS_HINT}"
         ) from None
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 pointed at /dev/null meanwhile: Ray's C++ client logs a refused handshake there
+    (``[...] gcs_client.cc:210: Failed to get cluster ID from GCS server: Unauthenticated: ...``) before its
+    Python exception says the same, which the sweep's one-line error then words."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _refused_token(err: BaseException) -> bool:

@@ -8,6 +8,7 @@ process-group id); each driver is a real ``python -m orchestrator.sweep`` with a
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def assert_one_line_refusal(status: int, stderr: str, seconds: float, source: st
     print(f"refused after {seconds:.1f}s:\n{stderr}")
     assert status == 1, stderr
     assert "Traceback" not in stderr
+    native = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\]")  # Ray's C++ log lines
+    assert not [line for line in stderr.splitlines() if native.match(line)], stderr
     error = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and error[0] == stderr.strip().splitlines()[-1], stderr
     assert error[0].startswith(f"error: {source}: Ray's token authentication refused this driver (Ray: ")
