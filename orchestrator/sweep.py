@@ -339,9 +339,8 @@ def _matched_by_speed(
                 say(timed[(model, method)].line())
             else:
                 calibrations.append(kept[(model, method)])
-                say(
-                    f"{kept[(model, method)].line()} (timed by an earlier run, kept in {store.path}; --force times again)"
-                )
+                earlier = f"timed by an earlier run, kept in {store.path}; --force times again"
+                say(f"{kept[(model, method)].line()} ({earlier})")
     return calibrations
 
 
@@ -430,9 +429,8 @@ def _evaluate_pass(
         pool.evaluate(items, decode_pass, accept)
         records = disjoint_in_order(records, [s.url for s in run.selection.shards])
         healthy = _drop_broken_models(decode_pass, [r.outcome for r in records], points, run.summary)
-        run.bar.set_postfix_str(
-            _profile_note(run.cfg, healthy), refresh=True
-        )  # the bar stands still meanwhile
+        # the bar stands still while the actor times the pass's points: say what it does meanwhile
+        run.bar.set_postfix_str(_profile_note(run.cfg, healthy), refresh=True)
         profiles = (
             pool.profile(healthy, run.cfg.bench, run.cfg.bench_runs, run.cfg.bench_warmup)
             if healthy.tasks
