@@ -321,9 +321,9 @@ def _matched_by_speed(
         if lacking:
             todo.setdefault(lacking, []).append(model)
     timed: Dict[Tuple[str, str], Calibration] = {}
+    config = EvaluatorConfig(cfg.device, cfg.amp, cfg.batch_size, cfg.cuda_graphs)
+    timing = matching.Timing(config, cfg.bench_runs, cfg.bench_warmup)
     for lacking, models in todo.items():
-        config = EvaluatorConfig(cfg.device, cfg.amp, cfg.batch_size, cfg.cuda_graphs)
-        timing = matching.Timing(config, cfg.bench_runs, cfg.bench_warmup)
         say(
             f"match: timing {len(lacking)} method(s) of {', '.join(models)} against {cfg.match.label} in turns "
             f"({cfg.bench_runs} rounds per step, batch {cfg.batch_size}, where the actors run): minutes per method"
